@@ -1,0 +1,1 @@
+"""Reusable pieces of CISSL methods (logit adjustment, confidence masks, SeMi's components)."""

@@ -1,0 +1,166 @@
+"""Command line: ``cissl train | evaluate | split | list`` (and the tools of later modules).
+
+Errors caused by input (config, data, checkpoints) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cissl.errors import CisslError
+
+
+def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--config", required=required, help="YAML config file (see configs/)")
+    parser.add_argument("--algorithm", help="run this algorithm instead of the config's (its defaults)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides, e.g. optim.lr=0.01 train.iterations=1000")
+
+
+def _load(args):
+    from cissl.config import load_config
+
+    return load_config(args.config, args.overrides, args.algorithm)
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f} %"
+
+
+def print_results(results: dict, run_dir: Path, stream=sys.stdout) -> None:
+    rows = [
+        ("top-1", _pct(results["top1"])),
+        ("balanced accuracy", _pct(results["balanced_accuracy"])),
+        ("many / medium / few", " / ".join(_pct(results[f"{g}_accuracy"]) for g in ("many", "medium", "few"))),
+        ("geometric mean recall", _pct(results["geometric_mean"])),
+        (f"median of last {results['last_k']} top-1", _pct(results["median_last_top1"])),
+        (f"mean of last {results['last_k']} top-1", _pct(results["mean_last_top1"])),
+    ]
+    for head, metrics in results["heads"].items():
+        if head != results["reported_head"]:
+            rows.append((f"head '{head}' top-1 / balanced", f"{_pct(metrics['top1'])} / "
+                                                           f"{_pct(metrics['balanced_accuracy'])}"))
+    print(f"\n{results['algorithm']} on {results['setting'] or 'the configured data'} "
+          f"(EMA model, head '{results['reported_head']}', test set, after {results['iterations']} iterations)",
+          file=stream)
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}", file=stream)
+    print(f"results: {run_dir / 'results.json'}", file=stream)
+
+
+def cmd_train(args) -> int:
+    from cissl.engine.run import default_run_dir, resume_run, start_run
+
+    if args.resume:
+        if args.config or args.overrides or args.algorithm:
+            raise CisslError("--resume continues a run with its saved config.yaml; "
+                             "drop --config / --algorithm / overrides")
+        run_dir = Path(args.resume)
+        results = resume_run(run_dir, quiet=args.quiet)
+    else:
+        if not args.config:
+            raise CisslError("train needs --config FILE (or --resume RUN_DIR)")
+        config = _load(args)
+        run_dir = Path(args.out) if args.out else default_run_dir(config)
+        results = start_run(config, run_dir, quiet=args.quiet)
+    print_results(results, run_dir)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from cissl.engine.run import evaluate_run
+
+    run_dir = Path(args.run_dir)
+    results = evaluate_run(run_dir, args.checkpoint)
+    print_results(results, run_dir)
+    return 0
+
+
+def cmd_split(args) -> int:
+    from cissl.data.protocol import build_split, split_counts
+    from cissl.data.sources import NUM_CLASSES, load_source
+
+    config = _load(args)
+    if args.counts_only:
+        labeled, unlabeled = split_counts(config.data, NUM_CLASSES[config.data.dataset])
+        print(json.dumps({"labeled": labeled, "unlabeled": unlabeled}))
+        return 0
+    source = load_source(config.data)
+    pool = len(source.unlabeled) if source.unlabeled is not None else None
+    split = build_split(source.train.labels, source.num_classes, config.data, config.train.seed, pool)
+    summary = {"labeled": split.labeled_counts, "unlabeled": split.unlabeled_counts,
+               "labeled_total": len(split.labeled_indices), "unlabeled_total": len(split.unlabeled_indices),
+               "val_total": len(split.val_indices), "seed": split.seed}
+    if args.save:
+        split.save(args.save)
+        summary["saved"] = args.save
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from cissl.algorithms import algorithm_names
+    from cissl.algorithms.registry import entry
+    from cissl.config import describe
+
+    print("algorithms:")
+    for name in algorithm_names():
+        print(f"  {name:<16} {entry(name).summary}")
+    print("\nconfig keys (key, default, meaning):")
+    for key, default, text in describe():
+        print(f"  {key:<38} {default:<16} {text}")
+    if args.algorithm:
+        print(f"\nalgorithm.* keys of {args.algorithm}:")
+        for key, default, text in describe(entry(args.algorithm).config_cls, "algorithm"):
+            print(f"  {key:<38} {default:<16} {text}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cissl", description="Class-imbalanced semi-supervised learning")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a run (or resume one)")
+    _add_config_args(train, required=False)
+    train.add_argument("--out", help="run directory (default runs/<setting>-<algorithm>-seed<k>)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    train.add_argument("--quiet", action="store_true", help="no progress lines")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="recompute results.json of a run from a checkpoint")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--checkpoint", help="checkpoint file (default: the run's newest)")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    split = sub.add_parser("split", help="print the per-class labeled / unlabeled counts of a setting")
+    _add_config_args(split)
+    split.add_argument("--counts-only", action="store_true", help="counts from the protocol, no data read")
+    split.add_argument("--save", metavar="FILE", help="also write the split (indices) to FILE")
+    split.set_defaults(func=cmd_split)
+
+    lister = sub.add_parser("list", help="list algorithms and config keys")
+    lister.add_argument("--algorithm", help="also list this algorithm's keys")
+    lister.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CisslError as exc:
+        print(f"cissl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cissl: interrupted; a run continues from its last checkpoint with "
+              "`cissl train --resume RUN_DIR`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

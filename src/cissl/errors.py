@@ -1,0 +1,17 @@
+"""Errors that the command line reports in one line, without a traceback (exit code 2)."""
+
+
+class CisslError(Exception):
+    """Base class of every error caused by the user's input (config, data files, checkpoints)."""
+
+
+class ConfigError(CisslError):
+    """A config key is unknown, has the wrong type or is out of range."""
+
+
+class DataError(CisslError):
+    """A data file is missing, corrupt, or the requested split does not fit the data."""
+
+
+class CheckpointError(CisslError):
+    """A checkpoint or run directory is missing, unreadable or does not match the config."""

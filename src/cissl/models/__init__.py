@@ -1,0 +1,31 @@
+"""Backbones and the classifier wrapper; :func:`build_model` makes one from a config."""
+
+from __future__ import annotations
+
+import torch
+
+from cissl.models.classifier import Classifier, ModelOutput
+from cissl.models.wrn import WideResNet
+
+__all__ = ["Classifier", "ModelOutput", "WideResNet", "build_model"]
+
+HEAD_STREAM = 7919  # extra heads are initialised from their own seed, after the shared parameters
+
+
+def build_model(model_config, in_channels: int, num_classes: int, mean, std, seed: int,
+                head_names=("main",)) -> Classifier:
+    """Build backbone + heads deterministically from ``seed``.
+
+    The backbone and the ``main`` head are drawn first from ``seed``; every further head from its
+    own seed, so the shared parameters are identical whatever heads an algorithm adds (the
+    FixMatch / SeMi identity test relies on this). The global RNG state is left untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        backbone = WideResNet(in_channels, model_config.depth, model_config.widen,
+                              model_config.leaky_slope, model_config.bn_momentum)
+        model = Classifier(backbone, num_classes, mean, std, head_names=("main",))
+        for i, name in enumerate(n for n in head_names if n != "main"):
+            torch.manual_seed(seed * 1_000_003 + HEAD_STREAM + i)
+            model.add_head(name)
+    return model

@@ -1,0 +1,86 @@
+import dataclasses
+import re
+
+import pytest
+
+from cissl.config import Config, build, load_config, parse_overrides, read_config_file, save_config
+from cissl.errors import ConfigError
+
+
+def test_defaults_build_and_are_frozen():
+    config = build({})
+    assert config.optim.lr == 0.03 and config.train.batch_size == 64
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.optim.lr = 1.0
+
+
+def test_dotted_overrides_are_typed():
+    config = load_config(None, ["optim.lr=0.01", "train.iterations=1e3", "data.dataset=cifar100",
+                                "algorithm.name=fixmatch", "algorithm.threshold=0.9"])
+    assert config.optim.lr == 0.01
+    assert config.train.iterations == 1000 and isinstance(config.train.iterations, int)
+    assert config.data.dataset == "cifar100"
+    assert config.algorithm.threshold == 0.9
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("data.imbalance_ratio=-3", "'data.imbalance_ratio': must be >= 1.0"),
+    ("data.dataset=imagenet", "'data.dataset': must be one of"),
+    ("optim.lr=0", "'optim.lr': must be > 0"),
+    ("train.batch_size=abc", "'train.batch_size': expected an integer"),
+    ("train.batch_size=2.5", "'train.batch_size': expected an integer"),
+    ("train.channels_last=1", "'train.channels_last': expected true/false"),
+    ("data.imbalance_rato=3", "did you mean 'data.imbalance_ratio'"),
+    ("model.depth=27", "'model.depth': must be 6n + 4"),
+    ("algorithm.name=nope", "unknown algorithm 'nope'"),
+    ("algorithm.threshold=1.5", "'algorithm.threshold': must be <= 1.0"),
+    ("train.device=gpu", "'train.device'"),
+    ("data=3", "'data': expected a mapping"),
+    ("lr", "expected key=value"),
+])
+def test_bad_values_name_the_key(override, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        load_config(None, [override])
+
+
+def test_unknown_distribution_needs_stl10():
+    with pytest.raises(ConfigError, match="data.unlabeled_distribution"):
+        load_config(None, ["data.unlabeled_distribution=unknown"])
+    assert load_config(None, ["data.dataset=stl10", "data.unlabeled_distribution=unknown",
+                              "data.unlabeled_head=null"]).data.unlabeled_head is None
+
+
+def test_algorithm_presets_and_switch(tmp_path):
+    config = load_config(None, ["algorithm.name=fixmatch_la"])
+    assert config.algorithm.logit_adjust is True
+    path = tmp_path / "c.yaml"
+    path.write_text("algorithm:\n  name: fixmatch\n  threshold: 0.7\n")
+    switched = load_config(path, algorithm="supervised")
+    assert switched.algorithm.name == "supervised" and not hasattr(switched.algorithm, "threshold")
+
+
+def test_inheritance_merges_sections(tmp_path):
+    (tmp_path / "base.yaml").write_text("optim:\n  lr: 0.1\n  momentum: 0.5\ntrain:\n  seed: 3\n")
+    (tmp_path / "child.yaml").write_text("inherit: base.yaml\noptim:\n  lr: 0.2\n")
+    merged = read_config_file(tmp_path / "child.yaml")
+    assert merged == {"optim": {"lr": 0.2, "momentum": 0.5}, "train": {"seed": 3}}
+    (tmp_path / "loop.yaml").write_text("inherit: loop.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        read_config_file(tmp_path / "loop.yaml")
+
+
+def test_saved_config_loads_back_identical(tmp_path):
+    config = load_config(None, ["algorithm.name=fixmatch", "optim.weight_decay=0.0005", "name=a/b"])
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+def test_replace_revalidates():
+    config = Config()
+    assert config.replace(["train.seed=4"]).train.seed == 4
+    with pytest.raises(ConfigError):
+        config.replace({"train.seed": -1})
+
+
+def test_parse_overrides_parses_lists():
+    assert parse_overrides(["a.b=[1, 2]"]) == [("a.b", [1, 2])]

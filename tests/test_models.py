@@ -1,0 +1,68 @@
+import torch
+
+from cissl.config import ModelConfig
+from cissl.models import build_model
+from cissl.models.wrn import WideResNet
+
+
+def _model(k=10, heads=("main",), channels=3):
+    return build_model(ModelConfig(), channels, k, (0.5,) * channels, (0.25,) * channels, 0, heads)
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_wrn28_2_parameter_counts_match_spec():
+    assert n_params(_model()) == 1_467_610
+    assert n_params(_model(heads=("main", "balanced"))) == 1_468_900
+    assert n_params(_model(100, ("main", "balanced"))) == 1_492_120
+
+
+def test_shapes_features_and_logits_any_channels():
+    for channels, size in ((3, 32), (1, 28), (1, 8)):
+        model = _model(channels=channels, heads=("main", "balanced"))
+        out = model(torch.rand(4, channels, size, size))
+        assert out.features.shape == (4, 128)
+        assert set(out.logits) == {"main", "balanced"} and out.logits["main"].shape == (4, 10)
+
+
+def test_wrn_depth_and_width_general():
+    net = WideResNet(in_channels=1, depth=16, widen=4)
+    assert net.feature_dim == 256 and len(net.block1) == 2
+    assert net(torch.rand(2, 1, 16, 16)).shape == (2, 256)
+
+
+def test_bn_momentum_and_block_quirks():
+    model = _model()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(bn.momentum == 0.001 for bn in bns)
+    model(torch.rand(4, 3, 32, 32)).logits["main"].sum().backward()
+    backbone = model.backbone
+    # group 1, first block: activated input feeds conv and shortcut -> its bn1 learns
+    assert backbone.block1[0].bn1.weight.grad is not None
+    # groups 2 and 3, first block: the pre-activation is discarded -> no gradient (reference quirk)
+    assert backbone.block2[0].bn1.weight.grad is None and backbone.block3[0].bn1.weight.grad is None
+    assert backbone.block2[1].bn1.weight.grad is not None
+
+
+def test_extra_heads_do_not_change_shared_initialisation():
+    single, double = _model(), _model(heads=("main", "balanced"))
+    shared = double.state_dict()
+    for key, value in single.state_dict().items():
+        assert torch.equal(value, shared[key]), key
+
+
+def test_initialisation_leaves_global_rng_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    _model()
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_normalisation_inside_wrapper():
+    model = _model(channels=1)
+    x = torch.full((1, 1, 8, 8), 0.75)
+    normalised = (x - 0.5) / 0.25
+    assert torch.allclose(model.embed(x), model.backbone(normalised))

@@ -1,0 +1,133 @@
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cissl.data.sources import (load_cifar10, load_cifar100, load_digits_source, load_fashion_mnist,
+                                load_stl10)
+from cissl.data.sources.fashion import SYSTEM_DIR
+from cissl.errors import DataError
+from synthetic_data import write_cifar10, write_cifar100, write_fashion, write_stl10
+
+
+@pytest.mark.parametrize("bytes_keys", [False, True])
+def test_cifar10_reads_official_layout(tmp_path, bytes_keys):
+    truth = write_cifar10(tmp_path, bytes_keys=bytes_keys)
+    source = load_cifar10(tmp_path, checksums=truth["checksums"])
+    assert source.train.images.shape == (60, 3, 32, 32) and source.train.images.dtype == np.uint8
+    assert source.test.images.shape == (10, 3, 32, 32)
+    data, labels = truth["data_batch_2"]
+    image = source.train.images[12 + 3]  # 4th image of the second batch
+    # row layout: 1024 red, 1024 green, 1024 blue values, each row-major
+    assert image[1, 5, 7] == data[3, 1024 + 5 * 32 + 7]
+    assert source.train.labels[15] == labels[3] and source.train.labels.dtype == np.int64
+    assert source.class_names[0] == "airplane" and source.num_classes == 10
+
+
+def test_cifar10_checks_official_md5_by_default(tmp_path):
+    write_cifar10(tmp_path)
+    with pytest.raises(DataError, match=r"data_batch_1 is corrupt \(md5 .* expected c99cafc1"):
+        load_cifar10(tmp_path)
+
+
+def test_cifar10_missing_and_corrupt_files_named(tmp_path):
+    truth = write_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    raw = bytearray((folder / "data_batch_3").read_bytes())
+    raw[100] ^= 0xFF
+    (folder / "data_batch_3").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="data_batch_3 is corrupt"):
+        load_cifar10(tmp_path, checksums=truth["checksums"])
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(DataError, match="missing file .*data_batch_3.*data.root"):
+        load_cifar10(tmp_path, checksums=truth["checksums"])
+
+
+def test_cifar_truncated_pickle_is_a_clear_error(tmp_path):
+    truth = write_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    (folder / "data_batch_1").write_bytes((folder / "data_batch_1").read_bytes()[:50])
+    sums = dict(truth["checksums"], data_batch_1=None)
+    with pytest.raises(DataError, match="cannot read .*data_batch_1"):
+        load_cifar10(tmp_path, checksums=sums)
+
+
+def test_cifar100_fine_labels(tmp_path):
+    truth = write_cifar100(tmp_path)
+    source = load_cifar100(tmp_path, checksums=truth["checksums"])
+    assert source.train.images.shape == (30, 3, 32, 32) and source.num_classes == 100
+    assert source.train.labels.tolist() == truth["train"][1]
+    assert np.array_equal(source.test.images.reshape(10, -1), truth["test"][0])
+
+
+def test_stl10_reads_column_major_images_and_1_based_labels(tmp_path):
+    truth = write_stl10(tmp_path)
+    source = load_stl10(tmp_path, image_size=None, checksums=truth["checksums"])
+    assert np.array_equal(source.train.images, truth["train"][0])
+    assert source.train.labels.tolist() == truth["train"][1].tolist()
+    assert np.array_equal(source.test.images, truth["test"][0])
+    assert source.unlabeled.labels is None and np.array_equal(source.unlabeled.images, truth["unlabeled"][0])
+    assert source.class_names[2] == "car"
+
+
+def test_stl10_resizes_to_32(tmp_path):
+    truth = write_stl10(tmp_path)
+    folder = tmp_path / "stl10_binary"
+    flat = np.full((2, 3, 96, 96), 77, dtype=np.uint8)
+    flat.transpose(0, 1, 3, 2).tofile(folder / "train_X.bin")
+    np.array([1, 2], dtype=np.uint8).tofile(folder / "train_y.bin")
+    sums = dict(truth["checksums"], **{"train_X.bin": None, "train_y.bin": None})
+    source = load_stl10(tmp_path, image_size=32, checksums=sums, with_unlabeled=False)
+    assert source.train.images.shape == (2, 3, 32, 32) and (source.train.images == 77).all()
+    assert source.unlabeled is None and source.test.images.shape == (6, 3, 32, 32)
+
+
+def test_stl10_bad_sizes_named(tmp_path):
+    truth = write_stl10(tmp_path)
+    folder = tmp_path / "stl10_binary"
+    (folder / "test_y.bin").write_bytes(b"\x01\x02")
+    with pytest.raises(DataError, match="test_y.bin is corrupt"):
+        load_stl10(tmp_path, checksums=truth["checksums"])
+    with pytest.raises(DataError, match="test_y.bin has 2 labels for 6 images"):
+        load_stl10(tmp_path, checksums=dict(truth["checksums"], **{"test_y.bin": None}))
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_fashion_reads_idx(tmp_path, compress):
+    truth = write_fashion(tmp_path / "fashion_mnist", compress=compress)
+    source = load_fashion_mnist(tmp_path, checksums=truth["checksums"], search_system=False)
+    assert source.train.images.shape == (20, 1, 28, 28)
+    assert np.array_equal(source.train.images[:, 0], truth["train"][0])
+    assert source.test.labels.tolist() == truth["t10k"][1].tolist()
+
+
+def test_fashion_errors_name_file(tmp_path):
+    truth = write_fashion(tmp_path / "fashion_mnist")
+    path = tmp_path / "fashion_mnist" / "t10k-images-idx3-ubyte.gz"
+    with gzip.open(path, "rb") as handle:
+        payload = handle.read()
+    with gzip.open(path, "wb") as handle:
+        handle.write(payload[:-5])
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz is corrupt"):
+        load_fashion_mnist(tmp_path, checksums=truth["checksums"], search_system=False)
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz is truncated"):
+        load_fashion_mnist(tmp_path, checksums={}, search_system=False)
+    path.unlink()
+    with pytest.raises(DataError, match="missing file t10k-images-idx3-ubyte.gz"):
+        load_fashion_mnist(tmp_path, checksums=truth["checksums"], search_system=False)
+
+
+@pytest.mark.skipif(not (SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_verifies(tmp_path):
+    source = load_fashion_mnist(tmp_path)
+    assert source.train.images.shape == (60000, 1, 28, 28) and source.test.images.shape == (10000, 1, 28, 28)
+    assert np.bincount(source.train.labels).tolist() == [6000] * 10
+
+
+def test_digits_embedded_default():
+    source = load_digits_source()
+    assert source.train.images.shape == (1297, 1, 8, 8) and source.test.images.shape == (500, 1, 8, 8)
+    assert np.bincount(source.test.labels).tolist() == [50] * 10
+    assert source.train.images.max() == 255 and source.train.images.dtype == np.uint8
