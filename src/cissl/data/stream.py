@@ -1,0 +1,68 @@
+"""Infinite shuffled batch streams over in-memory images, drawn by seeded generators.
+
+Each stream walks a fresh permutation of its pool and yields batches without replacement; the
+incomplete tail of a permutation is dropped and a new permutation starts (drop_last, spec 1.7).
+A pool smaller than one batch is covered by concatenating successive permutations. The stream's
+whole state (generator, permutation, position) is in :meth:`IndexStream.state_dict`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class IndexStream:
+    """Batches of positions 0..pool_size-1 (CPU int64), reproducible from ``seed``."""
+
+    def __init__(self, pool_size: int, batch_size: int, seed: int):
+        if pool_size < 1:
+            raise ValueError("an index stream needs a non-empty pool")
+        self.pool_size = pool_size
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.perm = torch.empty(0, dtype=torch.long)
+        self.pos = 0
+
+    def _new_permutation(self) -> torch.Tensor:
+        return torch.randperm(self.pool_size, generator=self.generator)
+
+    def next(self) -> torch.Tensor:
+        b = self.batch_size
+        if self.pool_size < b:  # small pool: successive permutations back to back
+            parts, need = [], b
+            while need > 0:
+                perm = self._new_permutation()
+                parts.append(perm[:need])
+                need -= len(parts[-1])
+            return torch.cat(parts)
+        if self.pos + b > len(self.perm):
+            self.perm = self._new_permutation()
+            self.pos = 0
+        batch = self.perm[self.pos:self.pos + b]
+        self.pos += b
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "perm": self.perm.clone(), "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm = state["perm"].clone()
+        self.pos = int(state["pos"])
+
+
+class ImagePool:
+    """uint8 images (and optional labels) living on the training device, indexed by stream batches."""
+
+    def __init__(self, images, labels=None, device: torch.device | str = "cpu"):
+        self.images = torch.as_tensor(images).to(device)
+        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long).to(device)
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def take(self, positions: torch.Tensor):
+        positions = positions.to(self.device, non_blocking=True)
+        labels = None if self.labels is None else self.labels[positions]
+        return self.images[positions], labels, positions

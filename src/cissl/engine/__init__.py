@@ -1,0 +1,1 @@
+"""Training engine: optimizer and schedule, EMA, checkpoints, logging, the training loop."""

@@ -1,0 +1,79 @@
+"""Atomic checkpoints: written to a temporary file, fsynced, then renamed over; the last K are kept.
+
+A crash (even SIGKILL) during a write leaves the previous checkpoints intact; the leftover
+temporary file is ignored by :func:`latest_checkpoint` and removed by the next save.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from cissl.errors import CheckpointError
+
+_NAME = re.compile(r"^ckpt_(\d{8,})\.pt$")
+
+
+def checkpoint_path(directory: Path, iteration: int) -> Path:
+    return Path(directory) / f"ckpt_{iteration:08d}.pt"
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints in ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    found = list_checkpoints(directory)
+    return found[-1] if found else None
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(state: dict, directory: Path, iteration: int, keep: int) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob(".ckpt_*.tmp*"):
+        stale.unlink(missing_ok=True)
+    target = checkpoint_path(directory, iteration)
+    tmp = directory / f".{target.name}.tmp{os.getpid()}"
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)
+    _fsync_dir(directory)
+    for old in list_checkpoints(directory)[:-keep]:
+        old.unlink(missing_ok=True)
+    return target
+
+
+def load_checkpoint(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, foreign or tampered file
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or "iteration" not in state or "model" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a cissl checkpoint (no model / iteration)")
+    return state

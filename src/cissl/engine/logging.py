@@ -1,0 +1,98 @@
+"""Run logging: console progress lines, ``metrics.jsonl``, optional TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from cissl.errors import ConfigError
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def truncate_jsonl(path: Path, after_iteration: int) -> None:
+    """Drop records past ``after_iteration`` (a resumed run rewrites them), atomically."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash
+        if record.get("iteration", 0) <= after_iteration:
+            kept.append(line)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class RunLogger:
+    """Writes train / eval records to ``metrics.jsonl`` and progress lines to the console."""
+
+    def __init__(self, run_dir: Path, total_iterations: int, tensorboard: bool = False, stream=None,
+                 quiet: bool = False):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.total = total_iterations
+        self.stream = stream or sys.stdout
+        self.quiet = quiet
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("config key 'train.tensorboard': needs the tensorboard package; "
+                                  "pip install 'cissl[tensorboard]'") from None
+            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._start_time = time.perf_counter()
+        self._start_iteration = 0
+
+    def start(self, iteration: int) -> None:
+        self._start_time = time.perf_counter()
+        self._start_iteration = iteration
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            print(f"[cissl] {text}", file=self.stream, flush=True)
+
+    def _write(self, record: dict) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def log_train(self, iteration: int, values: dict[str, float]) -> None:
+        elapsed = time.perf_counter() - self._start_time
+        done = iteration - self._start_iteration
+        speed = done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - iteration) / speed if speed > 0 else 0.0
+        self._write({"kind": "train", "iteration": iteration, **values, "it_per_s": speed})
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(f"train/{key}", value, iteration)
+        shown = " ".join(f"{k} {v:.4g}" for k, v in values.items() if not k.startswith("pl_"))
+        self.message(f"it {iteration}/{self.total} ({100 * iteration / self.total:.0f}%) {shown} | "
+                     f"{speed:.2f} it/s | ETA {format_duration(eta)}")
+
+    def log_eval(self, record: dict) -> None:
+        self._write({"kind": "eval", **record})
+        if self.writer is not None:
+            for split in ("test", "val"):
+                for head, metrics in record.get(split, {}).items():
+                    for key, value in metrics.items():
+                        self.writer.add_scalar(f"{split}/{head}/{key}", value, record["iteration"])
+        parts = [f"{head} top1 {100 * m['top1']:.2f}% bal {100 * m['balanced_accuracy']:.2f}%"
+                 for head, m in record["test"].items()]
+        self.message(f"eval it {record['iteration']}: " + " | ".join(parts))
+
+    def close(self) -> None:
+        self._file.close()
+        if self.writer is not None:
+            self.writer.close()

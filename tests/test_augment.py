@@ -1,0 +1,131 @@
+"""Batched augmentation against the per-image PIL reference (spec section 2)."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from cissl.data.augment import OPS, BatchAugment, apply_op, cutout, flip_crop, op_magnitude
+from cissl.data.augment_pil import from_pil, pil_cutout, pil_flip_crop, pil_op, to_pil
+
+
+def random_images(n, channels, size=32, seed=0):
+    """Half noise, half smooth gradients (so histogram ops see both flat and spread images)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, channels, size, size)).astype(np.uint8)
+    ramp = np.linspace(-60, 60, size)[None, None, :, None] * rng.normal(1, 0.5, (n // 2, 1, 1, 1))
+    images[n // 2:] = np.clip(rng.normal(128, 40, (n // 2, channels, 1, 1)) + ramp, 0, 255).astype(np.uint8)
+    return images
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("op", OPS)
+def test_each_op_matches_pil_at_every_level(op, channels):
+    images = random_images(16, channels)
+    x = torch.from_numpy(images).float()
+    for level in range(1, 10):
+        for negative in (False, True):
+            magnitude = torch.full((16,), float(op_magnitude(op, level, 32)), dtype=torch.float64)
+            sign = torch.full((16,), -1.0 if negative else 1.0, dtype=torch.float64)
+            ours = apply_op(x.clone(), op, magnitude, sign).numpy()
+            reference = np.stack([from_pil(pil_op(to_pil(im), op, level, negative)) for im in images])
+            # tolerance: exact. The batched ops replicate PIL's integer rounding and its 16.16
+            # fixed-point affine sampling, so even geometric ops agree on every pixel.
+            assert np.array_equal(ours, reference), (op, level, negative)
+
+
+def test_magnitude_table_matches_spec():
+    assert [round(op_magnitude("Brightness", v, 32), 2) for v in (1, 9)] == [0.14, 0.86]
+    assert [op_magnitude("Posterize", v, 32) for v in range(1, 10)] == [4, 4, 5, 5, 6, 6, 6, 7, 7]
+    assert [op_magnitude("Rotate", v, 32) for v in (1, 9)] == [3, 27]
+    assert [op_magnitude("Solarize", v, 32) for v in (1, 9)] == [231, 26]
+    assert [op_magnitude("TranslateX", v, 32) for v in (1, 9)] == [0, 8]
+    assert op_magnitude("ShearX", 9, 32) == pytest.approx(0.27)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "constant"])
+def test_flip_crop_matches_reference(mode):
+    images = random_images(12, 3)
+    rng = np.random.default_rng(1)
+    flips = rng.random(12) < 0.5
+    offsets = rng.integers(0, 9, (2, 12))
+    ours = flip_crop(torch.from_numpy(images).float(), torch.from_numpy(flips), torch.from_numpy(offsets[0]),
+                     torch.from_numpy(offsets[1]), 4, mode).numpy()
+    for i, image in enumerate(images):
+        ref = pil_flip_crop(image, bool(flips[i]), int(offsets[0, i]), int(offsets[1, i]), 4, mode)
+        assert np.array_equal(ours[i], ref)
+
+
+def test_cutout_geometry_matches_reference():
+    images = random_images(6, 3)
+    centers = [(0.0, 0.0), (31.9, 31.9), (16.0, 16.0), (3.3, 20.7), (8.0, 8.0), (25.5, 2.2)]
+    cx = torch.tensor([c[0] for c in centers])
+    cy = torch.tensor([c[1] for c in centers])
+    left = torch.clamp(cx - 8, min=0).long()
+    top = torch.clamp(cy - 8, min=0).long()
+    ours = cutout(torch.from_numpy(images).float(), left, top, 16).numpy()
+    for i, image in enumerate(images):
+        ref = from_pil(pil_cutout(to_pil(image), centers[i][0], centers[i][1], 16))
+        assert np.array_equal(ours[i], ref)
+    grey = (ours[2] == 127).all(axis=0)
+    assert grey.sum() >= 17 * 17  # inclusive corners: 17 x 17 when not clipped
+
+
+def test_randaugment_applies_drawn_ops_like_per_image_pil():
+    images = random_images(64, 3, seed=4)
+    aug = BatchAugment(32, generator=torch.Generator().manual_seed(0))
+    params = aug.draw_randaugment(64)
+    ours = aug.randaugment(torch.from_numpy(images).float(), params).numpy()
+    for i, image in enumerate(images):
+        img = to_pil(image)
+        for slot in range(2):
+            if params["applied"][slot, i]:
+                img = pil_op(img, OPS[params["op"][slot, i]], int(params["level"][slot, i]),
+                             bool(params["negative"][slot, i]))
+        assert np.array_equal(ours[i], from_pil(img)), i
+
+
+def test_randaugment_draw_frequencies():
+    """Ops uniform over the 14 (with replacement), levels uniform over 1..9, each applied w.p. 0.5."""
+    aug = BatchAugment(32, generator=torch.Generator().manual_seed(123))
+    params = aug.draw_randaugment(20_000)
+    ops = torch.bincount(params["op"].flatten(), minlength=14).numpy()
+    levels = torch.bincount(params["level"].flatten(), minlength=10).numpy()[1:]
+    assert chisquare(ops).pvalue > 0.001
+    assert chisquare(levels).pvalue > 0.001
+    applied = params["applied"].float().mean().item()
+    assert abs(applied - 0.5) < 0.01
+    # an op is applied in a given strong view with probability 1 - (1 - 0.5/14)^2
+    applied_ops = torch.where(params["applied"], params["op"], torch.full_like(params["op"], 14))
+    per_view = torch.stack([(applied_ops == k).any(dim=0) for k in range(14)]).float().mean(dim=1)
+    expected = 1 - (1 - 0.5 / 14) ** 2
+    assert torch.all((per_view - expected).abs() < 0.01)
+
+
+def test_views_shapes_ranges_and_independence():
+    images = torch.from_numpy(random_images(32, 3))
+    aug = BatchAugment(32, generator=torch.Generator().manual_seed(0))
+    weak = aug.weak(images)
+    s1, s2 = aug.strong(images), aug.strong(images)
+    assert weak.dtype == torch.float32 and weak.shape == images.shape
+    assert weak.min() >= 0 and s1.max() <= 1
+    assert not torch.equal(s1, s2)  # independent draws per view
+
+
+def test_same_seed_same_views():
+    images = torch.from_numpy(random_images(8, 1, size=28))
+    a = BatchAugment(28, cutout=14, generator=torch.Generator().manual_seed(5))
+    b = BatchAugment(28, cutout=14, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a.strong(images), b.strong(images))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_for_fixed_params():
+    images = random_images(32, 3)
+    x = torch.from_numpy(images).float()
+    for op in OPS:
+        magnitude = torch.full((32,), float(op_magnitude(op, 7, 32)), dtype=torch.float64)
+        sign = -torch.ones(32, dtype=torch.float64)
+        cpu = apply_op(x.clone(), op, magnitude, sign)
+        gpu = apply_op(x.cuda(), op, magnitude.cuda(), sign.cuda()).cpu()
+        assert torch.equal(cpu, gpu), op

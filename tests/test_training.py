@@ -1,0 +1,134 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from cissl.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from cissl.engine.run import evaluate_run, resume_run, start_run
+from cissl.errors import CheckpointError
+from conftest import CONFIGS, run_cli
+from helpers import tiny_config
+
+RESULT_KEYS = {"top1", "balanced_accuracy", "per_class_accuracy", "many_accuracy", "medium_accuracy",
+               "few_accuracy", "geometric_mean", "confusion_matrix", "median_last_top1", "mean_last_top1",
+               "best_on_test_top1", "heads", "reported_head"}
+
+
+def assert_same_state(a: dict, b: dict, path="state"):
+    assert type(a) is type(b), path
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            if key == "elapsed":
+                continue
+            assert_same_state(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, str) and path.endswith("history"):
+        strip = [{k: v for k, v in r.items()} for r in json.loads(a)]
+        assert strip == json.loads(b), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("algorithm", ["fixmatch", "supervised_la"])
+def test_resume_continues_bit_for_bit(tmp_path, algorithm):
+    config = tiny_config("train.iterations=12", "train.checkpoint_every=6", "train.eval_every=6",
+                         "train.log_every=4", "train.keep_checkpoints=3", algorithm=algorithm)
+    straight = tmp_path / "straight"
+    start_run(config, straight, quiet=True)
+    reference = load_checkpoint(straight / "checkpoints" / "ckpt_00000012.pt")
+
+    interrupted = tmp_path / "interrupted"
+    start_run(config, interrupted, quiet=True)
+    (interrupted / "checkpoints" / "ckpt_00000012.pt").unlink()  # as if killed after iteration 6
+    (interrupted / "results.json").unlink()
+    resume_run(interrupted, quiet=True)
+    resumed = load_checkpoint(interrupted / "checkpoints" / "ckpt_00000012.pt")
+    assert_same_state(reference, resumed)
+    lines = [json.loads(l) for l in (interrupted / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in lines if r["kind"] == "eval"] == [6, 12]  # no duplicated records
+
+
+def test_train_writes_run_directory_and_results(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(["train", "--config", CONFIGS / "quickstart.yaml", "--out", out, "--quiet",
+                               "model.depth=10", "model.widen=1", "train.iterations=10", "train.eval_every=5",
+                               "train.checkpoint_every=5"], capsys)
+    assert code == 0 and "top-1" in stdout and "balanced accuracy" in stdout
+    for name in ("config.yaml", "split.json", "metrics.jsonl", "results.json"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    assert RESULT_KEYS <= set(results)
+    assert len(results["confusion_matrix"]) == 10 and results["last_k"] == 2
+    assert results["best_on_test_top1"]["note"].startswith("selected on the test set")
+
+    # re-evaluation from the checkpoint reproduces the final numbers
+    before = dict(results)
+    code, stdout, _ = run_cli(["evaluate", out], capsys)
+    after = json.loads((out / "results.json").read_text())
+    assert code == 0 and after["top1"] == before["top1"] and after["confusion_matrix"] == before["confusion_matrix"]
+
+    # a second train into the same directory refuses instead of overwriting
+    code, _, err = run_cli(["train", "--config", CONFIGS / "quickstart.yaml", "--out", out], capsys)
+    assert code == 2 and "already holds a run" in err
+
+
+def test_broken_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    config = tiny_config("train.iterations=4", "train.checkpoint_every=2")
+    start_run(config, tmp_path / "run", quiet=True)
+    newest = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    newest.write_bytes(newest.read_bytes()[:1000])
+    code, _, err = run_cli(["evaluate", tmp_path / "run"], capsys)
+    assert code == 2 and "unreadable" in err and newest.name in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(CheckpointError, match="not a run directory"):
+        resume_run(tmp_path / "nothing")
+
+
+WRITER = textwrap.dedent("""
+    import sys, torch
+    from cissl.engine.checkpoint import save_checkpoint
+    big = torch.randn(8_000_000)  # 32 MB per checkpoint: most of the loop's time is spent writing
+    i = 0
+    while True:
+        i += 1
+        save_checkpoint({"iteration": i, "model": {"w": big + i}}, sys.argv[1], i, keep=2)
+""")
+
+
+def test_sigkill_during_checkpoint_write_keeps_last_good_checkpoint(tmp_path):
+    killed_mid_write = 0
+    for attempt in range(6):
+        directory = tmp_path / f"checkpoints{attempt}"
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(directory)])
+        deadline = time.time() + 60
+        while len(list_checkpoints(directory)) < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.013 * attempt)
+        writing = any(directory.glob(".ckpt_*.tmp*"))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed_mid_write += writing and any(directory.glob(".ckpt_*.tmp*"))
+        state = load_checkpoint(latest_checkpoint(directory))  # the newest complete one always loads
+        assert torch.equal(state["model"]["w"][:3], state["model"]["w"][:3])
+        assert len(list_checkpoints(directory)) <= 3
+    assert killed_mid_write >= 1, "no kill landed during a write; the test did not exercise the crash"
+
+
+@pytest.mark.slow
+def test_fixmatch_learns_digits_well_above_chance(tmp_path):
+    config = tiny_config("model.widen=2", "train.iterations=400", "train.eval_every=400",
+                         "train.checkpoint_every=400", "train.ema_decay=0.99", algorithm="fixmatch")
+    results = start_run(config, tmp_path / "run", quiet=True)
+    assert results["top1"] > 0.6, results["top1"]  # chance is 0.1
+    assert results["pseudo_labels"]["mask_rate"] > 0.3
