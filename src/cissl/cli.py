@@ -30,7 +30,8 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.2f} %"
 
 
-def print_results(results: dict, run_dir: Path, stream=sys.stdout) -> None:
+def print_results(results: dict, run_dir: Path, stream=None) -> None:
+    stream = stream or sys.stdout
     rows = [
         ("top-1", _pct(results["top1"])),
         ("balanced accuracy", _pct(results["balanced_accuracy"])),
