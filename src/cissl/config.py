@@ -293,7 +293,7 @@ def build(data: dict) -> Config:
     name = algo.get("name", AlgorithmConfig().name)
     algo_cls = algorithm_config_class(name)
     base = build_section(Config, data, "")
-    algorithm = build_section(algo_cls, {**algorithm_preset(name), **algo, "name": name}, "algorithm")
+    algorithm = build_section(algo_cls, {**_merge(algorithm_preset(name), algo), "name": name}, "algorithm")
     return dataclasses.replace(base, algorithm=algorithm)
 
 

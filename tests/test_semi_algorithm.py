@@ -1,0 +1,205 @@
+"""SeMi as a whole: losses by hand, timeline, feature alignment, FixMatch identity, resume, a real run."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cissl.algorithms import AlgorithmContext, Batch, build_algorithm
+from cissl.algorithms.base import forward_views
+from cissl.config import ModelConfig, load_config
+from cissl.engine.checkpoint import load_checkpoint
+from cissl.engine.data import prepare_data
+from cissl.engine.run import resume_run, start_run
+from cissl.engine.trainer import Trainer
+from cissl.models import ModelOutput, build_model
+from helpers import id_images, tiny_config
+from test_training import assert_same_state
+
+
+class TwoHeadTable(torch.nn.Module):
+    """Logits of both heads and the embedding looked up from the input's first pixel."""
+
+    def __init__(self, main, balanced, features):
+        super().__init__()
+        self.main = torch.nn.Parameter(main.clone())
+        self.balanced_table = torch.nn.Parameter(balanced.clone())
+        self.features = features
+        self.heads = torch.nn.ModuleDict({"balanced": torch.nn.Identity()})
+        self.feature_dim = features.shape[1]
+
+    def forward(self, x):
+        rows = x[:, 0, 0, 0].round().long()
+        return ModelOutput(self.features[rows], {"main": self.main[rows], "balanced": self.balanced_table[rows]})
+
+
+def semi(*overrides, counts=(6, 3, 1), iterations=1000, epoch_length=10, feature_dim=2):
+    config = load_config(None, ["algorithm.name=semi", *overrides])
+    context = AlgorithmContext(num_classes=len(counts), labeled_counts=tuple(counts), feature_dim=feature_dim,
+                               iterations=iterations, epoch_length=epoch_length)
+    return build_algorithm(config.algorithm, context)
+
+
+def test_balanced_branch_losses_by_hand():
+    """pi = (.6, .3, .1); tau2 = tau12 = 2: labeled loss CE(g + log(pi^2 + 1e-12), y); balanced targets
+    argmax softmax(f(u_w) - 2 log pi), masked by (max >= .7) OR (max softmax(g(u_w)) >= .7)."""
+    algo = semi("algorithm.use_oheml=false", "algorithm.use_ea=false", "algorithm.use_plce=false")
+    main = torch.tensor([[0.0, 0, 0], [3.0, 0, 0], [3.0, 0, 0], [0.0, 1, 0], [0.0, 0, 1]])
+    bal = torch.tensor([[1.0, 0, 0], [0.0, 0, 0], [0.0, 0, 5.0], [0.0, 0, 2.0], [1.0, 2.0, 0]])
+    model = TwoHeadTable(main, bal, torch.zeros(5, 2))
+    batch = Batch(x=id_images([0]), y=torch.tensor([2]), u_weak=id_images([1, 2]), u_strong=(id_images([3, 4]),))
+    out = algo.step(model, batch, 0)
+    a = torch.log(torch.tensor([0.36, 0.09, 0.01]) + 1e-12)
+    assert out.metrics["loss_x_bal"].item() == pytest.approx(F.cross_entropy(bal[:1] + a, torch.tensor([2])).item(),
+                                                             rel=1e-6)
+    # f(u_w) - A = (3 - ln .36, -ln .09, -ln .01) = (4.02, 2.41, 4.61): target class 2 with p = 0.60 < 0.7
+    h = torch.softmax(main[1] - a, dim=0)
+    assert h.argmax().item() == 2 and 0.55 < h.max() < 0.7
+    # image 1: g(u_w) uniform -> masked out; image 2: g(u_w) = (0, 0, 5) is confident -> used (OR)
+    assert out.metrics["mask_rate_bal"].item() == 0.5
+    expected = F.cross_entropy(bal[4:5], torch.tensor([2])).item() / 2  # mean over V * B_u = 2 rows
+    assert out.metrics["loss_u_bal"].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_timeline_warmup_is_strict():
+    algo = semi("algorithm.warmup_epochs=2")
+    assert not algo.active(29) and algo.active(30)  # epoch_length 10: epoch 2 is still warm-up
+
+
+def test_terms_switch_on_after_warmup():
+    algo = semi("algorithm.warmup_epochs=0", "algorithm.threshold=0.99", feature_dim=3)
+    features = torch.randn(5, 3)
+    model = TwoHeadTable(torch.randn(5, 3), torch.randn(5, 3), features)
+    batch = Batch(x=id_images([0]), y=torch.tensor([1]), u_weak=id_images([1, 2]),
+                  u_strong=(id_images([3, 4]), id_images([3, 4])))
+    warm = algo.step(model, batch, 5)    # epoch 0: not active
+    later = algo.step(model, batch, 15)  # epoch 1 > 0: active
+    assert "loss_ea" not in warm.metrics and "loss_ea" in later.metrics
+    assert later.metrics["loss_ea"].item() > 0  # nothing passes 0.99: all ultra-hard
+
+
+def test_features_and_logits_aligned_in_both_layouts():
+    class IdentityBackbone(torch.nn.Module):
+        feature_dim = 1
+
+        def forward(self, x):
+            return x[:, :1, 0, 0]
+
+    from cissl.models import Classifier
+
+    model = Classifier(IdentityBackbone(), 3, (0.0,), (1.0,))
+    for mu, views in ((1, 2), (2, 1)):
+        b = 4
+        x = id_images(range(b))
+        u = [id_images(range(100 * (v + 1), 100 * (v + 1) + b * mu)) for v in range(views + 1)]
+        out = forward_views(model, Batch(x=x, y=torch.zeros(b, dtype=torch.long), u_weak=u[0],
+                                         u_strong=tuple(u[1:])))
+        assert out.labeled.flatten().tolist() == list(range(b))
+        assert out.weak.flatten().tolist() == list(range(100, 100 + b * mu))
+        for v, block in enumerate(out.strong):
+            assert block.flatten().tolist() == list(range(100 * (v + 2), 100 * (v + 2) + b * mu))
+            expected_logits = model.heads["main"](block)
+            assert torch.equal(out.strong_logits[v]["main"], expected_logits)
+
+
+def test_real_wrn_sliced_embeddings_equal_separate_forwards():
+    model = build_model(ModelConfig(depth=10, widen=1), 3, 10, (0.5,) * 3, (0.25,) * 3, 0, ("main", "balanced"))
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    blocks = [torch.rand(n, 3, 16, 16, generator=gen) for n in (3, 5, 5, 5)]
+    out = forward_views(model, Batch(x=blocks[0], y=torch.zeros(3, dtype=torch.long), u_weak=blocks[1],
+                                     u_strong=(blocks[2], blocks[3])))
+    sliced = [out.labeled, out.weak, *out.strong]
+    for block, features in zip(blocks, sliced):
+        assert torch.allclose(model(block).features, features, atol=1e-5)
+
+
+def test_semi_with_everything_off_equals_fixmatch(tmp_path):
+    """spec 8.5: same seed, same streams, threshold 0.7, V = 2, mu = 1 -> identical losses and parameters."""
+    common = ["train.iterations=6", "train.strong_views=2", "train.mu=1", "train.eval_every=100",
+              "train.checkpoint_every=100", "train.log_every=1"]
+    fixmatch = tiny_config(*common, "algorithm.threshold=0.7", algorithm="fixmatch")
+    off = tiny_config(*common, "algorithm.use_oheml=false", "algorithm.use_ea=false", "algorithm.use_plce=false",
+                      "algorithm.use_balanced_head=false", "algorithm.warmup_epochs=0", algorithm="semi")
+    device = torch.device("cpu")
+    trainers = []
+    for config in (fixmatch, off):
+        data = prepare_data(config, device)
+        trainers.append(Trainer(config, data, tmp_path / config.algorithm.name, None, device))
+    a, b = trainers
+    assert a.model.state_dict().keys() == b.model.state_dict().keys()
+    for _ in range(6):
+        batch_a, _ = a.next_batch()
+        batch_b, _ = b.next_batch()
+        assert torch.equal(batch_a.u_strong[1], batch_b.u_strong[1])
+        losses = []
+        for trainer, batch in ((a, batch_a), (b, batch_b)):
+            trainer.model.train()
+            out = trainer.algorithm.step(trainer.model, batch, trainer.iteration)
+            trainer.optimizer.zero_grad()
+            out.loss.backward()
+            trainer.optimizer.step()
+            trainer.scheduler.step()
+            trainer.ema.update(trainer.model)
+            trainer.algorithm.after_optimizer_step(trainer.iteration)
+            trainer.iteration += 1
+            losses.append(out.loss.detach())
+        assert torch.equal(losses[0], losses[1])
+    for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_semi_resume_is_bit_for_bit(tmp_path):
+    config = tiny_config("train.iterations=12", "train.checkpoint_every=6", "train.eval_every=6",
+                         "train.keep_checkpoints=3", "train.epoch_length=2", "algorithm.warmup_epochs=1",
+                         "algorithm.bank.decay_step=4", "algorithm.bank.capacity=8", "algorithm.threshold=0.15",
+                         algorithm="semi_paper")
+    start_run(config, tmp_path / "a", quiet=True)
+    start_run(config, tmp_path / "b", quiet=True)
+    (tmp_path / "b" / "checkpoints" / "ckpt_00000012.pt").unlink()
+    (tmp_path / "b" / "results.json").unlink()
+    resume_run(tmp_path / "b", quiet=True)
+    reference = load_checkpoint(tmp_path / "a" / "checkpoints" / "ckpt_00000012.pt")
+    resumed = load_checkpoint(tmp_path / "b" / "checkpoints" / "ckpt_00000012.pt")
+    assert reference["algorithm"]["bank"]["filled"].any()
+    assert_same_state(reference, resumed)
+
+
+@pytest.mark.slow
+def test_semi_learns_digits_and_bank_never_exceeds_capacity(tmp_path):
+    config = tiny_config("model.widen=2", "train.iterations=400", "train.eval_every=400",
+                         "train.checkpoint_every=400", "train.ema_decay=0.99", "train.epoch_length=50",
+                         "algorithm.warmup_epochs=1", "algorithm.bank.capacity=16", algorithm="semi")
+    device = torch.device("cpu")
+    trainer = Trainer(config, prepare_data(config, device), tmp_path, None, device)
+    bank = trainer.algorithm.bank
+    seen_fill = []
+    original = bank.push
+
+    def checked_push(*args):
+        original(*args)
+        counts = bank.fill_counts()
+        assert int(counts.max()) <= 16
+        seen_fill.append(int(counts.sum()))
+
+    bank.push = checked_push
+    results = trainer.fit()
+    assert len(seen_fill) == 400 and seen_fill[-1] > 0
+    assert results["top1"] > 0.6, results["top1"]  # chance is 0.1
+    assert set(results["heads"]) == {"main", "balanced"} and results["reported_head"] == "balanced"
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+                    .is_file(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_semi_setting_runs_end_to_end(tmp_path, capsys):
+    import json
+
+    from conftest import CONFIGS, run_cli
+
+    code, out, _ = run_cli(["train", "--config", CONFIGS / "fashion_lt/consistent_n1500_m3000_g100.yaml",
+                            "--out", tmp_path / "run", "--quiet", "train.iterations=4", "train.eval_every=2",
+                            "train.checkpoint_every=4"], capsys)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert code == 0 and results["reported_head"] == "balanced"
+    assert set(results["heads"]) == {"main", "balanced"} and "head 'main'" in out

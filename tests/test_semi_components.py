@@ -1,0 +1,219 @@
+"""Hand-checked cases for each SeMi equation and component (spec section 12)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cissl.algorithms.components.class_distribution import PseudoLabelCounter
+from cissl.algorithms.components.embedding_align import EmbeddingAlignment
+from cissl.algorithms.components.entropy_weight import entropy_weights
+from cissl.algorithms.components.memory_bank import MemoryBank, balanced_draw_counts
+from cissl.algorithms.components.plce import mix_pseudo_labels, mixing_weights, semantic_pseudo_labels
+
+
+def peaked(top, k=10):
+    p = torch.full((1, k), (1 - top) / (k - 1))
+    p[0, 0] = top
+    return p
+
+
+# ----------------------------------------------------------------------------- Eqs. 3-4
+def test_entropy_weights_spec_values():
+    assert entropy_weights(torch.full((1, 10), 0.1), 0.75).item() == pytest.approx(1.0, abs=1e-6)
+    one_hot = torch.zeros(1, 10)
+    one_hot[0, 3] = 1
+    # clamp to [1e-8, 1 - 1e-8]: H = 1e-8 + 9e-8 * ln(1e8) -> omega = 0.25 + 5.4e-7
+    assert entropy_weights(one_hot, 0.75).item() == pytest.approx(0.25 + 5.4e-7, abs=2e-8)
+    # max-prob 0.95, rest uniform: H = -.95 ln .95 - .05 ln(.05 / 9) = 0.30837 -> 0.75 * H / ln 10 + .25
+    h = -0.95 * math.log(0.95) - 0.05 * math.log(0.05 / 9)
+    assert entropy_weights(peaked(0.95), 0.75).item() == pytest.approx(0.75 * h / math.log(10) + 0.25, rel=1e-5)
+    for top, expected in ((0.999, 0.253), (0.95, 0.350), (0.70, 0.664)):
+        assert entropy_weights(peaked(top), 0.75).item() == pytest.approx(expected, abs=5e-4)
+
+
+def test_entropy_weights_monotone_and_no_grad():
+    probs = torch.cat([peaked(t) for t in (0.99, 0.9, 0.7, 0.5, 0.2)]).requires_grad_()
+    omega = entropy_weights(probs, 0.75)
+    assert torch.all(omega[1:] > omega[:-1]) and not omega.requires_grad
+
+
+# ----------------------------------------------------------------------------- Eq. 6
+def test_embedding_alignment_by_hand():
+    ea = EmbeddingAlignment(dim=2, temperature=1.0)
+    weak = torch.tensor([[1.0, 0.0], [0.0, 0.0]], requires_grad=True)
+    strong = torch.tensor([[0.0, 1.0], [2.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([False, True])  # only sample 0 is ultra-hard
+    loss = ea.loss(weak, [strong], mask)
+    # teacher of sample 0: softmax((1, 0) / 0.2) = (e^5, 1) / (e^5 + 1); student log-softmax of (0, 1)
+    t = torch.tensor([math.exp(5), 1.0]) / (math.exp(5) + 1)
+    log_s = torch.tensor([-math.log(1 + math.e), 1 - math.log(1 + math.e)])
+    expected = -(t * log_s).sum() / 2  # mean over V * B_u = 2 rows
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    assert weak.grad is None  # the teacher carries no gradient
+    assert torch.count_nonzero(strong.grad[1]) == 0  # the masked sample is not aligned
+    # centre: 0.9 * 0 + 0.1 * mean of the teachers of both rows
+    t1 = torch.softmax(torch.tensor([0.0, 0.0]) / 0.2, dim=0)
+    assert torch.allclose(ea.center, 0.1 * (t + t1) / 2)
+
+
+def test_embedding_alignment_zero_when_all_masked_and_sharper_teacher():
+    ea = EmbeddingAlignment(dim=4, temperature=0.09)
+    weak, strong = torch.randn(3, 4), torch.randn(3, 4)
+    assert ea.loss(weak, [strong, strong], torch.ones(3, dtype=torch.bool)).item() == 0.0
+    ea_none = EmbeddingAlignment(dim=4, temperature=0.09, center="none")
+    ea_none.loss(weak, [strong], torch.zeros(3, dtype=torch.bool))
+    assert torch.count_nonzero(ea_none.center) == 0
+
+
+# ----------------------------------------------------------------------------- Eq. 7 and the bank
+def sequential_reference(cells, capacity, candidates):
+    """Plain per-candidate rule of spec 6.2. cells: class -> list of (conf, arrival, emb-id)."""
+    for conf, label, arrival, ident in candidates:
+        cell = cells.setdefault(label, [])
+        if len(cell) < capacity:
+            cell.append((conf, arrival, ident))
+            continue
+        lowest = min(c for c, _, _ in cell)
+        if conf > lowest:
+            victims = [i for i, (c, _, _) in enumerate(cell) if c == lowest]
+            victim = max(victims, key=lambda i: cell[i][1])  # most recently arrived among the minimum
+            cell[victim] = (conf, arrival, ident)
+    return cells
+
+
+def bank_as_sets(bank):
+    out = {}
+    for k in range(bank.num_classes):
+        rows = bank.filled[k].nonzero().flatten().tolist()
+        out[k] = sorted((round(bank.confidence[k, r].item(), 6), bank.arrival[k, r].item(),
+                         int(bank.embeddings[k, r, 0].item())) for r in rows)
+    return out
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_batched_insertion_equals_sequential_rule(ties):
+    gen = torch.Generator().manual_seed(0)
+    bank = MemoryBank(num_classes=3, capacity=4, dim=2)
+    cells, arrival = {}, 0
+    for step in range(12):
+        n = 7
+        if ties:
+            conf = torch.randint(7, 10, (n,), generator=gen).float() / 10  # many equal values
+        else:
+            conf = 0.7 + 0.3 * torch.rand(n, generator=gen)
+        labels = torch.randint(0, 3, (n,), generator=gen)
+        valid = torch.rand(n, generator=gen) < 0.8
+        ids = torch.arange(arrival, arrival + n)
+        emb = torch.stack([ids.float(), conf], dim=1)  # embedding row carries its identity and confidence
+        bank.push(emb, labels, conf, valid)
+        sequential_reference(cells, 4, [(round(conf[i].item(), 6), labels[i].item(), arrival + i, arrival + i)
+                                        for i in range(n) if valid[i]])
+        arrival += n
+        expected = {k: sorted(cells.get(k, [])) for k in range(3)}
+        assert bank_as_sets(bank) == expected, step
+        assert torch.all(bank.fill_counts() <= 4)
+        filled = bank.filled
+        assert torch.allclose(bank.embeddings[..., 1][filled], bank.confidence[filled])  # pairs stay joined
+
+
+def test_insertion_rules_by_hand():
+    bank = MemoryBank(num_classes=1, capacity=2, dim=1)
+    push = lambda c: bank.push(torch.tensor([[c]]), torch.tensor([0]), torch.tensor([c]), torch.tensor([True]))
+    push(0.8)
+    push(0.9)                       # empty slot fills first
+    push(0.8)                       # tie with the minimum: rejected
+    assert sorted(bank.confidence[0].tolist()) == pytest.approx([0.8, 0.9])
+    push(0.85)                      # beats the minimum 0.8: replaces it
+    assert sorted(bank.confidence[0].tolist()) == pytest.approx([0.85, 0.9])
+    assert sorted(bank.embeddings[0, :, 0].tolist()) == pytest.approx([0.85, 0.9])
+
+
+def test_decay_scope_and_flags():
+    bank = MemoryBank(num_classes=1, capacity=3, dim=1, beta=0.5)
+    bank.push(torch.zeros(2, 1), torch.tensor([0, 0]), torch.tensor([0.8, 0.9]), torch.tensor([True, True]))
+    bank.decay()  # both are new since the last decay: not_new scope leaves them, clears the flags
+    assert sorted(bank.confidence[0, bank.filled[0]].tolist()) == pytest.approx([0.8, 0.9])
+    bank.push(torch.zeros(1, 1), torch.tensor([0]), torch.tensor([0.95]), torch.tensor([True]))
+    bank.decay()
+    assert sorted(bank.confidence[0].tolist()) == pytest.approx([0.4, 0.45, 0.95])
+    everything = MemoryBank(num_classes=1, capacity=2, dim=1, beta=0.5, decay_scope="all")
+    everything.push(torch.zeros(1, 1), torch.tensor([0]), torch.tensor([0.8]), torch.tensor([True]))
+    everything.decay()
+    assert everything.confidence[0, everything.filled[0]].tolist() == pytest.approx([0.4])
+    assert everything.fill_counts().tolist() == [1]  # empty slots stay empty
+
+
+def test_fifo_keeps_newest_without_confidence_rule():
+    bank = MemoryBank(num_classes=1, capacity=2, dim=1, mode="fifo")
+    for i, c in enumerate([0.99, 0.98, 0.71]):
+        bank.push(torch.tensor([[float(i)]]), torch.tensor([0]), torch.tensor([c]), torch.tensor([True]))
+    assert sorted(bank.embeddings[0, :, 0].tolist()) == [1.0, 2.0]
+    before = bank.confidence.clone()
+    bank.decay()
+    assert torch.equal(bank.confidence, before)
+
+
+def test_prototypes_over_filled_slots():
+    bank = MemoryBank(num_classes=3, capacity=4, dim=2)
+    emb = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]])
+    bank.push(emb, torch.tensor([0, 0, 2]), torch.tensor([0.9, 0.8, 0.9]), torch.ones(3, dtype=torch.bool))
+    protos, has = bank.prototypes()
+    assert has.tolist() == [True, False, True]
+    assert torch.allclose(protos[0], torch.tensor([2.0, 1.0])) and torch.allclose(protos[2], torch.tensor([5.0, 5.0]))
+    released, all_have = bank.prototypes(include_empty=True)  # emulation: zeros in the mean
+    assert all_have.all() and torch.allclose(released[0], torch.tensor([1.0, 0.5]))
+
+
+def test_bank_draws_balance_and_remainder():
+    gen = torch.Generator().manual_seed(0)
+    # n = (10, 2, 0), 8 samples: T = 20, base 6; class 0 saturated; budget 10 over 2 classes: 5 each
+    assert balanced_draw_counts(torch.tensor([10, 2, 0]), 8, gen).tolist() == [0, 3, 5]
+    # budget 11 over 2 classes: one of them (drawn) gets 6
+    draws = balanced_draw_counts(torch.tensor([10, 2, 0]), 9, gen)
+    assert draws.sum().item() == 9 and sorted((draws + torch.tensor([0, 2, 0]))[1:].tolist()) == [5, 6]
+    bank = MemoryBank(num_classes=3, capacity=8, dim=1)
+    bank.push(torch.arange(24.0).view(24, 1), torch.arange(3).repeat(8), torch.full((24,), 0.9),
+              torch.ones(24, dtype=torch.bool))
+    emb, labels = bank.sample(torch.tensor([0, 3, 5]), gen)
+    assert torch.bincount(labels, minlength=3).tolist() == [0, 3, 5]
+    assert len(set(emb.flatten().tolist())) == 8  # without replacement
+    assert torch.equal(torch.remainder(emb.flatten().long(), 3), labels)
+
+
+# ----------------------------------------------------------------------------- Eq. 8
+def test_semantic_pseudo_labels_by_hand():
+    query = torch.tensor([[0.0, 0.0]])
+    protos = torch.tensor([[3.0, 4.0], [0.0, 1.0], [9.0, 9.0]])
+    has = torch.tensor([True, True, False])
+    q = semantic_pseudo_labels(query, protos, has, temperature=0.1)
+    # distances 5 and 1 (not squared); logits -50 and -10; class 2 has no prototype
+    expected = torch.softmax(torch.tensor([-50.0, -10.0]), dim=0)
+    assert torch.allclose(q[0, :2], expected) and q[0, 2] == 0
+
+
+def test_mixing_weights_ramp_and_columns():
+    w = torch.tensor([0.6, 0.3, 0.1])
+    has = torch.tensor([True, True, False])
+    c = mixing_weights(w, has, epoch=250, total_epochs=500, alpha=0.4)
+    assert torch.allclose(c, torch.tensor([0.12, 0.06, 0.0]))  # v = 0.4 * 250 / 500 = 0.2
+    p = torch.tensor([[0.5, 0.3, 0.2]])
+    q = torch.tensor([[0.0, 1.0, 0.0]])
+    mixed = mix_pseudo_labels(p, q, c)
+    assert torch.allclose(mixed, torch.tensor([[0.88 * 0.5, 0.94 * 0.3 + 0.06, 0.2]]))
+    zero = mixing_weights(w, has, epoch=250, total_epochs=500, alpha=0.0)
+    assert torch.equal(mix_pseudo_labels(p, q, zero), p)  # alpha 0 -> p bit-for-bit
+
+
+def test_class_distribution_counts_and_refresh():
+    counter = PseudoLabelCounter(3)
+    assert torch.allclose(counter.weights, torch.full((3,), 1 / 3))
+    counter.update(torch.tensor([0, 0, 1, 2]), torch.tensor([True, True, True, False]))
+    assert torch.allclose(counter.weights, torch.full((3,), 1 / 3))  # only refreshed at epoch ends
+    counter.refresh()
+    assert torch.allclose(counter.weights, torch.tensor([2 / 3, 1 / 3, 0.0]))
+    counter.update(torch.tensor([2]), torch.tensor([True]))
+    counter.refresh()  # cumulative, never reset
+    assert torch.allclose(counter.weights, torch.tensor([0.5, 0.25, 0.25]))
