@@ -129,3 +129,14 @@ def test_cuda_matches_cpu_for_fixed_params():
         cpu = apply_op(x.clone(), op, magnitude, sign)
         gpu = apply_op(x.cuda(), op, magnitude.cuda(), sign.cuda()).cpu()
         assert torch.equal(cpu, gpu), op
+
+
+def test_gather_and_masked_paths_give_the_same_images():
+    """The accelerator path (whole-batch ops kept where drawn) equals the CPU gather path."""
+    images = random_images(48, 3, seed=9)
+    gather = BatchAugment(32, generator=torch.Generator().manual_seed(2), gather=True)
+    masked = BatchAugment(32, generator=torch.Generator().manual_seed(2), gather=False)
+    params = gather.draw_randaugment(48)
+    a = gather.randaugment(torch.from_numpy(images).float(), params)
+    b = masked.randaugment(torch.from_numpy(images).float(), params)
+    assert torch.equal(a, b)

@@ -121,6 +121,37 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_bench_throughput(args) -> int:
+    from cissl.bench.throughput import format_table, measure
+
+    config = _load(args)
+    if args.device:
+        config = config.replace({"train.device": args.device})
+    result = measure(config, steps=args.steps, warmup=args.warmup, rounds=args.rounds, synthetic=args.synthetic)
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from cissl.evaluation.report import to_markdown
+    from cissl.sweep import run_sweep
+
+    rows = run_sweep(args.configs, args.algorithms, args.seeds, Path(args.out), args.overrides, quiet=not args.verbose)
+    print(to_markdown(rows))
+    print(f"tables: {Path(args.out) / 'results.md'}, {Path(args.out) / 'results.csv'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from cissl.evaluation.report import to_markdown, write_report
+
+    rows = write_report(Path(args.root))
+    if not rows:
+        raise CisslError(f"no results.json below {args.root}")
+    print(to_markdown(rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cissl", description="Class-imbalanced semi-supervised learning")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +173,32 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--counts-only", action="store_true", help="counts from the protocol, no data read")
     split.add_argument("--save", metavar="FILE", help="also write the split (indices) to FILE")
     split.set_defaults(func=cmd_split)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    throughput = bench_sub.add_parser("throughput", help="time a training step against its floor")
+    _add_config_args(throughput)
+    throughput.add_argument("--steps", type=int, default=9, help="timed steps of each kind (default 9)")
+    throughput.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")
+    throughput.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    throughput.add_argument("--device", choices=("cpu", "cuda"), help="override train.device")
+    throughput.add_argument("--synthetic", action="store_true",
+                            help="random images of the data set's shape (no data files needed)")
+    throughput.add_argument("--json", action="store_true", help="print one JSON object")
+    throughput.set_defaults(func=cmd_bench_throughput)
+
+    sweep = sub.add_parser("sweep", help="run settings x algorithms x seeds and tabulate mean +- std")
+    sweep.add_argument("--configs", nargs="+", required=True, help="config files (settings)")
+    sweep.add_argument("--algorithms", nargs="+", help="algorithms (default: each config's own)")
+    sweep.add_argument("--seeds", nargs="+", type=int, default=[0], help="run seeds (default 0)")
+    sweep.add_argument("--out", required=True, help="root folder of the runs and tables")
+    sweep.add_argument("--verbose", action="store_true", help="progress lines of every run")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every run")
+    sweep.set_defaults(func=cmd_sweep)
+
+    report = sub.add_parser("report", help="tabulate every results.json below a folder")
+    report.add_argument("root")
+    report.set_defaults(func=cmd_report)
 
     lister = sub.add_parser("list", help="list algorithms and config keys")
     lister.add_argument("--algorithm", help="also list this algorithm's keys")

@@ -204,7 +204,8 @@ class BatchAugment:
 
     def __init__(self, image_size: int, crop_padding: int | None = None, padding_mode: str = "reflect",
                  randaugment_ops: int = 2, randaugment_prob: float = 0.5, cutout: int = 16,
-                 generator: torch.Generator | None = None, device: torch.device | str = "cpu"):
+                 generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+                 gather: bool | None = None):
         self.image_size = image_size
         self.padding = image_size // 8 if crop_padding is None else crop_padding
         self.padding_mode = padding_mode
@@ -213,6 +214,8 @@ class BatchAugment:
         self.cutout_size = cutout
         self.device = torch.device(device)
         self.generator = generator or torch.Generator(device=self.device)
+        # gather the samples of each op (CPU), or run each op on the whole batch (no host sync)
+        self.gather = self.device.type == "cpu" if gather is None else gather
         # magnitude tables indexed by level - 1, computed exactly as the reference does
         self.tables = {op: torch.tensor([op_magnitude(op, v, image_size) for v in LEVELS],
                                         dtype=torch.float64, device=self.device) for op in OPS}
@@ -254,19 +257,26 @@ class BatchAugment:
         }
 
     def randaugment(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Apply RandAugmentMC slot by slot; samples sharing an op in a slot are processed together."""
+        """Apply RandAugmentMC slot by slot.
+
+        On CPU (``gather``) the samples that drew an op are gathered and processed together; on
+        accelerators every op runs on the whole batch and is kept where drawn (no host
+        synchronisation, which gathering would need). Both give the same images.
+        """
         params = params if params is not None else self.draw_randaugment(x.shape[0])
         for slot in range(params["op"].shape[0]):
-            chosen = params["op"][slot]
             for op_id, op in enumerate(OPS):
                 if op == "Identity":
                     continue
-                rows = torch.nonzero((chosen == op_id) & params["applied"][slot]).squeeze(1)
-                if rows.numel() == 0:
-                    continue
-                magnitude = self.tables[op][params["level"][slot, rows] - 1]
-                sign = torch.where(params["negative"][slot, rows], -1.0, 1.0).to(magnitude.dtype)
-                x[rows] = apply_op(x[rows], op, magnitude, sign)
+                chosen = (params["op"][slot] == op_id) & params["applied"][slot]
+                magnitude = self.tables[op][params["level"][slot] - 1]
+                sign = torch.where(params["negative"][slot], -1.0, 1.0).to(magnitude.dtype)
+                if self.gather:
+                    rows = torch.nonzero(chosen).squeeze(1)
+                    if rows.numel():
+                        x[rows] = apply_op(x[rows], op, magnitude[rows], sign[rows])
+                else:
+                    x = torch.where(chosen.view(-1, 1, 1, 1), apply_op(x, op, magnitude, sign), x)
         return x
 
     def cutout(self, x: torch.Tensor) -> torch.Tensor:

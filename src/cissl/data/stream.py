@@ -8,6 +8,7 @@ whole state (generator, permutation, position) is in :meth:`IndexStream.state_di
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -55,8 +56,11 @@ class ImagePool:
     """uint8 images (and optional labels) living on the training device, indexed by stream batches."""
 
     def __init__(self, images, labels=None, device: torch.device | str = "cpu"):
-        self.images = torch.as_tensor(images).to(device)
-        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long).to(device)
+        images = np.asarray(images)
+        if not images.flags.writeable:  # e.g. a view of a read-only file buffer
+            images = images.copy()
+        self.images = torch.from_numpy(images).to(device)
+        self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long).to(device)
         self.device = torch.device(device)
 
     def __len__(self) -> int:

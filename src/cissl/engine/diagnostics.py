@@ -15,12 +15,12 @@ class PseudoLabelStats:
         self.counts = {k: torch.zeros(num_classes, dtype=torch.long, device=device) for k in self.KEYS}
 
     def update(self, truth: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor) -> None:
-        k = self.num_classes
-        mask = mask.bool()
-        self.counts["seen"] += torch.bincount(truth, minlength=k)
-        self.counts["used"] += torch.bincount(truth[mask], minlength=k)
-        self.counts["correct"] += torch.bincount(truth[mask & (pseudo == truth)], minlength=k)
-        self.counts["predicted"] += torch.bincount(pseudo[mask], minlength=k)
+        # scatter_add, not bincount / boolean indexing: no host synchronisation on accelerators
+        used = mask.long()
+        self.counts["seen"].scatter_add_(0, truth, torch.ones_like(truth))
+        self.counts["used"].scatter_add_(0, truth, used)
+        self.counts["correct"].scatter_add_(0, truth, used * (pseudo == truth).long())
+        self.counts["predicted"].scatter_add_(0, pseudo, used)
 
     def summary(self) -> dict:
         c = {k: v.double().cpu() for k, v in self.counts.items()}

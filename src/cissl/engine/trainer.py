@@ -117,8 +117,9 @@ class Trainer:
         if self.algorithm.uses_unlabeled:
             u_images, truth, positions = self.data.unlabeled.take(self.unlabeled_stream.next())
             batch.u_weak = self._prepare(self.augment.weak(u_images))
-            batch.u_strong = tuple(self._prepare(self.augment.strong(u_images))
-                                   for _ in range(self.config.train.strong_views))
+            views = self.config.train.strong_views
+            strong = self.augment.strong(u_images.repeat(views, 1, 1, 1))  # independent draws per copy
+            batch.u_strong = tuple(self._prepare(view) for view in strong.chunk(views))
             batch.u_index = positions
         return batch, truth
 

@@ -1,0 +1,1 @@
+"""Benchmarks: throughput of a training step against its floor."""

@@ -1,0 +1,175 @@
+"""Throughput of a configured training step against its floor, measured in one process.
+
+- floor: forward + backward + SGD step of the bare network (backbone and standard head, the run's
+  memory format and precision) on exactly as many images as one training step pushes through it,
+  with a plain cross-entropy on random labels;
+- augment: drawing and augmenting one step's batch (labeled weak, unlabeled weak, V strong views);
+- step: the full training step of the configured algorithm (batch draw, augmentation, the
+  algorithm's step, backward, SGD, EMA, the algorithm's after-step hook).
+
+The three are timed in interleaved rounds and the median round is reported, so slow drifts of a
+shared machine hit all three alike; ``ratio = step / floor`` is the number to compare across
+machines.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from cissl.data.protocol import split_counts
+from cissl.data.sources import NUM_CLASSES
+from cissl.data.stream import ImagePool
+from cissl.engine.data import TrainingData, prepare_data
+from cissl.engine.trainer import Trainer, resolve_device
+
+SHAPES = {"cifar10": (3, 32), "cifar100": (3, 32), "stl10": (3, 32), "fashion_mnist": (1, 28), "digits": (1, 8)}
+MEANS = {1: ((0.5,), (0.25,)), 3: ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))}
+
+
+def synthetic_data(config, device: torch.device, max_pool: int = 20_000) -> TrainingData:
+    """Random uint8 images with the data set's shape, class count and the setting's split sizes."""
+    from cissl.data.protocol import Split
+
+    data = config.data
+    channels, size = SHAPES[data.dataset]
+    size = data.image_size or size
+    k = NUM_CLASSES[data.dataset]
+    labeled_counts, unlabeled_counts = split_counts(data, k)
+    rng = np.random.default_rng(0)
+    n_l = sum(labeled_counts)
+    if unlabeled_counts is None:
+        n_u = max_pool
+    else:
+        n_u = min(max_pool, sum(unlabeled_counts) + (n_l if data.unlabeled_includes_labeled else 0))
+
+    def pool(n, labels):
+        return ImagePool(rng.integers(0, 256, (n, channels, size, size), dtype=np.uint8), labels, device)
+
+    labeled = pool(n_l, np.repeat(np.arange(k), labeled_counts))
+    unlabeled = pool(n_u, rng.integers(0, k, n_u) if unlabeled_counts is not None else None)
+    split = Split(np.arange(n_l), np.arange(n_u), np.arange(0), labeled_counts, unlabeled_counts)
+    mean, std = MEANS[channels]
+    return TrainingData("synthetic", [str(i) for i in range(k)], channels, size, mean, std, split, labeled,
+                        unlabeled, pool(256, rng.integers(0, k, 256)), None)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name}, {torch.get_num_threads()} threads"
+
+
+class _Timer:
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def time(self, fn, n: int) -> float:
+        self.sync()
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        self.sync()
+        return (time.perf_counter() - start) / n
+
+
+def measure(config, steps: int = 10, warmup: int = 3, rounds: int = 3, synthetic: bool = False) -> dict:
+    """Time floor, augmentation and full step of ``config``; returns the JSON-able summary."""
+    device = resolve_device(config.train.device)
+    data = synthetic_data(config, device) if synthetic else prepare_data(config, device)
+    trainer = Trainer(config, data, run_dir=".", logger=None, device=device)
+    tc = config.train
+    uses_unlabeled = trainer.algorithm.uses_unlabeled
+    b, bu = tc.batch_size, tc.batch_size * tc.mu
+    images_per_step = b + (bu * (1 + tc.strong_views) if uses_unlabeled else 0)
+
+    # floor: a fresh copy of the network with only the standard head, same layout / precision
+    from cissl.engine.optim import build_optimizer
+    from cissl.models import build_model
+
+    bare = build_model(config.model, data.channels, data.num_classes, data.mean, data.std, 0).to(device)
+    bare = bare.to(memory_format=trainer.memory_format)
+    if tc.compile:
+        bare.compile_backbone()
+    bare.train()
+    optimizer = build_optimizer(bare, config.optim)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.rand(images_per_step, data.channels, data.image_size, data.image_size, generator=gen,
+                   device=device).contiguous(memory_format=trainer.memory_format)
+    y = torch.randint(0, data.num_classes, (images_per_step,), generator=gen, device=device)
+
+    def floor_step():
+        with trainer.autocast():
+            loss = torch.nn.functional.cross_entropy(bare(x).logits["main"], y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def augment_step():
+        trainer.next_batch()
+
+    timer = _Timer(device)
+    for _ in range(warmup):
+        floor_step()
+        trainer.train_step()
+    per_round = max(1, steps // rounds)
+    floors, augments, full = [], [], []
+    for _ in range(rounds):
+        floors.append(timer.time(floor_step, per_round))
+        augments.append(timer.time(augment_step, per_round))
+        full.append(timer.time(trainer.train_step, per_round))
+    floor_s, augment_s, step_s = (statistics.median(v) for v in (floors, augments, full))
+    return {
+        "algorithm": config.algorithm.name,
+        "setting": config.name,
+        "model": f"WRN-{config.model.depth}-{config.model.widen}",
+        "image_shape": [data.channels, data.image_size, data.image_size],
+        "images_per_step": images_per_step,
+        "precision": tc.precision,
+        "channels_last": tc.channels_last,
+        "compile": tc.compile,
+        "device": device_name(device),
+        "steps_timed": per_round * rounds,
+        "floor_s": floor_s,
+        "augment_s": augment_s,
+        "step_s": step_s,
+        "ratio": step_s / floor_s,
+        "augment_fraction": augment_s / step_s,
+        "images_per_s": images_per_step / step_s,
+        "it_per_s": 1.0 / step_s,
+        "synthetic_data": synthetic,
+    }
+
+
+def format_table(result: dict) -> str:
+    rows = [
+        (f"floor: network fwd+bwd+SGD on {result['images_per_step']} images", f"{result['floor_s']:.4f} s/step"),
+        ("augmentation of one step's batch",
+         f"{result['augment_s']:.4f} s/step ({100 * result['augment_fraction']:.1f} % of the step)"),
+        (f"full {result['algorithm']} training step", f"{result['step_s']:.4f} s/step"),
+        ("ratio step / floor", f"{result['ratio']:.3f}"),
+        ("throughput", f"{result['images_per_s']:.1f} images/s, {result['it_per_s']:.2f} it/s"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    head = (f"{result['algorithm']} on {result['setting'] or 'the configured data'}: {result['model']}, "
+            f"{'x'.join(map(str, result['image_shape']))}, {result['precision']}, "
+            f"channels_last={result['channels_last']}, compile={result['compile']}\n"
+            f"device: {result['device']}; median of interleaved rounds, {result['steps_timed']} steps each")
+    return head + "\n" + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)

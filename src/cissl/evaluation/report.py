@@ -1,0 +1,96 @@
+"""Multi-run tables: mean +- std over seeds per (setting, algorithm), as markdown and CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+COLUMNS = [  # (results.json key, column title)
+    ("top1", "top-1"),
+    ("balanced_accuracy", "balanced acc."),
+    ("many_accuracy", "many"),
+    ("medium_accuracy", "medium"),
+    ("few_accuracy", "few"),
+    ("mean_last_top1", "mean of last k top-1"),
+]
+
+
+def collect_results(root: Path) -> list[dict]:
+    """Every ``results.json`` below ``root`` (with its run directory)."""
+    runs = []
+    for path in sorted(Path(root).rglob("results.json")):
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        result["run_dir"] = str(path.parent)
+        runs.append(result)
+    return runs
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def aggregate(runs: list[dict]) -> list[dict]:
+    """One row per (setting, algorithm): seeds, mean and sample std (n - 1) of each column, wall time."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run.get("setting", ""), run["algorithm"]), []).append(run)
+    rows = []
+    for (setting, algorithm), members in sorted(groups.items()):
+        row = {"setting": setting, "algorithm": algorithm, "seeds": sorted(r["seed"] for r in members),
+               "reported_head": members[0].get("reported_head", "main"),
+               "wall_time_s": statistics.fmean(r.get("wall_time_s", 0.0) for r in members)}
+        for key, _ in COLUMNS:
+            values = [r[key] for r in members if r.get(key) is not None]
+            row[key] = _mean_std(values) if values else None
+        rows.append(row)
+    return rows
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "n/a"
+    mean, std = value
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def to_markdown(rows: list[dict]) -> str:
+    header = ["setting", "algorithm", "seeds", *[title for _, title in COLUMNS], "min / run"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["setting"], row["algorithm"], " ".join(map(str, row["seeds"])),
+                 *[_cell(row[key]) for key, _ in COLUMNS], f"{row['wall_time_s'] / 60:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["setting", "algorithm", "seeds", "reported_head",
+                     *[f"{key}_{stat}" for key, _ in COLUMNS for stat in ("mean", "std")], "wall_time_s"])
+    for row in rows:
+        stats = []
+        for key, _ in COLUMNS:
+            stats.extend(row[key] if row[key] is not None else ("", ""))
+        writer.writerow([row["setting"], row["algorithm"], " ".join(map(str, row["seeds"])), row["reported_head"],
+                         *stats, f"{row['wall_time_s']:.1f}"])
+    return out.getvalue()
+
+
+def write_report(root: Path) -> list[dict]:
+    """Write ``results.md`` and ``results.csv`` for every run below ``root``; returns the rows."""
+    root = Path(root)
+    rows = aggregate(collect_results(root))
+    note = ("Mean ± sample std over seeds, in %; final EMA model on the test set, the algorithm's reported "
+            "head (SeMi: balanced). 'mean of last k' averages the last k evaluations of a run.\n\n")
+    (root / "results.md").write_text(note + to_markdown(rows), encoding="utf-8")
+    (root / "results.csv").write_text(to_csv(rows), encoding="utf-8")
+    return rows
