@@ -203,3 +203,26 @@ def test_fashion_semi_setting_runs_end_to_end(tmp_path, capsys):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert code == 0 and results["reported_head"] == "balanced"
     assert set(results["heads"]) == {"main", "balanced"} and "head 'main'" in out
+
+
+def test_running_prior_uses_labeled_plus_pseudo_counts():
+    algo = semi("algorithm.balanced.prior=labeled_plus_pseudo_running")
+    assert torch.allclose(algo.balanced_prior(), torch.tensor([0.6, 0.3, 0.1]))
+    algo.pseudo_counts.update(torch.tensor([2, 2, 2, 2, 0]), torch.tensor([True, True, True, True, False]))
+    # (6, 3, 1) + (0, 0, 4) -> (6, 3, 5) / 14, refreshed every step (no epoch boundary needed)
+    assert torch.allclose(algo.balanced_prior(), torch.tensor([6 / 14, 3 / 14, 5 / 14]))
+    fixed = semi()
+    fixed.pseudo_counts.update(torch.tensor([2]), torch.tensor([True]))
+    assert torch.allclose(fixed.balanced_prior(), torch.tensor([0.6, 0.3, 0.1]))
+
+
+def test_decay_and_class_weight_refresh_follow_the_global_iteration():
+    algo = semi("algorithm.bank.decay_step=4", "algorithm.bank.beta=0.5", epoch_length=10)
+    algo.bank.push(torch.zeros(1, 2), torch.tensor([0]), torch.tensor([0.8]), torch.tensor([True]))
+    algo.pseudo_counts.update(torch.tensor([1]), torch.tensor([True]))
+    for t in range(8):          # decays after iterations 3 and 7 (t + 1 multiple of 4)
+        algo.after_optimizer_step(t)
+    assert algo.bank.confidence[0, algo.bank.filled[0]].item() == pytest.approx(0.4)  # new at first, then halved
+    assert torch.allclose(algo.pseudo_counts.weights, torch.full((3,), 1 / 3))  # not refreshed inside an epoch
+    algo.after_optimizer_step(9)  # end of epoch 0
+    assert torch.allclose(algo.pseudo_counts.weights, torch.tensor([0.0, 1.0, 0.0]))
