@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
+from conftest import CONFIGS
 
 from cissl.config import load_config
 from cissl.models import ModelOutput
-from conftest import CONFIGS
 
 
 def tiny_config(*overrides: str, algorithm: str | None = None):

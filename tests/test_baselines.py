@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import FixedLogitsModel, id_images
 
 from cissl.algorithms import AlgorithmContext, Batch, build_algorithm
 from cissl.algorithms.components.logit_adjust import class_prior, logit_adjustment
 from cissl.config import load_config
-from helpers import FixedLogitsModel, id_images
 
 
 def context(counts=(6, 3, 1), k=3):

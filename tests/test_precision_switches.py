@@ -1,9 +1,9 @@
 import math
 
 import pytest
+from helpers import tiny_config
 
 from cissl.engine.run import start_run
-from helpers import tiny_config
 
 
 @pytest.mark.parametrize("switch", ["train.precision=bf16", "train.channels_last=false", "train.channels_last=true",

@@ -1,10 +1,11 @@
 """SeMi as a whole: losses by hand, timeline, feature alignment, FixMatch identity, resume, a real run."""
 
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import id_images, tiny_config
+from test_training import assert_same_state
 
 from cissl.algorithms import AlgorithmContext, Batch, build_algorithm
 from cissl.algorithms.base import forward_views
@@ -14,8 +15,6 @@ from cissl.engine.data import prepare_data
 from cissl.engine.run import resume_run, start_run
 from cissl.engine.trainer import Trainer
 from cissl.models import ModelOutput, build_model
-from helpers import id_images, tiny_config
-from test_training import assert_same_state
 
 
 class TwoHeadTable(torch.nn.Module):

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cissl.algorithms.components.class_distribution import PseudoLabelCounter
 from cissl.algorithms.components.embedding_align import EmbeddingAlignment
@@ -121,7 +120,10 @@ def test_batched_insertion_equals_sequential_rule(ties):
 
 def test_insertion_rules_by_hand():
     bank = MemoryBank(num_classes=1, capacity=2, dim=1)
-    push = lambda c: bank.push(torch.tensor([[c]]), torch.tensor([0]), torch.tensor([c]), torch.tensor([True]))
+
+    def push(c):
+        bank.push(torch.tensor([[c]]), torch.tensor([0]), torch.tensor([c]), torch.tensor([True]))
+
     push(0.8)
     push(0.9)                       # empty slot fills first
     push(0.8)                       # tie with the minimum: rejected

@@ -2,12 +2,12 @@
 
 import pytest
 import yaml
+from conftest import CONFIGS
 
 from cissl import yamlio
 from cissl.config import load_config
 from cissl.data.protocol import split_counts
 from cissl.data.sources import NUM_CLASSES
-from conftest import CONFIGS
 
 ALL = sorted(p for p in CONFIGS.rglob("*.yaml"))
 

@@ -1,14 +1,12 @@
 import gzip
-from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic_data import write_cifar10, write_cifar100, write_fashion, write_stl10
 
-from cissl.data.sources import (load_cifar10, load_cifar100, load_digits_source, load_fashion_mnist,
-                                load_stl10)
+from cissl.data.sources import load_cifar10, load_cifar100, load_digits_source, load_fashion_mnist, load_stl10
 from cissl.data.sources.fashion import SYSTEM_DIR
 from cissl.errors import DataError
-from synthetic_data import write_cifar10, write_cifar100, write_fashion, write_stl10
 
 
 @pytest.mark.parametrize("bytes_keys", [False, True])

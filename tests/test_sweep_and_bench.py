@@ -3,12 +3,12 @@ import io
 import json
 
 import pytest
+from conftest import CONFIGS, run_cli
+from helpers import tiny_config
 
 from cissl.bench.throughput import format_table, measure
 from cissl.evaluation.report import aggregate, to_csv
 from cissl.sweep import plan, run_sweep
-from conftest import CONFIGS, run_cli
-from helpers import tiny_config
 
 TINY = ["model.depth=10", "model.widen=1", "train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2",
         "train.batch_size=8", "train.eval_batch_size=500"]

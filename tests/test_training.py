@@ -1,5 +1,4 @@
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -8,12 +7,12 @@ import time
 
 import pytest
 import torch
-
-from cissl.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from cissl.engine.run import evaluate_run, resume_run, start_run
-from cissl.errors import CheckpointError
 from conftest import CONFIGS, run_cli
 from helpers import tiny_config
+
+from cissl.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from cissl.engine.run import resume_run, start_run
+from cissl.errors import CheckpointError
 
 RESULT_KEYS = {"top1", "balanced_accuracy", "per_class_accuracy", "many_accuracy", "medium_accuracy",
                "few_accuracy", "geometric_mean", "confusion_matrix", "median_last_top1", "mean_last_top1",
@@ -56,7 +55,7 @@ def test_resume_continues_bit_for_bit(tmp_path, algorithm):
     resume_run(interrupted, quiet=True)
     resumed = load_checkpoint(interrupted / "checkpoints" / "ckpt_00000012.pt")
     assert_same_state(reference, resumed)
-    lines = [json.loads(l) for l in (interrupted / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in lines if r["kind"] == "eval"] == [6, 12]  # no duplicated records
 
 

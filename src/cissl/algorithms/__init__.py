@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from cissl.algorithms import fixmatch, semi, supervised  # noqa: F401  (registration)
 from cissl.algorithms.base import Algorithm, AlgorithmContext, Batch, StepOutput
 from cissl.algorithms.registry import algorithm_names, entry
-
-from cissl.algorithms import fixmatch, semi, supervised  # noqa: F401  (registration)
 
 __all__ = ["Algorithm", "AlgorithmContext", "Batch", "StepOutput", "algorithm_names",
            "algorithm_config_class", "algorithm_preset", "build_algorithm"]

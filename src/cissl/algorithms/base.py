@@ -47,6 +47,7 @@ class AlgorithmContext:
     iterations: int
     epoch_length: int
     device: torch.device = torch.device("cpu")
+    seed: int = 0  # for an algorithm's own random draws (derived from the run seed)
 
 
 @dataclass

@@ -127,7 +127,7 @@ class SeMi(Algorithm):
         self.alignment = EmbeddingAlignment(context.feature_dim, config.ea.temperature, config.ea.center,
                                             config.ea.center_momentum, device)
         self.pseudo_counts = PseudoLabelCounter(k, device)
-        self.generator = torch.Generator(device=device).manual_seed(context.num_classes * 7919 + 17)
+        self.generator = torch.Generator(device=device).manual_seed(context.seed)  # bank draws
         self.labeled_prior = class_prior(context.labeled_counts).to(device)
 
     @property

@@ -24,7 +24,7 @@ from cissl.algorithms.registry import entry
 from cissl.config import Config
 from cissl.data.augment import BatchAugment
 from cissl.data.stream import IndexStream
-from cissl.engine.checkpoint import latest_checkpoint, save_checkpoint
+from cissl.engine.checkpoint import save_checkpoint
 from cissl.engine.data import TrainingData
 from cissl.engine.diagnostics import PseudoLabelStats
 from cissl.engine.ema import EMA
@@ -81,7 +81,7 @@ class Trainer:
         self.context = AlgorithmContext(
             num_classes=data.num_classes, labeled_counts=tuple(data.split.labeled_counts),
             feature_dim=self.model.feature_dim, iterations=tc.iterations, epoch_length=tc.epoch_length,
-            device=self.device)
+            device=self.device, seed=derive_seed(seed, "algorithm"))
         self.algorithm = build_algorithm(config.algorithm, self.context)
         self.optimizer = build_optimizer(self.model, config.optim)
         self.scheduler = build_scheduler(self.optimizer, config.optim, tc.iterations)
@@ -216,18 +216,6 @@ class Trainer:
     def save(self) -> Path:
         return save_checkpoint(self.state_dict(), self.run_dir / "checkpoints", self.iteration,
                                self.config.train.keep_checkpoints)
-
-    def resume(self) -> bool:
-        """Load the newest checkpoint of the run directory, if any."""
-        from cissl.engine.checkpoint import load_checkpoint
-
-        path = latest_checkpoint(self.run_dir / "checkpoints")
-        if path is None:
-            return False
-        self.load_state_dict(load_checkpoint(path))
-        if self.logger:
-            self.logger.message(f"resumed from {path} at iteration {self.iteration}")
-        return True
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
