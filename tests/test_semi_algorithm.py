@@ -225,3 +225,28 @@ def test_decay_and_class_weight_refresh_follow_the_global_iteration():
     assert torch.allclose(algo.pseudo_counts.weights, torch.full((3,), 1 / 3))  # not refreshed inside an epoch
     algo.after_optimizer_step(9)  # end of epoch 0
     assert torch.allclose(algo.pseudo_counts.weights, torch.tensor([0.0, 1.0, 0.0]))
+
+
+def test_plce_query_is_strong1_and_mask_is_or_of_mixed_and_raw():
+    """Active PLCE: q from the strong-1 embedding's distances to the prototypes; the mask also passes
+    when only the raw p clears tau (spec 5.3-5.4)."""
+    algo = semi("algorithm.warmup_epochs=0", "algorithm.use_oheml=false", "algorithm.use_ea=false",
+                "algorithm.use_balanced_head=false", "algorithm.plce.alpha=1.0", iterations=20, epoch_length=1)
+    # prototypes: class 0 at (0, 0), class 1 at (10, 0); w = (.5, .5, 0) after a refresh
+    algo.bank.push(torch.tensor([[0.0, 0.0], [10.0, 0.0]]), torch.tensor([0, 1]), torch.tensor([0.9, 0.9]),
+                   torch.tensor([True, True]))
+    algo.pseudo_counts.update(torch.tensor([0, 1]), torch.tensor([True, True]))
+    algo.pseudo_counts.refresh()
+    # rows: 0 labeled, 1 weak (at class 0's prototype), 2 strong-1 (at class 1's), 3 strong-2 (at class 0's)
+    features = torch.tensor([[0.0, 0.0], [0.0, 0.0], [10.0, 0.0], [0.0, 0.0]])
+    main = torch.tensor([[0.0, 0, 0], [3.0, 0, 0], [0.0, 0, 0], [0.0, 0, 0]])
+    model = TwoHeadTable(main, torch.zeros(4, 3), features)
+    batch = Batch(x=id_images([0]), y=torch.tensor([0]), u_weak=id_images([1]),
+                  u_strong=(id_images([2]), id_images([3])))
+    out = algo.step(model, batch, iteration=10)  # epoch 10 of 20: v = 0.5, c = (.25, .25, 0)
+    p = torch.softmax(main[1], dim=0)            # (.909, .045, .045)
+    # q = (0, 1, 0) from the strong-1 query (a weak query would give (1, 0, 0) and 0.932)
+    mixed_top = 0.75 * p[0].item()
+    assert out.metrics["confidence"].item() == pytest.approx(mixed_top, rel=1e-5)
+    assert out.pseudo_labels.item() == 0 and mixed_top < 0.7 < p.max()
+    assert out.mask.item()  # the raw p clears tau although the mixed label does not
