@@ -152,6 +152,14 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from cissl.evaluation.plots import plot_run
+
+    for path in plot_run(Path(args.run_dir), Path(args.out) if args.out else None):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cissl", description="Class-imbalanced semi-supervised learning")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -199,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="tabulate every results.json below a folder")
     report.add_argument("root")
     report.set_defaults(func=cmd_report)
+
+    plot = sub.add_parser("plot", help="figures of a run (needs the plots extra)")
+    plot.add_argument("run_dir")
+    plot.add_argument("--out", help="folder for the PNG files (default RUN_DIR/plots)")
+    plot.set_defaults(func=cmd_plot)
 
     lister = sub.add_parser("list", help="list algorithms and config keys")
     lister.add_argument("--algorithm", help="also list this algorithm's keys")

@@ -131,6 +131,7 @@ class TrainConfig:
     eval_batch_size: int = option(256, min=1, help="batch size of evaluation")
     report_last: int = option(20, min=1, help="median / mean over the last this many evaluations")
     tensorboard: bool = option(False, help="also log to TensorBoard (needs the tensorboard extra)")
+    progress: str = option("plain", choices=("plain", "rich"), help="console progress: lines, or a rich bar")
 
     def validate(self) -> None:
         device = self.device

@@ -39,7 +39,7 @@ class RunLogger:
     """Writes train / eval records to ``metrics.jsonl`` and progress lines to the console."""
 
     def __init__(self, run_dir: Path, total_iterations: int, tensorboard: bool = False, stream=None,
-                 quiet: bool = False):
+                 quiet: bool = False, progress: str = "plain"):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.total = total_iterations
         self.stream = stream or sys.stdout
@@ -52,6 +52,17 @@ class RunLogger:
                 raise ConfigError("config key 'train.tensorboard': needs the tensorboard package; "
                                   "pip install 'cissl[tensorboard]'") from None
             self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        self.bar = None
+        if progress == "rich" and not quiet:
+            try:
+                from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+            except ImportError:
+                raise ConfigError("config key 'train.progress': 'rich' needs the rich package; "
+                                  "pip install 'cissl[progress]'") from None
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                TimeRemainingColumn())
+            self.task = self.bar.add_task("training", total=total_iterations)
+            self.bar.start()
         self._file = open(self.path, "a", encoding="utf-8")
         self._start_time = time.perf_counter()
         self._start_iteration = 0
@@ -61,7 +72,11 @@ class RunLogger:
         self._start_iteration = iteration
 
     def message(self, text: str) -> None:
-        if not self.quiet:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.console.print(f"[cissl] {text}", markup=False, highlight=False)
+        else:
             print(f"[cissl] {text}", file=self.stream, flush=True)
 
     def _write(self, record: dict) -> None:
@@ -77,7 +92,11 @@ class RunLogger:
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(f"train/{key}", value, iteration)
-        shown = " ".join(f"{k} {v:.4g}" for k, v in values.items() if not k.startswith("pl_"))
+        shown = " ".join(f"{k} {v:.4g}" for k, v in values.items())
+        if self.bar is not None:
+            self.bar.update(self.task, completed=iteration,
+                            description=f"loss {values.get('loss', 0):.3f} | {speed:.2f} it/s")
+            return
         self.message(f"it {iteration}/{self.total} ({100 * iteration / self.total:.0f}%) {shown} | "
                      f"{speed:.2f} it/s | ETA {format_duration(eta)}")
 
@@ -93,6 +112,8 @@ class RunLogger:
         self.message(f"eval it {record['iteration']}: " + " | ".join(parts))
 
     def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
         self._file.close()
         if self.writer is not None:
             self.writer.close()

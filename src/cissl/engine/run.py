@@ -30,6 +30,11 @@ def _describe(config: Config, data, device) -> str:
             f"labeled counts {split.labeled_counts}, device {device}")
 
 
+def _logger(config: Config, run_dir: Path, stream, quiet: bool) -> RunLogger:
+    tc = config.train
+    return RunLogger(run_dir, tc.iterations, tc.tensorboard, stream or sys.stdout, quiet, tc.progress)
+
+
 def start_run(config: Config, run_dir: Path, stream=None, quiet: bool = False) -> dict:
     """Train a new run in ``run_dir`` (which must not hold checkpoints already)."""
     run_dir = Path(run_dir)
@@ -42,7 +47,7 @@ def start_run(config: Config, run_dir: Path, stream=None, quiet: bool = False) -
     save_config(config, run_dir / "config.yaml")
     data.split.save(run_dir / "split.json")
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    logger = RunLogger(run_dir, config.train.iterations, config.train.tensorboard, stream or sys.stdout, quiet)
+    logger = _logger(config, run_dir, stream, quiet)
     try:
         logger.message(_describe(config, data, device))
         return Trainer(config, data, run_dir, logger, device).fit()
@@ -66,7 +71,7 @@ def resume_run(run_dir: Path, stream=None, quiet: bool = False) -> dict:
     checkpoint = latest_checkpoint(run_dir / "checkpoints")
     state = load_checkpoint(checkpoint) if checkpoint is not None else None
     truncate_jsonl(run_dir / "metrics.jsonl", state["iteration"] if state else 0)
-    logger = RunLogger(run_dir, config.train.iterations, config.train.tensorboard, stream or sys.stdout, quiet)
+    logger = _logger(config, run_dir, stream, quiet)
     try:
         trainer = Trainer(config, data, run_dir, logger, device)
         if state is not None:
