@@ -1,12 +1,12 @@
 import io
 
 import pytest
+from conftest import run_cli
+from helpers import tiny_config
 
 from cissl.engine.logging import RunLogger
 from cissl.engine.run import start_run
 from cissl.errors import ConfigError
-from conftest import run_cli
-from helpers import tiny_config
 
 
 def test_plot_writes_every_figure(tmp_path, capsys):

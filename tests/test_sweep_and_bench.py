@@ -63,6 +63,17 @@ def test_aggregate_mean_and_sample_std():
     assert "0.6" in to_csv([row])
 
 
+def test_single_seed_row_has_no_spread():
+    run = {"setting": "s", "algorithm": "a", "seed": 0, "top1": 0.5, "balanced_accuracy": 0.5, "many_accuracy": 0.5,
+           "medium_accuracy": 0.5, "few_accuracy": 0.5, "mean_last_top1": 0.5, "wall_time_s": 60.0}
+    (row,) = aggregate([run])
+    assert row["top1"] == (0.5, None)
+    table = __import__("cissl.evaluation.report", fromlist=["to_markdown"]).to_markdown([row])
+    assert "| 50.00 |" in table and "±" not in table
+    parsed = next(csv.DictReader(io.StringIO(to_csv([row]))))
+    assert float(parsed["top1_mean"]) == 0.5 and parsed["top1_std"] == ""
+
+
 @pytest.mark.parametrize("algorithm", ["fixmatch", "semi"])
 def test_bench_throughput_reports_every_field(algorithm):
     config = tiny_config(algorithm=algorithm)

@@ -59,8 +59,8 @@ class RunLogger:
             except ImportError:
                 raise ConfigError("config key 'train.progress': 'rich' needs the rich package; "
                                   "pip install 'cissl[progress]'") from None
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                TimeRemainingColumn())
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn())
             self.task = self.bar.add_task("training", total=total_iterations)
             self.bar.start()
         self._file = open(self.path, "a", encoding="utf-8")

@@ -31,9 +31,10 @@ def collect_results(root: Path) -> list[dict]:
     return runs
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample std; the std is None for a single run (one seed has no spread to report)."""
     mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    std = statistics.stdev(values) if len(values) > 1 else None
     return mean, std
 
 
@@ -58,7 +59,7 @@ def _cell(value) -> str:
     if value is None:
         return "n/a"
     mean, std = value
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
 def to_markdown(rows: list[dict]) -> str:
@@ -79,7 +80,8 @@ def to_csv(rows: list[dict]) -> str:
     for row in rows:
         stats = []
         for key, _ in COLUMNS:
-            stats.extend(row[key] if row[key] is not None else ("", ""))
+            mean, std = row[key] if row[key] is not None else ("", "")
+            stats.extend((mean, "" if std is None else std))
         writer.writerow([row["setting"], row["algorithm"], " ".join(map(str, row["seeds"])), row["reported_head"],
                          *stats, f"{row['wall_time_s']:.1f}"])
     return out.getvalue()
@@ -89,8 +91,9 @@ def write_report(root: Path) -> list[dict]:
     """Write ``results.md`` and ``results.csv`` for every run below ``root``; returns the rows."""
     root = Path(root)
     rows = aggregate(collect_results(root))
-    note = ("Mean ± sample std over seeds, in %; final EMA model on the test set, the algorithm's reported "
-            "head (SeMi: balanced). 'mean of last k' averages the last k evaluations of a run.\n\n")
+    note = ("Mean ± sample std over seeds (no ± where one seed ran), in %; final EMA model on the test set, "
+            "the algorithm's reported head (SeMi: balanced). 'mean of last k' averages the last k evaluations "
+            "of a run.\n\n")
     (root / "results.md").write_text(note + to_markdown(rows), encoding="utf-8")
     (root / "results.csv").write_text(to_csv(rows), encoding="utf-8")
     return rows
