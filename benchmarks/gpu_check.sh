@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU checks of issue 5, in one go: the CUDA tests, the throughput benchmark of SeMi and FixMatch at
 # the paper's batch (WRN-28-2, 64 labeled + 64 unlabeled x 3 views, 32x32x3) in fp32 / bf16, with
-# and without torch.compile, and a profile of the SeMi step.
+# and without torch.compile, with the views replayed from CUDA graphs (default) and eager, and a
+# profile of the SeMi step.
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR      # from the repository root, on a machine with a CUDA GPU
 #
@@ -17,7 +18,7 @@ $PY -c "import torch, platform; print('torch', torch.__version__, 'cuda', torch.
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$OUT/env.txt"
 
 echo "== CUDA tests"
-timeout 200 $PY -m pytest -q -p no:cacheprovider -p no:warnings tests/test_cuda.py tests/test_augment.py 2>&1 | tee "$OUT/tests.log" | tail -n 15
+timeout 200 $PY -m pytest -q -s -p no:cacheprovider -p no:warnings tests/test_cuda.py tests/test_augment.py 2>&1 | tee "$OUT/tests.log" | tail -n 15
 
 C=configs/cifar10_lt/consistent_n500_m4000_g100.yaml
 B="$PY -m cissl bench throughput --config $C --synthetic --device cuda --steps ${STEPS:-60} --warmup 10 --rounds 3 --json"
@@ -30,12 +31,13 @@ bench() {  # name, limit in seconds, overrides...
 }
 bench semi_fp32 120 $SEMI train.precision=fp32
 bench semi_bf16 120 $SEMI train.precision=bf16
+bench semi_fp32_eager_views 120 $SEMI train.precision=fp32 train.cuda_graphs=false
 bench fixmatch_fp32 120 --algorithm fixmatch train.precision=fp32
 bench fixmatch_bf16 120 --algorithm fixmatch train.precision=bf16
-bench semi_bf16_compile 240 $SEMI train.precision=bf16 train.compile=true
-bench semi_fp32_compile 240 $SEMI train.precision=fp32 train.compile=true
+bench semi_bf16_compile 200 $SEMI train.precision=bf16 train.compile=true
+bench semi_fp32_compile 200 $SEMI train.precision=fp32 train.compile=true
 
-echo "== profile of the SeMi bf16 step"
-timeout 120 $PY benchmarks/profile_step.py --config $C --device cuda --steps 5 --rows 40 $SEMI train.precision=bf16 \
-    > "$OUT/profile_semi_bf16.txt" 2>&1 || echo "profile FAILED"
-head -n 4 "$OUT/profile_semi_bf16.txt"
+echo "== profile of the SeMi fp32 step"
+timeout 120 $PY benchmarks/profile_step.py --config $C --device cuda --steps 5 --rows 40 $SEMI train.precision=fp32 \
+    > "$OUT/profile_semi_fp32.txt" 2>&1 || echo "profile FAILED"
+grep -A2 "^semi," "$OUT/profile_semi_fp32.txt"

@@ -140,3 +140,10 @@ def test_gather_and_masked_paths_give_the_same_images():
     a = gather.randaugment(torch.from_numpy(images).float(), params)
     b = masked.randaugment(torch.from_numpy(images).float(), params)
     assert torch.equal(a, b)
+
+
+def test_graphed_views_need_a_cuda_device():
+    from cissl.data.augment_graph import GraphedViews
+
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        GraphedViews(BatchAugment(32))

@@ -5,7 +5,6 @@ Skipped without a GPU (CI has none); run on a GPU machine with ``python -m pytes
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from helpers import tiny_config
@@ -13,6 +12,7 @@ from scipy.stats import chisquare
 from test_augment import random_images
 
 from cissl.data.augment import OPS, BatchAugment
+from cissl.data.augment_graph import GraphedViews
 from cissl.engine.checkpoint import load_checkpoint
 from cissl.engine.data import prepare_data
 from cissl.engine.run import resume_run, start_run
@@ -53,6 +53,22 @@ def test_whole_batch_randaugment_on_cuda_equals_the_cpu_gather_path():
     assert torch.equal(expected, got.cpu())
 
 
+@pytest.mark.parametrize("channels,size,cutout", [(3, 32, 16), (1, 28, 14)])
+def test_views_replayed_from_cuda_graphs_equal_eager_views(channels, size, cutout):
+    def augmenter():
+        return BatchAugment(size, cutout=cutout, generator=torch.Generator(device="cuda").manual_seed(7), device="cuda")
+
+    eager, graphed = augmenter(), GraphedViews(augmenter())
+    for n in (64, 128, 64):  # a second shape gets its own graph; the first is replayed again
+        images = torch.from_numpy(random_images(n, channels, size=size, seed=n)).cuda()
+        assert torch.equal(eager.weak(images), graphed.weak(images))
+        first = graphed.strong(images)
+        assert torch.equal(eager.strong(images), first)
+        second = graphed.strong(images)  # the replay must not overwrite what was returned before
+        assert torch.equal(eager.strong(images), second) and not torch.equal(first, second)
+    assert torch.equal(eager.generator.get_state(), graphed.augment.generator.get_state())
+
+
 def test_cuda_op_draws_follow_the_intended_distribution():
     aug = BatchAugment(32, generator=torch.Generator(device="cuda").manual_seed(0), device="cuda")
     params = aug.draw_randaugment(20_000)
@@ -76,24 +92,38 @@ def test_a_few_steps_run_on_cuda_under_each_switch(tmp_path, switch, algorithm):
     assert math.isfinite(results["top1"]) and results["iterations"] == 4
 
 
-def test_resume_on_cuda_restores_generators_and_continues(tmp_path):
+@pytest.fixture
+def deterministic_cuda():
+    """cuDNN and PyTorch's deterministic kernels for one test (warn where an op has none)."""
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[0], saved[1]
+    torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+
+
+def max_weight_difference(a: dict, b: dict) -> float:
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].is_floating_point())
+
+
+def test_resume_on_cuda_restores_generators_and_continues(tmp_path, deterministic_cuda):
     config = tiny_config(*CUDA, "train.iterations=12", "train.checkpoint_every=6", "train.eval_every=6",
                          "train.epoch_length=6", "algorithm.warmup_epochs=0", algorithm="semi")
-    straight = tmp_path / "straight"
-    start_run(config, straight, quiet=True)
-    interrupted = tmp_path / "interrupted"
-    start_run(config, interrupted, quiet=True)
-    (interrupted / "checkpoints" / "ckpt_00000012.pt").unlink()
-    (interrupted / "results.json").unlink()
-    resume_run(interrupted, quiet=True)
-    a = load_checkpoint(straight / "checkpoints" / "ckpt_00000012.pt")
-    b = load_checkpoint(interrupted / "checkpoints" / "ckpt_00000012.pt")
+    for name in ("straight", "again", "interrupted"):
+        start_run(config, tmp_path / name, quiet=True)
+    (tmp_path / "interrupted" / "checkpoints" / "ckpt_00000012.pt").unlink()
+    (tmp_path / "interrupted" / "results.json").unlink()
+    resume_run(tmp_path / "interrupted", quiet=True)
+    a, again, b = (load_checkpoint(tmp_path / name / "checkpoints" / "ckpt_00000012.pt")
+                   for name in ("straight", "again", "interrupted"))
     # the random streams depend only on how many draws were made, so they must agree exactly
     assert torch.equal(a["augment"]["generator"], b["augment"]["generator"])
     assert torch.equal(a["unlabeled_stream"]["perm"], b["unlabeled_stream"]["perm"])
     assert a["iteration"] == b["iteration"] == 12
-    # cuDNN may pick non-deterministic kernels, so the weights are compared with a tolerance
-    for name, value in a["model"].items():
-        if value.is_floating_point():
-            np.testing.assert_allclose(value.float().numpy(), b["model"][name].float().numpy(),
-                                       rtol=1e-2, atol=1e-3, err_msg=name)
+    # a resumed run may differ from a straight one only as much as two straight runs do
+    noise = max_weight_difference(a["model"], again["model"])
+    drift = max_weight_difference(a["model"], b["model"])
+    print(f"max weight difference: straight vs straight {noise:.3g}, straight vs resumed {drift:.3g}")
+    assert drift == 0.0 if noise == 0.0 else drift <= 10 * noise

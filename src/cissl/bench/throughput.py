@@ -145,6 +145,7 @@ def measure(config, steps: int = 10, warmup: int = 3, rounds: int = 3, synthetic
         "precision": tc.precision,
         "channels_last": tc.channels_last,
         "compile": tc.compile,
+        "cuda_graphs": tc.cuda_graphs and device.type == "cuda",
         "device": device_name(device),
         "steps_timed": per_round * rounds,
         "floor_s": floor_s,
@@ -170,6 +171,7 @@ def format_table(result: dict) -> str:
     width = max(len(name) for name, _ in rows)
     head = (f"{result['algorithm']} on {result['setting'] or 'the configured data'}: {result['model']}, "
             f"{'x'.join(map(str, result['image_shape']))}, {result['precision']}, "
-            f"channels_last={result['channels_last']}, compile={result['compile']}\n"
+            f"channels_last={result['channels_last']}, compile={result['compile']}, "
+            f"cuda_graphs={result['cuda_graphs']}\n"
             f"device: {result['device']}; median of interleaved rounds, {result['steps_timed']} steps each")
     return head + "\n" + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)

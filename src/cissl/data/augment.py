@@ -228,23 +228,44 @@ class BatchAugment:
         return torch.randint(low, high, shape, generator=self.generator, device=self.device)
 
     # views ---------------------------------------------------------------------------------
-    def _flip_crop(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
+    # Each view is split into its random draws (``draw_*``, from the generator, in a fixed order)
+    # and a pure function of the images and those draws (``apply_*``). The pure part has static
+    # shapes and no host synchronisation on accelerators, so it can be replayed from a CUDA graph
+    # (:class:`cissl.data.augment_graph.GraphedViews`).
+    def draw_weak(self, n: int) -> dict[str, torch.Tensor]:
+        """Flip flags (n,) and crop offsets (2, n)."""
         flip = self._uniform(n) < 0.5
-        off = self._randint(0, 2 * self.padding + 1, (2, n))
-        return flip_crop(x, flip, off[0], off[1], self.padding, self.padding_mode)
+        return {"flip": flip, "offset": self._randint(0, 2 * self.padding + 1, (2, n))}
+
+    def draw_strong(self, n: int) -> dict[str, torch.Tensor]:
+        """The weak draws, then RandAugmentMC's (:meth:`draw_randaugment`), then the Cutout centres."""
+        params = self.draw_weak(n)
+        params.update(self.draw_randaugment(n))
+        if self.cutout_size > 0:
+            cx = self._uniform(n)
+            params["cutout_centre"] = torch.stack([cx, self._uniform(n)])
+        return params
+
+    def _apply_flip_crop(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        offset = params["offset"]
+        return flip_crop(images.float(), params["flip"], offset[0], offset[1], self.padding, self.padding_mode)
+
+    def apply_weak(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Flip + crop; uint8 in, float [0, 1] out."""
+        return self._apply_flip_crop(images, params).div_(255.0)
+
+    def apply_strong(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Flip + crop + RandAugmentMC + Cutout; uint8 in, float [0, 1] out."""
+        x = self.randaugment(self._apply_flip_crop(images, params), params)
+        if self.cutout_size > 0:
+            x = self._apply_cutout(x, params["cutout_centre"])
+        return x.div_(255.0)
 
     def weak(self, images: torch.Tensor) -> torch.Tensor:
-        """Flip + crop; uint8 in, float [0, 1] out."""
-        return self._flip_crop(images.float()).div_(255.0)
+        return self.apply_weak(images, self.draw_weak(images.shape[0]))
 
     def strong(self, images: torch.Tensor) -> torch.Tensor:
-        """Flip + crop + RandAugmentMC + Cutout; uint8 in, float [0, 1] out."""
-        x = self._flip_crop(images.float())
-        x = self.randaugment(x)
-        if self.cutout_size > 0:
-            x = self.cutout(x)
-        return x.div_(255.0)
+        return self.apply_strong(images, self.draw_strong(images.shape[0]))
 
     def draw_randaugment(self, n: int) -> dict[str, torch.Tensor]:
         """Per-sample RandAugmentMC draws: op ids, levels 1..9, applied flags, signs; each (num_ops, n)."""
@@ -279,13 +300,11 @@ class BatchAugment:
                     x = torch.where(chosen.view(-1, 1, 1, 1), apply_op(x, op, magnitude, sign), x)
         return x
 
-    def cutout(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        cx = self._uniform(n) * w
-        cy = self._uniform(n) * h
+    def _apply_cutout(self, x: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = x.shape
         half = self.cutout_size / 2.0
-        left = torch.clamp(cx - half, min=0).long()  # int() of a non-negative float truncates
-        top = torch.clamp(cy - half, min=0).long()
+        left = torch.clamp(centre[0] * w - half, min=0).long()  # int() of a non-negative float truncates
+        top = torch.clamp(centre[1] * h - half, min=0).long()
         return cutout(x, left, top, self.cutout_size)
 
     def state_dict(self) -> dict:

@@ -22,14 +22,14 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        live = [p.detach() for p in model.parameters()]
+        live = list(model.parameters())  # under no_grad: no detach needed
         if self.decay == 0.0:
             torch._foreach_copy_(self._ema_params, live)
         else:
             torch._foreach_mul_(self._ema_params, self.decay)
             torch._foreach_add_(self._ema_params, live, alpha=1.0 - self.decay)
-        for ema_buf, buf in zip(self._ema_buffers, model.buffers()):
-            ema_buf.copy_(buf)
+        if self._ema_buffers:
+            torch._foreach_copy_(self._ema_buffers, list(model.buffers()))
 
     def state_dict(self) -> dict:
         return self.model.state_dict()

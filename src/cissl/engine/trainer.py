@@ -23,6 +23,7 @@ from cissl.algorithms import AlgorithmContext, Batch, build_algorithm
 from cissl.algorithms.registry import entry
 from cissl.config import Config
 from cissl.data.augment import BatchAugment
+from cissl.data.augment_graph import GraphedViews
 from cissl.data.stream import IndexStream
 from cissl.engine.checkpoint import save_checkpoint
 from cissl.engine.data import TrainingData
@@ -93,6 +94,8 @@ class Trainer:
             data.image_size, aug.crop_padding, aug.padding_mode, aug.randaugment_ops, aug.randaugment_prob,
             aug.cutout, torch.Generator(device=self.device).manual_seed(derive_seed(seed, "augment")),
             self.device)
+        # the views: eager, or on CUDA replayed from graphs (bit-identical, far fewer launches)
+        self.views = GraphedViews(self.augment) if tc.cuda_graphs and self.device.type == "cuda" else self.augment
         self.pseudo_stats = PseudoLabelStats(data.num_classes, self.device)
         self.iteration = 0
         self.history: list[dict] = []
@@ -112,13 +115,13 @@ class Trainer:
     def next_batch(self) -> tuple[Batch, torch.Tensor | None]:
         """Draw and augment one step's batch; returns it with the unlabeled ground truth (diagnostics)."""
         images, labels, _ = self.data.labeled.take(self.labeled_stream.next())
-        batch = Batch(x=self._prepare(self.augment.weak(images)), y=labels)
+        batch = Batch(x=self._prepare(self.views.weak(images)), y=labels)
         truth = None
         if self.algorithm.uses_unlabeled:
             u_images, truth, positions = self.data.unlabeled.take(self.unlabeled_stream.next())
-            batch.u_weak = self._prepare(self.augment.weak(u_images))
+            batch.u_weak = self._prepare(self.views.weak(u_images))
             views = self.config.train.strong_views
-            strong = self.augment.strong(u_images.repeat(views, 1, 1, 1))  # independent draws per copy
+            strong = self.views.strong(u_images.repeat(views, 1, 1, 1))  # independent draws per copy
             batch.u_strong = tuple(self._prepare(view) for view in strong.chunk(views))
             batch.u_index = positions
         return batch, truth
