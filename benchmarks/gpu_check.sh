@@ -32,6 +32,8 @@ bench() {  # name, limit in seconds, overrides...
 bench semi_fp32 120 $SEMI train.precision=fp32
 bench semi_bf16 120 $SEMI train.precision=bf16
 bench semi_fp32_eager_views 120 $SEMI train.precision=fp32 train.cuda_graphs=false
+bench semi_fp32_no_cudnn_benchmark 120 $SEMI train.precision=fp32 train.cudnn_benchmark=false
+bench semi_bf16_no_cudnn_benchmark 120 $SEMI train.precision=bf16 train.cudnn_benchmark=false
 bench fixmatch_fp32 120 --algorithm fixmatch train.precision=fp32
 bench fixmatch_bf16 120 --algorithm fixmatch train.precision=bf16
 bench semi_bf16_compile 200 $SEMI train.precision=bf16 train.compile=true

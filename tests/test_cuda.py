@@ -80,7 +80,7 @@ def test_cuda_op_draws_follow_the_intended_distribution():
 
 
 @pytest.mark.parametrize("switch", ["train.precision=fp32", "train.precision=bf16", "train.channels_last=false",
-                                    "train.compile=true"])
+                                    "train.compile=true", "train.cuda_graphs=false", "train.cudnn_benchmark=false"])
 @pytest.mark.parametrize("algorithm", ["supervised_la", "fixmatch", "semi"])
 def test_a_few_steps_run_on_cuda_under_each_switch(tmp_path, switch, algorithm):
     if switch == "train.compile=true" and algorithm != "semi":
@@ -110,7 +110,8 @@ def max_weight_difference(a: dict, b: dict) -> float:
 
 def test_resume_on_cuda_restores_generators_and_continues(tmp_path, deterministic_cuda):
     config = tiny_config(*CUDA, "train.iterations=12", "train.checkpoint_every=6", "train.eval_every=6",
-                         "train.epoch_length=6", "algorithm.warmup_epochs=0", algorithm="semi")
+                         "train.epoch_length=6", "algorithm.warmup_epochs=0", "train.cudnn_benchmark=false",
+                         algorithm="semi")
     for name in ("straight", "again", "interrupted"):
         start_run(config, tmp_path / name, quiet=True)
     (tmp_path / "interrupted" / "checkpoints" / "ckpt_00000012.pt").unlink()

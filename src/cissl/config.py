@@ -129,6 +129,7 @@ class TrainConfig:
     channels_last: bool = option(True, help="channels_last memory format")
     compile: bool = option(False, help="torch.compile the backbone")
     cuda_graphs: bool = option(True, help="on CUDA, replay the augmentation from CUDA graphs (same images)")
+    cudnn_benchmark: bool = option(True, help="on CUDA, let cuDNN time its convolution algorithms (process-wide)")
     eval_batch_size: int = option(256, min=1, help="batch size of evaluation")
     report_last: int = option(20, min=1, help="median / mean over the last this many evaluations")
     tensorboard: bool = option(False, help="also log to TensorBoard (needs the tensorboard extra)")

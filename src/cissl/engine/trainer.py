@@ -72,6 +72,8 @@ class Trainer:
         self.logger = logger
         algo_entry = entry(config.algorithm.name)
         heads = algo_entry.algorithm_cls.required_heads(config.algorithm)
+        if self.device.type == "cuda":  # fixed batch shapes: let cuDNN pick the fastest kernels
+            torch.backends.cudnn.benchmark = tc.cudnn_benchmark
         self.model = build_model(config.model, data.channels, data.num_classes, data.mean, data.std,
                                  derive_seed(seed, "model") % (2 ** 31), heads).to(self.device)
         self.memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
