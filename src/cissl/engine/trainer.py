@@ -101,7 +101,7 @@ class Trainer:
         self.pseudo_stats = PseudoLabelStats(data.num_classes, self.device)
         self.iteration = 0
         self.history: list[dict] = []
-        self.window: dict[str, torch.Tensor] = {}
+        self.window: dict[str, torch.Tensor | float] = {}
         self.window_steps = 0
         self.elapsed = 0.0
 
@@ -143,7 +143,9 @@ class Trainer:
         self.iteration = t + 1
         metrics = {"loss": out.loss.detach(), **out.metrics}
         for key, value in metrics.items():
-            value = torch.as_tensor(value, device=self.device, dtype=torch.float32).detach()
+            # tensors stay on the device; host numbers stay on the host (a copy to the GPU would
+            # synchronise the step with the device)
+            value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
             self.window[key] = self.window.get(key, 0) + value
         self.window_steps += 1
         if truth is not None and out.pseudo_labels is not None and out.mask is not None:
@@ -165,7 +167,7 @@ class Trainer:
     def _flush_window(self) -> None:
         if not self.window_steps:
             return
-        values = {k: (v / self.window_steps).item() for k, v in self.window.items()}
+        values = {k: float(v / self.window_steps) for k, v in self.window.items()}
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         self.window, self.window_steps = {}, 0
         if self.logger:
@@ -187,7 +189,7 @@ class Trainer:
             "augment": self.augment.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "pseudo_stats": self.pseudo_stats.state_dict(),
-            "window": {k: v.cpu() for k, v in self.window.items()},
+            "window": {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in self.window.items()},
             "window_steps": self.window_steps,
             "history": json.dumps(self.history),
             "elapsed": self.elapsed,
@@ -212,7 +214,7 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        self.window = {k: v.to(self.device) for k, v in state["window"].items()}
+        self.window = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in state["window"].items()}
         self.window_steps = int(state["window_steps"])
         self.history = json.loads(state["history"])
         self.iteration = int(state["iteration"])
