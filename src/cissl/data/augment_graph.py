@@ -31,8 +31,12 @@ class _Graphed:
                 fn(self.images, self.params)
         torch.cuda.current_stream(images.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.output = fn(self.images, self.params)
+        try:
+            with torch.cuda.graph(self.graph):
+                self.output = fn(self.images, self.params)
+        except RuntimeError as exc:
+            raise RuntimeError(f"capturing the augmentation in a CUDA graph failed ({exc}); "
+                               "run with train.cuda_graphs=false to augment eagerly") from exc
 
     def __call__(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         self.images.copy_(images)
