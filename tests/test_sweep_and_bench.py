@@ -7,7 +7,7 @@ from conftest import CONFIGS, run_cli
 from helpers import tiny_config
 
 from cissl.bench.throughput import format_table, measure
-from cissl.evaluation.report import aggregate, to_csv
+from cissl.evaluation.report import aggregate, to_csv, to_markdown
 from cissl.sweep import plan, run_sweep
 
 TINY = ["model.depth=10", "model.widen=1", "train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2",
@@ -68,7 +68,7 @@ def test_single_seed_row_has_no_spread():
            "medium_accuracy": 0.5, "few_accuracy": 0.5, "mean_last_top1": 0.5, "wall_time_s": 60.0}
     (row,) = aggregate([run])
     assert row["top1"] == (0.5, None)
-    table = __import__("cissl.evaluation.report", fromlist=["to_markdown"]).to_markdown([row])
+    table = to_markdown([row])
     assert "| 50.00 |" in table and "±" not in table
     parsed = next(csv.DictReader(io.StringIO(to_csv([row]))))
     assert float(parsed["top1_mean"]) == 0.5 and parsed["top1_std"] == ""

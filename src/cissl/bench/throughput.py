@@ -145,7 +145,7 @@ def measure(config, steps: int = 10, warmup: int = 3, rounds: int = 3, synthetic
         "precision": tc.precision,
         "channels_last": tc.channels_last,
         "compile": tc.compile,
-        "cuda_graphs": tc.cuda_graphs and device.type == "cuda",
+        "cuda_graphs": trainer.views is not trainer.augment,
         "device": device_name(device),
         "steps_timed": per_round * rounds,
         "floor_s": floor_s,

@@ -1,7 +1,7 @@
 """Weak / strong views replayed from CUDA graphs: the same kernels as eager mode, launched at once.
 
 A RandAugment batch on an accelerator runs every op on the whole batch and keeps it where drawn
-(about 1,600 small operator calls per training step at the paper's batch). On a GPU that is launch
+(thousands of small operator calls per training step at the paper's batch). On a GPU that is launch
 overhead, not arithmetic: measured on an H200, the eager views took about half of a SeMi step
 (benchmarks/RESULTS.md). Here the random draws stay eager (few calls, same generator, same order),
 and the pure part, :meth:`BatchAugment.apply_weak` / :meth:`BatchAugment.apply_strong`, is captured
