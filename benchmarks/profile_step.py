@@ -3,7 +3,9 @@
     python benchmarks/profile_step.py --config FILE [--algorithm NAME] [--device cpu|cuda] [--steps N] [key=value ...]
 
 Prints the number of operator calls and device kernels per step (launch overhead dominates a small
-network on a GPU), the host<->device synchronisations, and the operators that take the most time.
+network on a GPU), the host<->device synchronisations with the source line of each (a step that
+waits for the device cannot queue the next step's work while the device computes), and the
+operators that take the most time.
 Uses random images of the configured data set's shape (as ``cissl bench throughput --synthetic``).
 """
 
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import traceback
+import warnings
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -18,6 +22,31 @@ from torch.profiler import ProfilerActivity, profile
 from cissl.bench.throughput import synthetic_data
 from cissl.config import load_config
 from cissl.engine.trainer import Trainer, resolve_device
+
+
+def sync_sources(step, steps: int) -> collections.Counter:
+    """Host<->device synchronisations PyTorch reports (``torch.cuda.set_sync_debug_mode``) while
+    ``step`` runs ``steps`` times, counted by the innermost frame of this repository that caused them."""
+    counts: collections.Counter = collections.Counter()
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchronizing" not in str(message):  # e.g. the "prototype feature" notice of the mode itself
+            return
+        frames = [f for f in traceback.extract_stack()[:-1] if "/cissl/" in f.filename or "benchmarks" in f.filename]
+        where = f"{frames[-1].filename.split('/src/')[-1]}:{frames[-1].lineno} {frames[-1].line}" if frames else (
+            f"{filename}:{lineno}")
+        counts[where] += 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return counts
 
 
 def main() -> None:
@@ -51,6 +80,10 @@ def main() -> None:
     print(f"per step: {len(ops) / args.steps:.0f} aten operator calls (nested included), "
           f"{len(kernels) / args.steps:.0f} device kernels/copies")
     print("per step, sync points: " + (", ".join(f"{k} {v / args.steps:.1f}" for k, v in syncs.items()) or "none"))
+    if device.type == "cuda":
+        sources = sync_sources(trainer.train_step, args.steps)
+        print("per step, synchronising calls by source (torch.cuda.set_sync_debug_mode): "
+              + ("; ".join(f"{where} x{n / args.steps:.1f}" for where, n in sources.most_common()) or "none"))
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=args.rows))
 

@@ -1,9 +1,12 @@
 import math
 
 import pytest
+import torch
 from helpers import tiny_config
 
+from cissl.engine.data import prepare_data
 from cissl.engine.run import start_run
+from cissl.engine.trainer import Trainer
 
 
 @pytest.mark.parametrize("switch", ["train.precision=bf16", "train.channels_last=false", "train.channels_last=true",
@@ -15,3 +18,11 @@ def test_a_few_steps_run_under_each_switch(tmp_path, switch, algorithm):
                          algorithm=algorithm)
     results = start_run(config, tmp_path / "run", quiet=True)
     assert math.isfinite(results["top1"]) and results["iterations"] == 3
+
+
+def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: calls.append(kwargs) or module)
+    config = tiny_config("train.compile=true", "train.compile_mode=reduce-overhead")
+    Trainer(config, prepare_data(config, torch.device("cpu")), tmp_path)
+    assert calls == [{"mode": "reduce-overhead"}]

@@ -100,6 +100,8 @@ class OptimConfig:
     schedule: str = option("cosine", choices=("cosine", "constant"), help="learning-rate schedule")
     cosine_fraction: float = option(0.4375, min=0.0, max=1.0, min_exclusive=True,
                                     help="lr_t = lr * max(0, cos(pi * fraction * t / T)); 7/16 in FixMatch")
+    fused: bool = option(False, help="PyTorch's fused SGD kernel (one launch per step on CUDA; same update "
+                                     "up to rounding)")
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ class TrainConfig:
     precision: str = option("fp32", choices=("fp32", "bf16"), help="bf16 = autocast")
     channels_last: bool = option(True, help="channels_last memory format")
     compile: bool = option(False, help="torch.compile the backbone")
+    compile_mode: str = option("default", choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+                               help="torch.compile mode (reduce-overhead: CUDA graphs of the compiled backbone)")
     cuda_graphs: bool = option(True, help="on CUDA, replay the augmentation from CUDA graphs (same images)")
     cudnn_benchmark: bool = option(True, help="on CUDA, let cuDNN time its convolution algorithms (process-wide)")
     eval_batch_size: int = option(256, min=1, help="batch size of evaluation")

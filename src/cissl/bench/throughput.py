@@ -107,7 +107,7 @@ def measure(config, steps: int = 10, warmup: int = 3, rounds: int = 3, synthetic
     bare = build_model(config.model, data.channels, data.num_classes, data.mean, data.std, 0).to(device)
     bare = bare.to(memory_format=trainer.memory_format)
     if tc.compile:
-        bare.compile_backbone()
+        bare.compile_backbone(mode=tc.compile_mode)
     bare.train()
     optimizer = build_optimizer(bare, config.optim)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -145,6 +145,8 @@ def measure(config, steps: int = 10, warmup: int = 3, rounds: int = 3, synthetic
         "precision": tc.precision,
         "channels_last": tc.channels_last,
         "compile": tc.compile,
+        "compile_mode": tc.compile_mode if tc.compile else None,
+        "fused_sgd": config.optim.fused,
         "cuda_graphs": trainer.views is not trainer.augment,
         "device": device_name(device),
         "steps_timed": per_round * rounds,
@@ -171,7 +173,7 @@ def format_table(result: dict) -> str:
     width = max(len(name) for name, _ in rows)
     head = (f"{result['algorithm']} on {result['setting'] or 'the configured data'}: {result['model']}, "
             f"{'x'.join(map(str, result['image_shape']))}, {result['precision']}, "
-            f"channels_last={result['channels_last']}, compile={result['compile']}, "
-            f"cuda_graphs={result['cuda_graphs']}\n"
+            f"channels_last={result['channels_last']}, compile={result['compile_mode'] or False}, "
+            f"cuda_graphs={result['cuda_graphs']}, fused_sgd={result['fused_sgd']}\n"
             f"device: {result['device']}; median of interleaved rounds, {result['steps_timed']} steps each")
     return head + "\n" + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)

@@ -67,6 +67,8 @@ class ImagePool:
         return len(self.images)
 
     def take(self, positions: torch.Tensor):
+        if self.device.type == "cuda":  # a copy from pinned memory never makes the host wait
+            positions = positions.pin_memory()
         positions = positions.to(self.device, non_blocking=True)
         labels = None if self.labels is None else self.labels[positions]
         return self.images[positions], labels, positions

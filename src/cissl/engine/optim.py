@@ -16,7 +16,8 @@ def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.SGD:
             (decay if param.ndim > 1 else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                           fused=cfg.fused or None)
 
 
 def lr_factor(iteration: int, total: int, schedule: str, fraction: float) -> float:

@@ -80,7 +80,7 @@ class Trainer:
         self.model = self.model.to(memory_format=self.memory_format)
         self.ema = EMA(self.model, tc.ema_decay)
         if tc.compile:
-            self.model.compile_backbone()
+            self.model.compile_backbone(mode=tc.compile_mode)
         self.context = AlgorithmContext(
             num_classes=data.num_classes, labeled_counts=tuple(data.split.labeled_counts),
             feature_dim=self.model.feature_dim, iterations=tc.iterations, epoch_length=tc.epoch_length,

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# GPU checks of the sync-free step (issue 5): the CUDA tests of the new switches and of "a step never
+# waits for the device", a profile of the SeMi step with the source line of every host<->device
+# synchronisation, and the SeMi throughput at the paper's batch (WRN-28-2, 64 labeled + 64 unlabeled
+# x 3 views) of this tree against a baseline tree, interleaved in one process tree on one machine,
+# plus fused SGD and torch.compile(mode="reduce-overhead").
+#
+#   bash benchmarks/gpu_overlap_check.sh OUT_DIR [BASELINE_SRC]
+#
+# BASELINE_SRC: a src/ directory of another commit (e.g. `git archive d5c5702 src | tar -x -C base`,
+# then base/src); its rows are named base_*. Needs torch with CUDA, numpy, pytest, scipy, pillow,
+# scikit-learn, pyyaml; the package is used from src/ (no install).
+set -u -o pipefail
+OUT=${1:-gpu_out}
+BASE=${2:-}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+NEW="$PWD/src"
+
+PYTHONPATH=$NEW $PY -c "import torch, platform; print('torch', torch.__version__, 'cuda', torch.version.cuda, '|', torch.cuda.get_device_name(), '| python', platform.python_version())" | tee "$OUT/env.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$OUT/env.txt"
+
+echo "== CUDA tests (sync-free step, fused SGD, reduce-overhead compile)"
+PYTHONPATH=$NEW timeout 240 $PY -m pytest -q -s -p no:cacheprovider -p no:warnings tests/test_cuda.py \
+    -k "never_waits or fused or reduce-overhead" 2>&1 | tee "$OUT/tests.log" | tail -n 8
+
+C=configs/cifar10_lt/consistent_n500_m4000_g100.yaml
+SEMI="train.epoch_length=1 algorithm.warmup_epochs=0"  # SeMi with every term active on every step
+echo "== profile of the SeMi fp32 step (sync sources)"
+PYTHONPATH=$NEW timeout 120 $PY benchmarks/profile_step.py --config $C --device cuda --steps 5 --rows 30 $SEMI \
+    train.precision=fp32 > "$OUT/profile_semi_fp32.txt" 2>&1 || echo "profile FAILED"
+grep -A3 "^semi," "$OUT/profile_semi_fp32.txt"
+
+bench() {  # name, src dir, limit in seconds, overrides...
+    local name=$1 src=$2 limit=$3; shift 3
+    echo "== bench $name"
+    PYTHONPATH=$src timeout "$limit" $PY -m cissl bench throughput --config $C --synthetic --device cuda \
+        --steps ${STEPS:-90} --warmup 10 --rounds 3 --json "$@" > "$OUT/bench_$name.json" 2> "$OUT/bench_$name.err" \
+        || echo "FAILED ($?): $(tail -n 3 "$OUT/bench_$name.err")"
+    $PY -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"  {r['it_per_s']:.1f} it/s, step {1e3*r['step_s']:.2f} ms, floor {1e3*r['floor_s']:.2f} ms, ratio {r['ratio']:.3f}\")" "$OUT/bench_$name.json" 2>/dev/null
+}
+for round in 1 2; do
+    for precision in fp32 bf16; do
+        [ -n "$BASE" ] && bench base_semi_${precision}_r$round "$BASE" 120 $SEMI train.precision=$precision
+        bench semi_${precision}_r$round "$NEW" 120 $SEMI train.precision=$precision
+    done
+done
+bench semi_fp32_fused "$NEW" 120 $SEMI train.precision=fp32 optim.fused=true
+bench semi_bf16_fused "$NEW" 120 $SEMI train.precision=bf16 optim.fused=true
+bench fixmatch_fp32 "$NEW" 120 --algorithm fixmatch train.precision=fp32
+bench semi_bf16_reduce_overhead "$NEW" 240 $SEMI train.precision=bf16 train.compile=true train.compile_mode=reduce-overhead
