@@ -30,7 +30,8 @@ def sync_sources(step, steps: int) -> collections.Counter:
     counts: collections.Counter = collections.Counter()
 
     def record(message, category, filename, lineno, file=None, line=None):
-        if "synchronizing" not in str(message):  # e.g. the "prototype feature" notice of the mode itself
+        # torch's text for a sync (c10 warn_or_error_on_sync); skips the mode's own "prototype" notice
+        if "called a synchronizing CUDA operation" not in str(message):
             return
         frames = [f for f in traceback.extract_stack()[:-1] if "/cissl/" in f.filename or "benchmarks" in f.filename]
         where = f"{frames[-1].filename.split('/src/')[-1]}:{frames[-1].lineno} {frames[-1].line}" if frames else (
