@@ -11,24 +11,13 @@
 set -u -o pipefail
 OUT=${1:-gpu_out}
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-
-$PY -c "import torch, platform; print('torch', torch.__version__, 'cuda', torch.version.cuda, '|', torch.cuda.get_device_name(), '| python', platform.python_version())" | tee "$OUT/env.txt"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$OUT/env.txt"
+source "$(dirname "$0")/gpu_common.sh"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+record_environment
 
 echo "== CUDA tests"
 timeout 200 $PY -m pytest -q -s -p no:cacheprovider -p no:warnings tests/test_cuda.py tests/test_augment.py 2>&1 | tee "$OUT/tests.log" | tail -n 15
 
-C=configs/cifar10_lt/consistent_n500_m4000_g100.yaml
-B="$PY -m cissl bench throughput --config $C --synthetic --device cuda --steps ${STEPS:-60} --warmup 10 --rounds 3 --json"
-SEMI="train.epoch_length=1 algorithm.warmup_epochs=0"  # SeMi with every term active on every step
-bench() {  # name, limit in seconds, overrides...
-    local name=$1 limit=$2; shift 2
-    echo "== bench $name"
-    timeout "$limit" $B "$@" > "$OUT/bench_$name.json" 2> "$OUT/bench_$name.err" || echo "FAILED ($?): $(tail -n 3 "$OUT/bench_$name.err")"
-    cat "$OUT/bench_$name.json"
-}
 bench semi_fp32 120 $SEMI train.precision=fp32
 bench semi_bf16 120 $SEMI train.precision=bf16
 bench semi_fp32_eager_views 120 $SEMI train.precision=fp32 train.cuda_graphs=false
@@ -42,4 +31,4 @@ bench semi_fp32_compile 200 $SEMI train.precision=fp32 train.compile=true
 echo "== profile of the SeMi fp32 step"
 timeout 120 $PY benchmarks/profile_step.py --config $C --device cuda --steps 5 --rows 40 $SEMI train.precision=fp32 \
     > "$OUT/profile_semi_fp32.txt" 2>&1 || echo "profile FAILED"
-grep -A2 "^semi," "$OUT/profile_semi_fp32.txt"
+grep -A3 "^semi," "$OUT/profile_semi_fp32.txt"

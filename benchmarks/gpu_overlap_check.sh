@@ -14,39 +14,25 @@ set -u -o pipefail
 OUT=${1:-gpu_out}
 BASE=${2:-}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-NEW="$PWD/src"
-
-PYTHONPATH=$NEW $PY -c "import torch, platform; print('torch', torch.__version__, 'cuda', torch.version.cuda, '|', torch.cuda.get_device_name(), '| python', platform.python_version())" | tee "$OUT/env.txt"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$OUT/env.txt"
+source "$(dirname "$0")/gpu_common.sh"
+record_environment
 
 echo "== CUDA tests (sync-free step, fused SGD, reduce-overhead compile)"
-PYTHONPATH=$NEW timeout 240 $PY -m pytest -q -s -p no:cacheprovider -p no:warnings tests/test_cuda.py \
+PYTHONPATH="$PWD/src" timeout 240 $PY -m pytest -q -s -p no:cacheprovider -p no:warnings tests/test_cuda.py \
     -k "never_waits or fused or reduce-overhead" 2>&1 | tee "$OUT/tests.log" | tail -n 8
 
-C=configs/cifar10_lt/consistent_n500_m4000_g100.yaml
-SEMI="train.epoch_length=1 algorithm.warmup_epochs=0"  # SeMi with every term active on every step
 echo "== profile of the SeMi fp32 step (sync sources)"
-PYTHONPATH=$NEW timeout 120 $PY benchmarks/profile_step.py --config $C --device cuda --steps 5 --rows 30 $SEMI \
-    train.precision=fp32 > "$OUT/profile_semi_fp32.txt" 2>&1 || echo "profile FAILED"
+PYTHONPATH="$PWD/src" timeout 120 $PY benchmarks/profile_step.py --config $C --device cuda --steps 5 --rows 30 \
+    $SEMI train.precision=fp32 > "$OUT/profile_semi_fp32.txt" 2>&1 || echo "profile FAILED"
 grep -A3 "^semi," "$OUT/profile_semi_fp32.txt"
 
-bench() {  # name, src dir, limit in seconds, overrides...
-    local name=$1 src=$2 limit=$3; shift 3
-    echo "== bench $name"
-    PYTHONPATH=$src timeout "$limit" $PY -m cissl bench throughput --config $C --synthetic --device cuda \
-        --steps ${STEPS:-90} --warmup 10 --rounds 3 --json "$@" > "$OUT/bench_$name.json" 2> "$OUT/bench_$name.err" \
-        || echo "FAILED ($?): $(tail -n 3 "$OUT/bench_$name.err")"
-    $PY -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"  {r['it_per_s']:.1f} it/s, step {1e3*r['step_s']:.2f} ms, floor {1e3*r['floor_s']:.2f} ms, ratio {r['ratio']:.3f}\")" "$OUT/bench_$name.json" 2>/dev/null
-}
 for round in 1 2; do
     for precision in fp32 bf16; do
-        [ -n "$BASE" ] && bench base_semi_${precision}_r$round "$BASE" 120 $SEMI train.precision=$precision
-        bench semi_${precision}_r$round "$NEW" 120 $SEMI train.precision=$precision
+        [ -n "$BASE" ] && SRC=$BASE bench base_semi_${precision}_r$round 120 $SEMI train.precision=$precision
+        bench semi_${precision}_r$round 120 $SEMI train.precision=$precision
     done
 done
-bench semi_fp32_fused "$NEW" 120 $SEMI train.precision=fp32 optim.fused=true
-bench semi_bf16_fused "$NEW" 120 $SEMI train.precision=bf16 optim.fused=true
-bench fixmatch_fp32 "$NEW" 120 --algorithm fixmatch train.precision=fp32
-bench semi_bf16_reduce_overhead "$NEW" 240 $SEMI train.precision=bf16 train.compile=true train.compile_mode=reduce-overhead
+bench semi_fp32_fused 120 $SEMI train.precision=fp32 optim.fused=true
+bench semi_bf16_fused 120 $SEMI train.precision=bf16 optim.fused=true
+bench fixmatch_fp32 120 --algorithm fixmatch train.precision=fp32
+bench semi_bf16_reduce_overhead 240 $SEMI train.precision=bf16 train.compile=true train.compile_mode=reduce-overhead
