@@ -100,8 +100,8 @@ class OptimConfig:
     schedule: str = option("cosine", choices=("cosine", "constant"), help="learning-rate schedule")
     cosine_fraction: float = option(0.4375, min=0.0, max=1.0, min_exclusive=True,
                                     help="lr_t = lr * max(0, cos(pi * fraction * t / T)); 7/16 in FixMatch")
-    fused: bool = option(False, help="PyTorch's fused SGD kernel (one launch per step on CUDA; same update "
-                                     "up to rounding)")
+    fused: bool = option(False, help="PyTorch's fused SGD implementation (fewer kernel launches; same "
+                                     "update up to rounding)")
 
 
 @dataclass(frozen=True)
