@@ -1,6 +1,9 @@
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from conftest import CONFIGS, run_cli
@@ -91,3 +94,29 @@ def test_bench_cli_json_with_synthetic_paper_shape(capsys):
                             "--device", "cpu", "model.depth=10", "model.widen=1", "train.batch_size=4"], capsys)
     result = json.loads(out)
     assert code == 0 and result["image_shape"] == [3, 32, 32] and result["synthetic_data"]
+
+
+def test_parallel_runner_summarises_finished_failed_and_stopped_runs(tmp_path):
+    """benchmarks/parallel_runs.py: one line per job in summary.jsonl, whatever happened to it."""
+    root = CONFIGS.parent
+    quick = CONFIGS / "quickstart.yaml"
+    tiny = " ".join(TINY)
+    jobs = tmp_path / "grid.jobs"
+    jobs.write_text(
+        "# a comment line\n"
+        f"done {quick} supervised {tiny}\n"
+        f"bad {quick} supervised train.nonsense=1\n"
+        f"long {quick} supervised {tiny} train.iterations=100000 train.eval_every=2\n")
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    result = subprocess.run([sys.executable, str(root / "benchmarks/parallel_runs.py"), str(jobs), "train.device=cpu",
+                             "--out", str(tmp_path / "out"), "--workers", "3", "--deadline", "25"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    records = {r["name"]: r for r in map(json.loads, (tmp_path / "out/summary.jsonl").read_text().splitlines())}
+    assert set(records) == {"done", "bad", "long"}
+    finished = json.loads((tmp_path / "out/runs/done/results.json").read_text())
+    assert records["done"]["top1"] == finished["top1"] and records["done"]["iterations"] == 4
+    assert [it for it, _ in records["done"]["curve"]] == [2, 4]
+    assert records["bad"]["failed"] == "exit 2" and "train.nonsense" in records["bad"]["log_tail"][0]
+    assert records["long"]["failed"] == "stopped at the deadline"
+    assert records["long"]["curves"]["main"][0][0] == 2  # the evaluations it reached are kept
