@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=float("inf"), help="seconds from start")
     parser.add_argument("overrides", nargs="*", help="key=value for every job (before the options)")
     args = parser.parse_args()
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
     jobs = read_jobs(args.jobs)
     args.out.mkdir(parents=True, exist_ok=True)
     summary = args.out / "summary.jsonl"
@@ -96,7 +98,8 @@ def main() -> None:
         for name, (process, run_dir, log) in list(running.items()):
             if process.poll() is None and not late:
                 continue
-            if process.poll() is None:
+            stopped = process.poll() is None
+            if stopped:
                 process.kill()
                 process.wait()
             log.close()
@@ -106,7 +109,7 @@ def main() -> None:
                 print(f"{time.monotonic() - start:6.0f} s  done  {name}: top-1 {100 * record['top1']:.2f} "
                       f"(last-k {100 * record['mean_last_top1']:.2f}, {record['wall_time_s']:.0f} s)", flush=True)
             else:
-                reason = "stopped at the deadline" if late else f"exit {process.returncode}"
+                reason = "stopped at the deadline" if stopped else f"exit {process.returncode}"
                 tail = (args.out / f"{name}.log").read_text().strip().splitlines()[-1:]
                 curves = {head: eval_curve(run_dir, head)[0] for head in ("main", "balanced")}  # how far it got
                 record = {"name": name, "failed": reason, "log_tail": tail,
