@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from cissl.evaluation.plots import read_evaluations  # no matplotlib needed for this one
+
 
 def read_jobs(path: Path) -> list[tuple[str, list[str]]]:
     jobs = []
@@ -45,18 +47,11 @@ def read_jobs(path: Path) -> list[tuple[str, list[str]]]:
 
 def eval_curve(run_dir: Path, head: str = "main") -> tuple[list[tuple[int, float]], float | None]:
     """(iteration, test top-1) of every evaluation so far, and the last pseudo-label mask rate."""
-    curve, mask = [], None
-    metrics = run_dir / "metrics.jsonl"
-    lines = metrics.read_text().splitlines() if metrics.is_file() else []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short when the run was stopped
-            continue
-        if record.get("kind") == "eval" and head in record.get("test", {}):
-            curve.append((record["iteration"], record["test"][head]["top1"]))
-            mask = (record.get("pseudo_labels") or {}).get("mask_rate", mask)
-    return curve, mask
+    if not (run_dir / "metrics.jsonl").is_file():  # a job that failed before training
+        return [], None
+    records = [r for r in read_evaluations(run_dir) if head in r["test"]]
+    mask = (records[-1].get("pseudo_labels") or {}).get("mask_rate") if records else None
+    return [(r["iteration"], r["test"][head]["top1"]) for r in records], mask
 
 
 def summarise(name: str, run_dir: Path) -> dict:
