@@ -93,7 +93,8 @@ class BalancedConfig:
 class SemiConfig(AlgorithmConfig):
     name: str = option("semi", help="algorithm name")
     threshold: float = option(0.7, min=0.0, max=1.0, help="confidence threshold tau")
-    temperature: float = option(1.0, min=0.0, min_exclusive=True, help="softmax temperature T of p")
+    temperature: float = option(1.0, min=0.0, min_exclusive=True,
+                                help="T dividing every softmax taken for targets and masks (p, r, balanced)")
     warmup_epochs: int = option(2, min=0, help="E_w: OHEML / EA / PLCE start when epoch > E_w")
     use_oheml: bool = option(True, help="entropy weights (Eqs. 3-5); off: omega = 1")
     use_ea: bool = option(True, help="embedding alignment of ultra-hard samples (Eq. 6)")
@@ -164,10 +165,14 @@ class SeMi(Algorithm):
 
         with torch.no_grad():
             prior = self.balanced_prior()
+            # r: the unadjusted prediction; p: the pseudo-label distribution (LA-adjusted under pula).
+            # T divides every softmax taken for targets and masks (spec 5.3-5.4, v2.1)
+            raw = torch.softmax(weak_logits / cfg.temperature, dim=1)
             if cfg.pula:
-                probs = torch.softmax(weak_logits - logit_adjustment(prior, cfg.balanced.tau1), dim=1)
+                probs = torch.softmax((weak_logits - logit_adjustment(prior, cfg.balanced.tau1)) / cfg.temperature,
+                                      dim=1)
             else:
-                probs = torch.softmax(weak_logits / cfg.temperature, dim=1)
+                probs = raw
             # PLCE (Eq. 8): prototypes from the bank before this step's push; query = strong-1 embedding
             mixed = probs
             if active and cfg.use_plce:
@@ -177,9 +182,9 @@ class SeMi(Algorithm):
                                    cfg.plce.alpha)
                 mixed = mix_pseudo_labels(probs, semantic, c, cfg.plce.renormalize)
                 metrics["plce_mix_max"] = c.max()
-            # masks and targets (spec 5.4): OR of the mixed and the raw confidence
+            # masks and targets (spec 5.4): OR of the mixed and the unadjusted confidence r (also under pula)
             confidence, pseudo, mask = threshold_pseudo_labels(mixed, cfg.threshold)
-            mask = mask | (probs.max(dim=1).values >= cfg.threshold)
+            mask = mask | (raw.max(dim=1).values >= cfg.threshold)
             # OHEML weights (Eqs. 3-4)
             if active and cfg.use_oheml:
                 omega = entropy_weights(mixed if cfg.oheml.source == "weak_mixed" else probs, cfg.oheml.scale)
@@ -220,9 +225,10 @@ class SeMi(Algorithm):
         adjust_x = logit_adjustment(prior, balanced.tau2)
         loss_x_bal = F.cross_entropy(views.labeled_logits["balanced"] + adjust_x, batch.y)
         with torch.no_grad():
-            adjusted = torch.softmax(weak_logits - logit_adjustment(prior, balanced.tau12), dim=1)
+            temperature = cfg.temperature
+            adjusted = torch.softmax((weak_logits - logit_adjustment(prior, balanced.tau12)) / temperature, dim=1)
             conf_bal, target_bal, mask_bal = threshold_pseudo_labels(adjusted, cfg.threshold)
-            own = torch.softmax(views.weak_logits["balanced"].detach().float(), dim=1).max(dim=1).values
+            own = torch.softmax(views.weak_logits["balanced"].detach().float() / temperature, dim=1).max(dim=1).values
             mask_bal = mask_bal | (own >= cfg.threshold)
         loss_u_bal = masked_view_loss([s["balanced"] for s in views.strong_logits], target_bal, mask_bal.float())
         metrics.update(loss_x_bal=loss_x_bal.detach(), loss_u_bal=loss_u_bal.detach(),
