@@ -13,7 +13,7 @@ def tiny_config(*overrides: str, algorithm: str | None = None):
     """digits-LT with a WRN-10-1, for tests that train a few steps."""
     base = ["model.depth=10", "model.widen=1", "train.iterations=20", "train.batch_size=16",
             "train.eval_every=10", "train.log_every=5", "train.checkpoint_every=10", "train.device=cpu",
-            "train.eval_batch_size=500"]
+            "train.eval_batch_size=500", "train.report_last=1"]
     return load_config(CONFIGS / "quickstart.yaml", base + list(overrides), algorithm)
 
 

@@ -15,7 +15,7 @@ def test_defaults_build_and_are_frozen():
 
 
 def test_dotted_overrides_are_typed():
-    config = load_config(None, ["optim.lr=0.01", "train.iterations=1e3", "data.dataset=cifar100",
+    config = load_config(None, ["optim.lr=0.01", "train.iterations=1e3", "train.report_last=1", "data.dataset=cifar100",
                                 "algorithm.name=fixmatch", "algorithm.threshold=0.9"])
     assert config.optim.lr == 0.01
     assert config.train.iterations == 1000 and isinstance(config.train.iterations, int)
@@ -35,6 +35,7 @@ def test_dotted_overrides_are_typed():
     ("algorithm.name=nope", "unknown algorithm 'nope'"),
     ("algorithm.threshold=1.5", "'algorithm.threshold': must be <= 1.0"),
     ("train.device=gpu", "'train.device'"),
+    ("train.report_last=251", "'train.report_last': 251 is more than half of the run's 500 evaluations"),
     ("data=3", "'data': expected a mapping"),
     ("lr", "expected key=value"),
 ])

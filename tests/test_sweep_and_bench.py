@@ -14,7 +14,7 @@ from cissl.evaluation.report import aggregate, to_csv, to_markdown
 from cissl.sweep import plan, run_sweep
 
 TINY = ["model.depth=10", "model.widen=1", "train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2",
-        "train.batch_size=8", "train.eval_batch_size=500"]
+        "train.batch_size=8", "train.eval_batch_size=500", "train.report_last=1"]
 
 
 def test_plan_keeps_own_hyperparameters_and_switches_others(tmp_path):

@@ -62,14 +62,18 @@ def test_resume_continues_bit_for_bit(tmp_path, algorithm):
 def test_train_writes_run_directory_and_results(tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, _ = run_cli(["train", "--config", CONFIGS / "quickstart.yaml", "--out", out, "--quiet",
-                               "model.depth=10", "model.widen=1", "train.iterations=10", "train.eval_every=5",
-                               "train.checkpoint_every=5"], capsys)
+                               "model.depth=10", "model.widen=1", "train.iterations=10", "train.eval_every=2",
+                               "train.checkpoint_every=5", "train.report_last=2"], capsys)
     assert code == 0 and "top-1" in stdout and "balanced accuracy" in stdout
     for name in ("config.yaml", "split.json", "metrics.jsonl", "results.json"):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     assert RESULT_KEYS <= set(results)
     assert len(results["confusion_matrix"]) == 10 and results["last_k"] == 2
+    evaluations = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+    assert [r["iteration"] for r in evaluations] == [2, 4, 6, 8, 10]
+    tail = [r["test"]["main"]["top1"] for r in evaluations[-2:]]  # the window is the run's tail
+    assert results["mean_last_top1"] == pytest.approx(sum(tail) / 2)
     assert results["best_on_test_top1"]["note"].startswith("selected on the test set")
 
     # re-evaluation from the checkpoint reproduces the final numbers

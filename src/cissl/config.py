@@ -135,7 +135,8 @@ class TrainConfig:
     cuda_graphs: bool = option(True, help="on CUDA, replay the augmentation from CUDA graphs (same images)")
     cudnn_benchmark: bool = option(True, help="on CUDA, let cuDNN time its convolution algorithms (process-wide)")
     eval_batch_size: int = option(256, min=1, help="batch size of evaluation")
-    report_last: int = option(20, min=1, help="median / mean over the last this many evaluations")
+    report_last: int = option(20, min=1, help="median / mean over the last this many evaluations (at most half "
+                                              "of the run's evaluations)")
     tensorboard: bool = option(False, help="also log to TensorBoard (needs the tensorboard extra)")
     progress: str = option("plain", choices=("plain", "rich"), help="console progress: lines, or a rich bar")
 
@@ -144,6 +145,18 @@ class TrainConfig:
         if device not in ("auto", "cpu", "cuda") and not (
                 device.startswith("cuda:") and device[5:].isdigit()):
             raise ConfigError(f"config key 'train.device': must be auto, cpu, cuda or cuda:N, got {device!r}")
+        evaluations = self.evaluations
+        most = max(1, evaluations // 2)
+        if self.report_last > most:
+            raise ConfigError(
+                f"config key 'train.report_last': {self.report_last} is more than half of the run's {evaluations} "
+                f"evaluations (train.iterations {self.iterations} / train.eval_every {self.eval_every}); the "
+                f"last-k window must be a tail of the run: use at most {most}")
+
+    @property
+    def evaluations(self) -> int:
+        """Evaluations in a whole run: every ``eval_every`` iterations and after the last one."""
+        return -(-self.iterations // self.eval_every)
 
 
 @dataclass(frozen=True)
