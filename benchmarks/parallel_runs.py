@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from cissl.evaluation.plots import read_evaluations  # no matplotlib needed for this one
+from cissl.rundir import RunDir
 
 
 def read_jobs(path: Path) -> list[tuple[str, list[str]]]:
@@ -47,7 +48,7 @@ def read_jobs(path: Path) -> list[tuple[str, list[str]]]:
 
 def eval_curve(run_dir: Path, head: str = "main") -> tuple[list[tuple[int, float]], float | None]:
     """(iteration, test top-1) of every evaluation so far, and the last pseudo-label mask rate."""
-    if not (run_dir / "metrics.jsonl").is_file():  # a job that failed before training
+    if not RunDir(run_dir).metrics.is_file():  # a job that failed before training
         return [], None
     records = [r for r in read_evaluations(run_dir) if head in r["test"]]
     mask = (records[-1].get("pseudo_labels") or {}).get("mask_rate") if records else None
@@ -55,7 +56,7 @@ def eval_curve(run_dir: Path, head: str = "main") -> tuple[list[tuple[int, float
 
 
 def summarise(name: str, run_dir: Path) -> dict:
-    results = json.loads((run_dir / "results.json").read_text())
+    results = json.loads(RunDir(run_dir).results.read_text())
     curve, mask = eval_curve(run_dir, results["reported_head"])
     keep = ("setting", "algorithm", "seed", "iterations", "top1", "many_accuracy", "medium_accuracy",
             "few_accuracy", "mean_last_top1", "wall_time_s", "device")

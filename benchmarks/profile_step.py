@@ -21,7 +21,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from cissl.bench.throughput import synthetic_data
 from cissl.config import load_config
-from cissl.engine.trainer import Trainer, resolve_device
+from cissl.engine.precision import resolve_device
+from cissl.engine.trainer import Trainer
 
 
 def sync_sources(step, steps: int) -> collections.Counter:
@@ -62,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.config, list(args.overrides) + [f"train.device={args.device}"], args.algorithm)
     device = resolve_device(config.train.device)
-    trainer = Trainer(config, synthetic_data(config, device), run_dir=".", device=device)
+    trainer = Trainer.from_config(config, synthetic_data(config, device), device=device)
     for _ in range(args.warmup):
         trainer.train_step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])

@@ -70,6 +70,20 @@ def test_inheritance_merges_sections(tmp_path):
         read_config_file(tmp_path / "loop.yaml")
 
 
+def test_inherited_algorithm_section_merges_only_for_the_same_method(tmp_path):
+    (tmp_path / "base.yaml").write_text("algorithm:\n  name: semi\n  threshold: 0.6\n  bank:\n    capacity: 7\n")
+    (tmp_path / "same.yaml").write_text("inherit: base.yaml\nalgorithm:\n  bank:\n    beta: 0.5\n")
+    same = load_config(tmp_path / "same.yaml").algorithm
+    assert (same.name, same.threshold, same.bank.capacity, same.bank.beta) == ("semi", 0.6, 7, 0.5)
+    # a child that names another method takes none of the parent's method options
+    (tmp_path / "other.yaml").write_text("inherit: base.yaml\nalgorithm:\n  name: fixmatch\n  temperature: 0.5\n")
+    other = load_config(tmp_path / "other.yaml").algorithm
+    assert (other.name, other.threshold, other.temperature) == ("fixmatch", 0.95, 0.5)
+    # a name given as a plain string switches the method too
+    (tmp_path / "short.yaml").write_text("inherit: base.yaml\nalgorithm: supervised_la\n")
+    assert load_config(tmp_path / "short.yaml").algorithm.logit_adjust is True
+
+
 def test_saved_config_loads_back_identical(tmp_path):
     config = load_config(None, ["algorithm.name=fixmatch", "optim.weight_decay=0.0005", "name=a/b"])
     save_config(config, tmp_path / "config.yaml")

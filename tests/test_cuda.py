@@ -26,7 +26,7 @@ CUDA = ["train.device=cuda"]
 def cuda_trainer(tmp_path, *overrides, algorithm="fixmatch"):
     config = tiny_config(*CUDA, *overrides, algorithm=algorithm)
     device = torch.device("cuda")
-    return Trainer(config, prepare_data(config, device), tmp_path, device=device)
+    return Trainer.from_config(config, prepare_data(config, device), tmp_path, device=device)
 
 
 def test_images_live_on_the_device_and_batches_are_seeded(tmp_path):
@@ -35,7 +35,7 @@ def test_images_live_on_the_device_and_batches_are_seeded(tmp_path):
     for pool in (a.data.labeled, a.data.unlabeled):
         assert pool.images.device.type == "cuda" and pool.images.dtype == torch.uint8
     for _ in range(3):
-        (batch_a, truth_a), (batch_b, truth_b) = a.next_batch(), b.next_batch()
+        (batch_a, truth_a), (batch_b, truth_b) = a.batches.next(), b.batches.next()
         tensors_a = [batch_a.x, batch_a.y, batch_a.u_weak, *batch_a.u_strong, truth_a]
         tensors_b = [batch_b.x, batch_b.y, batch_b.u_weak, *batch_b.u_strong, truth_b]
         assert all(t.device.type == "cuda" for t in tensors_a)

@@ -24,5 +24,5 @@ def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "compile", lambda module, **kwargs: calls.append(kwargs) or module)
     config = tiny_config("train.compile=true", "train.compile_mode=reduce-overhead")
-    Trainer(config, prepare_data(config, torch.device("cpu")), tmp_path)
+    Trainer.from_config(config, prepare_data(config, torch.device("cpu")), tmp_path)
     assert calls == [{"mode": "reduce-overhead"}]

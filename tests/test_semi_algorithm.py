@@ -8,7 +8,8 @@ from helpers import id_images, tiny_config
 from test_training import assert_same_state
 
 from cissl.algorithms import AlgorithmContext, Batch, build_algorithm
-from cissl.algorithms.base import forward_views
+from cissl.algorithms.base import run_hooks
+from cissl.algorithms.components.views import forward_views
 from cissl.config import ModelConfig, load_config
 from cissl.engine.checkpoint import load_checkpoint
 from cissl.engine.data import prepare_data
@@ -126,30 +127,13 @@ def test_semi_with_everything_off_equals_fixmatch(tmp_path, mu, views):
                       "algorithm.use_balanced_head=false", "algorithm.warmup_epochs=0", "train.epoch_length=2",
                       algorithm="semi")
     device = torch.device("cpu")
-    trainers = []
-    for config in (fixmatch, off):
-        data = prepare_data(config, device)
-        trainers.append(Trainer(config, data, tmp_path / config.algorithm.name, None, device))
-    a, b = trainers
+    a, b = (Trainer.from_config(config, prepare_data(config, device), device=device) for config in (fixmatch, off))
     assert a.model.state_dict().keys() == b.model.state_dict().keys()
     partial_masks = 0
     for _ in range(8):
-        batch_a, _ = a.next_batch()
-        batch_b, _ = b.next_batch()
-        assert torch.equal(batch_a.u_strong[-1], batch_b.u_strong[-1])
-        outs = []
-        for trainer, batch in ((a, batch_a), (b, batch_b)):
-            trainer.model.train()
-            out = trainer.algorithm.step(trainer.model, batch, trainer.iteration)
-            trainer.optimizer.zero_grad()
-            out.loss.backward()
-            trainer.optimizer.step()
-            trainer.scheduler.step()
-            trainer.ema.update(trainer.model)
-            trainer.algorithm.after_optimizer_step(trainer.iteration)
-            trainer.iteration += 1
-            outs.append(out)
-        fm, sm = outs
+        fm, sm = a.train_step(), b.train_step()
+        assert torch.equal(a.batches.augment.generator.get_state(), b.batches.augment.generator.get_state())
+        assert torch.equal(a.batches.unlabeled_stream.perm, b.batches.unlabeled_stream.perm)
         assert torch.equal(fm.mask, sm.mask) and torch.equal(fm.pseudo_labels, sm.pseudo_labels)
         assert torch.equal(fm.metrics["loss_u"], sm.metrics["loss_u"])
         assert torch.equal(fm.metrics["loss_x"], sm.metrics["loss_x"])
@@ -183,7 +167,7 @@ def test_semi_learns_digits_and_bank_never_exceeds_capacity(tmp_path):
                          "train.checkpoint_every=400", "train.ema_decay=0.99", "train.epoch_length=50",
                          "algorithm.warmup_epochs=1", "algorithm.bank.capacity=16", algorithm="semi")
     device = torch.device("cpu")
-    trainer = Trainer(config, prepare_data(config, device), tmp_path, None, device)
+    trainer = Trainer.from_config(config, prepare_data(config, device), tmp_path, None, device)
     bank = trainer.algorithm.bank
     seen_fill = []
     original = bank.push
@@ -233,10 +217,10 @@ def test_decay_and_class_weight_refresh_follow_the_global_iteration():
     algo.bank.push(torch.zeros(1, 2), torch.tensor([0]), torch.tensor([0.8]), torch.tensor([True]))
     algo.pseudo_counts.update(torch.tensor([1]), torch.tensor([True]))
     for t in range(8):          # decays after iterations 3 and 7 (t + 1 multiple of 4)
-        algo.after_optimizer_step(t)
+        run_hooks(algo, t, algo.context.epoch_length)
     assert algo.bank.confidence[0, algo.bank.filled[0]].item() == pytest.approx(0.4)  # new at first, then halved
     assert torch.allclose(algo.pseudo_counts.weights, torch.full((3,), 1 / 3))  # not refreshed inside an epoch
-    algo.after_optimizer_step(9)  # end of epoch 0
+    run_hooks(algo, 9, algo.context.epoch_length)  # end of epoch 0
     assert torch.allclose(algo.pseudo_counts.weights, torch.tensor([0.0, 1.0, 0.0]))
 
 

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from helpers import id_images
 from naive_semi import NaiveSeMi, naive_fixmatch_step
 
-from cissl.algorithms import AlgorithmContext, Batch, build_algorithm
+from cissl.algorithms import AlgorithmContext, Batch, algorithm_class, build_algorithm
+from cissl.algorithms.base import run_hooks
 from cissl.algorithms.components.memory_bank import balanced_draw_counts
-from cissl.algorithms.registry import entry
 from cissl.config import load_config
 from cissl.models import Classifier
 
@@ -108,7 +108,7 @@ def assert_bank_matches(bank, naive_bank, step):
 def run_semi_against_oracle(cfg, mu, views, steps=STEPS):
     algo = build_algorithm(cfg, context())
     naive = NaiveSeMi(cfg, K, COUNTS, D, STEPS, EPOCH)
-    model = stub_model(entry(cfg.name).algorithm_cls.required_heads(cfg), mu, views)
+    model = stub_model(algorithm_class(cfg.name).required_heads(cfg), mu, views)
     gen = torch.Generator().manual_seed(1)
     seen = {"mask": [], "active": [], "ea": 0, "plce_changed_label": False}
     for t in range(steps):
@@ -136,7 +136,7 @@ def run_semi_against_oracle(cfg, mu, views, steps=STEPS):
             assert_close(out.metrics["mask_rate_bal"], sum(ref["mask_bal"]) / len(mask), f"step {t}: bal rate")
         assert out.metrics["active"] == float(ref["active"])
 
-        algo.after_optimizer_step(t)
+        run_hooks(algo, t, algo.context.epoch_length)
         naive.after_step(t)
         assert_bank_matches(algo.bank, naive.bank, t)
         assert algo.pseudo_counts.counts.tolist() == naive.counts, f"step {t}: class counts"
@@ -235,7 +235,7 @@ def test_bank_term_of_the_balanced_head(mu, views):
         ref_grads = backward(model, expected)
         for name, grad in grads.items():
             assert torch.allclose(grad, ref_grads[name].double(), rtol=1e-4, atol=1e-6), name
-        algo.after_optimizer_step(t)
+        run_hooks(algo, t, algo.context.epoch_length)
         naive.after_step(t)
     assert drawn_steps >= 4
 
@@ -296,7 +296,7 @@ def test_total_loss_is_the_weighted_sum_of_its_named_terms(row):
     cfg = semi_config(*switches)
     assert cfg.ea.weight == 0.15
     algo = build_algorithm(cfg, context())
-    model = stub_model(entry("semi").algorithm_cls.required_heads(cfg), 1, 2)
+    model = stub_model(algorithm_class("semi").required_heads(cfg), 1, 2)
     gen = torch.Generator().manual_seed(3)
     for t in range(STEPS):
         out = algo.step(model, make_batch(t, 1, 2, gen), t)
@@ -306,4 +306,4 @@ def test_total_loss_is_the_weighted_sum_of_its_named_terms(row):
         assert_close(out.loss, sum(weights[k] * float(v) for k, v in terms.items()), f"iteration {t}")
         if "loss_ea" in terms:
             assert float(terms["loss_ea"]) > 0  # a real term, so its weight is tested
-        algo.after_optimizer_step(t)
+        run_hooks(algo, t, algo.context.epoch_length)

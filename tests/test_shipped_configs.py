@@ -7,7 +7,7 @@ from conftest import CONFIGS
 from cissl import yamlio
 from cissl.config import load_config
 from cissl.data.protocol import split_counts
-from cissl.data.sources import NUM_CLASSES
+from cissl.data.sources import SOURCES
 
 ALL = sorted(p for p in CONFIGS.rglob("*.yaml"))
 
@@ -43,7 +43,7 @@ PAPER = {
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_paper_settings_have_the_spec_sums(name):
     config = load_config(CONFIGS / name)
-    labeled, unlabeled = split_counts(config.data, NUM_CLASSES[config.data.dataset])
+    labeled, unlabeled = split_counts(config.data, SOURCES[config.data.dataset].num_classes)
     n_total, m_total = PAPER[name]
     assert sum(labeled) == n_total
     assert (unlabeled is None and m_total is None) or sum(unlabeled) == m_total

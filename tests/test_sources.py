@@ -129,3 +129,16 @@ def test_digits_embedded_default():
     assert source.train.images.shape == (1297, 1, 8, 8) and source.test.images.shape == (500, 1, 8, 8)
     assert np.bincount(source.test.labels).tolist() == [50] * 10
     assert source.train.images.max() == 255 and source.train.images.dtype == np.uint8
+
+
+def test_download_is_atomic_and_a_failure_leaves_nothing(tmp_path):
+    from cissl.data.sources.base import download_file
+
+    source = tmp_path / "remote.bin"
+    source.write_bytes(b"payload" * 1000)
+    target = tmp_path / "data" / "file.bin"
+    download_file(source.as_uri(), target, "test")
+    assert target.read_bytes() == source.read_bytes()
+    with pytest.raises(DataError, match="download of .* failed"):
+        download_file((tmp_path / "missing.bin").as_uri(), tmp_path / "data" / "other.bin", "test")
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["file.bin"]  # no partial or temporary file

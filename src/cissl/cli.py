@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from cissl.errors import CisslError
+from cissl.rundir import RESULTS, RunDir
 
 
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -50,7 +51,7 @@ def print_results(results: dict, run_dir: Path, stream=None) -> None:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"  {name:<{width}}  {value}", file=stream)
-    print(f"results: {run_dir / 'results.json'}", file=stream)
+    print(f"results: {RunDir(run_dir).results}", file=stream)
 
 
 def cmd_train(args) -> int:
@@ -83,11 +84,11 @@ def cmd_evaluate(args) -> int:
 
 def cmd_split(args) -> int:
     from cissl.data.protocol import build_split, split_counts
-    from cissl.data.sources import NUM_CLASSES, load_source
+    from cissl.data.sources import SOURCES, load_source
 
     config = _load(args)
     if args.counts_only:
-        labeled, unlabeled = split_counts(config.data, NUM_CLASSES[config.data.dataset])
+        labeled, unlabeled = split_counts(config.data, SOURCES[config.data.dataset].num_classes)
         print(json.dumps({"labeled": labeled, "unlabeled": unlabeled}))
         return 0
     source = load_source(config.data)
@@ -104,19 +105,22 @@ def cmd_split(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from cissl.algorithms import algorithm_names
-    from cissl.algorithms.registry import entry
-    from cissl.config import describe
+    from cissl.algorithms import ALGORITHMS, AUX_HEADS, REFINERS
+    from cissl.config import Config, describe, load_config
 
-    print("algorithms:")
-    for name in algorithm_names():
-        print(f"  {name:<16} {entry(name).summary}")
+    for title, registry in (("algorithms", ALGORITHMS), ("pseudo-label refiners (algorithm.refiner)", REFINERS),
+                            ("auxiliary heads (algorithm.aux_head)", AUX_HEADS)):
+        print(f"{title}:")
+        for name in registry.names():
+            print(f"  {name:<16} {registry.entry(name).summary}")
     print("\nconfig keys (key, default, meaning):")
-    for key, default, text in describe():
-        print(f"  {key:<38} {default:<16} {text}")
+    for key, default, text in describe(Config):
+        if not key.startswith("algorithm.") or key == "algorithm.name":
+            print(f"  {key:<38} {default:<16} {text}")
     if args.algorithm:
+        config = load_config(None, algorithm=args.algorithm)
         print(f"\nalgorithm.* keys of {args.algorithm}:")
-        for key, default, text in describe(entry(args.algorithm).config_cls, "algorithm"):
+        for key, default, text in describe(type(config.algorithm), "algorithm", config.algorithm):
             print(f"  {key:<38} {default:<16} {text}")
     return 0
 
@@ -147,7 +151,7 @@ def cmd_report(args) -> int:
 
     rows = write_report(Path(args.root))
     if not rows:
-        raise CisslError(f"no results.json below {args.root}")
+        raise CisslError(f"no {RESULTS} below {args.root}")
     print(to_markdown(rows))
     return 0
 

@@ -13,39 +13,26 @@ The ``algorithm`` section is typed by the algorithm's own config class, chosen b
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import difflib
-import math
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from cissl import yamlio
+from cissl.algorithms import ALGORITHMS
+from cissl.data.sources import SOURCES
 from cissl.errors import ConfigError
+from cissl.models import BACKBONES
+from cissl.rundir import atomic_write_text
+from cissl.schema import AlgorithmConfig, build_section, choice, describe, merge_config, option, section
 
-
-def option(default, *, min=None, max=None, choices=None, min_exclusive=False, help: str = ""):
-    """A dataclass field with the metadata that :func:`build` validates."""
-    meta = {"min": min, "max": max, "choices": choices, "min_exclusive": min_exclusive, "help": help}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def section(cls):
-    """A nested config section with its own defaults."""
-    return field(default_factory=cls)
-
-
-DATASETS = ("cifar10", "cifar100", "stl10", "fashion_mnist", "digits")
+__all__ = ["Config", "DataConfig", "ModelConfig", "OptimConfig", "AugmentConfig", "TrainConfig", "AlgorithmConfig",
+           "build", "load_config", "save_config", "parse_overrides", "read_config_file", "describe"]
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = option("digits", choices=DATASETS, help="which data set")
+    dataset: str = option("digits", choices=tuple(SOURCES), help="which data set")
     root: str = option("data", help="folder holding the data set files (see README)")
     download: bool = option(False, help="download missing files (needs a network)")
     image_size: Optional[int] = option(None, min=4, help="resize images to this size (STL-10: 32)")
@@ -64,9 +51,10 @@ class DataConfig:
 
     def validate(self) -> None:
         if self.unlabeled_distribution == "unknown":
-            if self.dataset != "stl10":
+            if not SOURCES[self.dataset].has_unlabeled_split:
+                with_split = ", ".join(name for name, info in SOURCES.items() if info.has_unlabeled_split)
                 raise ConfigError("config key 'data.unlabeled_distribution': 'unknown' needs a data set "
-                                  "with a separate unlabeled split (stl10); "
+                                  f"with a separate unlabeled split ({with_split}); "
                                   "use consistent, uniform or reversed")
         elif self.unlabeled_head is None:
             raise ConfigError("config key 'data.unlabeled_head': required unless "
@@ -79,7 +67,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = option("wrn", choices=("wrn",), help="backbone")
+    name: str = option("wrn", choices=tuple(BACKBONES), help="backbone")
     depth: int = option(28, min=10, help="WRN depth, 6n + 4")
     widen: int = option(2, min=1, help="WRN widening factor")
     leaky_slope: float = option(0.1, min=0.0, help="LeakyReLU negative slope")
@@ -160,13 +148,6 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class AlgorithmConfig:
-    """Base of every algorithm's config; subclasses add their hyperparameters."""
-
-    name: str = option("fixmatch", help="algorithm name (see `cissl list`)")
-
-
-@dataclass(frozen=True)
 class Config:
     name: str = option("", help="name of the setting (used in run directory names)")
     data: DataConfig = section(DataConfig)
@@ -174,7 +155,7 @@ class Config:
     optim: OptimConfig = section(OptimConfig)
     augment: AugmentConfig = section(AugmentConfig)
     train: TrainConfig = section(TrainConfig)
-    algorithm: AlgorithmConfig = section(AlgorithmConfig)
+    algorithm: AlgorithmConfig = choice(ALGORITHMS, "fixmatch", help="the method")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -191,130 +172,28 @@ class Config:
 # ----------------------------------------------------------------------------- building
 
 
-def _type_name(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args) + " or null"
-    if origin in (list, tuple):
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
-
-
-def _coerce(value, tp, key: str):
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
-    if origin in (list, tuple):
-        (item_tp, *_) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
-        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if isinstance(value, float) and math.isnan(value):
-                raise ConfigError(f"config key '{key}': must be a number, got nan")
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif tp is Any:
-        return value
-    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
-
-
-def _check_range(value, meta: dict, key: str) -> None:
-    if value is None:
-        return
-    choices = meta.get("choices")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"config key '{key}': must be one of {', '.join(map(str, choices))}; "
-                          f"got {value!r}")
-    lo, hi = meta.get("min"), meta.get("max")
-    if lo is not None:
-        if meta.get("min_exclusive") and not value > lo:
-            raise ConfigError(f"config key '{key}': must be > {lo}, got {value}")
-        if not meta.get("min_exclusive") and not value >= lo:
-            raise ConfigError(f"config key '{key}': must be >= {lo}, got {value}")
-    if hi is not None and not value <= hi:
-        raise ConfigError(f"config key '{key}': must be <= {hi}, got {value}")
-
-
-def build_section(cls, data: Any, prefix: str):
-    """Build and validate the dataclass ``cls`` from a mapping (unknown keys are errors)."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config key '{prefix}': expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        key = unknown[0]
-        close = difflib.get_close_matches(key, list(fields), n=1)
-        hint = f" (did you mean '{_join(prefix, close[0])}'?)" if close else ""
-        raise ConfigError(f"unknown config key '{_join(prefix, key)}'{hint}; "
-                          f"allowed: {', '.join(fields)}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name not in data:
-            continue
-        key = _join(prefix, name)
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = build_section(tp, data[name], key)
-        else:
-            value = _coerce(data[name], tp, key)
-            _check_range(value, dict(f.metadata), key)
-            kwargs[name] = value
-    obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        validate()
-    return obj
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
-
-
 def build(data: dict) -> Config:
     """Build a validated :class:`Config` from a plain nested dict."""
-    from cissl.algorithms import algorithm_config_class, algorithm_preset
-
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
-    data = dict(data)
-    algo = data.pop("algorithm", None) or {}
-    if isinstance(algo, str):
-        algo = {"name": algo}
-    if not isinstance(algo, dict):
-        raise ConfigError(f"config key 'algorithm': expected a mapping, got {algo!r}")
-    name = algo.get("name", AlgorithmConfig().name)
-    algo_cls = algorithm_config_class(name)
-    base = build_section(Config, data, "")
-    algorithm = build_section(algo_cls, {**_merge(algorithm_preset(name), algo), "name": name}, "algorithm")
-    return dataclasses.replace(base, algorithm=algorithm)
+    config = build_section(Config, data, "")
+    check_method(config)
+    return config
+
+
+def check_method(config: Config) -> None:
+    """What the method declares must fit the train section: its views, its generations."""
+    method = ALGORITHMS.entry(config.algorithm.name).target
+    name, train = config.algorithm.name, config.train
+    spec = method.views(config.algorithm)
+    if spec.unlabeled and spec.strong_views is not None and train.strong_views not in spec.strong_views:
+        allowed = " or ".join(map(str, spec.strong_views))
+        raise ConfigError(f"config key 'train.strong_views': {name} takes {allowed} strong view(s) per "
+                          f"unlabeled image, got {train.strong_views}")
+    generations = method.generations(config.algorithm)
+    if train.iterations % generations:
+        raise ConfigError(f"config key 'train.iterations': {name} runs {generations} generations of equal length, "
+                          f"so the iterations must be a multiple of {generations}, got {train.iterations}")
 
 
 # ----------------------------------------------------------------------------- files and overrides
@@ -347,16 +226,6 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def read_config_file(path: str | Path, _seen: tuple = ()) -> dict:
     """Read a config file and the files it inherits from, merged (later keys win)."""
     path = Path(path)
@@ -373,8 +242,8 @@ def read_config_file(path: str | Path, _seen: tuple = ()) -> dict:
         parents = [parents]
     merged: dict = {}
     for parent in parents:
-        merged = _merge(merged, read_config_file(path.parent / parent, _seen + (resolved,)))
-    return _merge(merged, data)
+        merged = merge_config(Config, merged, read_config_file(path.parent / parent, _seen + (resolved,)))
+    return merge_config(Config, merged, data)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
@@ -393,18 +262,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yamlio.dumps(config.to_dict()), encoding="utf-8")
-
-
-def describe(cls=Config, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, help) for every option of a config class, for docs and `cissl list`."""
-    rows = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        key = _join(prefix, f.name)
-        if dataclasses.is_dataclass(hints[f.name]):
-            rows.extend(describe(hints[f.name], key))
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        rows.append((key, yamlio.format_scalar(default), f.metadata.get("help", "")))
-    return rows
+    atomic_write_text(Path(path), yamlio.dumps(config.to_dict()))

@@ -10,6 +10,7 @@ from cissl.config import load_config
 from cissl.engine.checkpoint import latest_checkpoint
 from cissl.engine.run import resume_run, start_run
 from cissl.evaluation.report import write_report
+from cissl.rundir import RunDir
 
 
 def plan(configs: list[str], algorithms: list[str] | None, seeds: list[int], out: Path,
@@ -36,11 +37,11 @@ def run_sweep(configs, algorithms, seeds, out: Path, overrides=None, quiet: bool
     jobs = plan(configs, algorithms, seeds, out, overrides)
     for i, (config, run_dir) in enumerate(jobs, start=1):
         label = f"[{i}/{len(jobs)}] {run_dir}"
-        if (run_dir / "results.json").is_file():
+        if RunDir(run_dir).results.is_file():
             print(f"{label}: finished, skipped", file=stream, flush=True)
             continue
         start = time.perf_counter()
-        if latest_checkpoint(run_dir / "checkpoints") is not None:
+        if latest_checkpoint(RunDir(run_dir).checkpoints) is not None:
             print(f"{label}: resuming", file=stream, flush=True)
             results = resume_run(run_dir, quiet=quiet)
         else:

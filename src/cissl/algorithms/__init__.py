@@ -1,23 +1,36 @@
-"""Algorithms by name. Importing this package registers every built-in method."""
+"""Methods by name. Importing this package imports every module in it, which registers its methods:
+adding a method is adding a module (``docs/algorithms.md``)."""
 
 from __future__ import annotations
 
-from cissl.algorithms import fixmatch, semi, supervised  # noqa: F401  (registration)
-from cissl.algorithms.base import Algorithm, AlgorithmContext, Batch, StepOutput
-from cissl.algorithms.registry import algorithm_names, entry
+import importlib
+import pkgutil
 
-__all__ = ["Algorithm", "AlgorithmContext", "Batch", "StepOutput", "algorithm_names",
-           "algorithm_config_class", "algorithm_preset", "build_algorithm"]
+from cissl.algorithms.base import (
+    Algorithm,
+    AlgorithmContext,
+    Batch,
+    GenerationUpdate,
+    Hooks,
+    Periodic,
+    PoolPredictions,
+    StepOutput,
+    ViewSpec,
+)
+from cissl.algorithms.registry import ALGORITHMS, AUX_HEADS, REFINERS, algorithm_names, entry
+
+__all__ = ["ALGORITHMS", "AUX_HEADS", "REFINERS", "Algorithm", "AlgorithmContext", "Batch", "GenerationUpdate",
+           "Hooks", "Periodic", "PoolPredictions", "StepOutput", "ViewSpec", "algorithm_class", "algorithm_names",
+           "build_algorithm"]
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
-def algorithm_config_class(name: str) -> type:
-    return entry(name).config_cls
-
-
-def algorithm_preset(name: str) -> dict:
-    return dict(entry(name).preset)
+def algorithm_class(name: str) -> type:
+    return entry(name).target
 
 
 def build_algorithm(config, context: AlgorithmContext) -> Algorithm:
-    """The algorithm a validated ``config.algorithm`` section names."""
-    return entry(config.name).algorithm_cls(config, context)
+    """The method a validated ``config.algorithm`` section names."""
+    return entry(config.name).target(config, context)

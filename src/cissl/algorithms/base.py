@@ -1,30 +1,68 @@
-"""The algorithm contract: one training step in, a scalar loss and metrics out.
+"""The algorithm contract (v2): what the engine gives a method, what the method gives back, when it is called.
 
-An algorithm never builds data, models, optimizers or loggers; it receives a :class:`Batch` of
-augmented views (and the model) and returns a :class:`StepOutput`. It owns its own state
-(queues, banks, running estimates) through ``state_dict`` / ``load_state_dict``. Unlabeled
-ground truth never reaches it: the trainer scores the pseudo-labels an algorithm reports.
+``docs/algorithms.md`` is the guide (how to add a method). In short:
+
+- The engine draws a :class:`Batch` of the views the method declares (:meth:`Algorithm.views`),
+  calls :meth:`Algorithm.step` (under the run's precision policy), back-propagates the returned
+  loss, steps the optimizer, the LR schedule and the EMA, then calls the hooks: :meth:`after_step`
+  every step, each :class:`Periodic` hook every ``every`` steps, :meth:`on_epoch_end` after the
+  last step of every epoch (``train.epoch_length`` steps), and :meth:`on_generation_end` between
+  generations (methods that declare more than one, like CReST).
+- Evaluation scores the logits :meth:`evaluation_logits` returns (default: every head's raw
+  logits) and reports :attr:`reported_head`.
+- A method never builds data, models, optimizers or loggers; it owns its own state (banks,
+  queues, estimates, generators) through ``state_dict`` / ``load_state_dict``, which the engine
+  checkpoints, so a resumed run continues bit for bit on CPU. Unlabeled ground truth never
+  reaches it: the engine scores the pseudo-labels it reports.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from cissl.models import Classifier
 
 
+@dataclass(frozen=True)
+class ViewSpec:
+    """The views of a step's images a method takes (checked against the config before a run starts).
+
+    ``unlabeled``: whether it takes unlabeled images at all (``mu * B`` per step, each with its pool
+    position). ``weak``: one weakly augmented view per unlabeled image. ``strong_views``: the
+    numbers of strong views per unlabeled image it accepts (``train.strong_views`` must be one of
+    them; None: any). ``weak_pass``: ``joint`` puts the weak view into the one forward with
+    gradients (BN sees the whole batch), ``no_grad`` runs it in a separate forward without
+    gradients first (:func:`cissl.algorithms.components.views.forward_views` does either).
+    """
+
+    unlabeled: bool = True
+    weak: bool = True
+    strong_views: tuple[int, ...] | None = None
+    weak_pass: str = "joint"
+
+    def __post_init__(self):
+        if self.weak_pass not in ("joint", "no_grad"):
+            raise ValueError(f"ViewSpec.weak_pass must be 'joint' or 'no_grad', got {self.weak_pass!r}")
+
+
 @dataclass
 class Batch:
-    """One step's views; images are float in [0, 1]. ``u_strong`` holds V views of the same images."""
+    """One step's views; images are float in [0, 1] on the training device.
+
+    ``u_strong`` holds V views of the same unlabeled images, each an independent draw; row i of
+    ``u_weak``, of every ``u_strong[v]`` and of ``u_index`` belongs to the same image. ``u_index`` is
+    that image's position in the unlabeled pool (0 .. ``context.unlabeled_pool_size`` - 1), for
+    methods that keep per-image state over the pool (DARP, CReST, SAW, ...).
+    """
 
     x: torch.Tensor
     y: torch.Tensor
     u_weak: torch.Tensor | None = None
     u_strong: tuple[torch.Tensor, ...] = ()
-    u_index: torch.Tensor | None = None  # positions in the unlabeled pool
+    u_index: torch.Tensor | None = None
 
 
 @dataclass
@@ -39,87 +77,64 @@ class StepOutput:
 
 @dataclass(frozen=True)
 class AlgorithmContext:
-    """What an algorithm may know about the run (never the unlabeled labels)."""
+    """What a method may know about the run (never the unlabeled labels)."""
 
     num_classes: int
     labeled_counts: tuple[int, ...]
     feature_dim: int
     iterations: int
     epoch_length: int
+    unlabeled_pool_size: int = 0
     device: torch.device = torch.device("cpu")
-    seed: int = 0  # for an algorithm's own random draws (derived from the run seed)
+    seed: int = 0  # for a method's own random draws (derived from the run seed)
+
+
+@dataclass(frozen=True)
+class Periodic:
+    """A hook the engine runs after every ``every``-th step: ``run(iteration)`` with the 0-based
+    iteration just finished, when ``(iteration + 1) % every == 0``."""
+
+    every: int
+    run: Callable[[int], None]
 
 
 @dataclass
-class Views:
-    """Features and logits of one concatenated forward, sliced into the blocks of the batch."""
+class PoolPredictions:
+    """The EMA model's predictions on the whole unlabeled pool (no augmentation, eval mode), row i =
+    pool position i: every head's logits and the embeddings."""
 
-    labeled: torch.Tensor
-    weak: torch.Tensor | None
-    strong: tuple[torch.Tensor, ...]
-    labeled_logits: dict[str, torch.Tensor]
-    weak_logits: dict[str, torch.Tensor]
-    strong_logits: tuple[dict[str, torch.Tensor], ...]
+    logits: dict[str, torch.Tensor]
+    features: torch.Tensor
 
 
-def forward_views(model: Classifier, batch: Batch) -> Views:
-    """One forward of [x; u_w; u_s1; ...; u_sV] (BN sees the whole batch, spec 5.1).
+@dataclass
+class GenerationUpdate:
+    """What a method asks of the engine between two generations.
 
-    Features and logits are cut with the same row ranges, so row i of every block belongs to the
-    same image - the alignment the authors' released code breaks (spec 5.1).
+    ``labeled_indices`` (pool positions) with ``labels`` join the labeled set for the next
+    generation, replacing the previous generation's additions; the LR schedule restarts; with
+    ``reinitialize_model`` the network, its EMA and the optimizer start afresh (seeded by the
+    run seed and the generation).
     """
-    blocks = [batch.x]
-    if batch.u_weak is not None:
-        blocks.append(batch.u_weak)
-        blocks.extend(batch.u_strong)
-    sizes = [len(b) for b in blocks]
-    out = model(torch.cat(blocks) if len(blocks) > 1 else blocks[0])
-    feats = out.features.split(sizes)
-    logits = {name: value.split(sizes) for name, value in out.logits.items()}
-    per_block = [{name: parts[i] for name, parts in logits.items()} for i in range(len(sizes))]
-    if batch.u_weak is None:
-        return Views(feats[0], None, (), per_block[0], {}, ())
-    return Views(feats[0], feats[1], tuple(feats[2:]), per_block[0], per_block[1], tuple(per_block[2:]))
+
+    labeled_indices: torch.Tensor
+    labels: torch.Tensor
+    reinitialize_model: bool = False
 
 
-def masked_view_loss(strong_logits: list[torch.Tensor] | tuple[torch.Tensor, ...], targets: torch.Tensor,
-                     weights: torch.Tensor) -> torch.Tensor:
-    """(1 / (V * B_u)) * sum_v sum_i w_i * CE(logits_v,i, target_i)  (FixMatch Eq. 2; SeMi Eqs. 5, 9, 11).
+class Hooks:
+    """The per-step, periodic and per-epoch hooks and the state of anything that takes part in a step
+    (a method, or a part a method is composed of). All default to doing nothing."""
 
-    ``weights`` already include the mask (0 for unused samples); every strong view of an image
-    shares its target and weight.
-    """
-    total = strong_logits[0].new_zeros(())
-    for logits in strong_logits:
-        total = total + (F.cross_entropy(logits, targets, reduction="none") * weights).sum()
-    return total / (len(strong_logits) * len(targets))
+    def after_step(self, iteration: int) -> None:
+        """Called after the optimizer, LR-schedule and EMA updates of ``iteration`` (0-based)."""
 
+    def periodic(self) -> list[Periodic]:
+        """Hooks to run every N steps (after :meth:`after_step`, in this order)."""
+        return []
 
-class Algorithm:
-    """Base class. Subclasses set ``head_names`` and implement :meth:`step`."""
-
-    head_names: tuple[str, ...] = ("main",)
-    uses_unlabeled: bool = True
-
-    def __init__(self, config, context: AlgorithmContext):
-        self.config = config
-        self.context = context
-
-    @classmethod
-    def required_heads(cls, config) -> tuple[str, ...]:
-        """Heads the model must have for this config (built in this order after ``main``)."""
-        return cls.head_names
-
-    @property
-    def reported_head(self) -> str:
-        """The head whose accuracy the run reports as its result."""
-        return "main"
-
-    def step(self, model: Classifier, batch: Batch, iteration: int) -> StepOutput:
-        raise NotImplementedError
-
-    def after_optimizer_step(self, iteration: int) -> None:
-        """Called after the optimizer and EMA updates of ``iteration`` (0-based)."""
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called after the last step of epoch ``epoch`` (0-based), after the periodic hooks."""
 
     def state_dict(self) -> dict:
         return {}
@@ -127,3 +142,68 @@ class Algorithm:
     def load_state_dict(self, state: dict) -> None:
         if state:
             raise ValueError(f"{type(self).__name__} has no state but the checkpoint holds {list(state)}")
+
+
+class Algorithm(Hooks):
+    """Base class of a method. Subclasses implement :meth:`step`; the rest has defaults."""
+
+    def __init__(self, config, context: AlgorithmContext):
+        self.config = config
+        self.context = context
+
+    # ------------------------------------------------------------------ declarations (from the config alone)
+    @classmethod
+    def views(cls, config) -> ViewSpec:
+        """The views this method takes; the default: labeled, weak and any number of strong views."""
+        return ViewSpec()
+
+    @classmethod
+    def required_heads(cls, config) -> tuple[str, ...]:
+        """Heads the model must have for this config (built in this order after ``main``)."""
+        return ("main",)
+
+    @classmethod
+    def generations(cls, config) -> int:
+        """Generations of the run (``train.iterations`` split evenly between them); 1 for most methods."""
+        return 1
+
+    # ------------------------------------------------------------------ training and evaluation
+    @property
+    def reported_head(self) -> str:
+        """The key of :meth:`evaluation_logits` whose accuracy the run reports as its result."""
+        return "main"
+
+    def step(self, model: Classifier, batch: Batch, iteration: int) -> StepOutput:
+        raise NotImplementedError(f"{type(self).__name__} must implement step()")
+
+    def evaluation_logits(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The logits evaluation scores, by name, from every head's raw logits (default: those)."""
+        return logits
+
+    def on_generation_end(self, generation: int, pool: PoolPredictions) -> GenerationUpdate | None:
+        """Called after the last step of every generation but the last (methods with generations)."""
+        return None
+
+
+def run_hooks(part: Hooks, iteration: int, epoch_length: int, periodic: list[Periodic] | None = None) -> None:
+    """The hooks due after step ``iteration`` (0-based), in the contract's order: ``after_step``, each
+    periodic hook whose period ends here, ``on_epoch_end`` at an epoch's last step. ``periodic``:
+    the part's periodic hooks, if the caller keeps them (the engine asks once per run)."""
+    part.after_step(iteration)
+    for hook in part.periodic() if periodic is None else periodic:
+        if (iteration + 1) % hook.every == 0:
+            hook.run(iteration)
+    if (iteration + 1) % epoch_length == 0:
+        part.on_epoch_end((iteration + 1) // epoch_length - 1)
+
+
+def hooks_state(parts: dict[str, Hooks]) -> dict:
+    """The states of named parts, for a composite's ``state_dict``."""
+    return {name: part.state_dict() for name, part in parts.items()}
+
+
+def load_hooks_state(parts: dict[str, Hooks], state: dict) -> None:
+    if set(state) != set(parts):
+        raise ValueError(f"checkpoint holds the state of {sorted(state)}, this run has {sorted(parts)}")
+    for name, part in parts.items():
+        part.load_state_dict(state[name])

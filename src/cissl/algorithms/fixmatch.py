@@ -1,21 +1,27 @@
-"""FixMatch (Sohn et al., NeurIPS 2020), optionally with the logit-adjusted labeled loss (FixMatch + LA).
+"""FixMatch (Sohn et al., NeurIPS 2020), and the FixMatch-family rows of the CISSL tables by composition.
 
 L = L_s + lambda_u * L_u, with L_u = (1 / (V * B_u)) sum_v sum_i [max p_i >= tau] CE(f(u_s,v,i), argmax p_i)
 and p_i = softmax(f(u_w,i) / T) without gradient. ``V`` strong views per unlabeled image (1 in the
 original method, 2 in SeMi's layout); both layouts run on the shared engine.
+
+Composition (:mod:`cissl.algorithms.parts`): the labeled loss is CE or LA (``logit_adjust``); a
+pseudo-label refiner (``refiner``) turns p into the distribution that is thresholded and may add a
+loss; an auxiliary head (``aux_head``) adds its own loss and may be the reported head. With both
+``none`` this is plain FixMatch (FixMatch + LA with ``logit_adjust``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from cissl.algorithms.base import Algorithm, Batch, StepOutput, forward_views, masked_view_loss
-from cissl.algorithms.components.pseudo_label import threshold_pseudo_labels
-from cissl.algorithms.registry import register
-from cissl.algorithms.supervised import labeled_loss, make_adjustment
-from cissl.config import AlgorithmConfig, option
+from cissl.algorithms.base import Algorithm, Batch, StepOutput, hooks_state, load_hooks_state
+from cissl.algorithms.components.consistency import consistency_loss
+from cissl.algorithms.components.logit_adjust import labeled_adjustment, labeled_loss
+from cissl.algorithms.components.pseudo_label import PseudoLabels, class_probabilities, threshold_pseudo_labels
+from cissl.algorithms.components.views import forward_views
+from cissl.algorithms.parts import build_part
+from cissl.algorithms.registry import AUX_HEADS, REFINERS, register
+from cissl.schema import AlgorithmConfig, NamedConfig, choice, option
 
 
 @dataclass(frozen=True)
@@ -26,24 +32,64 @@ class FixMatchConfig(AlgorithmConfig):
     unlabeled_weight: float = option(1.0, min=0.0, help="lambda_u")
     logit_adjust: bool = option(False, help="logit-adjusted labeled loss (FixMatch + LA)")
     la_tau: float = option(1.0, min=0.0, help="LA temperature tau")
+    refiner: NamedConfig = choice(REFINERS, "none", help="pseudo-label refiner")
+    aux_head: NamedConfig = choice(AUX_HEADS, "none", help="auxiliary head")
 
 
 @register("fixmatch", FixMatchConfig, summary="FixMatch")
 @register("fixmatch_la", FixMatchConfig, preset={"logit_adjust": True},
           summary="FixMatch with the logit-adjusted labeled loss")
 class FixMatch(Algorithm):
+    @classmethod
+    def required_heads(cls, config) -> tuple[str, ...]:
+        aux = AUX_HEADS.entry(config.aux_head.name).target
+        return ("main",) if aux is None else ("main", aux.head)
+
     def __init__(self, config, context):
         super().__init__(config, context)
-        self.adjustment = make_adjustment(config, context)
+        self.adjustment = labeled_adjustment(config.logit_adjust, config.la_tau, context)
+        self.refiner = build_part(REFINERS, config.refiner, context)
+        self.aux_head = build_part(AUX_HEADS, config.aux_head, context)
+        self.parts = {name: part for name, part in (("refiner", self.refiner), ("aux_head", self.aux_head))
+                      if part is not None}
+
+    @property
+    def reported_head(self) -> str:
+        return self.aux_head.head if self.aux_head is not None and self.aux_head.reported else "main"
 
     def step(self, model, batch: Batch, iteration: int) -> StepOutput:
+        cfg = self.config
         views = forward_views(model, batch)
         loss_x = labeled_loss(views.labeled_logits["main"], batch.y, self.adjustment)
-        with torch.no_grad():
-            probs = torch.softmax(views.weak_logits["main"].detach().float() / self.config.temperature, dim=1)
-            confidence, pseudo, mask = threshold_pseudo_labels(probs, self.config.threshold)
-        loss_u = masked_view_loss([s["main"] for s in views.strong_logits], pseudo, mask.float())
-        loss = loss_x + self.config.unlabeled_weight * loss_u
-        metrics = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask_rate": mask.float().mean(),
-                   "confidence": confidence.mean()}
-        return StepOutput(loss, metrics, pseudo_labels=pseudo, mask=mask)
+        probs = class_probabilities(views.weak_logits["main"], cfg.temperature)
+        if self.refiner is not None:
+            probs = self.refiner.refine(probs, views, batch, iteration)
+        pseudo = PseudoLabels(probs, *threshold_pseudo_labels(probs, cfg.threshold))
+        loss_u = consistency_loss([s["main"] for s in views.strong_logits], pseudo.labels, pseudo.mask.float())
+        loss = loss_x + cfg.unlabeled_weight * loss_u
+        metrics = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask_rate": pseudo.mask.float().mean(),
+                   "confidence": pseudo.confidence.mean()}
+        for part in self.parts.values():
+            extra, part_metrics = part.loss(model, views, batch, pseudo, iteration)
+            if extra is not None:
+                loss = loss + extra
+            metrics.update(part_metrics)
+        return StepOutput(loss, metrics, pseudo_labels=pseudo.labels, mask=pseudo.mask)
+
+    # ------------------------------------------------------------------ the parts' hooks and state
+    def after_step(self, iteration: int) -> None:
+        for part in self.parts.values():
+            part.after_step(iteration)
+
+    def periodic(self):
+        return [hook for part in self.parts.values() for hook in part.periodic()]
+
+    def on_epoch_end(self, epoch: int) -> None:
+        for part in self.parts.values():
+            part.on_epoch_end(epoch)
+
+    def state_dict(self) -> dict:
+        return hooks_state(self.parts)
+
+    def load_state_dict(self, state: dict) -> None:
+        load_hooks_state(self.parts, state)

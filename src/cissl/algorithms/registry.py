@@ -1,42 +1,27 @@
-"""Name -> algorithm registry, so configs select methods by name (``algorithm.name``)."""
+"""The registries of methods and of the parts FixMatch-family methods are composed of.
+
+- ``ALGORITHMS``: ``algorithm.name`` -> the method's class and config class (and a preset, for
+  variants that share a class: ``fixmatch_la`` is ``fixmatch`` with ``logit_adjust: true``).
+- ``REFINERS``: ``algorithm.refiner.name`` -> a :class:`~cissl.algorithms.parts.PseudoLabelRefiner`.
+- ``AUX_HEADS``: ``algorithm.aux_head.name`` -> an :class:`~cissl.algorithms.parts.AuxiliaryHead`.
+
+A module registers its entries with a class decorator, e.g. ``@register("fixmatch", FixMatchConfig)``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from cissl.schema import Entry, Registry
 
-from cissl.errors import ConfigError
+ALGORITHMS = Registry("algorithm", "algorithm.name")
+REFINERS = Registry("pseudo-label refiner", "algorithm.refiner.name")
+AUX_HEADS = Registry("auxiliary head", "algorithm.aux_head.name")
 
-
-@dataclass(frozen=True)
-class Entry:
-    name: str
-    algorithm_cls: type
-    config_cls: type
-    preset: dict = field(default_factory=dict)
-    summary: str = ""
-
-
-_REGISTRY: dict[str, Entry] = {}
-
-
-def register(name: str, config_cls: type, preset: dict | None = None, summary: str = ""):
-    """Class decorator: ``@register("fixmatch", FixMatchConfig)``; a preset gives a variant's defaults."""
-
-    def decorate(algorithm_cls):
-        if name in _REGISTRY:
-            raise ValueError(f"algorithm {name!r} registered twice")
-        _REGISTRY[name] = Entry(name, algorithm_cls, config_cls, dict(preset or {}), summary)
-        return algorithm_cls
-
-    return decorate
+register = ALGORITHMS.register
 
 
 def entry(name: str) -> Entry:
-    if name not in _REGISTRY:
-        raise ConfigError(f"config key 'algorithm.name': unknown algorithm {name!r}; "
-                          f"allowed: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    return ALGORITHMS.entry(name)
 
 
 def algorithm_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return ALGORITHMS.names()

@@ -29,18 +29,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from cissl.algorithms.base import Algorithm, Batch, StepOutput, forward_views, masked_view_loss
+from cissl.algorithms.base import Algorithm, Batch, Periodic, StepOutput
 from cissl.algorithms.components.class_distribution import PseudoLabelCounter
+from cissl.algorithms.components.consistency import consistency_loss
 from cissl.algorithms.components.embedding_align import EmbeddingAlignment
 from cissl.algorithms.components.entropy_weight import entropy_weights
-from cissl.algorithms.components.logit_adjust import class_prior, logit_adjustment
+from cissl.algorithms.components.logit_adjust import class_prior, labeled_loss, logit_adjustment
 from cissl.algorithms.components.memory_bank import MemoryBank, balanced_draw_counts
 from cissl.algorithms.components.plce import mix_pseudo_labels, mixing_weights, semantic_pseudo_labels
-from cissl.algorithms.components.pseudo_label import threshold_pseudo_labels
+from cissl.algorithms.components.pseudo_label import class_probabilities, threshold_pseudo_labels
+from cissl.algorithms.components.views import forward_views
 from cissl.algorithms.registry import register
-from cissl.config import AlgorithmConfig, option, section
+from cissl.schema import AlgorithmConfig, option, section
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ class SeMi(Algorithm):
         metrics: dict[str, torch.Tensor | float] = {}
 
         # supervised loss of the standard head (Eq. 1)
-        loss_x = F.cross_entropy(views.labeled_logits["main"], batch.y)
+        loss_x = labeled_loss(views.labeled_logits["main"], batch.y)
         loss = loss_x
         metrics["loss_x"] = loss_x.detach()
 
@@ -167,7 +168,7 @@ class SeMi(Algorithm):
             prior = self.balanced_prior()
             # r: the unadjusted prediction; p: the pseudo-label distribution (LA-adjusted under pula).
             # T divides every softmax taken for targets and masks (spec 5.3-5.4, v2.1)
-            raw = torch.softmax(weak_logits / cfg.temperature, dim=1)
+            raw = class_probabilities(weak_logits, cfg.temperature)
             if cfg.pula:
                 probs = torch.softmax((weak_logits - logit_adjustment(prior, cfg.balanced.tau1)) / cfg.temperature,
                                       dim=1)
@@ -191,7 +192,7 @@ class SeMi(Algorithm):
             else:
                 omega = torch.ones_like(confidence)
         # unlabeled loss with OHEML weights (Eqs. 5 / 9)
-        loss_u = masked_view_loss(strong_main, pseudo, mask.float() * omega)
+        loss_u = consistency_loss(strong_main, pseudo, mask.float() * omega)
         loss = loss + loss_u
         metrics.update(loss_u=loss_u.detach(), mask_rate=mask.float().mean(), confidence=confidence.mean(),
                        omega=(omega * mask).sum() / mask.sum().clamp(min=1))
@@ -223,14 +224,14 @@ class SeMi(Algorithm):
         cfg = self.config
         balanced = cfg.balanced
         adjust_x = logit_adjustment(prior, balanced.tau2)
-        loss_x_bal = F.cross_entropy(views.labeled_logits["balanced"] + adjust_x, batch.y)
+        loss_x_bal = labeled_loss(views.labeled_logits["balanced"], batch.y, adjust_x)
         with torch.no_grad():
             temperature = cfg.temperature
             adjusted = torch.softmax((weak_logits - logit_adjustment(prior, balanced.tau12)) / temperature, dim=1)
             conf_bal, target_bal, mask_bal = threshold_pseudo_labels(adjusted, cfg.threshold)
-            own = torch.softmax(views.weak_logits["balanced"].detach().float() / temperature, dim=1).max(dim=1).values
+            own = class_probabilities(views.weak_logits["balanced"], temperature).max(dim=1).values
             mask_bal = mask_bal | (own >= cfg.threshold)
-        loss_u_bal = masked_view_loss([s["balanced"] for s in views.strong_logits], target_bal, mask_bal.float())
+        loss_u_bal = consistency_loss([s["balanced"] for s in views.strong_logits], target_bal, mask_bal.float())
         metrics.update(loss_x_bal=loss_x_bal.detach(), loss_u_bal=loss_u_bal.detach(),
                        mask_rate_bal=mask_bal.float().mean())
         total = loss_x_bal + loss_u_bal
@@ -241,18 +242,19 @@ class SeMi(Algorithm):
                 draws = balanced_draw_counts(batch_counts, cfg.bank.num_samples, self.generator)
                 drawn, drawn_labels = self.bank.sample(draws, self.generator)
             if len(drawn_labels):
-                loss_bank = F.cross_entropy(model.heads["balanced"](drawn), drawn_labels)
+                loss_bank = labeled_loss(model.heads["balanced"](drawn), drawn_labels)
                 total = total + loss_bank
                 metrics["loss_bank_bal"] = loss_bank.detach()
         return total
 
-    # ------------------------------------------------------------------ schedule hooks
-    def after_optimizer_step(self, iteration: int) -> None:
-        """Bank decay every ``decay_step`` global iterations; w refresh at each epoch's end (spec 5.9)."""
-        if (iteration + 1) % self.config.bank.decay_step == 0:
-            self.bank.decay()
-        if (iteration + 1) % self.context.epoch_length == 0:
-            self.pseudo_counts.refresh()
+    # ------------------------------------------------------------------ schedule hooks (spec 5.9)
+    def periodic(self) -> list[Periodic]:
+        """Bank decay (Eq. 7) after every ``decay_step``-th global iteration."""
+        return [Periodic(self.config.bank.decay_step, lambda iteration: self.bank.decay())]
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """w = n / sum n, used for the whole next epoch (spec 7)."""
+        self.pseudo_counts.refresh()
 
     def state_dict(self) -> dict:
         return {"bank": self.bank.state_dict(), "alignment": self.alignment.state_dict(),

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
-from cissl.algorithms.base import Algorithm, Batch, StepOutput
-from cissl.algorithms.components.logit_adjust import class_prior, logit_adjustment
+from cissl.algorithms.base import Algorithm, Batch, StepOutput, ViewSpec
+from cissl.algorithms.components.logit_adjust import labeled_adjustment, labeled_loss
 from cissl.algorithms.registry import register
-from cissl.config import AlgorithmConfig, option
+from cissl.schema import AlgorithmConfig, option
 
 
 @dataclass(frozen=True)
@@ -19,27 +17,17 @@ class SupervisedConfig(AlgorithmConfig):
     la_tau: float = option(1.0, min=0.0, help="LA temperature tau")
 
 
-def labeled_loss(logits, targets, adjustment=None):
-    """CE(f(x), y), or the LA loss CE(f(x) + A_tau, y) when an adjustment is given (SeMi Eq. 1 / 10)."""
-    return F.cross_entropy(logits if adjustment is None else logits + adjustment, targets)
-
-
-def make_adjustment(config, context):
-    """A_tau from the exact labeled counts when the config asks for logit adjustment, else None."""
-    if not config.logit_adjust:
-        return None
-    return logit_adjustment(class_prior(context.labeled_counts), config.la_tau).to(context.device)
-
-
 @register("supervised", SupervisedConfig, summary="labeled images only")
 @register("supervised_la", SupervisedConfig, preset={"logit_adjust": True},
           summary="labeled images only, logit-adjusted loss")
 class Supervised(Algorithm):
-    uses_unlabeled = False
+    @classmethod
+    def views(cls, config) -> ViewSpec:
+        return ViewSpec(unlabeled=False)
 
     def __init__(self, config, context):
         super().__init__(config, context)
-        self.adjustment = make_adjustment(config, context)
+        self.adjustment = labeled_adjustment(config.logit_adjust, config.la_tau, context)
 
     def step(self, model, batch: Batch, iteration: int) -> StepOutput:
         logits = model(batch.x).logits["main"]

@@ -21,24 +21,21 @@ import time
 import numpy as np
 import torch
 
-from cissl.data.protocol import split_counts
-from cissl.data.sources import NUM_CLASSES
+from cissl.data.protocol import Split, split_counts
+from cissl.data.sources import SOURCES
 from cissl.data.stream import ImagePool
+from cissl.engine.assemble import build_network, build_training
 from cissl.engine.data import TrainingData, prepare_data
-from cissl.engine.trainer import Trainer, resolve_device
-
-SHAPES = {"cifar10": (3, 32), "cifar100": (3, 32), "stl10": (3, 32), "fashion_mnist": (1, 28), "digits": (1, 8)}
-MEANS = {1: ((0.5,), (0.25,)), 3: ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))}
+from cissl.engine.optim import build_optimizer
+from cissl.engine.precision import resolve_device
+from cissl.engine.trainer import Trainer
 
 
 def synthetic_data(config, device: torch.device, max_pool: int = 20_000) -> TrainingData:
     """Random uint8 images with the data set's shape, class count and the setting's split sizes."""
-    from cissl.data.protocol import Split
-
     data = config.data
-    channels, size = SHAPES[data.dataset]
-    size = data.image_size or size
-    k = NUM_CLASSES[data.dataset]
+    info = SOURCES[data.dataset]
+    channels, size, k = info.channels, data.image_size or info.image_size, info.num_classes
     labeled_counts, unlabeled_counts = split_counts(data, k)
     rng = np.random.default_rng(0)
     n_l = sum(labeled_counts)
@@ -53,7 +50,7 @@ def synthetic_data(config, device: torch.device, max_pool: int = 20_000) -> Trai
     labeled = pool(n_l, np.repeat(np.arange(k), labeled_counts))
     unlabeled = pool(n_u, rng.integers(0, k, n_u) if unlabeled_counts is not None else None)
     split = Split(np.arange(n_l), np.arange(n_u), np.arange(0), labeled_counts, unlabeled_counts)
-    mean, std = MEANS[channels]
+    mean, std = (0.5,) * channels, (0.25,) * channels
     return TrainingData("synthetic", [str(i) for i in range(k)], channels, size, mean, std, split, labeled,
                         unlabeled, pool(256, rng.integers(0, k, 256)), None)
 
@@ -94,36 +91,32 @@ def measure(config, steps: int = 10, warmup: int = 3, rounds: int = 3, synthetic
     """Time floor, augmentation and full step of ``config``; returns the JSON-able summary."""
     device = resolve_device(config.train.device)
     data = synthetic_data(config, device) if synthetic else prepare_data(config, device)
-    trainer = Trainer(config, data, run_dir=".", logger=None, device=device)
+    parts = build_training(config, data, device)
+    trainer = Trainer(parts)
+    policy = parts.policy
     tc = config.train
-    uses_unlabeled = trainer.algorithm.uses_unlabeled
-    b, bu = tc.batch_size, tc.batch_size * tc.mu
-    images_per_step = b + (bu * (1 + tc.strong_views) if uses_unlabeled else 0)
+    images_per_step = parts.batches.images_per_step
 
     # floor: a fresh copy of the network with only the standard head, same layout / precision
-    from cissl.engine.optim import build_optimizer
-    from cissl.models import build_model
-
-    bare = build_model(config.model, data.channels, data.num_classes, data.mean, data.std, 0).to(device)
-    bare = bare.to(memory_format=trainer.memory_format)
+    bare = build_network(config, data, policy, stream="bench-floor")
     if tc.compile:
         bare.compile_backbone(mode=tc.compile_mode)
     bare.train()
     optimizer = build_optimizer(bare, config.optim)
     gen = torch.Generator(device=device).manual_seed(0)
-    x = torch.rand(images_per_step, data.channels, data.image_size, data.image_size, generator=gen,
-                   device=device).contiguous(memory_format=trainer.memory_format)
+    x = policy.images(torch.rand(images_per_step, data.channels, data.image_size, data.image_size, generator=gen,
+                                 device=device))
     y = torch.randint(0, data.num_classes, (images_per_step,), generator=gen, device=device)
 
     def floor_step():
-        with trainer.autocast():
+        with policy.autocast():
             loss = torch.nn.functional.cross_entropy(bare(x).logits["main"], y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
     def augment_step():
-        trainer.next_batch()
+        parts.batches.next()
 
     timer = _Timer(device)
     for _ in range(warmup):
@@ -147,7 +140,7 @@ def measure(config, steps: int = 10, warmup: int = 3, rounds: int = 3, synthetic
         "compile": tc.compile,
         "compile_mode": tc.compile_mode if tc.compile else None,
         "fused_sgd": config.optim.fused,
-        "cuda_graphs": trainer.views is not trainer.augment,
+        "cuda_graphs": parts.batches.views is not parts.batches.augment,
         "device": device_name(device),
         "steps_timed": per_round * rounds,
         "floor_s": floor_s,

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cissl.errors import DataError
+from cissl.rundir import atomic_write_json
 
 SPLIT_STREAM = 0x5B117  # mixes the run seed into a generator used only for the split
 
@@ -104,7 +105,7 @@ class Split:
         )
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json()), encoding="utf-8")
+        atomic_write_json(Path(path), self.to_json(), indent=None)
 
     @classmethod
     def load(cls, path: str | Path) -> "Split":

@@ -63,6 +63,13 @@ class ImagePool:
         self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long).to(device)
         self.device = torch.device(device)
 
+    @classmethod
+    def from_tensors(cls, images: torch.Tensor, labels: torch.Tensor | None) -> "ImagePool":
+        """A pool of tensors already on their device (no copy)."""
+        pool = cls.__new__(cls)
+        pool.images, pool.labels, pool.device = images, labels, images.device
+        return pool
+
     def __len__(self) -> int:
         return len(self.images)
 

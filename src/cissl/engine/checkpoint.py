@@ -6,13 +6,13 @@ temporary file is ignored by :func:`latest_checkpoint` and removed by the next s
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import torch
 
 from cissl.errors import CheckpointError
+from cissl.rundir import atomic_write
 
 _NAME = re.compile(r"^ckpt_(\d{8,})\.pt$")
 
@@ -35,32 +35,12 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(state: dict, directory: Path, iteration: int, keep: int) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob(".ckpt_*.tmp*"):
         stale.unlink(missing_ok=True)
-    target = checkpoint_path(directory, iteration)
-    tmp = directory / f".{target.name}.tmp{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
-    _fsync_dir(directory)
+    target = atomic_write(checkpoint_path(directory, iteration), lambda handle: torch.save(state, handle))
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
     return target

@@ -1,14 +1,17 @@
-"""Run logging: console progress lines, ``metrics.jsonl``, optional TensorBoard."""
+"""Run logging: the metric window of the training steps, console progress lines, ``metrics.jsonl``,
+optional TensorBoard."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
+import torch
+
 from cissl.errors import ConfigError
+from cissl.rundir import RunDir, atomic_write_text
 
 
 def format_duration(seconds: float) -> str:
@@ -30,17 +33,52 @@ def truncate_jsonl(path: Path, after_iteration: int) -> None:
             continue  # a line cut short by a crash
         if record.get("iteration", 0) <= after_iteration:
             kept.append(line)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+class MetricWindow:
+    """Sums of the step metrics since the last flush; :meth:`flush` returns their means.
+
+    Tensors stay on their device and host numbers on the host: a copy to the GPU (or a read back)
+    per step would synchronise the step with the device. The sums are part of the checkpoint, so a
+    resumed run logs the same means.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.steps = 0
+
+    def add(self, metrics: dict) -> None:
+        for key, value in metrics.items():
+            value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+            self.sums[key] = self.sums.get(key, 0) + value
+        self.steps += 1
+
+    def flush(self) -> dict[str, float] | None:
+        """Means over the window (None when empty), and a new window."""
+        if not self.steps:
+            return None
+        means = {key: float(value / self.steps) for key, value in self.sums.items()}
+        self.sums, self.steps = {}, 0
+        return means
+
+    def state_dict(self) -> dict:
+        return {"sums": {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in self.sums.items()},
+                "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in state["sums"].items()}
+        self.steps = int(state["steps"])
 
 
 class RunLogger:
     """Writes train / eval records to ``metrics.jsonl`` and progress lines to the console."""
 
-    def __init__(self, run_dir: Path, total_iterations: int, tensorboard: bool = False, stream=None,
+    def __init__(self, run_dir: Path | RunDir, total_iterations: int, tensorboard: bool = False, stream=None,
                  quiet: bool = False, progress: str = "plain"):
-        self.path = Path(run_dir) / "metrics.jsonl"
+        run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        self.path = run_dir.metrics
         self.total = total_iterations
         self.stream = stream or sys.stdout
         self.quiet = quiet
@@ -51,7 +89,7 @@ class RunLogger:
             except ImportError:
                 raise ConfigError("config key 'train.tensorboard': needs the tensorboard package; "
                                   "pip install 'cissl[tensorboard]'") from None
-            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            self.writer = SummaryWriter(str(run_dir.tensorboard))
         self.bar = None
         if progress == "rich" and not quiet:
             try:

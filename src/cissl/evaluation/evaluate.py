@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 
@@ -11,23 +9,33 @@ from cissl.evaluation.metrics import confusion_matrix, summarize_confusion
 
 
 @torch.no_grad()
-def predict(model, images: torch.Tensor, batch_size: int, autocast=None, channels_last: bool = False):
-    """Logits of every head for uint8 images (N, C, H, W); returns head -> (N, K) CPU float tensor."""
+def predict(model, images: torch.Tensor, batch_size: int, policy) -> dict[str, torch.Tensor]:
+    """Logits of every head for uint8 images (N, C, H, W) under a :class:`~cissl.engine.precision.ComputePolicy`;
+    returns head -> (N, K) CPU float tensor."""
+    logits, _ = predict_with_features(model, images, batch_size, policy, features=False)
+    return logits
+
+
+@torch.no_grad()
+def predict_with_features(model, images: torch.Tensor, batch_size: int, policy, features: bool = True):
+    """(head -> (N, K) logits, (N, D) embeddings or None), on the CPU, model in eval mode."""
     was_training = model.training
     model.eval()
     outputs: dict[str, list[torch.Tensor]] = {}
+    embeddings: list[torch.Tensor] = []
     try:
         for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size].float().div_(255.0)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast() if autocast is not None else contextlib.nullcontext():
+            x = policy.images(images[start:start + batch_size].float().div_(255.0))
+            with policy.autocast():
                 out = model(x)
             for name, logits in out.logits.items():
                 outputs.setdefault(name, []).append(logits.float().cpu())
+            if features:
+                embeddings.append(out.features.float().cpu())
     finally:
         model.train(was_training)
-    return {name: torch.cat(parts) for name, parts in outputs.items()}
+    logits = {name: torch.cat(parts) for name, parts in outputs.items()}
+    return logits, torch.cat(embeddings) if features else None
 
 
 def evaluate_logits(logits: dict[str, torch.Tensor], labels, num_classes: int, labeled_counts,
@@ -42,3 +50,15 @@ def evaluate_logits(logits: dict[str, torch.Tensor], labels, num_classes: int, l
             report = {k: report[k] for k in ("top1", "balanced_accuracy")}
         result[name] = report
     return result
+
+
+def evaluate_model(model, algorithm, data, policy, batch_size: int, full: bool = False) -> dict:
+    """The model on the test pool (and the validation pool, if the run holds one out): every logits
+    the method's ``evaluation_logits`` returns, scored; keyed ``test`` / ``val``."""
+    record = {}
+    for split_name, pool in (("test", data.test), ("val", data.val)):
+        if pool is None:
+            continue
+        logits = algorithm.evaluation_logits(predict(model, pool.images, batch_size, policy))
+        record[split_name] = evaluate_logits(logits, pool.labels, data.num_classes, data.split.labeled_counts, full)
+    return record

@@ -10,6 +10,7 @@ import numpy as np
 
 from cissl.data.protocol import Split
 from cissl.errors import CisslError
+from cissl.rundir import METRICS, RunDir
 
 
 def _pyplot():
@@ -24,9 +25,9 @@ def _pyplot():
 
 
 def read_evaluations(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     if not path.is_file():
-        raise CisslError(f"{run_dir} has no metrics.jsonl")
+        raise CisslError(f"{run_dir} has no {METRICS}")
     records = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
@@ -41,10 +42,10 @@ def read_evaluations(run_dir: Path) -> list[dict]:
 def plot_run(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     """Write the run's figures as PNG files into ``out_dir`` (default RUN_DIR/plots)."""
     plt = _pyplot()
-    run_dir = Path(run_dir)
-    out_dir = Path(out_dir) if out_dir else run_dir / "plots"
+    run = RunDir(run_dir)
+    out_dir = Path(out_dir) if out_dir else run.plots
     out_dir.mkdir(parents=True, exist_ok=True)
-    evaluations = read_evaluations(run_dir)
+    evaluations = read_evaluations(run.path)
     written = []
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -59,10 +60,9 @@ def plot_run(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     ax.legend()
     written.append(_save(fig, out_dir / "curves.png", plt))
 
-    results_path = run_dir / "results.json"
-    if results_path.is_file():
-        results = json.loads(results_path.read_text(encoding="utf-8"))
-        counts = Split.load(run_dir / "split.json").labeled_counts
+    if run.results.is_file():
+        results = json.loads(run.results.read_text(encoding="utf-8"))
+        counts = Split.load(run.split).labeled_counts
         k = len(counts)
         fig, ax = plt.subplots(figsize=(max(6, 0.35 * k), 4))
         ax.bar(np.arange(k), [100 * a for a in results["per_class_accuracy"]])

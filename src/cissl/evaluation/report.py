@@ -8,6 +8,8 @@ import json
 import statistics
 from pathlib import Path
 
+from cissl.rundir import RESULTS, atomic_write_text
+
 COLUMNS = [  # (results.json key, column title)
     ("top1", "top-1"),
     ("balanced_accuracy", "balanced acc."),
@@ -21,7 +23,7 @@ COLUMNS = [  # (results.json key, column title)
 def collect_results(root: Path) -> list[dict]:
     """Every ``results.json`` below ``root`` (with its run directory)."""
     runs = []
-    for path in sorted(Path(root).rglob("results.json")):
+    for path in sorted(Path(root).rglob(RESULTS)):
         try:
             result = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -94,6 +96,6 @@ def write_report(root: Path) -> list[dict]:
     note = ("Mean ± sample std over seeds (no ± where one seed ran), in %; final EMA model on the test set, "
             "the algorithm's reported head (SeMi: balanced). 'mean of last k' averages the last k evaluations "
             "of a run.\n\n")
-    (root / "results.md").write_text(note + to_markdown(rows), encoding="utf-8")
-    (root / "results.csv").write_text(to_csv(rows), encoding="utf-8")
+    atomic_write_text(root / "results.md", note + to_markdown(rows))
+    atomic_write_text(root / "results.csv", to_csv(rows))
     return rows

@@ -1,15 +1,30 @@
-"""Backbones and the classifier wrapper; :func:`build_model` makes one from a config."""
+"""Backbones and the classifier wrapper; :func:`build_model` makes one from a config.
+
+``BACKBONES`` maps ``model.name`` to a builder ``(model_config, in_channels) -> backbone``; a backbone
+returns the pooled embedding (N, D) and has a ``feature_dim`` attribute. Heads live in
+:class:`Classifier`.
+"""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from cissl.models.classifier import Classifier, ModelOutput
 from cissl.models.wrn import WideResNet
 
-__all__ = ["Classifier", "ModelOutput", "WideResNet", "build_model"]
+__all__ = ["BACKBONES", "Classifier", "ModelOutput", "WideResNet", "build_model"]
 
 HEAD_STREAM = 7919  # extra heads are initialised from their own seed, after the shared parameters
+
+
+def _wide_resnet(model_config, in_channels: int) -> WideResNet:
+    return WideResNet(in_channels, model_config.depth, model_config.widen, model_config.leaky_slope,
+                      model_config.bn_momentum)
+
+
+BACKBONES: dict[str, Callable[..., torch.nn.Module]] = {"wrn": _wide_resnet}
 
 
 def build_model(model_config, in_channels: int, num_classes: int, mean, std, seed: int,
@@ -22,8 +37,7 @@ def build_model(model_config, in_channels: int, num_classes: int, mean, std, see
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        backbone = WideResNet(in_channels, model_config.depth, model_config.widen,
-                              model_config.leaky_slope, model_config.bn_momentum)
+        backbone = BACKBONES[model_config.name](model_config, in_channels)
         model = Classifier(backbone, num_classes, mean, std, head_names=("main",))
         for i, name in enumerate(n for n in head_names if n != "main"):
             torch.manual_seed(seed * 1_000_003 + HEAD_STREAM + i)

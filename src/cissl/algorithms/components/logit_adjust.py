@@ -1,8 +1,9 @@
-"""Logit adjustment (Menon et al., ICLR 2021), as SeMi's Eqs. 1 and 10 use it."""
+"""Logit adjustment (Menon et al., ICLR 2021), as SeMi's Eqs. 1 and 10 and FixMatch + LA use it."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def class_prior(counts) -> torch.Tensor:
@@ -19,3 +20,15 @@ def logit_adjustment(prior: torch.Tensor, tau: float) -> torch.Tensor:
     The logit-adjusted loss is CE(logits + A_tau, y); at test time the raw logits are used.
     """
     return torch.log(prior.double() ** tau + 1e-12).float()
+
+
+def labeled_loss(logits: torch.Tensor, targets: torch.Tensor, adjustment: torch.Tensor | None = None):
+    """CE(f(x), y), or the LA loss CE(f(x) + A_tau, y) when an adjustment is given (SeMi Eqs. 1, 10)."""
+    return F.cross_entropy(logits if adjustment is None else logits + adjustment, targets)
+
+
+def labeled_adjustment(logit_adjust: bool, tau: float, context) -> torch.Tensor | None:
+    """A_tau from the run's exact labeled counts when ``logit_adjust`` is on, else None (plain CE)."""
+    if not logit_adjust:
+        return None
+    return logit_adjustment(class_prior(context.labeled_counts), tau).to(context.device)

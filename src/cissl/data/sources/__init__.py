@@ -1,6 +1,14 @@
-"""Readers of the on-disk formats; :func:`load_source` picks one from a :class:`DataConfig`."""
+"""Readers of the on-disk formats and the registry of data sets (name -> reader and facts).
+
+The registry is the one place that knows each data set's facts: class count, channels, native
+image size, whether it has a separate unlabeled split. Config validation, the readers and the
+synthetic data of the throughput bench all read it.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 from cissl.data.sources.base import DataSource, ImageSet
 from cissl.data.sources.cifar import load_cifar10, load_cifar100
@@ -8,28 +16,38 @@ from cissl.data.sources.digits import load_digits_source
 from cissl.data.sources.fashion import load_fashion_mnist
 from cissl.data.sources.stl10 import load_stl10, resize_uint8
 
-__all__ = ["DataSource", "ImageSet", "load_source", "load_cifar10", "load_cifar100", "load_stl10",
-           "load_fashion_mnist", "load_digits_source"]
+__all__ = ["DataSource", "ImageSet", "SOURCES", "SourceInfo", "load_source", "load_cifar10", "load_cifar100",
+           "load_stl10", "load_fashion_mnist", "load_digits_source"]
 
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "stl10": 10, "fashion_mnist": 10, "digits": 10}
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What cissl knows of a data set before reading it."""
+
+    name: str
+    num_classes: int
+    channels: int
+    image_size: int  # native side length of its square images
+    has_unlabeled_split: bool
+    read: Callable  # (data_config) -> DataSource at its native size (STL-10: at data.image_size)
+
+
+def _read_stl10(cfg) -> DataSource:
+    return load_stl10(cfg.root, cfg.image_size, cfg.download, with_unlabeled=cfg.unlabeled_distribution == "unknown")
+
+
+SOURCES: dict[str, SourceInfo] = {info.name: info for info in (
+    SourceInfo("cifar10", 10, 3, 32, False, lambda cfg: load_cifar10(cfg.root, cfg.download)),
+    SourceInfo("cifar100", 100, 3, 32, False, lambda cfg: load_cifar100(cfg.root, cfg.download)),
+    SourceInfo("stl10", 10, 3, 96, True, _read_stl10),
+    SourceInfo("fashion_mnist", 10, 1, 28, False, lambda cfg: load_fashion_mnist(cfg.root, cfg.download)),
+    SourceInfo("digits", 10, 1, 8, False, lambda cfg: load_digits_source()),
+)}
 
 
 def load_source(data_config) -> DataSource:
     """Read the data set a :class:`cissl.config.DataConfig` names (resized if it asks)."""
-    name, root, download = data_config.dataset, data_config.root, data_config.download
-    if name == "cifar10":
-        source = load_cifar10(root, download)
-    elif name == "cifar100":
-        source = load_cifar100(root, download)
-    elif name == "stl10":
-        return load_stl10(root, data_config.image_size, download,
-                          with_unlabeled=data_config.unlabeled_distribution == "unknown")
-    elif name == "fashion_mnist":
-        source = load_fashion_mnist(root, download)
-    elif name == "digits":
-        source = load_digits_source()
-    else:  # the config validation lists the allowed names
-        raise ValueError(f"unknown data set {name!r}")
+    source = SOURCES[data_config.dataset].read(data_config)
     size = data_config.image_size
     if size is not None and size != source.image_size:
         source.train = ImageSet(resize_uint8(source.train.images, size), source.train.labels)

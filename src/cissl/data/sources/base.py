@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tarfile
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from cissl.errors import DataError
+from cissl.rundir import atomic_write
 
 
 @dataclass
@@ -84,14 +83,14 @@ def download_file(url: str, target: Path, dataset: str) -> None:
     """Download one file to ``target`` atomically (a failed transfer leaves nothing behind)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     print(f"[cissl] downloading {dataset} from {url}", flush=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+
+    def fetch(out) -> None:
+        with urllib.request.urlopen(url, timeout=60) as response:
             shutil.copyfileobj(response, out)
-        os.replace(tmp, target)
+
+    try:
+        atomic_write(target, fetch)
     except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise DataError(f"{dataset}: download of {url} failed ({exc}); put the files under "
                         f"{target.parent} by hand (see README)") from None
 

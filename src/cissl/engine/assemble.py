@@ -1,0 +1,102 @@
+"""Assembling a run from its config: the network, its EMA, the method, the optimizer and schedule, the batches.
+
+Every random stream gets its own seed from the run seed (:func:`cissl.engine.seeds.derive_seed`), so
+the shared parameters, the streams and the augmentation are the same whatever method runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cissl.algorithms import ALGORITHMS, Algorithm, AlgorithmContext, build_algorithm
+from cissl.config import Config
+from cissl.engine.batches import BatchSource
+from cissl.engine.data import TrainingData
+from cissl.engine.ema import EMA
+from cissl.engine.optim import build_optimizer, build_scheduler
+from cissl.engine.precision import ComputePolicy, configure_backends
+from cissl.engine.seeds import derive_seed
+from cissl.models import Classifier, build_model
+
+
+def method_class(config: Config) -> type[Algorithm]:
+    return ALGORITHMS.entry(config.algorithm.name).target
+
+
+def build_network(config: Config, data: TrainingData, policy: ComputePolicy, heads=("main",),
+                  stream: str = "model") -> Classifier:
+    """Backbone and heads, seeded by the run seed and ``stream``, on the policy's device and layout."""
+    seed = derive_seed(config.train.seed, stream) % (2 ** 31)
+    model = build_model(config.model, data.channels, data.num_classes, data.mean, data.std, seed, heads)
+    return policy.place(model)
+
+
+def build_method(config: Config, data: TrainingData, feature_dim: int, device: torch.device) -> Algorithm:
+    context = AlgorithmContext(
+        num_classes=data.num_classes, labeled_counts=tuple(data.split.labeled_counts), feature_dim=feature_dim,
+        iterations=config.train.iterations, epoch_length=config.train.epoch_length,
+        unlabeled_pool_size=len(data.unlabeled), device=device, seed=derive_seed(config.train.seed, "algorithm"))
+    return build_algorithm(config.algorithm, context)
+
+
+def generation_length(config: Config) -> int:
+    """Iterations per generation (the whole run for methods without generations)."""
+    return config.train.iterations // method_class(config).generations(config.algorithm)
+
+
+@dataclass
+class RunParts:
+    """Everything a training loop needs, built from one config."""
+
+    config: Config
+    data: TrainingData
+    policy: ComputePolicy
+    model: Classifier
+    ema: EMA
+    algorithm: Algorithm
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    batches: BatchSource
+
+    def restart_schedule(self) -> None:
+        """A fresh LR schedule over one generation (CReST-style generations restart it)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
+        self.scheduler = build_scheduler(self.optimizer, self.config.optim, generation_length(self.config))
+
+    def reinitialize_model(self, generation: int) -> None:
+        """New weights for the network (seeded by the generation), the EMA copied from them, no momentum."""
+        fresh = build_network(self.config, self.data, self.policy, self.algorithm.required_heads(self.config.algorithm),
+                              stream=f"model-generation{generation}")
+        self.model.load_state_dict(fresh.state_dict())
+        self.ema.model.load_state_dict(fresh.state_dict())
+        self.optimizer.state.clear()
+
+
+def build_training(config: Config, data: TrainingData, device: torch.device) -> RunParts:
+    """The parts of a training run on ``device`` (the order of construction fixes the random streams)."""
+    tc = config.train
+    configure_backends(tc, device)
+    policy = ComputePolicy.from_config(tc, device)
+    method = method_class(config)
+    model = build_network(config, data, policy, method.required_heads(config.algorithm))
+    ema = EMA(model, tc.ema_decay)
+    if tc.compile:
+        model.compile_backbone(mode=tc.compile_mode)
+    algorithm = build_method(config, data, model.feature_dim, device)
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, generation_length(config))
+    batches = BatchSource(data, tc, config.augment, method.views(config.algorithm), policy, tc.seed)
+    return RunParts(config, data, policy, model, ema, algorithm, optimizer, scheduler, batches)
+
+
+def build_evaluation(config: Config, data: TrainingData, device: torch.device) -> tuple[Classifier, Algorithm,
+                                                                                       ComputePolicy]:
+    """What evaluating a checkpoint needs: the network (to load the EMA weights into), the method (its
+    evaluation logits) and the policy. No optimizer, streams or augmentation."""
+    policy = ComputePolicy.from_config(config.train, device)
+    model = build_network(config, data, policy, method_class(config).required_heads(config.algorithm))
+    model.eval()
+    return model, build_method(config, data, model.feature_dim, device), policy

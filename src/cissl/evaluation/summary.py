@@ -1,0 +1,48 @@
+"""A run's summary (``results.json``) from its evaluation history and a final evaluation."""
+
+from __future__ import annotations
+
+import statistics
+
+import numpy as np
+
+from cissl.evaluation.metrics import class_groups
+
+
+def summarize_run(config, history: list[dict], final: dict, reported_head: str, labeled_counts, iterations: int,
+                  wall_time_s: float, device: str) -> dict:
+    """Final EMA metrics of the reported head and of every head, median / mean of the last
+    ``train.report_last`` evaluations, best-on-test under its own key (labelled as selected on test)."""
+    tc = config.train
+    head = reported_head
+    report = final["test"][head]
+    curve = [r["test"][head]["top1"] for r in history]
+    curve_bal = [r["test"][head]["balanced_accuracy"] for r in history]
+    last, last_bal = curve[-tc.report_last:], curve_bal[-tc.report_last:]
+    best = int(np.argmax(curve)) if curve else None
+    results = {
+        "setting": config.name,
+        "algorithm": config.algorithm.name,
+        "seed": tc.seed,
+        "iterations": iterations,
+        "reported_head": head,
+        **report,
+        "class_groups": class_groups(labeled_counts),
+        "heads": final["test"],
+        "last_k": len(last),
+        "median_last_top1": statistics.median(last) if last else None,
+        "mean_last_top1": statistics.fmean(last) if last else None,
+        "median_last_balanced_accuracy": statistics.median(last_bal) if last_bal else None,
+        "mean_last_balanced_accuracy": statistics.fmean(last_bal) if last_bal else None,
+        "best_on_test_top1": None if best is None else {
+            "value": curve[best], "iteration": history[best]["iteration"],
+            "note": "selected on the test set; not a fair model-selection number"},
+        "wall_time_s": wall_time_s,
+        "device": device,
+    }
+    if "val" in final:
+        results["val"] = final["val"]
+    pseudo = [r["pseudo_labels"] for r in history if "pseudo_labels" in r]
+    if pseudo:
+        results["pseudo_labels"] = pseudo[-1]
+    return results

@@ -1,0 +1,110 @@
+"""The run directory's layout, and atomic writes (the one place either is defined).
+
+A run directory holds::
+
+    config.yaml      the resolved config
+    split.json       the labeled / unlabeled / validation indices
+    metrics.jsonl    training records and evaluations, one JSON object per line
+    checkpoints/     ckpt_<iteration>.pt, the newest few
+    results.json     the run's summary, once it has finished (or been re-evaluated)
+    plots/           figures of `cissl plot`
+    tensorboard/     with train.tensorboard
+
+Every file cissl writes whole is written to a temporary file beside the target, flushed, fsynced and
+renamed over it, so a crash (even SIGKILL) leaves either the old file or the new one, never a part.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+CONFIG = "config.yaml"
+SPLIT = "split.json"
+METRICS = "metrics.jsonl"
+RESULTS = "results.json"
+CHECKPOINTS = "checkpoints"
+PLOTS = "plots"
+TENSORBOARD = "tensorboard"
+
+
+class RunDir:
+    """Paths of one run directory's files."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def split(self) -> Path:
+        return self.path / SPLIT
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def results(self) -> Path:
+        return self.path / RESULTS
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def plots(self) -> Path:
+        return self.path / PLOTS
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable (best effort: not every file system allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write ``path`` through ``write(handle)`` into a temporary file, fsync it, rename it over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def atomic_write_json(path: Path, data: Any, indent: int | None = 1) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=indent))

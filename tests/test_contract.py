@@ -1,0 +1,315 @@
+"""The algorithm contract v2 (docs/algorithms.md), with small methods and parts defined here.
+
+Declared views checked against the config; pool size and per-image pool positions; the evaluation
+logits hook; the hooks after each step, every N steps, at epoch ends and between generations, with
+resume bit-exact mid-generation; FixMatch composed with a refiner and an auxiliary head by
+configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import run_cli
+from helpers import tiny_config
+from test_training import assert_same_state
+
+from cissl.algorithms import ALGORITHMS, AUX_HEADS, REFINERS, GenerationUpdate, Periodic, StepOutput, ViewSpec
+from cissl.algorithms.components.logit_adjust import class_prior
+from cissl.algorithms.fixmatch import FixMatch, FixMatchConfig
+from cissl.algorithms.parts import AuxiliaryHead, PseudoLabelRefiner
+from cissl.algorithms.supervised import Supervised, SupervisedConfig
+from cissl.config import load_config
+from cissl.engine.checkpoint import load_checkpoint
+from cissl.engine.data import prepare_data
+from cissl.engine.run import resume_run, start_run
+from cissl.engine.trainer import Trainer
+from cissl.errors import ConfigError
+from cissl.evaluation.evaluate import predict
+from cissl.schema import NamedConfig, option
+
+
+@pytest.fixture
+def registered():
+    """Register entries for one test: ``registered(REGISTRY, name, config_cls, target)``."""
+    added = []
+
+    def add(registry, name, config_cls, target, **kwargs):
+        registry.register(name, config_cls, **kwargs)(target)
+        added.append((registry, name))
+
+    yield add
+    for registry, name in added:
+        registry.unregister(name)
+
+
+# ----------------------------------------------------------------------------- declared views
+class OneStrongView(FixMatch):
+    @classmethod
+    def views(cls, config) -> ViewSpec:
+        return ViewSpec(strong_views=(1,))
+
+
+def test_declared_views_are_checked_against_the_config(registered):
+    registered(ALGORITHMS, "test_one_view", FixMatchConfig, OneStrongView)
+    with pytest.raises(ConfigError, match=r"'train.strong_views': test_one_view takes 1 strong view.*got 2"):
+        tiny_config("train.strong_views=2", algorithm="test_one_view")
+    config = tiny_config("train.strong_views=1", "train.mu=2", algorithm="test_one_view")
+    trainer = Trainer.from_config(config, prepare_data(config, torch.device("cpu")))
+    batch, _ = trainer.batches.next()
+    assert len(batch.u_strong) == 1 and len(batch.u_weak) == 2 * config.train.batch_size
+
+
+def test_a_labeled_only_method_gets_no_unlabeled_views():
+    config = tiny_config(algorithm="supervised")
+    trainer = Trainer.from_config(config, prepare_data(config, torch.device("cpu")))
+    batch, truth = trainer.batches.next()
+    assert batch.u_weak is None and batch.u_strong == () and batch.u_index is None and truth is None
+    assert trainer.batches.images_per_step == config.train.batch_size
+
+
+def test_pool_size_and_positions_of_the_unlabeled_images():
+    config = tiny_config(algorithm="fixmatch")
+    data = prepare_data(config, torch.device("cpu"))
+    trainer = Trainer.from_config(config, data)
+    assert trainer.algorithm.context.unlabeled_pool_size == len(data.unlabeled) > 0
+    batch, truth = trainer.batches.next()
+    assert batch.u_index.shape == (config.train.batch_size * config.train.mu,)
+    assert int(batch.u_index.max()) < len(data.unlabeled)
+    assert torch.equal(data.unlabeled.labels[batch.u_index], truth)  # row i of the batch is pool image u_index[i]
+
+
+# ----------------------------------------------------------------------------- evaluation logits
+class AdjustedAtTest(FixMatch):
+    """Reports the standard head's logits minus log pi (test-time logit adjustment) as 'main_la'."""
+
+    @property
+    def reported_head(self) -> str:
+        return "main_la"
+
+    def evaluation_logits(self, logits):
+        prior = class_prior(self.context.labeled_counts)
+        return {**logits, "main_la": logits["main"] - prior.log()}
+
+
+def test_evaluation_scores_the_logits_the_method_returns(tmp_path, registered, capsys):
+    registered(ALGORITHMS, "test_tta", FixMatchConfig, AdjustedAtTest)
+    config = tiny_config("train.iterations=4", "train.eval_every=2", "train.checkpoint_every=4",
+                         algorithm="test_tta")
+    results = start_run(config, tmp_path / "run", quiet=True)
+    assert results["reported_head"] == "main_la" and set(results["heads"]) == {"main", "main_la"}
+    data = prepare_data(config, torch.device("cpu"))
+    trainer = Trainer.from_config(config, data)
+    trainer.ema.load_state_dict(load_checkpoint(tmp_path / "run/checkpoints/ckpt_00000004.pt")["ema"])
+    logits = predict(trainer.ema.model, data.test.images, 500, trainer.parts.policy)["main"]
+    adjusted = logits - class_prior(data.split.labeled_counts).log()
+    expected = (adjusted.argmax(1) == data.test.labels).float().mean().item()
+    assert results["top1"] == pytest.approx(expected) and results["heads"]["main_la"]["top1"] == results["top1"]
+    code, _, _ = run_cli(["evaluate", tmp_path / "run"], capsys)  # the checkpoint path reaches the same hook
+    assert code == 0 and json.loads((tmp_path / "run/results.json").read_text())["top1"] == results["top1"]
+
+
+# ----------------------------------------------------------------------------- hooks and generations
+@dataclass(frozen=True)
+class RecorderConfig(SupervisedConfig):
+    name: str = option("test_recorder")
+    every: int = option(3, min=1)
+
+
+class HookRecorder(Supervised):
+    """Supervised, recording every hook call in its (checkpointed) state."""
+
+    def __init__(self, config, context):
+        super().__init__(config, context)
+        self.calls: list[list] = []
+
+    def after_step(self, iteration):
+        self.calls.append(["step", iteration])
+
+    def periodic(self):
+        return [Periodic(self.config.every, lambda t: self.calls.append(["every", t]))]
+
+    def on_epoch_end(self, epoch):
+        self.calls.append(["epoch", epoch])
+
+    def state_dict(self):
+        return {"calls": [list(c) for c in self.calls]}
+
+    def load_state_dict(self, state):
+        self.calls = [list(c) for c in state["calls"]]
+
+
+def test_hooks_run_after_each_step_every_n_steps_and_at_epoch_ends(tmp_path, registered):
+    registered(ALGORITHMS, "test_recorder", RecorderConfig, HookRecorder)
+    config = tiny_config("train.iterations=8", "train.epoch_length=4", "train.eval_every=4",
+                         "train.checkpoint_every=4", algorithm="test_recorder")
+    start_run(config, tmp_path / "run", quiet=True)
+    calls = load_checkpoint(tmp_path / "run/checkpoints/ckpt_00000008.pt")["algorithm"]["calls"]
+    expected = []
+    for t in range(8):
+        expected.append(["step", t])
+        if (t + 1) % 3 == 0:
+            expected.append(["every", t])
+        if (t + 1) % 4 == 0:
+            expected.append(["epoch", t // 4])
+    assert calls == expected
+
+
+@dataclass(frozen=True)
+class SelfTrainingConfig(FixMatchConfig):
+    name: str = option("test_self_training")
+    generations: int = option(3, min=1)
+    per_class: int = option(2, min=1)
+    reinitialize: bool = option(False)
+
+
+class SelfTraining(FixMatch):
+    """FixMatch in generations; between two, the most confident pool images of each predicted class
+    join the labeled set with their pseudo-labels (a CReST-like toy)."""
+
+    seen: list = []  # (generation, pool logits shape, features shape) of every call, for the test
+
+    @classmethod
+    def generations(cls, config) -> int:
+        return config.generations
+
+    def on_generation_end(self, generation, pool):
+        conf, pred = torch.softmax(pool.logits["main"], dim=1).max(dim=1)
+        SelfTraining.seen.append((generation, tuple(pool.logits["main"].shape), tuple(pool.features.shape)))
+        chosen = torch.cat([torch.nonzero(pred == k).flatten()[conf[pred == k].argsort(descending=True)]
+                            [: self.config.per_class] for k in range(self.context.num_classes)])
+        return GenerationUpdate(chosen, pred[chosen], reinitialize_model=self.config.reinitialize)
+
+
+@pytest.mark.parametrize("reinitialize", [False, True])
+def test_generations_extend_the_labeled_set_restart_the_schedule_and_resume_exactly(tmp_path, registered,
+                                                                                    reinitialize):
+    registered(ALGORITHMS, "test_self_training", SelfTrainingConfig, SelfTraining)
+    SelfTraining.seen = []
+    config = tiny_config("train.iterations=12", "train.eval_every=2", "train.checkpoint_every=2",
+                         "train.keep_checkpoints=10", "algorithm.threshold=0.2", "train.log_every=1",
+                         f"algorithm.reinitialize={str(reinitialize).lower()}", algorithm="test_self_training")
+    start_run(config, tmp_path / "straight", quiet=True)
+    data = prepare_data(config, torch.device("cpu"))
+    assert [s[0] for s in SelfTraining.seen] == [0, 1]  # between generations 0-1 and 1-2, not after the last
+    assert SelfTraining.seen[0][1] == (len(data.unlabeled), 10) and SelfTraining.seen[0][2][0] == len(data.unlabeled)
+    lr = [r["lr"] for r in map(json.loads, (tmp_path / "straight/metrics.jsonl").read_text().splitlines())
+          if r["kind"] == "train"]
+    # the lr logged after the first step of each 4-step generation: the schedule restarted each time
+    assert lr[0] == lr[4] == lr[8] == pytest.approx(0.03 * math.cos(7 * math.pi / 16 / 4))
+    assert lr[3] < lr[2] < lr[1] < lr[0]
+    at_boundary = load_checkpoint(tmp_path / "straight/checkpoints/ckpt_00000004.pt")
+    added = at_boundary["batches"]["additions"]
+    assert added["generation"] == 1 and 0 < len(added["indices"]) <= 20
+    # resume from inside generation 1 and from the boundary itself: the same run, bit for bit
+    reference = load_checkpoint(tmp_path / "straight/checkpoints/ckpt_00000012.pt")
+    for cut in (6, 4, 8):
+        run = tmp_path / f"cut{cut}"
+        start_run(config, run, quiet=True)
+        for path in sorted((run / "checkpoints").iterdir()):
+            if int(path.stem.split("_")[1]) > cut:
+                path.unlink()
+        (run / "results.json").unlink()
+        resume_run(run, quiet=True)
+        assert_same_state(reference, load_checkpoint(run / "checkpoints/ckpt_00000012.pt"))
+
+
+def test_generations_must_divide_the_run(registered):
+    registered(ALGORITHMS, "test_self_training", SelfTrainingConfig, SelfTraining)
+    with pytest.raises(ConfigError, match=r"'train.iterations': .* 3 generations .* multiple of 3, got 20"):
+        tiny_config(algorithm="test_self_training")
+
+
+# ----------------------------------------------------------------------------- composition
+@dataclass(frozen=True)
+class SharpenConfig(NamedConfig):
+    name: str = option("test_sharpen")
+    temperature: float = option(0.5, min=0.0, min_exclusive=True)
+
+
+class Sharpen(PseudoLabelRefiner):
+    """p^(1/T), renormalised; counts the images it refined (state) and its periodic calls."""
+
+    def __init__(self, config, context):
+        super().__init__(config, context)
+        self.refined = 0
+        self.ticks = 0
+
+    def refine(self, probs, views, batch, iteration):
+        self.refined += len(probs)
+        sharp = probs ** (1.0 / self.config.temperature)
+        return sharp / sharp.sum(dim=1, keepdim=True)
+
+    def periodic(self):
+        return [Periodic(2, lambda t: setattr(self, "ticks", self.ticks + 1))]
+
+    def state_dict(self):
+        return {"refined": self.refined, "ticks": self.ticks}
+
+    def load_state_dict(self, state):
+        self.refined, self.ticks = state["refined"], state["ticks"]
+
+
+@dataclass(frozen=True)
+class AuxConfig(NamedConfig):
+    name: str = option("test_aux")
+    weight: float = option(0.5)
+
+
+class AuxHead(AuxiliaryHead):
+    """A second head trained on the labeled images and the masked pseudo-labels; reported."""
+
+    head = "aux"
+    reported = True
+
+    def loss(self, model, views, batch, pseudo, iteration):
+        loss = F.cross_entropy(views.labeled_logits["aux"], batch.y)
+        return self.config.weight * loss, {"loss_aux": loss.detach()}
+
+
+def test_fixmatch_composes_a_refiner_and_an_auxiliary_head_by_configuration(tmp_path, registered, capsys):
+    registered(REFINERS, "test_sharpen", SharpenConfig, Sharpen)
+    registered(AUX_HEADS, "test_aux", AuxConfig, AuxHead)
+    registered(ALGORITHMS, "test_fixmatch_sharpen_aux", FixMatchConfig, FixMatch,
+               preset={"refiner": "test_sharpen", "aux_head": {"name": "test_aux", "weight": 0.25}})
+    config = tiny_config("algorithm.threshold=0.3", "algorithm.refiner.temperature=0.25",
+                         algorithm="test_fixmatch_sharpen_aux")
+    assert config.algorithm.refiner == SharpenConfig(temperature=0.25) and config.algorithm.aux_head.weight == 0.25
+    plain = tiny_config("algorithm.threshold=0.3", algorithm="fixmatch")
+    composed, base = (Trainer.from_config(c, prepare_data(c, torch.device("cpu"))) for c in (config, plain))
+    assert set(composed.model.heads) == {"main", "aux"} and composed.algorithm.reported_head == "aux"
+    for _ in range(3):
+        out, ref = composed.train_step(), base.train_step()
+    # the refined (sharper) distribution is what is thresholded: more images pass than in plain FixMatch
+    assert out.mask.sum() >= ref.mask.sum()
+    terms = {key: float(out.metrics[key]) for key in ("loss_x", "loss_u", "loss_aux")}
+    assert out.loss.item() == pytest.approx(terms["loss_x"] + terms["loss_u"] + 0.25 * terms["loss_aux"], rel=1e-6)
+    assert composed.algorithm.refiner.refined == 3 * 16 and composed.algorithm.refiner.ticks == 1
+    # the parts' state is checkpointed and restored
+    state = composed.state_dict()["algorithm"]
+    assert state == {"refiner": {"refined": 48, "ticks": 1}, "aux_head": {}}
+    results = start_run(tiny_config("train.iterations=4", "train.checkpoint_every=2", "train.eval_every=2",
+                                    algorithm="test_fixmatch_sharpen_aux"), tmp_path / "run", quiet=True)
+    assert results["reported_head"] == "aux" and set(results["heads"]) == {"main", "aux"}
+    code, out_text, _ = run_cli(["list", "--algorithm", "test_fixmatch_sharpen_aux"], capsys)
+    assert code == 0 and "test_sharpen" in out_text and "algorithm.refiner.temperature" in out_text
+    assert "algorithm.aux_head.weight" in out_text
+
+
+def test_an_unknown_part_is_a_one_line_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"'algorithm.refiner.name': unknown pseudo-label refiner 'nope'"):
+        load_config(None, ["algorithm.name=fixmatch", "algorithm.refiner=nope"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'algorithm.aux_head.weight'"):
+        load_config(None, ["algorithm.name=fixmatch", "algorithm.aux_head.weight=1"])
+
+
+def test_step_output_of_the_engine_is_the_methods():
+    config = tiny_config(algorithm="supervised_la")
+    trainer = Trainer.from_config(config, prepare_data(config, torch.device("cpu")))
+    out = trainer.train_step()
+    assert isinstance(out, StepOutput) and set(out.metrics) == {"loss_x"} and trainer.iteration == 1
