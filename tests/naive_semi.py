@@ -136,6 +136,8 @@ class NaiveSeMi:
         c = [cfg.plce.alpha * epoch / self.total_epochs * self.w[k] if protos[k] is not None else 0.0
              for k in range(self.k)]
         a1 = self.offset(cfg.balanced.tau1)
+        if active and cfg.use_plce:
+            out["plce_mix_max"] = max(c)
         pseudo, conf, mask, omega = [], [], [], []
         for i in range(n_u):
             f = weak[i][1]["main"].detach()
@@ -201,7 +203,9 @@ class NaiveSeMi:
             self.bank.offer(embedding, pseudo[i], conf[i], mask[i])
         for i in range(n_u):
             self.counts[pseudo[i]] += int(mask[i])
-        out.update(loss=total, pseudo=pseudo, confidence=conf, mask=mask, omega=omega, active=active)
+        filled = sum(len(cell) for cell in self.bank.cells)
+        out.update(loss=total, pseudo=pseudo, confidence=conf, mask=mask, omega=omega, active=active,
+                   bank_fill=filled / (self.k * self.bank.capacity))
         return out
 
     def after_step(self, iteration: int) -> None:

@@ -79,13 +79,21 @@ def test_terms_switch_on_after_warmup():
     assert later.metrics["loss_ea"].item() > 0  # nothing passes 0.99: all ultra-hard
 
 
-def test_features_and_logits_aligned_in_both_layouts():
-    class IdentityBackbone(torch.nn.Module):
-        feature_dim = 1
+class IdentityBackbone(torch.nn.Module):
+    """Embedding = the image's id (first pixel), times a learnable 1 (so gradients can be seen)."""
 
-        def forward(self, x):
-            return x[:, :1, 0, 0]
+    feature_dim = 1
 
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return x[:, :1, 0, 0] * self.scale
+
+
+@pytest.mark.parametrize("weak_pass", ["joint", "no_grad"])
+def test_features_and_logits_aligned_in_both_layouts(weak_pass):
     from cissl.models import Classifier
 
     model = Classifier(IdentityBackbone(), 3, (0.0,), (1.0,))
@@ -94,13 +102,28 @@ def test_features_and_logits_aligned_in_both_layouts():
         x = id_images(range(b))
         u = [id_images(range(100 * (v + 1), 100 * (v + 1) + b * mu)) for v in range(views + 1)]
         out = forward_views(model, Batch(x=x, y=torch.zeros(b, dtype=torch.long), u_weak=u[0],
-                                         u_strong=tuple(u[1:])))
+                                         u_strong=tuple(u[1:])), weak_pass)
         assert out.labeled.flatten().tolist() == list(range(b))
+        assert torch.equal(out.labeled_logits["main"], model.heads["main"](out.labeled))
         assert out.weak.flatten().tolist() == list(range(100, 100 + b * mu))
+        assert torch.equal(out.weak_logits["main"], model.heads["main"](out.weak))
+        assert out.weak.requires_grad is (weak_pass == "joint")  # the separate weak pass carries no gradient
+        assert len(out.strong) == len(out.strong_logits) == views
         for v, block in enumerate(out.strong):
             assert block.flatten().tolist() == list(range(100 * (v + 2), 100 * (v + 2) + b * mu))
+            assert block.requires_grad
             expected_logits = model.heads["main"](block)
             assert torch.equal(out.strong_logits[v]["main"], expected_logits)
+
+
+def test_forward_views_of_a_labeled_only_batch():
+    from cissl.models import Classifier
+
+    model = Classifier(IdentityBackbone(), 3, (0.0,), (1.0,))
+    out = forward_views(model, Batch(x=id_images([5, 6]), y=torch.zeros(2, dtype=torch.long)))
+    assert out.labeled.flatten().tolist() == [5, 6] and out.weak is None and out.strong == ()
+    assert torch.equal(out.labeled_logits["main"], model.heads["main"](out.labeled))
+    assert out.weak_logits == {} and out.strong_logits == ()
 
 
 def test_real_wrn_sliced_embeddings_equal_separate_forwards():

@@ -135,6 +135,10 @@ def run_semi_against_oracle(cfg, mu, views, steps=STEPS):
         if "mask_bal" in ref:
             assert_close(out.metrics["mask_rate_bal"], sum(ref["mask_bal"]) / len(mask), f"step {t}: bal rate")
         assert out.metrics["active"] == float(ref["active"])
+        assert_close(out.metrics["bank_fill"], ref["bank_fill"], f"step {t}: bank fill")
+        assert ("plce_mix_max" in out.metrics) == ("plce_mix_max" in ref)
+        if "plce_mix_max" in ref:
+            assert_close(out.metrics["plce_mix_max"], ref["plce_mix_max"], f"step {t}: largest PLCE weight")
 
         run_hooks(algo, t, algo.context.epoch_length)
         naive.after_step(t)

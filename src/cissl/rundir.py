@@ -35,40 +35,19 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.config = self.path / CONFIG
+        self.split = self.path / SPLIT
+        self.metrics = self.path / METRICS
+        self.results = self.path / RESULTS
+        self.checkpoints = self.path / CHECKPOINTS
+        self.plots = self.path / PLOTS
+        self.tensorboard = self.path / TENSORBOARD
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
     def __str__(self) -> str:
         return str(self.path)
-
-    @property
-    def config(self) -> Path:
-        return self.path / CONFIG
-
-    @property
-    def split(self) -> Path:
-        return self.path / SPLIT
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / METRICS
-
-    @property
-    def results(self) -> Path:
-        return self.path / RESULTS
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / CHECKPOINTS
-
-    @property
-    def plots(self) -> Path:
-        return self.path / PLOTS
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.path / TENSORBOARD
 
 
 def fsync_directory(directory: Path) -> None:

@@ -56,10 +56,6 @@ class Trainer:
                     device: torch.device | None = None) -> "Trainer":
         return cls(build_training(config, data, device or resolve_device(config.train.device)), run_dir, logger)
 
-    @property
-    def scheduler(self):
-        return self.parts.scheduler
-
     # ------------------------------------------------------------------ one step
     def train_step(self) -> StepOutput:
         """One step: batch, the method's step, backward, SGD, LR schedule, EMA, the method's hooks."""
