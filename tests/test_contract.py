@@ -239,6 +239,14 @@ class Sharpen(PseudoLabelRefiner):
         super().__init__(config, context)
         self.refined = 0
         self.ticks = 0
+        self.steps = 0
+        self.epochs: list[int] = []
+
+    def after_step(self, iteration):
+        self.steps += 1
+
+    def on_epoch_end(self, epoch):
+        self.epochs.append(epoch)
 
     def refine(self, probs, views, batch, iteration):
         self.refined += len(probs)
@@ -249,10 +257,11 @@ class Sharpen(PseudoLabelRefiner):
         return [Periodic(2, lambda t: setattr(self, "ticks", self.ticks + 1))]
 
     def state_dict(self):
-        return {"refined": self.refined, "ticks": self.ticks}
+        return {"refined": self.refined, "ticks": self.ticks, "steps": self.steps, "epochs": list(self.epochs)}
 
     def load_state_dict(self, state):
-        self.refined, self.ticks = state["refined"], state["ticks"]
+        self.refined, self.ticks, self.steps = state["refined"], state["ticks"], state["steps"]
+        self.epochs = list(state["epochs"])
 
 
 @dataclass(frozen=True)
@@ -277,7 +286,7 @@ def test_fixmatch_composes_a_refiner_and_an_auxiliary_head_by_configuration(tmp_
     registered(AUX_HEADS, "test_aux", AuxConfig, AuxHead)
     registered(ALGORITHMS, "test_fixmatch_sharpen_aux", FixMatchConfig, FixMatch,
                preset={"refiner": "test_sharpen", "aux_head": {"name": "test_aux", "weight": 0.25}})
-    config = tiny_config("algorithm.threshold=0.3", "algorithm.refiner.temperature=0.25",
+    config = tiny_config("algorithm.threshold=0.3", "algorithm.refiner.temperature=0.25", "train.epoch_length=2",
                          algorithm="test_fixmatch_sharpen_aux")
     assert config.algorithm.refiner == SharpenConfig(temperature=0.25) and config.algorithm.aux_head.weight == 0.25
     plain = tiny_config("algorithm.threshold=0.3", algorithm="fixmatch")
@@ -289,10 +298,16 @@ def test_fixmatch_composes_a_refiner_and_an_auxiliary_head_by_configuration(tmp_
     assert out.mask.sum() >= ref.mask.sum()
     terms = {key: float(out.metrics[key]) for key in ("loss_x", "loss_u", "loss_aux")}
     assert out.loss.item() == pytest.approx(terms["loss_x"] + terms["loss_u"] + 0.25 * terms["loss_aux"], rel=1e-6)
+    # FixMatch forwards every hook to its parts: 3 steps, a periodic hook every 2, epochs of 2 steps
     assert composed.algorithm.refiner.refined == 3 * 16 and composed.algorithm.refiner.ticks == 1
     # the parts' state is checkpointed and restored
     state = composed.state_dict()["algorithm"]
-    assert state == {"refiner": {"refined": 48, "ticks": 1}, "aux_head": {}}
+    assert state == {"refiner": {"refined": 48, "ticks": 1, "steps": 3, "epochs": [0]}, "aux_head": {}}
+    fresh = Trainer.from_config(config, prepare_data(config, torch.device("cpu")))
+    fresh.algorithm.load_state_dict(state)
+    assert fresh.algorithm.refiner.state_dict() == state["refiner"]
+    with pytest.raises(ValueError, match=r"the state of \['refiner'\], this run has \['aux_head', 'refiner'\]"):
+        fresh.algorithm.load_state_dict({"refiner": state["refiner"]})
     results = start_run(tiny_config("train.iterations=4", "train.checkpoint_every=2", "train.eval_every=2",
                                     algorithm="test_fixmatch_sharpen_aux"), tmp_path / "run", quiet=True)
     assert results["reported_head"] == "aux" and set(results["heads"]) == {"main", "aux"}
@@ -306,6 +321,30 @@ def test_an_unknown_part_is_a_one_line_error_naming_the_key():
         load_config(None, ["algorithm.name=fixmatch", "algorithm.refiner=nope"])
     with pytest.raises(ConfigError, match=r"unknown config key 'algorithm.aux_head.weight'"):
         load_config(None, ["algorithm.name=fixmatch", "algorithm.aux_head.weight=1"])
+
+
+def test_contract_defaults_and_their_errors():
+    with pytest.raises(ValueError, match="weak_pass must be 'joint' or 'no_grad', got 'late'"):
+        ViewSpec(weak_pass="late")
+    config = tiny_config(algorithm="supervised")
+    trainer = Trainer.from_config(config, prepare_data(config, torch.device("cpu")))
+    method = trainer.algorithm
+    with pytest.raises(ValueError, match=r"Supervised has no state but the checkpoint holds \['bank'\]"):
+        method.load_state_dict({"bank": 1})
+    method.load_state_dict({})
+    assert method.state_dict() == {} and method.periodic() == [] and method.reported_head == "main"
+    assert method.on_generation_end(0, None) is None and type(method).generations(config.algorithm) == 1
+    logits = {"main": torch.zeros(2, 10)}
+    assert method.evaluation_logits(logits) is logits
+    from cissl.algorithms import Algorithm
+
+    with pytest.raises(NotImplementedError, match="Bare must implement step"):
+        type("Bare", (Algorithm,), {})(config.algorithm, method.context).step(None, None, 0)
+    with pytest.raises(NotImplementedError, match="Refine must implement refine"):
+        type("Refine", (PseudoLabelRefiner,), {})(None, method.context).refine(None, None, None, 0)
+    with pytest.raises(NotImplementedError, match="Head must implement loss"):
+        type("Head", (AuxiliaryHead,), {})(None, method.context).loss(None, None, None, None, 0)
+    assert PseudoLabelRefiner(None, method.context).loss(None, None, None, None, 0) == (None, {})
 
 
 def test_step_output_of_the_engine_is_the_methods():

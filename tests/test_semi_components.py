@@ -11,6 +11,8 @@ from cissl.algorithms.components.entropy_weight import entropy_weights
 from cissl.algorithms.components.memory_bank import MemoryBank, balanced_draw_counts
 from cissl.algorithms.components.plce import mix_pseudo_labels, mixing_weights, semantic_pseudo_labels
 
+SEMI_BANK = {"mode": "confidence_decay", "beta": 0.99, "decay_scope": "not_new"}  # spec 6.1-6.3
+
 
 def peaked(top, k=10):
     p = torch.full((1, k), (1 - top) / (k - 1))
@@ -40,7 +42,7 @@ def test_entropy_weights_monotone_and_no_grad():
 
 # ----------------------------------------------------------------------------- Eq. 6
 def test_embedding_alignment_by_hand():
-    ea = EmbeddingAlignment(dim=2, temperature=1.0)
+    ea = EmbeddingAlignment(dim=2, temperature=1.0, center="prob_ema", momentum=0.9)
     weak = torch.tensor([[1.0, 0.0], [0.0, 0.0]], requires_grad=True)
     strong = torch.tensor([[0.0, 1.0], [2.0, 0.0]], requires_grad=True)
     mask = torch.tensor([False, True])  # only sample 0 is ultra-hard
@@ -59,10 +61,10 @@ def test_embedding_alignment_by_hand():
 
 
 def test_embedding_alignment_zero_when_all_masked_and_sharper_teacher():
-    ea = EmbeddingAlignment(dim=4, temperature=0.09)
+    ea = EmbeddingAlignment(dim=4, temperature=0.09, center="prob_ema", momentum=0.9)
     weak, strong = torch.randn(3, 4), torch.randn(3, 4)
     assert ea.loss(weak, [strong, strong], torch.ones(3, dtype=torch.bool)).item() == 0.0
-    ea_none = EmbeddingAlignment(dim=4, temperature=0.09, center="none")
+    ea_none = EmbeddingAlignment(dim=4, temperature=0.09, center="none", momentum=0.9)
     ea_none.loss(weak, [strong], torch.zeros(3, dtype=torch.bool))
     assert torch.count_nonzero(ea_none.center) == 0
 
@@ -95,7 +97,7 @@ def bank_as_sets(bank):
 @pytest.mark.parametrize("ties", [False, True])
 def test_batched_insertion_equals_sequential_rule(ties):
     gen = torch.Generator().manual_seed(0)
-    bank = MemoryBank(num_classes=3, capacity=4, dim=2)
+    bank = MemoryBank(num_classes=3, capacity=4, dim=2, **SEMI_BANK)
     cells, arrival = {}, 0
     for step in range(12):
         n = 7
@@ -119,7 +121,7 @@ def test_batched_insertion_equals_sequential_rule(ties):
 
 
 def test_insertion_rules_by_hand():
-    bank = MemoryBank(num_classes=1, capacity=2, dim=1)
+    bank = MemoryBank(num_classes=1, capacity=2, dim=1, **SEMI_BANK)
 
     def push(c):
         bank.push(torch.tensor([[c]]), torch.tensor([0]), torch.tensor([c]), torch.tensor([True]))
@@ -134,14 +136,14 @@ def test_insertion_rules_by_hand():
 
 
 def test_decay_scope_and_flags():
-    bank = MemoryBank(num_classes=1, capacity=3, dim=1, beta=0.5)
+    bank = MemoryBank(num_classes=1, capacity=3, dim=1, **{**SEMI_BANK, "beta": 0.5})
     bank.push(torch.zeros(2, 1), torch.tensor([0, 0]), torch.tensor([0.8, 0.9]), torch.tensor([True, True]))
     bank.decay()  # both are new since the last decay: not_new scope leaves them, clears the flags
     assert sorted(bank.confidence[0, bank.filled[0]].tolist()) == pytest.approx([0.8, 0.9])
     bank.push(torch.zeros(1, 1), torch.tensor([0]), torch.tensor([0.95]), torch.tensor([True]))
     bank.decay()
     assert sorted(bank.confidence[0].tolist()) == pytest.approx([0.4, 0.45, 0.95])
-    everything = MemoryBank(num_classes=1, capacity=2, dim=1, beta=0.5, decay_scope="all")
+    everything = MemoryBank(num_classes=1, capacity=2, dim=1, **{**SEMI_BANK, "beta": 0.5, "decay_scope": "all"})
     everything.push(torch.zeros(1, 1), torch.tensor([0]), torch.tensor([0.8]), torch.tensor([True]))
     everything.decay()
     assert everything.confidence[0, everything.filled[0]].tolist() == pytest.approx([0.4])
@@ -149,7 +151,7 @@ def test_decay_scope_and_flags():
 
 
 def test_fifo_keeps_newest_without_confidence_rule():
-    bank = MemoryBank(num_classes=1, capacity=2, dim=1, mode="fifo")
+    bank = MemoryBank(num_classes=1, capacity=2, dim=1, **{**SEMI_BANK, "mode": "fifo"})
     for i, c in enumerate([0.99, 0.98, 0.71]):
         bank.push(torch.tensor([[float(i)]]), torch.tensor([0]), torch.tensor([c]), torch.tensor([True]))
     assert sorted(bank.embeddings[0, :, 0].tolist()) == [1.0, 2.0]
@@ -159,7 +161,7 @@ def test_fifo_keeps_newest_without_confidence_rule():
 
 
 def test_prototypes_over_filled_slots():
-    bank = MemoryBank(num_classes=3, capacity=4, dim=2)
+    bank = MemoryBank(num_classes=3, capacity=4, dim=2, **SEMI_BANK)
     emb = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]])
     bank.push(emb, torch.tensor([0, 0, 2]), torch.tensor([0.9, 0.8, 0.9]), torch.ones(3, dtype=torch.bool))
     protos, has = bank.prototypes()
@@ -176,7 +178,7 @@ def test_bank_draws_balance_and_remainder():
     # budget 11 over 2 classes: one of them (drawn) gets 6
     draws = balanced_draw_counts(torch.tensor([10, 2, 0]), 9, gen)
     assert draws.sum().item() == 9 and sorted((draws + torch.tensor([0, 2, 0]))[1:].tolist()) == [5, 6]
-    bank = MemoryBank(num_classes=3, capacity=8, dim=1)
+    bank = MemoryBank(num_classes=3, capacity=8, dim=1, **SEMI_BANK)
     bank.push(torch.arange(24.0).view(24, 1), torch.arange(3).repeat(8), torch.full((24,), 0.9),
               torch.ones(24, dtype=torch.bool))
     emb, labels = bank.sample(torch.tensor([0, 3, 5]), gen)
@@ -219,3 +221,72 @@ def test_class_distribution_counts_and_refresh():
     counter.update(torch.tensor([2]), torch.tensor([True]))
     counter.refresh()  # cumulative, never reset
     assert torch.allclose(counter.weights, torch.tensor([0.5, 0.25, 0.25]))
+
+
+def test_draw_counts_by_the_rule_of_spec_6_5():
+    gen = torch.Generator().manual_seed(0)
+    # n = (3, 2, 0), 3 samples: T = 8, base = floor(8 / 3) = 2 (not 2.67), so class 1 (n = 2) is saturated;
+    # the budget 8 - 5 = 3 goes to class 2 alone
+    draws = balanced_draw_counts(torch.tensor([3, 2, 0]), 3, gen)
+    assert draws.tolist() == [0, 0, 3] and draws.dtype == torch.long
+    # n_k equal to base is saturated: n = (6, 3, 0), no samples: T = 9, base 3; class 2 alone shares a budget of 0
+    assert balanced_draw_counts(torch.tensor([6, 3, 0]), 0, gen).tolist() == [0, 0, 0]
+    # a single unsaturated class takes the whole budget: n = (5, 0), 1 sample: T 6, base 3, budget 1
+    assert balanced_draw_counts(torch.tensor([5, 0]), 1, gen).tolist() == [0, 1]
+    # a class short of base but above its share draws nothing (no negative draws, no minimum draw):
+    # n = (9, 2, 2, 0), 0 samples: T = 13, base 3; budget 4 over 3 classes: share 1, one gets 2
+    draws = balanced_draw_counts(torch.tensor([9, 2, 2, 0]), 0, gen)
+    assert draws[:3].tolist() == [0, 0, 0] and draws[3].item() in (1, 2)
+    # every class saturated: nothing to draw
+    assert balanced_draw_counts(torch.tensor([4, 4]), 0, gen).tolist() == [0, 0]
+
+
+def test_component_state_is_created_on_the_given_device():
+    meta = torch.device("meta")
+    bank = MemoryBank(num_classes=2, capacity=3, dim=4, device=meta, **SEMI_BANK)
+    for name in ("embeddings", "confidence", "filled", "new", "arrival"):
+        assert getattr(bank, name).device == meta, name
+    assert bank.arrival.dtype == torch.long and bank.filled.dtype == torch.bool and bank.new.dtype == torch.bool
+    ea = EmbeddingAlignment(dim=4, temperature=0.1, center="prob_ema", momentum=0.9, device=meta)
+    assert ea.center.device == meta and ea.center.shape == (4,)
+    counter = PseudoLabelCounter(3, meta)
+    assert counter.counts.device == meta and counter.weights.device == meta and counter.counts.dtype == torch.float64
+
+
+def test_component_arguments_and_states_are_checked():
+    with pytest.raises(ValueError, match="unknown bank mode 'lifo'"):
+        MemoryBank(num_classes=1, capacity=1, dim=1, **{**SEMI_BANK, "mode": "lifo"})
+    with pytest.raises(ValueError, match="unknown decay scope 'some'"):
+        MemoryBank(num_classes=1, capacity=1, dim=1, **{**SEMI_BANK, "decay_scope": "some"})
+    with pytest.raises(ValueError, match="unknown EA centre 'mean'"):
+        EmbeddingAlignment(dim=2, temperature=0.1, center="mean", momentum=0.9)
+    small = MemoryBank(num_classes=2, capacity=3, dim=4, **SEMI_BANK)
+    with pytest.raises(ValueError, match=r"bank shape \(2, 5, 4\) does not match \(2, 3, 4\)"):
+        small.load_state_dict(MemoryBank(num_classes=2, capacity=5, dim=4, **SEMI_BANK).state_dict())
+    from cissl.algorithms.components.logit_adjust import class_prior
+
+    with pytest.raises(ValueError, match="at least one counted sample"):
+        class_prior([0, 0, 0])
+
+
+def test_bank_and_counter_state_round_trip():
+    bank = MemoryBank(num_classes=2, capacity=3, dim=2, **SEMI_BANK)
+    bank.push(torch.randn(4, 2), torch.tensor([0, 1, 1, 0]), torch.tensor([0.9, 0.8, 0.95, 0.7]),
+              torch.tensor([True, True, True, False]))
+    bank.decay()
+    copy = MemoryBank(num_classes=2, capacity=3, dim=2, **SEMI_BANK)
+    copy.load_state_dict(bank.state_dict())
+    for name in ("embeddings", "confidence", "filled", "new", "arrival"):
+        assert torch.equal(getattr(copy, name), getattr(bank, name)), name
+    assert copy.counter == bank.counter == 4
+    counter = PseudoLabelCounter(3)
+    counter.update(torch.tensor([0, 2]), torch.tensor([True, True]))
+    counter.refresh()
+    restored = PseudoLabelCounter(3)
+    restored.load_state_dict(counter.state_dict())
+    assert torch.equal(restored.counts, counter.counts) and torch.equal(restored.weights, counter.weights)
+    ea = EmbeddingAlignment(dim=2, temperature=1.0, center="prob_ema", momentum=0.9)
+    ea.loss(torch.randn(3, 2), [torch.randn(3, 2)], torch.zeros(3, dtype=torch.bool))
+    again = EmbeddingAlignment(dim=2, temperature=1.0, center="prob_ema", momentum=0.9)
+    again.load_state_dict(ea.state_dict())
+    assert torch.equal(again.center, ea.center) and ea.center.abs().sum() > 0

@@ -124,10 +124,10 @@ class SeMi(Algorithm):
         self.labeled_counts = torch.tensor(context.labeled_counts, dtype=torch.float64, device=device)
         self.total_epochs = context.iterations / context.epoch_length
         bank = config.bank
-        self.bank = MemoryBank(k, bank.capacity, context.feature_dim, bank.mode, bank.beta, bank.decay_scope,
-                               device)
-        self.alignment = EmbeddingAlignment(context.feature_dim, config.ea.temperature, config.ea.center,
-                                            config.ea.center_momentum, device)
+        self.bank = MemoryBank(k, bank.capacity, context.feature_dim, mode=bank.mode, beta=bank.beta,
+                               decay_scope=bank.decay_scope, device=device)
+        self.alignment = EmbeddingAlignment(context.feature_dim, temperature=config.ea.temperature,
+                                            center=config.ea.center, momentum=config.ea.center_momentum, device=device)
         self.pseudo_counts = PseudoLabelCounter(k, device)
         self.generator = torch.Generator(device=device).manual_seed(context.seed)  # bank draws
         self.labeled_prior = class_prior(context.labeled_counts).to(device)

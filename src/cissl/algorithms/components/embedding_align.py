@@ -17,7 +17,7 @@ class EmbeddingAlignment:
     centring of teacher logits), ``none`` keeps c = 0.
     """
 
-    def __init__(self, dim: int, temperature: float = 0.09, center: str = "prob_ema", momentum: float = 0.9,
+    def __init__(self, dim: int, *, temperature: float, center: str, momentum: float,
                  device: torch.device | str = "cpu"):
         if center not in ("prob_ema", "logit_ema", "none"):
             raise ValueError(f"unknown EA centre {center!r}")

@@ -23,8 +23,8 @@ import torch
 
 
 class MemoryBank:
-    def __init__(self, num_classes: int, capacity: int, dim: int, mode: str = "confidence_decay",
-                 beta: float = 0.99, decay_scope: str = "not_new", device: torch.device | str = "cpu"):
+    def __init__(self, num_classes: int, capacity: int, dim: int, *, mode: str, beta: float, decay_scope: str,
+                 device: torch.device | str = "cpu"):
         if mode not in ("confidence_decay", "fifo"):
             raise ValueError(f"unknown bank mode {mode!r}")
         if decay_scope not in ("not_new", "all"):
