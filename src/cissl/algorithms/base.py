@@ -101,7 +101,7 @@ class Periodic:
 @dataclass
 class PoolPredictions:
     """The EMA model's predictions on the whole unlabeled pool (no augmentation, eval mode), row i =
-    pool position i: every head's logits and the embeddings."""
+    pool position i: every head's logits and the embeddings, as float32 CPU tensors."""
 
     logits: dict[str, torch.Tensor]
     features: torch.Tensor
