@@ -225,13 +225,14 @@ def naive_fixmatch_step(cfg, model, x, y, u_weak, u_strong, labeled_counts) -> d
         offset = torch.tensor([math.log((n / total) ** cfg.la_tau + 1e-12) for n in labeled_counts],
                               dtype=torch.float64)
     loss_x = sum(ce(run_one(model, img)[1]["main"] + offset, t) for img, t in zip(x, labels)) / len(labels)
-    pseudo, mask = [], []
+    pseudo, mask, confidence = [], [], []
     for img in u_weak:
         p = torch.softmax(run_one(model, img)[1]["main"].detach() / cfg.temperature, dim=0)
         pseudo.append(int(p.argmax()))
+        confidence.append(float(p.max()))
         mask.append(bool(p.max() >= cfg.threshold))
     rows = len(u_strong) * len(u_weak)
     loss_u = sum(mask[i] * ce(run_one(model, view[i])[1]["main"], pseudo[i])
                  for view in u_strong for i in range(len(u_weak))) / rows
     return {"loss_x": loss_x, "loss_u": loss_u, "loss": loss_x + cfg.unlabeled_weight * loss_u, "pseudo": pseudo,
-            "mask": mask}
+            "mask": mask, "confidence": confidence}

@@ -71,6 +71,8 @@ def test_a_labeled_only_method_gets_no_unlabeled_views():
     batch, truth = trainer.batches.next()
     assert batch.u_weak is None and batch.u_strong == () and batch.u_index is None and truth is None
     assert trainer.batches.images_per_step == config.train.batch_size
+    assert type(trainer.algorithm).views(config.algorithm) == ViewSpec(unlabeled=False)
+    assert trainer.algorithm.context.num_classes == 10 and trainer.algorithm.config is config.algorithm
 
 
 def test_pool_size_and_positions_of_the_unlabeled_images():
@@ -249,6 +251,9 @@ class Sharpen(PseudoLabelRefiner):
         self.epochs.append(epoch)
 
     def refine(self, probs, views, batch, iteration):
+        # the step's own views, batch and iteration reach the part
+        assert probs.shape == views.weak_logits["main"].shape == (len(batch.u_index), self.context.num_classes)
+        assert iteration == self.steps
         self.refined += len(probs)
         sharp = probs ** (1.0 / self.config.temperature)
         return sharp / sharp.sum(dim=1, keepdim=True)
@@ -277,8 +282,13 @@ class AuxHead(AuxiliaryHead):
     reported = True
 
     def loss(self, model, views, batch, pseudo, iteration):
-        loss = F.cross_entropy(views.labeled_logits["aux"], batch.y)
-        return self.config.weight * loss, {"loss_aux": loss.detach()}
+        assert torch.allclose(pseudo.probs.sum(dim=1), torch.ones(len(pseudo.labels)))
+        assert pseudo.confidence.shape == pseudo.mask.shape == (len(batch.u_index),)
+        labeled = F.cross_entropy(model.heads["aux"](views.labeled), batch.y)
+        unlabeled = (F.cross_entropy(views.strong_logits[0]["aux"], pseudo.labels, reduction="none")
+                     * pseudo.mask).mean()
+        loss = labeled + unlabeled
+        return self.config.weight * loss, {"loss_aux": loss.detach(), "aux_iteration": float(iteration)}
 
 
 def test_fixmatch_composes_a_refiner_and_an_auxiliary_head_by_configuration(tmp_path, registered, capsys):
@@ -294,6 +304,7 @@ def test_fixmatch_composes_a_refiner_and_an_auxiliary_head_by_configuration(tmp_
     assert set(composed.model.heads) == {"main", "aux"} and composed.algorithm.reported_head == "aux"
     for _ in range(3):
         out, ref = composed.train_step(), base.train_step()
+    assert out.metrics["aux_iteration"] == 2.0 and composed.algorithm.aux_head.context.num_classes == 10
     # the refined (sharper) distribution is what is thresholded: more images pass than in plain FixMatch
     assert out.mask.sum() >= ref.mask.sum()
     terms = {key: float(out.metrics[key]) for key in ("loss_x", "loss_u", "loss_aux")}

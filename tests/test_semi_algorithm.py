@@ -270,3 +270,33 @@ def test_plce_query_is_strong1_and_mask_is_or_of_mixed_and_raw():
     assert out.metrics["confidence"].item() == pytest.approx(mixed_top, rel=1e-5)
     assert out.pseudo_labels.item() == 0 and mixed_top < 0.7 < p.max()
     assert out.mask.item()  # the raw p clears tau although the mixed label does not
+
+
+def test_a_confidence_equal_to_the_threshold_is_used():
+    """tau is inclusive (max p >= tau; spec 5.4) in FixMatch's mask, in SeMi's OR term on the unadjusted r
+    and in the balanced mask's OR term on g. Probabilities of exactly 0.5 come from logits (0, 0, -1e4)."""
+    from cissl.algorithms.components.pseudo_label import threshold_pseudo_labels
+
+    assert threshold_pseudo_labels(torch.tensor([[0.5, 0.5, 0.0]]), 0.5)[2].tolist() == [True]
+    algo = semi("algorithm.warmup_epochs=0", "algorithm.use_oheml=false", "algorithm.use_ea=false",
+                "algorithm.threshold=0.5", "algorithm.plce.alpha=1.0", iterations=20, epoch_length=1)
+    # prototypes of classes 0, 1, 2 at x = 0, 10, 20; w = (.25, .25, .5); at epoch 10 of 20: c = (.125, .125, .25)
+    algo.bank.push(torch.tensor([[0.0, 0.0], [10.0, 0.0], [20.0, 0.0]]), torch.tensor([0, 1, 2]),
+                   torch.tensor([0.9, 0.9, 0.9]), torch.ones(3, dtype=torch.bool))
+    algo.pseudo_counts.update(torch.tensor([0, 1, 2, 2]), torch.ones(4, dtype=torch.bool))
+    algo.pseudo_counts.refresh()
+    two_ln_pi = 2 * torch.log(torch.tensor([0.6, 0.3, 0.1]))
+    # rows: 0 labeled; weak views 1 (image A) and 2 (image B); strong-1 views 3, 4; strong-2 views 5, 6
+    features = torch.tensor([[0.0, 0], [0, 0], [0, 0], [20, 0], [50, 0], [0, 0], [0, 0]])
+    main = torch.zeros(7, 3)
+    main[1] = torch.tensor([0.0, 0.0, -1e4])  # image A: r = (.5, .5, 0); mixed with q = (0, 0, 1): max .4375
+    main[2] = two_ln_pi                       # image B: balanced targets h = softmax(f - 2 ln pi) uniform
+    balanced = torch.zeros(7, 3)
+    balanced[2] = torch.tensor([0.0, 0.0, -1e4])  # image B: g's own confidence exactly .5
+    model = TwoHeadTable(main, balanced, features)
+    batch = Batch(x=id_images([0]), y=torch.tensor([0]), u_weak=id_images([1, 2]),
+                  u_strong=(id_images([3, 4]), id_images([5, 6])))
+    out = algo.step(model, batch, iteration=10)
+    assert out.metrics["confidence"].item() < 0.75  # image A's mixed confidence .4375 is below tau ...
+    assert out.mask[0].item()                       # ... yet r = .5 = tau lets it in
+    assert out.metrics["mask_rate_bal"].item() == 1.0  # image A: h max .8; image B: g's own .5 = tau

@@ -269,6 +269,7 @@ def test_fixmatch_step_equals_the_per_image_oracle(name, mu, views):
         for key in ("loss_x", "loss_u", "loss"):
             assert_close(out.metrics[key] if key != "loss" else out.loss, ref[key], f"step {t}: {key}")
         assert_close(out.metrics["mask_rate"], sum(ref["mask"]) / len(ref["mask"]), "mask rate")
+        assert_close(out.metrics["confidence"], sum(ref["confidence"]) / len(ref["mask"]), "confidence")
         for param, grad in grads.items():
             assert torch.allclose(grad, ref_grads[param], rtol=1e-4, atol=1e-6), param
         masks.extend(ref["mask"])
