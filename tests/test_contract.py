@@ -80,6 +80,7 @@ def test_pool_size_and_positions_of_the_unlabeled_images():
     data = prepare_data(config, torch.device("cpu"))
     trainer = Trainer.from_config(config, data)
     assert trainer.algorithm.context.unlabeled_pool_size == len(data.unlabeled) > 0
+    assert trainer.algorithm.ema_model is trainer.ema.model  # for methods that extract features with it
     batch, truth = trainer.batches.next()
     assert batch.u_index.shape == (config.train.batch_size * config.train.mu,)
     assert int(batch.u_index.max()) < len(data.unlabeled)

@@ -150,6 +150,9 @@ class Algorithm(Hooks):
     def __init__(self, config, context: AlgorithmContext):
         self.config = config
         self.context = context
+        # the EMA network, attached by the engine for methods that extract features with it (DASO's queue);
+        # its weights follow the engine's EMA update after every step; None outside training
+        self.ema_model: Classifier | None = None
 
     # ------------------------------------------------------------------ declarations (from the config alone)
     @classmethod

@@ -86,6 +86,7 @@ def build_training(config: Config, data: TrainingData, device: torch.device) -> 
     if tc.compile:
         model.compile_backbone(mode=tc.compile_mode)
     algorithm = build_method(config, data, model.feature_dim, device)
+    algorithm.ema_model = ema.model
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, generation_length(config))
     batches = BatchSource(data, tc, config.augment, method.views(config.algorithm), policy, tc.seed)
