@@ -364,3 +364,29 @@ def test_step_output_of_the_engine_is_the_methods():
     trainer = Trainer.from_config(config, prepare_data(config, torch.device("cpu")))
     out = trainer.train_step()
     assert isinstance(out, StepOutput) and set(out.metrics) == {"loss_x"} and trainer.iteration == 1
+
+
+class RollSharpen(Sharpen):
+    """Sharpened and rolled by one class: the labels move to the next class, the confidences grow."""
+
+    def refine(self, probs, views, batch, iteration):
+        return super().refine(probs, views, batch, iteration).roll(1, dims=1)
+
+
+class RollSharpenLabelsOnly(RollSharpen):
+    masks_refined = False
+
+
+@pytest.mark.parametrize("refiner", [RollSharpen, RollSharpenLabelsOnly])
+def test_a_refiner_sets_the_labels_and_the_mask_unless_it_masks_on_the_raw_probabilities(registered, refiner):
+    registered(REFINERS, "test_roll", SharpenConfig, refiner)
+    plain = tiny_config("algorithm.threshold=0.25", algorithm="fixmatch")
+    refined = tiny_config("algorithm.threshold=0.25", "algorithm.refiner=test_roll", algorithm="fixmatch")
+    a, b = (Trainer.from_config(c, prepare_data(c, torch.device("cpu"))) for c in (plain, refined))
+    base, out = a.train_step(), b.train_step()  # the same network and batch at step 0
+    assert torch.equal(out.pseudo_labels, (base.pseudo_labels + 1) % 10)
+    if refiner.masks_refined:  # sharper: at least the images plain FixMatch keeps, and more here
+        assert bool((out.mask >= base.mask).all()) and out.mask.sum() > base.mask.sum()
+        assert out.metrics["confidence"] > base.metrics["confidence"]
+    else:
+        assert torch.equal(out.mask, base.mask) and torch.equal(out.metrics["confidence"], base.metrics["confidence"])

@@ -5,9 +5,10 @@ and p_i = softmax(f(u_w,i) / T) without gradient. ``V`` strong views per unlabel
 original method, 2 in SeMi's layout); both layouts run on the shared engine.
 
 Composition (:mod:`cissl.algorithms.parts`): the labeled loss is CE or LA (``logit_adjust``); a
-pseudo-label refiner (``refiner``) turns p into the distribution that is thresholded and may add a
-loss; an auxiliary head (``aux_head``) adds its own loss and may be the reported head. With both
-``none`` this is plain FixMatch (FixMatch + LA with ``logit_adjust``).
+pseudo-label refiner (``refiner``) turns p into the pseudo-label distribution (thresholded too,
+unless the refiner takes the mask on p) and may add a loss; an auxiliary head (``aux_head``) adds
+its own loss and may be the reported head. With both ``none`` this is plain FixMatch (FixMatch + LA
+with ``logit_adjust``).
 """
 
 from __future__ import annotations
@@ -62,9 +63,10 @@ class FixMatch(Algorithm):
         views = forward_views(model, batch)
         loss_x = labeled_loss(views.labeled_logits["main"], batch.y, self.adjustment)
         probs = class_probabilities(views.weak_logits["main"], cfg.temperature)
-        if self.refiner is not None:
-            probs = self.refiner.refine(probs, views, batch, iteration)
-        pseudo = PseudoLabels(probs, *threshold_pseudo_labels(probs, cfg.threshold))
+        refined = probs if self.refiner is None else self.refiner.refine(probs, views, batch, iteration)
+        pseudo = PseudoLabels(refined, *threshold_pseudo_labels(refined, cfg.threshold))
+        if self.refiner is not None and not self.refiner.masks_refined:  # mask on the unrefined confidence
+            pseudo.confidence, _, pseudo.mask = threshold_pseudo_labels(probs, cfg.threshold)
         loss_u = consistency_loss([s["main"] for s in views.strong_logits], pseudo.labels, pseudo.mask.float())
         loss = loss_x + cfg.unlabeled_weight * loss_u
         metrics = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask_rate": pseudo.mask.float().mean(),

@@ -26,9 +26,16 @@ from cissl.schema import NamedConfig, option
 
 
 class PseudoLabelRefiner(Hooks):
-    """Turns the weak views' class probabilities into the distribution FixMatch thresholds, and may
-    add a loss of its own (DASO's semantic alignment). Gets the step's views and batch (pool
-    positions in ``batch.u_index``) and keeps its state through the :class:`Hooks` interface."""
+    """Turns the weak views' class probabilities into the pseudo-label distribution, and may add a
+    loss of its own (DASO's semantic alignment). Gets the step's views and batch (pool positions in
+    ``batch.u_index``) and keeps its state through the :class:`Hooks` interface.
+
+    ``masks_refined``: the confidence mask is taken on the refined distribution (distribution
+    alignment, CReST+); set it False where a method takes the mask on the unrefined one and only
+    the labels from the refinement (as USB runs DARP and DASO).
+    """
+
+    masks_refined = True
 
     def __init__(self, config, context: AlgorithmContext):
         self.config = config
