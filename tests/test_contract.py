@@ -246,6 +246,7 @@ class Sharpen(PseudoLabelRefiner):
         self.epochs: list[int] = []
 
     def after_step(self, iteration):
+        assert iteration == self.steps  # the iteration just finished reaches the part
         self.steps += 1
 
     def on_epoch_end(self, epoch):

@@ -225,10 +225,10 @@ def test_class_distribution_counts_and_refresh():
 
 def test_draw_counts_by_the_rule_of_spec_6_5():
     gen = torch.Generator().manual_seed(0)
-    # n = (3, 2, 0), 3 samples: T = 8, base = floor(8 / 3) = 2 (not 2.67), so class 1 (n = 2) is saturated;
-    # the budget 8 - 5 = 3 goes to class 2 alone
-    draws = balanced_draw_counts(torch.tensor([3, 2, 0]), 3, gen)
-    assert draws.tolist() == [0, 0, 3] and draws.dtype == torch.long
+    # n = (10, 5, 0), 2 samples: T = 17, base = floor(17 / 3) = 5 (not 5.67), so class 1 (n = 5 = base) is
+    # saturated; the budget 17 - 15 = 2 goes to class 2 alone (with class 1 in, class 2 would draw 3 or 4)
+    draws = balanced_draw_counts(torch.tensor([10, 5, 0]), 2, gen)
+    assert draws.tolist() == [0, 0, 2] and draws.dtype == torch.long
     # n_k equal to base is saturated: n = (6, 3, 0), no samples: T = 9, base 3; class 2 alone shares a budget of 0
     assert balanced_draw_counts(torch.tensor([6, 3, 0]), 0, gen).tolist() == [0, 0, 0]
     # a single unsaturated class takes the whole budget: n = (5, 0), 1 sample: T 6, base 3, budget 1
@@ -251,6 +251,14 @@ def test_component_state_is_created_on_the_given_device():
     assert ea.center.device == meta and ea.center.shape == (4,)
     counter = PseudoLabelCounter(3, meta)
     assert counter.counts.device == meta and counter.weights.device == meta and counter.counts.dtype == torch.float64
+    bank.load_state_dict(MemoryBank(num_classes=2, capacity=3, dim=4, **SEMI_BANK).state_dict())  # CPU state in
+    assert all(getattr(bank, name).device == meta for name in ("embeddings", "confidence", "filled", "new", "arrival"))
+    from cissl.algorithms import AlgorithmContext
+    from cissl.algorithms.components.logit_adjust import labeled_adjustment
+
+    context = AlgorithmContext(num_classes=3, labeled_counts=(6, 3, 1), feature_dim=4, iterations=10, epoch_length=5,
+                               device=meta)
+    assert labeled_adjustment(True, 1.0, context).device == meta and labeled_adjustment(False, 1.0, context) is None
 
 
 def test_component_arguments_and_states_are_checked():
