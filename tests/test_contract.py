@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -391,3 +392,17 @@ def test_a_refiner_sets_the_labels_and_the_mask_unless_it_masks_on_the_raw_proba
         assert out.metrics["confidence"] > base.metrics["confidence"]
     else:
         assert torch.equal(out.mask, base.mask) and torch.equal(out.metrics["confidence"], base.metrics["confidence"])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["algorithm.name=fixmatch", "algorithm.refiner=[darp,daso]"],
+     "config key 'algorithm.refiner': one pseudo-label refiner per run"),
+    (["algorithm.name=fixmatch", "algorithm.aux_head=[abc,abc]"],
+     "config key 'algorithm.aux_head': one auxiliary head"),
+    (["algorithm.name=semi", "algorithm.refiner=darp"], "unknown config key 'algorithm.refiner'"),
+    (["algorithm.name=fixmatch_daso", "algorithm.refiner.name=darp", "algorithm.refiner.queue_size=8"],
+     "unknown config key 'algorithm.refiner.queue_size'"),
+])
+def test_bad_combinations_fail_up_front_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)

@@ -40,10 +40,16 @@ def assert_same_state(a: dict, b: dict, path="state"):
         assert a == b, path
 
 
-@pytest.mark.parametrize("algorithm", ["fixmatch", "supervised_la"])
-def test_resume_continues_bit_for_bit(tmp_path, algorithm):
+SHORT_DARP = ("algorithm.refiner.warmup_fraction=0.25", "algorithm.refiner.period=2")
+SHORT_DASO = ("algorithm.refiner.pretrain_fraction=0.25", "algorithm.refiner.dist_update_period=3")
+
+
+@pytest.mark.parametrize("algorithm,overrides", [("fixmatch", ()), ("supervised_la", ()),
+                                                 ("fixmatch_darp", SHORT_DARP), ("fixmatch_abc_daso", SHORT_DASO)])
+def test_resume_continues_bit_for_bit(tmp_path, algorithm, overrides):
+    """The method's state (DARP's pool labels, DASO's queue and distribution, ABC's generator) is checkpointed."""
     config = tiny_config("train.iterations=12", "train.checkpoint_every=6", "train.eval_every=6",
-                         "train.log_every=4", "train.keep_checkpoints=3", algorithm=algorithm)
+                         "train.log_every=4", "train.keep_checkpoints=3", *overrides, algorithm=algorithm)
     straight = tmp_path / "straight"
     start_run(config, straight, quiet=True)
     reference = load_checkpoint(straight / "checkpoints" / "ckpt_00000012.pt")

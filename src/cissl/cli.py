@@ -111,8 +111,9 @@ def cmd_list(args) -> int:
     for title, registry in (("algorithms", ALGORITHMS), ("pseudo-label refiners (algorithm.refiner)", REFINERS),
                             ("auxiliary heads (algorithm.aux_head)", AUX_HEADS)):
         print(f"{title}:")
+        width = max(map(len, registry.names()))
         for name in registry.names():
-            print(f"  {name:<16} {registry.entry(name).summary}")
+            print(f"  {name:<{width}}  {registry.entry(name).summary}")
     print("\nconfig keys (key, default, meaning):")
     for key, default, text in describe(Config):
         if not key.startswith("algorithm.") or key == "algorithm.name":

@@ -107,6 +107,8 @@ class Registry:
             data = {"name": data}
         if data is None:
             data = {}
+        if isinstance(data, (list, tuple)):
+            raise ConfigError(f"config key '{key}': one {self.kind} per run (a name or a mapping), got {data!r}")
         if not isinstance(data, dict):
             raise ConfigError(f"config key '{key}': expected a name or a mapping, got {data!r}")
         name = data.get("name", default)

@@ -53,6 +53,19 @@ class FixMatch(Algorithm):
         self.aux_head = build_part(AUX_HEADS, config.aux_head, context)
         self.parts = {name: part for name, part in (("refiner", self.refiner), ("aux_head", self.aux_head))
                       if part is not None}
+        if self.aux_head is not None:
+            self.aux_head.refiner = self.refiner
+
+    @property
+    def ema_model(self):
+        return self._ema_model
+
+    @ema_model.setter
+    def ema_model(self, model) -> None:
+        """The engine's EMA network, passed on to the parts (DASO's queue extracts features with it)."""
+        self._ema_model = model
+        for part in getattr(self, "parts", {}).values():
+            part.ema_model = model
 
     @property
     def reported_head(self) -> str:

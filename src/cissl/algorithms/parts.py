@@ -40,10 +40,16 @@ class PseudoLabelRefiner(Hooks):
     def __init__(self, config, context: AlgorithmContext):
         self.config = config
         self.context = context
+        self.ema_model = None  # the engine's EMA network (set through the method that owns the part)
 
     def refine(self, probs: torch.Tensor, views: Views, batch: Batch, iteration: int) -> torch.Tensor:
         """(B_u, K) probabilities in, (B_u, K) pseudo-label distribution out (no gradient)."""
         raise NotImplementedError(f"{type(self).__name__} must implement refine()")
+
+    def refine_auxiliary(self, probs: torch.Tensor, iteration: int) -> torch.Tensor:
+        """The same refinement for an auxiliary head's weak-view probabilities in this step, for
+        heads that ask for it (ABC w/ DASO); called after :meth:`refine`. Default: unchanged."""
+        return probs
 
     def loss(self, model, views: Views, batch: Batch, pseudo: PseudoLabels, iteration: int):
         """An extra loss term and its metrics, or (None, {})."""
@@ -62,6 +68,8 @@ class AuxiliaryHead(Hooks):
     def __init__(self, config, context: AlgorithmContext):
         self.config = config
         self.context = context
+        self.ema_model = None  # the engine's EMA network (set through the method that owns the part)
+        self.refiner: PseudoLabelRefiner | None = None  # the method's refiner, if any (set by the method)
 
     def loss(self, model, views: Views, batch: Batch, pseudo: PseudoLabels, iteration: int):
         """(loss term, metrics) of this head for the step."""

@@ -1,0 +1,166 @@
+"""DARP: parity with USB's arithmetic, the solver against a direct solve, the schedule, the mask, state."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from helpers import FixedLogitsModel, id_images
+
+from cissl.algorithms import AlgorithmContext, Batch, build_algorithm
+from cissl.algorithms.darp import Darp, DarpConfig, darp_solve, target_counts, truncate_small_entries
+from cissl.config import load_config
+from cissl.errors import ConfigError
+
+FIXTURE = json.loads((REPO / "tests" / "reference" / "fixtures" / "darp.json").read_text())
+
+
+def context(counts=(6, 3, 1), pool=8, iterations=100):
+    return AlgorithmContext(num_classes=len(counts), labeled_counts=tuple(counts), feature_dim=4,
+                            iterations=iterations, epoch_length=10, unlabeled_pool_size=pool)
+
+
+def test_truncation_and_solver_match_usb():
+    """tests/reference/make_fixtures.py: USB's estimate_pseudo + rescaling and opt_solver (scipy's secant)."""
+    predictions = torch.tensor(FIXTURE["predictions"], dtype=torch.float32)
+    target = torch.tensor(FIXTURE["target"], dtype=torch.float64)
+    truncated = truncate_small_entries(predictions, target, FIXTURE["alpha"])
+    assert torch.allclose(truncated, torch.tensor(FIXTURE["truncated"], dtype=torch.float32), atol=1e-6, rtol=0)
+    refined = darp_solve(torch.tensor(FIXTURE["truncated"], dtype=torch.float32), target,
+                         FIXTURE["solver_iterations"], FIXTURE["newton_tol"])
+    assert torch.allclose(refined, torch.tensor(FIXTURE["refined"], dtype=torch.float32), atol=1e-6, rtol=0)
+    # the loose root tolerance (0.1) leaves the column sums near, not at, the target
+    assert torch.allclose(refined.sum(0).double(), target, rtol=1e-3)
+
+
+def test_target_counts_of_the_usb_fixture():
+    ctx = context(tuple(FIXTURE["labeled_counts"]), pool=len(FIXTURE["predictions"]))
+    counts = target_counts(DarpConfig(), ctx)
+    assert torch.allclose(counts, torch.tensor(FIXTURE["target"], dtype=torch.float64))
+
+
+def weighted_kl_solution(a: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """The DARP problem solved directly: min sum_i w_i KL(x_i || a_i), rows sum 1, columns sum c."""
+    from scipy.optimize import minimize
+
+    n, k = a.shape
+    w = 1.0 / -(a * np.log(a + 1e-6)).sum(1)
+
+    def objective(flat):
+        x = flat.reshape(n, k)
+        return float((w[:, None] * x * np.log(x / a)).sum())
+
+    def gradient(flat):
+        x = flat.reshape(n, k)
+        return (w[:, None] * (np.log(x / a) + 1)).ravel()
+
+    constraints = [{"type": "eq", "fun": lambda f: f.reshape(n, k).sum(1) - 1},
+                   # the last column's sum follows from the others and the rows (a redundant one is singular)
+                   {"type": "eq", "fun": lambda f: f.reshape(n, k).sum(0)[:-1] - c[:-1]}]
+    result = minimize(objective, a.ravel(), jac=gradient, constraints=constraints, method="SLSQP",
+                      bounds=[(1e-9, 1)] * (n * k), options={"ftol": 1e-14, "maxiter": 1000})
+    assert result.success, result.message
+    return result.x.reshape(n, k)
+
+
+def test_solver_meets_the_target_column_sums_and_matches_a_direct_solve():
+    """Six images, three classes, predictions biased to class 0; target counts (2, 2, 2)."""
+    a = torch.tensor([[0.80, 0.15, 0.05], [0.70, 0.20, 0.10], [0.60, 0.30, 0.10],
+                      [0.50, 0.40, 0.10], [0.55, 0.15, 0.30], [0.40, 0.25, 0.35]])
+    c = torch.tensor([2.0, 2.0, 2.0], dtype=torch.float64)
+    refined = darp_solve(a, c, iterations=300, tol=1e-12, max_secant=100)
+    assert torch.allclose(refined.sum(1), torch.ones(6), atol=1e-5)
+    assert torch.allclose(refined.sum(0).double(), c, atol=1e-4)
+    direct = weighted_kl_solution(a.double().numpy(), c.numpy())
+    assert np.allclose(refined.numpy(), direct, atol=2e-4)
+    # the refinement moves mass from the majority class to the others, most for the least confident rows
+    assert refined[:, 0].sum() < a[:, 0].sum()
+
+
+def test_truncation_keeps_alpha_times_the_target_per_class():
+    """alpha * c_k = 2 * 1 = 2 rows keep class k's mass; the others get (almost) none of it."""
+    a = torch.tensor([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.5, 0.1, 0.4], [0.1, 0.8, 0.1]])
+    out = truncate_small_entries(a, torch.tensor([1.0, 1.0, 2.0], dtype=torch.float64), alpha=2.0)
+    assert torch.allclose(out.sum(1), torch.ones(4))
+    assert out[2, 0] < 1e-4 and out[3, 0] < 1e-4          # class 0: rows 0, 1 keep it
+    assert out[0, 1] < 1e-4 and out[2, 1] < 1e-4          # class 1: rows 3 (0.8) and 1 (0.3) keep it
+    assert (out[:, 2] > 1e-3).all()                        # class 2: alpha * 2 = 4 rows keep it
+    # row 0 by hand: class 0 scaled by 1 / (0.7 + 0.6), class 2 by 2 / (0.1 + 0.1 + 0.4 + 0.1), then normalised
+    row = torch.tensor([0.7 / 1.3, 0.0, 0.1 * 2 / 0.7])
+    assert torch.allclose(out[0], row / row.sum(), atol=1e-5)
+
+
+def test_targets_labeled_uniform_given_and_errors():
+    ctx = context((6, 3, 1), pool=20)
+    assert torch.allclose(target_counts(DarpConfig(), ctx), torch.tensor([12.0, 6.0, 2.0], dtype=torch.float64))
+    uniform = target_counts(DarpConfig(target="uniform"), ctx)
+    assert torch.allclose(uniform, torch.full((3,), 20 / 3, dtype=torch.float64))
+    given = DarpConfig(target="given", target_distribution=[1, 1, 2])
+    assert torch.allclose(target_counts(given, ctx), torch.tensor([5.0, 5.0, 10.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="target_distribution"):
+        target_counts(DarpConfig(target="given", target_distribution=[1, 2]), ctx)
+    with pytest.raises(ValueError, match="no unlabeled pool"):
+        Darp(DarpConfig(), context(pool=0))
+    with pytest.raises(ConfigError, match="algorithm.refiner.target"):
+        load_config(None, ["algorithm.name=fixmatch_darp", "algorithm.refiner.target=estimated"])
+
+
+class Views:
+    weak = None
+
+
+def test_schedule_warmup_first_solve_and_kept_labels():
+    """iterations 20, warm-up 0.25 -> 5 steps; period 3: solves inside steps t = 5 and 8 ((t + 1) % 3 == 0)."""
+    darp = Darp(DarpConfig(warmup_fraction=0.25, period=3, solver_iterations=5), context(pool=6, iterations=20))
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1]])
+    batch = Batch(x=None, y=None, u_index=torch.tensor([4, 1]))
+    assert torch.equal(darp.refine(probs, Views, batch, 4), probs)  # warm-up: unchanged, but recorded
+    assert torch.equal(darp.predictions[[4, 1]], probs)
+    # t = 5: the first step after the warm-up, and (5 + 1) % 3 == 0 -> solve
+    other = torch.tensor([[0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
+    solved = darp.refine(other, Views, Batch(x=None, y=None, u_index=torch.tensor([0, 2])), 5)
+    assert darp.solves == 1
+    assert torch.equal(darp.predictions[[0, 2]], other)  # this step's predictions took part in the solve
+    expected = darp_solve(truncate_small_entries(darp.predictions, darp.counts, 2.0), darp.counts, 5)
+    assert torch.allclose(solved, expected[[0, 2]])
+    assert torch.allclose(darp.refined, expected)
+    # t = 6, 7: the kept labels of the batch's own pool positions, no new solve
+    kept = darp.refine(probs, Views, Batch(x=None, y=None, u_index=torch.tensor([3, 0])), 6)
+    assert darp.solves == 1 and torch.equal(kept, expected[[3, 0]])
+    darp.refine(probs, Views, batch, 8)
+    assert darp.solves == 2
+
+
+def test_labels_stay_uniform_between_warmup_and_first_solve():
+    """As in the reference: t = 4 is past a 4-step warm-up but (4 + 1) % 3 != 0 -> the initial uniform labels."""
+    darp = Darp(DarpConfig(warmup_fraction=0.2, period=3), context(pool=4, iterations=20))
+    out = darp.refine(torch.tensor([[0.9, 0.05, 0.05]]), Views, Batch(x=None, y=None, u_index=torch.tensor([2])), 4)
+    assert torch.allclose(out, torch.full((1, 3), 1 / 3))
+
+
+def test_fixmatch_darp_masks_and_labels_from_the_refined_labels():
+    """Image 2's weak prediction is confident for class 0 but DARP's kept label says class 1 at 0.6: the
+    pseudo-label is 1 and the mask (threshold 0.5) is taken on 0.6; image 3's kept label is uniform: masked."""
+    config = load_config(None, ["algorithm.name=fixmatch_darp", "algorithm.threshold=0.5",
+                                "algorithm.refiner.warmup_fraction=0.0", "algorithm.refiner.period=1000"])
+    algo = build_algorithm(config.algorithm, context(pool=4))
+    algo.refiner.refined = torch.tensor([[1 / 3] * 3, [1 / 3] * 3, [0.3, 0.6, 0.1], [1 / 3] * 3])
+    table = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [9.0, 0, 0], [0, 9.0, 0], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1]])
+    batch = Batch(x=id_images([0, 1]), y=torch.tensor([0, 1]), u_weak=id_images([2, 3]),
+                  u_strong=(id_images([4, 5]),), u_index=torch.tensor([2, 3]))
+    out = algo.step(FixedLogitsModel(table), batch, 0)
+    assert out.pseudo_labels.tolist() == [1, 0] and out.mask.tolist() == [True, False]
+    strong = torch.log_softmax(table[4], 0)[1]
+    assert out.metrics["loss_u"].item() == pytest.approx(-strong.item() / 2, rel=1e-6)
+
+
+def test_state_round_trip_and_shape_check():
+    darp = Darp(DarpConfig(), context(pool=5))
+    darp.predictions[2] = torch.tensor([0.2, 0.3, 0.5])
+    darp.solves = 3
+    other = Darp(DarpConfig(), context(pool=5))
+    other.load_state_dict(darp.state_dict())
+    assert torch.equal(other.predictions, darp.predictions) and other.solves == 3
+    with pytest.raises(ValueError, match="shape"):
+        Darp(DarpConfig(), context(pool=6)).load_state_dict(darp.state_dict())
