@@ -5,7 +5,8 @@ Run by hand, in a separate virtual environment (never in the project's dependenc
     python3 -m venv /tmp/refvenv && . /tmp/refvenv/bin/activate
     pip install torch==2.14.1 torchvision==0.29.1 scipy numpy
     pip install --no-deps semilearn==0.3.2
-    python tests/reference/make_fixtures.py          # from the repository root
+    git clone https://github.com/ytaek-oh/daso /tmp/daso   # the DASO framework (CReST+'s alignment)
+    DASO_REPO=/tmp/daso python tests/reference/make_fixtures.py   # from the repository root
 
 USB's ``semilearn`` 0.3.2 imports torchaudio, wandb, aim, transformers, timm and ruamel at import
 time; none of them is needed for the arithmetic used here, so an import hook below gives empty stub
@@ -19,6 +20,9 @@ tests check those departures on their own):
 - daso.json: USB's DASO class queue (prototypes after a sequence of enqueues), the semantic
   pseudo-label distribution, the distribution-aware blend and the semantic alignment loss. USB takes
   the confidence mask on the unblended prediction; DASO's authors (and the project) on the blend.
+- crest.json: USB's CReST selection of pseudo-labeled images per predicted class (``get_split``) on
+  an exactly exponential labeled profile, and the DASO framework's distribution alignment
+  (``lib/models/dist_align.py``: the 128-batch running mean; USB uses an exponential moving average).
 - abc.json: USB's ABC loss for given Bernoulli masks (the project draws them from its own
   generator). USB's unlabeled ABC loss uses hard pseudo-labels; ABC's authors (and the project, by
   default) soft ones: the fixture holds both inputs, the hard-label value is compared with
@@ -178,12 +182,54 @@ def abc_fixture() -> None:
                   "unlabeled_bernoulli": drawn[1]["mask"], "loss": float(loss)})
 
 
+def crest_fixture() -> None:
+    import os
+
+    from semilearn.imb_algorithms.crest.crest import CReST
+
+    gen = torch.Generator().manual_seed(3)
+    k, n = 3, 40
+    counts = np.array([16, 4, 1])  # exactly exponential: gamma = 16
+    probs = torch.softmax(torch.randn(n, k, generator=gen) * 3, dim=1)
+    score, pred = probs.max(1)
+    pseudo_label_list = []
+    for c in range(k):  # as CReST.train() builds it after a generation
+        idx = torch.where(pred == c)[0]
+        pseudo_label_list.append(idx[torch.argsort(score[idx], descending=True)].numpy())
+    algo = CReST.__new__(CReST)
+    algo.lb_class_dist, algo.num_classes, algo.sampling_alpha = counts / counts.sum(), k, 3.0
+    np.math = __import__("math")  # numpy 2 dropped np.math, which get_split uses
+    lb_data = np.full(5, -1)
+    data, targets = algo.get_split(lb_data, np.zeros(5, dtype=int), np.arange(n), np.zeros(n, dtype=int),
+                                   pseudo_label_list)
+    picked = data >= 0  # the pool positions that joined (eval_ulb "images" are their positions)
+
+    # the DASO framework's DistributionAlignment, read from its repository
+    source = (Path(os.environ["DASO_REPO"]) / "lib" / "models" / "dist_align.py").read_text()
+    namespace: dict = {}
+    exec(compile(source, "dist_align.py", "exec"), namespace)
+    cfg = types.SimpleNamespace(MODEL=types.SimpleNamespace(DIST_ALIGN=types.SimpleNamespace(TEMPERATURE=1.0)),
+                                GPU_ID="cpu")
+    target = torch.tensor(counts / counts.sum(), dtype=torch.float32)
+    aligner = namespace["DistributionAlignment"](cfg, target)
+    aligner.avg_pred.max_size = 3  # a short window, so that the fixture's 5 steps wrap around it
+    batches, aligned = [], []
+    for step in range(5):
+        p = torch.softmax(torch.randn(4, k, generator=gen) * 2, dim=1)
+        batches.append(lists(p))
+        aligned.append(lists(aligner(p, temperature=0.75)))
+    write("crest", {"labeled_counts": counts.tolist(), "alpha": 3.0, "probs": probs,
+                    "picked_positions": data[picked].tolist(), "picked_labels": targets[picked].tolist(),
+                    "window": 3, "temperature": 0.75, "batches": batches, "aligned": aligned})
+
+
 def main() -> None:
     sys.meta_path.insert(0, _StubFinder())
     torch.set_default_dtype(torch.float32)
     darp_fixture()
     daso_fixture()
     abc_fixture()
+    crest_fixture()
 
 
 if __name__ == "__main__":

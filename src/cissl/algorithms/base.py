@@ -85,6 +85,7 @@ class AlgorithmContext:
     iterations: int
     epoch_length: int
     unlabeled_pool_size: int = 0
+    generations: int = 1  # of the run (``iterations / generations`` steps each)
     device: torch.device = torch.device("cpu")
     seed: int = 0  # for a method's own random draws (derived from the run seed)
 

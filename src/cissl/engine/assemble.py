@@ -37,7 +37,8 @@ def build_method(config: Config, data: TrainingData, feature_dim: int, device: t
     context = AlgorithmContext(
         num_classes=data.num_classes, labeled_counts=tuple(data.split.labeled_counts), feature_dim=feature_dim,
         iterations=config.train.iterations, epoch_length=config.train.epoch_length,
-        unlabeled_pool_size=len(data.unlabeled), device=device, seed=derive_seed(config.train.seed, "algorithm"))
+        unlabeled_pool_size=len(data.unlabeled), generations=method_class(config).generations(config.algorithm),
+        device=device, seed=derive_seed(config.train.seed, "algorithm"))
     return build_algorithm(config.algorithm, context)
 
 

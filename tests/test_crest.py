@@ -1,0 +1,121 @@
+"""CReST / CReST+: selection (parity with USB), progressive alignment (parity with the DASO framework),
+LA following the labeled set, and generations inside one run with a bit-exact resume mid-generation."""
+
+import json
+
+import pytest
+import torch
+from conftest import REPO
+from helpers import tiny_config
+from test_training import assert_same_state
+
+from cissl.algorithms import AlgorithmContext, PoolPredictions, build_algorithm
+from cissl.algorithms.components.logit_adjust import class_prior, logit_adjustment
+from cissl.algorithms.crest import select_pseudo_labeled, selection_rates
+from cissl.algorithms.dist_align import DistAlign, DistAlignConfig, RunningMean, align, alignment_temperature
+from cissl.config import load_config
+from cissl.engine.checkpoint import load_checkpoint
+from cissl.engine.run import resume_run, start_run
+
+FIXTURE = json.loads((REPO / "tests" / "reference" / "fixtures" / "crest.json").read_text())
+
+
+def test_selection_matches_usb():
+    rates = selection_rates(FIXTURE["labeled_counts"], FIXTURE["alpha"])
+    positions, labels = select_pseudo_labeled(torch.tensor(FIXTURE["probs"]), rates)
+    assert positions.tolist() == FIXTURE["picked_positions"]
+    assert labels.tolist() == FIXTURE["picked_labels"]
+
+
+def test_selection_rates_by_hand_and_by_rank():
+    """Counts (16, 4, 1), alpha 3: mu = ((1/16)^(1/3), (4/16)^(1/3), 1); the same counts in another class
+    order get the same rates by frequency rank."""
+    expected = torch.tensor([(1 / 16) ** (1 / 3), (4 / 16) ** (1 / 3), 1.0], dtype=torch.float64)
+    assert torch.allclose(selection_rates([16, 4, 1], 3.0), expected)
+    assert torch.allclose(selection_rates([1, 16, 4], 3.0), expected[[2, 0, 1]])
+
+
+def test_selection_takes_the_most_confident_of_each_predicted_class():
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2], [0.3, 0.7], [0.45, 0.55]])
+    positions, labels = select_pseudo_labeled(probs, torch.tensor([0.5, 1.0]))
+    # class 0 is predicted for 3 images: floor(0.5 * 3) = 1 joins (0.9); class 1 keeps both, most confident first
+    assert positions.tolist() == [0, 3, 4] and labels.tolist() == [0, 1, 1]
+    empty = select_pseudo_labeled(torch.tensor([[0.9, 0.1]]), torch.tensor([0.5, 1.0]))
+    assert empty[0].numel() == 0 and empty[1].dtype == torch.long
+
+
+def test_alignment_matches_the_daso_framework():
+    """Window 3, temperature 0.75, five steps (the window wraps around)."""
+    target = class_prior(FIXTURE["labeled_counts"])
+    running = RunningMean(FIXTURE["window"], 3, "cpu")
+    for batch, expected in zip(FIXTURE["batches"], FIXTURE["aligned"]):
+        probs = torch.tensor(batch)
+        out = align(probs, target, running.push(probs), FIXTURE["temperature"])
+        assert torch.allclose(out, torch.tensor(expected), atol=1e-6)
+
+
+def test_progressive_temperature_by_generation():
+    assert [alignment_temperature(g, 5, 0.5) for g in range(5)] == pytest.approx([1.0, 0.875, 0.75, 0.625, 0.5])
+    assert alignment_temperature(0, 1, 0.5) == 1.0
+    context = AlgorithmContext(num_classes=2, labeled_counts=(3, 1), feature_dim=2, iterations=20, epoch_length=5,
+                               generations=4)
+    refiner = DistAlign(DistAlignConfig(t_min=0.25), context)
+    assert [refiner.temperature(t) for t in (0, 4, 5, 14, 15, 19)] == pytest.approx([1.0, 1.0, 0.75, 0.5, 0.25, 0.25])
+    # the first step's running mean is its own batch mean: a batch at the mean maps to the target^t
+    probs = torch.tensor([[0.5, 0.5], [0.5, 0.5]])
+    out = refiner.refine(probs, None, None, 19)
+    target = torch.tensor([0.75, 0.25]) ** 0.25
+    assert torch.allclose(out[0], target / target.sum(), atol=1e-5)
+
+
+def crest_context(counts=(6, 2)):
+    return AlgorithmContext(num_classes=len(counts), labeled_counts=counts, feature_dim=2, iterations=20,
+                            epoch_length=5, unlabeled_pool_size=4, generations=2)
+
+
+def test_generation_end_adds_rebalanced_images_and_la_follows_the_labeled_set():
+    config = load_config(None, ["algorithm.name=fixmatch_la_crest_plus", "algorithm.generations=2"])
+    algo = build_algorithm(config.algorithm, crest_context())
+    assert torch.allclose(algo.adjustment, logit_adjustment(class_prior([6, 2]), 1.0))
+    logits = torch.tensor([[3.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 2.0]])
+    update = algo.on_generation_end(0, PoolPredictions({"main": logits}, torch.zeros(4, 2)))
+    # mu = ((2/6)^(1/3), 1): floor(0.69 * 2) = 1 of class 0 (the most confident, position 0); both of class 1
+    assert update.labeled_indices.tolist() == [0, 3, 2] and update.labels.tolist() == [0, 1, 1]
+    assert update.reinitialize_model
+    assert torch.allclose(algo.adjustment, logit_adjustment(class_prior([7, 4]), 1.0))
+    restored = build_algorithm(config.algorithm, crest_context())
+    restored.load_state_dict(algo.state_dict())
+    assert torch.equal(restored.adjustment, algo.adjustment)
+
+
+def test_crest_rows_are_presets():
+    plus = load_config(None, ["algorithm.name=fixmatch_crest_plus"]).algorithm
+    assert plus.refiner.name == "dist_align" and plus.refiner.t_min == 0.5 and plus.generations == 5
+    assert load_config(None, ["algorithm.name=fixmatch_crest"]).algorithm.refiner.name == "none"
+    assert load_config(None, ["algorithm.name=fixmatch_la_crest_plus"]).algorithm.logit_adjust
+
+
+def test_crest_plus_resumes_mid_generation_bit_for_bit(tmp_path):
+    """12 steps in 3 generations of 4; cut at 6 (inside generation 1), the resumed run is the same run."""
+    config = tiny_config("train.iterations=12", "train.eval_every=6", "train.checkpoint_every=6",
+                         "train.keep_checkpoints=5", "algorithm.generations=3", "algorithm.threshold=0.3",
+                         algorithm="fixmatch_la_crest_plus")
+    start_run(config, tmp_path / "straight", quiet=True)
+    reference = load_checkpoint(tmp_path / "straight/checkpoints/ckpt_00000012.pt")
+    assert reference["batches"]["additions"]["generation"] == 2
+    run = tmp_path / "cut"
+    start_run(config, run, quiet=True)
+    (run / "checkpoints/ckpt_00000012.pt").unlink()
+    (run / "results.json").unlink()
+    resume_run(run, quiet=True)
+    assert_same_state(reference, load_checkpoint(run / "checkpoints/ckpt_00000012.pt"))
+
+
+def test_dist_align_state_round_trip_and_shape_check():
+    running = RunningMean(3, 2, "cpu")
+    running.push(torch.tensor([[0.2, 0.8]]))
+    other = RunningMean(3, 2, "cpu")
+    other.load_state_dict(running.state_dict())
+    assert torch.equal(other.push(torch.tensor([[0.6, 0.4]])), running.push(torch.tensor([[0.6, 0.4]])))
+    with pytest.raises(ValueError, match="window"):
+        RunningMean(4, 2, "cpu").load_state_dict(running.state_dict())
