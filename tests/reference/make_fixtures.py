@@ -6,7 +6,8 @@ Run by hand, in a separate virtual environment (never in the project's dependenc
     pip install torch==2.14.1 torchvision==0.29.1 scipy numpy
     pip install --no-deps semilearn==0.3.2
     git clone https://github.com/ytaek-oh/daso /tmp/daso   # the DASO framework (CReST+'s alignment)
-    DASO_REPO=/tmp/daso python tests/reference/make_fixtures.py   # from the repository root
+    git clone https://github.com/Gank0078/ACR /tmp/acr      # ACR's authors' code
+    DASO_REPO=/tmp/daso ACR_REPO=/tmp/acr python tests/reference/make_fixtures.py   # from the repository root
 
 USB's ``semilearn`` 0.3.2 imports torchaudio, wandb, aim, transformers, timm and ruamel at import
 time; none of them is needed for the arithmetic used here, so an import hook below gives empty stub
@@ -23,6 +24,9 @@ tests check those departures on their own):
 - crest.json: USB's CReST selection of pseudo-labeled images per predicted class (``get_split``) on
   an exactly exponential labeled profile, and the DASO framework's distribution alignment
   (``lib/models/dist_align.py``: the 128-batch running mean; USB uses an exponential moving average).
+- acr.json: ACR's own step arithmetic, executed from its train.py (the lines from the balanced
+  head's labeled loss to the total loss, and the per-epoch tau1 update; ``.cuda()`` removed to run on
+  the CPU) over three epochs of fixed logits, epoch 0 before the estimation starts.
 - abc.json: USB's ABC loss for given Bernoulli masks (the project draws them from its own
   generator). USB's unlabeled ABC loss uses hard pseudo-labels; ABC's authors (and the project, by
   default) soft ones: the fixture holds both inputs, the hard-label value is compared with
@@ -223,6 +227,74 @@ def crest_fixture() -> None:
                     "window": 3, "temperature": 0.75, "batches": batches, "aligned": aligned})
 
 
+def _acr_blocks(source: str) -> tuple[str, str, str]:
+    """ACR's adjustment helper, its step block and its epoch-start block, cut from train.py by their
+    first and last statements (dedented; ``.cuda()`` removed)."""
+    import textwrap
+
+    def cut(first: str, last: str) -> str:
+        start = source.index(first)
+        start = source.rindex("\n", 0, start) + 1
+        end = source.index("\n", source.index(last, start))
+        return textwrap.dedent(source[start:end]).replace(".cuda()", "")
+
+    helper = cut("def compute_adjustment_by_py", "return adjustments\n\n\ndef main")
+    step = cut("Lx_b = F.cross_entropy(logits_x_b + args.adjustment_l2", "loss = Lx + Lu + Lx_b + Lu_b")
+    epoch = cut("if epoch > args.est_epoch:\n            count_KL = count_KL / args.eval_step",
+                "args.adjustment_l1 = compute_adjustment_by_py(args.py_con, tau, args)")
+    return helper, step, epoch
+
+
+def acr_fixture() -> None:
+    import math
+    import os
+
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    source = (Path(os.environ["ACR_REPO"]) / "train.py").read_text()
+    helper, step_block, epoch_block = _acr_blocks(source)
+    gen = torch.Generator().manual_seed(4)
+    k, b, bu, steps_per_epoch = 4, 6, 5, 3
+    counts = np.array([12, 6, 3, 1])
+    py_con = torch.from_numpy(counts / counts.sum())
+    namespace = {"torch": torch, "np": np, "F": F, "nn": nn, "math": math}
+    exec(helper, namespace)
+    args = types.SimpleNamespace(device="cpu", num_classes=k, T=1.0, threshold=0.6, est_epoch=0, eval_step=steps_per_epoch,
+                                 ema_u=0.9, est_step=0, py_con=py_con, py_uni=torch.ones(k, dtype=torch.float64) / k,
+                                 py_rev=torch.flip(py_con, dims=[0]), taumin=0, taumax=2.0,
+                                 u_py=torch.ones(k) / k)
+    adjust = namespace["compute_adjustment_by_py"]
+    args.adjustment_l1, args.adjustment_l12, args.adjustment_l2 = (adjust(py_con, 2.0, args),) * 3
+    count_kl = torch.zeros(3)
+    steps = []
+    for epoch in range(3):
+        scope = {**namespace, "args": args, "epoch": epoch, "count_KL": count_kl}
+        exec(epoch_block + "\ncount_KL = torch.zeros(3)", scope)
+        count_kl = scope["count_KL"]
+        tau_used = args.adjustment_l1.clone()
+        for _ in range(steps_per_epoch):
+            inputs = {"logits_x": torch.randn(b, k, generator=gen), "logits_x_b": torch.randn(b, k, generator=gen),
+                      "targets_x": torch.randint(0, k, (b,), generator=gen),
+                      "logits_u_w": torch.randn(bu, k, generator=gen) * 3,
+                      "logits_u_w_b": torch.randn(bu, k, generator=gen) * 3,
+                      "logits_u_s": torch.randn(bu, k, generator=gen), "logits_u_s1": torch.randn(bu, k, generator=gen),
+                      "logits_u_s_b": torch.randn(bu, k, generator=gen),
+                      "logits_u_s1_b": torch.randn(bu, k, generator=gen)}
+            scope = {**namespace, **inputs, "args": args, "epoch": epoch, "count_KL": count_kl,
+                     "KL_div": nn.KLDivLoss(reduction="sum"), "u_real": torch.zeros(bu, dtype=torch.long),
+                     "mask_l": torch.ones(bu, dtype=torch.bool)}
+            scope["Lx"] = F.cross_entropy(inputs["logits_x"], inputs["targets_x"], reduction="mean")
+            exec(step_block, scope)
+            count_kl = scope["count_KL"]
+            steps.append({**{key: lists(value) for key, value in inputs.items()}, "epoch": epoch,
+                          "adjustment_l1": lists(tau_used), "loss": float(scope["loss"]),
+                          "Lu": float(scope["Lu"]), "Lu_b": float(scope["Lu_b"]), "Lx_b": float(scope["Lx_b"]),
+                          "u_py": lists(args.u_py), "count_KL": lists(count_kl)})
+    write("acr", {"labeled_counts": counts.tolist(), "threshold": 0.6, "est_epoch": 0, "ema_u": 0.9,
+                  "epoch_length": steps_per_epoch, "steps": steps})
+
+
 def main() -> None:
     sys.meta_path.insert(0, _StubFinder())
     torch.set_default_dtype(torch.float32)
@@ -230,6 +302,7 @@ def main() -> None:
     daso_fixture()
     abc_fixture()
     crest_fixture()
+    acr_fixture()
 
 
 if __name__ == "__main__":
