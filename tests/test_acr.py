@@ -54,7 +54,8 @@ def test_steps_and_adaptive_tau_match_the_authors_code():
     algo = acr(f"algorithm.threshold={FIXTURE['threshold']}", f"algorithm.est_epoch={FIXTURE['est_epoch']}",
                f"algorithm.ema_u={FIXTURE['ema_u']}")
     for t, step in enumerate(FIXTURE["steps"]):
-        assert torch.allclose(algo.adjustment(algo.tau1).double(), torch.tensor(step["adjustment_l1"], dtype=torch.float64), atol=1e-6)
+        used = torch.tensor(step["adjustment_l1"], dtype=torch.float64)
+        assert torch.allclose(algo.adjustment(algo.tau1).double(), used, atol=1e-6)
         model, batch = tables(step)
         out = algo.step(model, batch, t)
         assert out.loss.item() == pytest.approx(step["loss"], rel=1e-5)

@@ -260,7 +260,8 @@ def acr_fixture() -> None:
     py_con = torch.from_numpy(counts / counts.sum())
     namespace = {"torch": torch, "np": np, "F": F, "nn": nn, "math": math}
     exec(helper, namespace)
-    args = types.SimpleNamespace(device="cpu", num_classes=k, T=1.0, threshold=0.6, est_epoch=0, eval_step=steps_per_epoch,
+    args = types.SimpleNamespace(device="cpu", num_classes=k, T=1.0, threshold=0.6, est_epoch=0,
+                                 eval_step=steps_per_epoch,
                                  ema_u=0.9, est_step=0, py_con=py_con, py_uni=torch.ones(k, dtype=torch.float64) / k,
                                  py_rev=torch.flip(py_con, dims=[0]), taumin=0, taumax=2.0,
                                  u_py=torch.ones(k) / k)
