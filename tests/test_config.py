@@ -99,3 +99,30 @@ def test_replace_revalidates():
 
 def test_parse_overrides_parses_lists():
     assert parse_overrides(["a.b=[1, 2]"]) == [("a.b", [1, 2])]
+
+
+def test_methods_section_gives_the_options_of_a_switched_algorithm(tmp_path):
+    path = tmp_path / "cell.yaml"
+    path.write_text("algorithm:\n  name: fixmatch\n  threshold: 0.9\n"
+                    "methods:\n  fixmatch_daso:\n    refiner:\n      dist_temperature: 0.3\n  acr:\n    ema_u: 0.5\n")
+    own = load_config(path)
+    assert own.algorithm.name == "fixmatch" and own.algorithm.threshold == 0.9
+    daso = load_config(path, algorithm="fixmatch_daso")
+    assert daso.algorithm.refiner.dist_temperature == 0.3 and daso.algorithm.threshold == 0.95
+    assert load_config(path, ["algorithm.ema_u=0.7"], algorithm="acr").algorithm.ema_u == 0.7
+    assert load_config(path, algorithm="fixmatch_darp").algorithm.refiner.name == "darp"
+    assert "methods" not in own.to_dict()
+
+
+@pytest.mark.parametrize("methods,message", [
+    ("  fixmatch_daso:\n    refiner:\n      dist_temprature: 0.3\n",
+     "unknown config key 'methods.fixmatch_daso.refiner.dist_temprature'"),
+    ("  fixmatch_dasso:\n    threshold: 0.9\n",
+     "config key 'methods.fixmatch_dasso.name': unknown algorithm 'fixmatch_dasso'"),
+    ("  acr: 0.5\n", "config key 'methods.acr': expected a mapping"),
+])
+def test_methods_section_is_validated_up_front(tmp_path, methods, message):
+    path = tmp_path / "cell.yaml"
+    path.write_text("algorithm:\n  name: fixmatch\nmethods:\n" + methods)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path)

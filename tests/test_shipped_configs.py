@@ -95,3 +95,33 @@ def test_table5_ablations_switch_exactly_one_component(folder, cell, row):
     else:
         restored = dataclasses.replace(ablated.algorithm, **{key: getattr(full.algorithm, key)})
     assert restored == full.algorithm and ablated.data == full.data and ablated.train == full.train
+
+
+# The FixMatch-family rows of the SeMi paper's Tables 1-3 (shared/paper/tables.md) by cell, as presets
+TABLE_1 = ["supervised", "supervised_la", "fixmatch", "fixmatch_darp", "fixmatch_daso", "fixmatch_crest_plus",
+           "fixmatch_la", "fixmatch_la_darp", "fixmatch_la_daso", "fixmatch_la_crest_plus", "fixmatch_abc",
+           "fixmatch_abc_daso"]
+TABLES_2_3 = ["fixmatch", "fixmatch_darp", "fixmatch_crest", "fixmatch_crest_plus", "fixmatch_daso"]
+CELLS = {**{f"cifar10_lt/{c}": TABLE_1 for c in ("consistent_n500_m4000_g100", "consistent_n1500_m3000_g100",
+                                                  "consistent_n500_m4000_g150", "consistent_n1500_m3000_g150")},
+         **{f"cifar10_lt/{d}_{n}_g100": TABLES_2_3
+            for d in ("uniform", "reversed") for n in ("n500_m4000", "n1500_m3000")},
+         **{f"cifar100_lt/consistent_{n}_g{g}": TABLE_1 for n in ("n50_m400", "n150_m300") for g in (10, 20)},
+         **{f"cifar100_lt/{d}_{n}_g10": TABLES_2_3 for d in ("uniform", "reversed") for n in ("n50_m400", "n150_m300")},
+         **{f"stl10_lt/n{n}_g{g}": TABLES_2_3 for n in (150, 450) for g in (10, 20)}}
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_every_baseline_row_of_tables_1_to_3_runs_in_the_daso_protocol(cell):
+    setting, _, name = cell.partition("/")
+    path = CONFIGS / setting / "daso_protocol" / f"{name}.yaml"
+    header = path.read_text().splitlines()[3].lstrip("# ").split()
+    assert header == CELLS[cell]
+    for algorithm in CELLS[cell]:
+        config = load_config(path, algorithm=algorithm)
+        assert (config.train.batch_size, config.train.mu, config.train.strong_views) == (64, 2, 1)
+        assert config.optim.schedule == "constant" and not config.data.unlabeled_includes_labeled
+        assert config.name == f"{setting}/daso_protocol/{name}"
+        if "daso" in algorithm:  # DASO's own configs: T_dist 1.5 for CIFAR-10 with gamma_l = gamma_u, else 0.3
+            expected = 1.5 if cell.startswith("cifar10_lt/consistent") else 0.3
+            assert config.algorithm.refiner.dist_temperature == expected

@@ -8,7 +8,9 @@ up front: an unknown key, a wrong type or an out-of-range value raises :class:`C
 naming the key and what is allowed.
 
 The ``algorithm`` section is typed by the algorithm's own config class, chosen by
-``algorithm.name`` from the registry in :mod:`cissl.algorithms`.
+``algorithm.name`` from the registry in :mod:`cissl.algorithms`. An optional ``methods`` section
+gives the options other algorithms run with in this setting (``methods: {fixmatch_daso: {refiner:
+{dist_temperature: 0.3}}}``), applied when one of them replaces the file's own algorithm.
 """
 
 from __future__ import annotations
@@ -251,14 +253,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Load a config file, optionally switch the algorithm, apply dotted overrides, validate.
 
     ``algorithm`` replaces the file's whole ``algorithm`` section by that algorithm's defaults
-    (so a setting written for one method can run another); overrides apply afterwards.
+    (so a setting written for one method can run another), with the options the file's ``methods``
+    section gives for it; overrides apply afterwards.
     """
     data = read_config_file(path) if path is not None else {}
+    methods = method_options(data.pop("methods", None))
     if algorithm is not None:
-        data["algorithm"] = {"name": algorithm}
+        data["algorithm"] = {"name": algorithm, **methods.get(algorithm, {})}
     for key, value in parse_overrides(overrides or []):
         _set_dotted(data, key, value)
     return build(data)
+
+
+def method_options(methods) -> dict[str, dict]:
+    """A setting's ``methods`` section: algorithm name -> the options it runs with in this setting when
+    chosen instead of the file's own algorithm (``--algorithm NAME``, ``cissl sweep --algorithms``).
+    Every entry is validated up front, so a typo fails before any run starts."""
+    if methods is None:
+        return {}
+    if not isinstance(methods, dict):
+        raise ConfigError(f"config key 'methods': expected a mapping of algorithm names to options, got {methods!r}")
+    for name, options in methods.items():
+        if not isinstance(options, dict) or "name" in options:
+            raise ConfigError(f"config key 'methods.{name}': expected a mapping of that algorithm's options "
+                              f"(without 'name'), got {options!r}")
+        ALGORITHMS.build({"name": name, **options}, f"methods.{name}", name)
+    return methods
 
 
 def save_config(config: Config, path: str | Path) -> None:
