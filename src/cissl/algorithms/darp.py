@@ -82,8 +82,9 @@ def truncate_small_entries(predictions: torch.Tensor, counts: torch.Tensor, alph
     n, k = predictions.shape
     keep = torch.zeros_like(predictions)
     kept_mass = torch.zeros(k, dtype=torch.float64, device=predictions.device)
-    for cls in range(k):
-        top = min(int(alpha * float(counts[cls])), n)
+    sizes = [min(int(alpha * c), n) for c in counts.tolist()]
+    counts = counts.to(predictions.device)
+    for cls, top in enumerate(sizes):
         values, rows = predictions[:, cls].sort(descending=True)
         keep[rows[:top], cls] = 1.0
         kept_mass[cls] = values[:top].double().sum()
@@ -132,7 +133,7 @@ def darp_solve(predictions: torch.Tensor, counts: torch.Tensor, iterations: int,
     entropy = -(a * torch.log(a + 1e-6)).sum(dim=1)
     w = (1.0 / entropy).double()
     a_e = (a / math.e).double()
-    c = counts.double()
+    c = counts.double().to(a.device)
     nu = torch.zeros(a.shape[1], dtype=torch.float64, device=a.device)  # the roots' starting points
     y = torch.exp(-1.0 / w)[:, None].expand_as(a_e)  # Y_ik = exp(-nu_k / w_i) at the dual's start nu = 1
     for _ in range(iterations):
@@ -156,7 +157,7 @@ class Darp(PseudoLabelRefiner):
         super().__init__(config, context)
         if context.unlabeled_pool_size <= 0:
             raise ValueError("DARP keeps a prediction per unlabeled image: the run has no unlabeled pool")
-        self.counts = target_counts(config, context).to(context.device)
+        self.counts = target_counts(config, context)  # on the CPU: the per-class sizes are host numbers
         self.warmup = int(context.iterations * config.warmup_fraction)
         shape = (context.unlabeled_pool_size, context.num_classes)
         self.predictions = torch.full(shape, 1.0 / context.num_classes, device=context.device)

@@ -62,7 +62,8 @@ class ClassQueue:
 
     @torch.no_grad()
     def push(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        onehot = F.one_hot(labels, len(self.filled))
+        onehot = torch.zeros(len(labels), len(self.filled), dtype=torch.long, device=labels.device)
+        onehot.scatter_(1, labels[:, None], 1)  # (F.one_hot checks the label range on the host)
         rank = (onehot.cumsum(0) * onehot).sum(1) - 1  # order of each row among its class's rows here
         count = onehot.sum(0)
         kept = rank >= count[labels] - self.size

@@ -47,27 +47,27 @@ def align(probs: torch.Tensor, target: torch.Tensor, running_mean: torch.Tensor,
 
 
 class RunningMean:
-    """The mean of the last ``window`` batches' mean predictions (a ring of batch means; no host sync)."""
+    """The mean of the last ``window`` batches' mean predictions (a ring of batch means on the device)."""
 
     def __init__(self, window: int, num_classes: int, device):
         self.means = torch.zeros(window, num_classes, device=device)
-        self.steps = torch.zeros((), dtype=torch.long, device=device)
+        self.steps = 0  # a host count: indexing with a device scalar would synchronise
 
     def push(self, probs: torch.Tensor) -> torch.Tensor:
         window = len(self.means)
         self.means[self.steps % window] = probs.mean(0)
         self.steps += 1
-        return self.means.sum(0) / torch.clamp(self.steps, max=window)
+        return self.means.sum(0) / min(self.steps, window)
 
     def state_dict(self) -> dict:
-        return {"means": self.means.clone(), "steps": self.steps.clone()}
+        return {"means": self.means.clone(), "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
         if tuple(state["means"].shape) != tuple(self.means.shape):
             raise ValueError(f"distribution alignment window has shape {tuple(state['means'].shape)} in the "
                              f"checkpoint, this run needs {tuple(self.means.shape)}")
         self.means = state["means"].to(self.means.device)
-        self.steps = state["steps"].to(self.steps.device)
+        self.steps = int(state["steps"])
 
 
 @REFINERS.register("dist_align", DistAlignConfig,
