@@ -17,6 +17,20 @@ def tiny_config(*overrides: str, algorithm: str | None = None):
     return load_config(CONFIGS / "quickstart.yaml", base + list(overrides), algorithm)
 
 
+# Overrides under which every term of a method runs within a short run (20 steps, epochs of 2-10)
+ACTIVE_TERMS = {
+    "semi": ["algorithm.warmup_epochs=0", "algorithm.bank.decay_step=2"],
+    "semi_paper": ["algorithm.warmup_epochs=0", "algorithm.bank.decay_step=2"],
+    # DARP: solves at steps 5, 11, 17 (the CUDA sync test checks steps 6-9, between two solves)
+    "fixmatch_darp": ["algorithm.refiner.warmup_fraction=0.1", "algorithm.refiner.period=6"],
+    "fixmatch_la_darp": ["algorithm.refiner.warmup_fraction=0.1", "algorithm.refiner.period=6"],
+    "fixmatch_daso": ["algorithm.refiner.pretrain_fraction=0.2", "algorithm.refiner.dist_update_period=2"],
+    "fixmatch_la_daso": ["algorithm.refiner.pretrain_fraction=0.2", "algorithm.refiner.dist_update_period=2"],
+    "fixmatch_abc_daso": ["algorithm.refiner.pretrain_fraction=0.2", "algorithm.refiner.dist_update_period=2"],
+    "acr": ["algorithm.est_epoch=0"],
+}
+
+
 class FixedLogitsModel(torch.nn.Module):
     """A 'model' whose logits for each input row are given by a lookup on the row's first pixel."""
 

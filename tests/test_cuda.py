@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import ACTIVE_TERMS, tiny_config
 from scipy.stats import chisquare
 from test_augment import random_images
 
@@ -131,15 +131,6 @@ def test_resume_on_cuda_restores_generators_and_continues(tmp_path, deterministi
     assert drift == 0.0 if noise == 0.0 else drift <= 10 * noise
 
 
-ACTIVE = {  # overrides that make every term of a method run within the first steps
-    "semi": ["algorithm.warmup_epochs=0", "algorithm.bank.decay_step=2"],
-    # DARP between two solves (its solve, every `period` steps, waits for the device: timed in RESULTS.md)
-    "fixmatch_darp": ["algorithm.refiner.warmup_fraction=0.1", "algorithm.refiner.period=6"],
-    "fixmatch_daso": ["algorithm.refiner.pretrain_fraction=0.1", "algorithm.refiner.dist_update_period=2"],
-    "fixmatch_abc_daso": ["algorithm.refiner.pretrain_fraction=0.1", "algorithm.refiner.dist_update_period=2"],
-    "fixmatch_la_crest_plus": ["algorithm.generations=1"],
-    "acr": ["algorithm.est_epoch=0"],
-}
 
 
 @pytest.mark.parametrize("algorithm", ["supervised_la", "fixmatch", "semi", "fixmatch_darp", "fixmatch_daso",
@@ -147,7 +138,7 @@ ACTIVE = {  # overrides that make every term of a method run within the first st
 def test_a_training_step_never_waits_for_the_device(tmp_path, algorithm):
     """A step that synchronises with the GPU (``.item()``, a blocking copy, boolean indexing) stalls
     the host until the device is idle, so the next step's launches cannot overlap this step's work."""
-    extra = ACTIVE.get(algorithm, [])
+    extra = ACTIVE_TERMS.get(algorithm, []) + (["algorithm.generations=1"] if "crest" in algorithm else [])
     trainer = cuda_trainer(tmp_path, "train.epoch_length=2", *extra, algorithm=algorithm)
     for _ in range(6):  # past the warm-up (every SeMi term active) and every graph capture
         trainer.train_step()

@@ -1,0 +1,43 @@
+"""Every registered method and preset trains end to end to a complete results.json: on digits-LT, and
+on the real Fashion-MNIST-LT files where Debian's package is installed."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import CONFIGS
+from helpers import ACTIVE_TERMS, tiny_config
+from test_training import RESULT_KEYS
+
+from cissl.algorithms import algorithm_class, algorithm_names
+from cissl.config import load_config
+from cissl.engine.run import start_run
+
+FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+def expected_heads(config) -> set:
+    return set(algorithm_class(config.algorithm.name).required_heads(config.algorithm))
+
+
+@pytest.mark.parametrize("algorithm", algorithm_names())
+def test_digits(tmp_path, algorithm):
+    config = tiny_config(*ACTIVE_TERMS.get(algorithm, []), algorithm=algorithm)
+    results = start_run(config, tmp_path / "run", quiet=True)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert RESULT_KEYS <= set(saved) and saved["iterations"] == 20 and 0.0 <= results["top1"] <= 1.0
+    assert set(saved["heads"]) == expected_heads(config)
+
+
+@pytest.mark.skipif(not FASHION.is_file(), reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.parametrize("algorithm", algorithm_names())
+def test_fashion(tmp_path, algorithm):
+    short = ["train.iterations=10", "train.eval_every=10", "train.checkpoint_every=10", "train.report_last=1",
+             "train.epoch_length=5", "train.eval_batch_size=2000"]
+    generations = ["algorithm.generations=2"] if "crest" in algorithm else []  # one pool re-labelling
+    config = load_config(CONFIGS / "fashion_lt/consistent_n1500_m3000_g100.yaml",
+                         short + generations + ACTIVE_TERMS.get(algorithm, []), algorithm)
+    start_run(config, tmp_path / "run", quiet=True)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert RESULT_KEYS <= set(saved) and saved["iterations"] == 10
+    assert set(saved["heads"]) == expected_heads(config)
