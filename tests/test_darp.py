@@ -164,3 +164,52 @@ def test_state_round_trip_and_shape_check():
     assert torch.equal(other.predictions, darp.predictions) and other.solves == 3
     with pytest.raises(ValueError, match="shape"):
         Darp(DarpConfig(), context(pool=6)).load_state_dict(darp.state_dict())
+
+
+# ----------------------------------------------------------------------------- the estimation variant
+ESTIMATE = json.loads((REPO / "tests" / "reference" / "fixtures" / "darp_estimate.json").read_text())
+
+
+def test_estimate_matches_the_daso_framework():
+    from cissl.evaluation.distribution import estimate_class_counts
+
+    estimate = estimate_class_counts(torch.tensor(ESTIMATE["val_probs"]), torch.tensor(ESTIMATE["val_labels"]).long(),
+                                     torch.tensor(ESTIMATE["pool_probs"]))
+    assert torch.allclose(estimate.counts, torch.tensor(ESTIMATE["counts"], dtype=torch.float64), atol=1e-4)
+    assert estimate.condition == pytest.approx(ESTIMATE["condition"], rel=1e-5)
+    assert estimate.accepted
+
+
+def test_estimate_recovers_known_counts_by_hand():
+    """Validation: class 0 predicted (0.8, 0.2), class 1 (0.3, 0.7). A pool of 100 class-0 and 300 class-1
+    images predicted the same way sums to q = (0.8 * 100 + 0.3 * 300, 0.2 * 100 + 0.7 * 300) = (170, 230)."""
+    from cissl.evaluation.distribution import estimate_class_counts
+
+    val = torch.tensor([[0.8, 0.2], [0.8, 0.2], [0.3, 0.7]])
+    pool = torch.cat([torch.tensor([[0.8, 0.2]]).repeat(100, 1), torch.tensor([[0.3, 0.7]]).repeat(300, 1)])
+    estimate = estimate_class_counts(val, torch.tensor([0, 0, 1]), pool)
+    assert torch.allclose(estimate.counts, torch.tensor([100.0, 300.0], dtype=torch.float64))
+    flipped = estimate_class_counts(val, torch.tensor([0, 0, 1]), torch.tensor([[0.0, 1.0]] * 10))
+    assert not flipped.accepted and (flipped.counts < 0).any()  # (0, 10) lies outside what C can produce
+    with pytest.raises(ValueError, match="classes \\[1\\]"):
+        estimate_class_counts(val[:2], torch.tensor([0, 0]), pool)
+
+
+def test_estimate_distribution_command(tmp_path, capsys):
+    from conftest import run_cli
+    from helpers import tiny_config
+
+    from cissl.engine.run import start_run
+
+    start_run(tiny_config(algorithm="supervised"), tmp_path / "noval", quiet=True)
+    code, _, err = run_cli(["estimate-distribution", tmp_path / "noval"], capsys)
+    assert code == 2 and "data.val_per_class = 0" in err and len(err.strip().splitlines()) == 1
+    start_run(tiny_config("data.val_per_class=3", algorithm="supervised"), tmp_path / "run", quiet=True)
+    code, out, _ = run_cli(["estimate-distribution", tmp_path / "run"], capsys)
+    saved = json.loads((tmp_path / "run" / "unlabeled_distribution.json").read_text())
+    assert len(saved["counts"]) == 10 and saved["pool_size"] == 323 and saved["head"] == "main"
+    assert code == (0 if saved["accepted"] else 1)
+    assert ("algorithm.refiner.target=given" in out) == saved["accepted"]
+    code, out, _ = run_cli(["estimate-distribution", tmp_path / "run", "--max-condition", "1e12"], capsys)
+    again = json.loads((tmp_path / "run" / "unlabeled_distribution.json").read_text())
+    assert again["accepted"] == bool(min(again["counts"]) >= 0) and again["max_condition"] == 1e12

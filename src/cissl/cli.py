@@ -73,6 +73,20 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_estimate_distribution(args) -> int:
+    from cissl.engine.run import estimate_run_distribution
+
+    result = estimate_run_distribution(Path(args.run_dir), args.checkpoint, args.max_condition)
+    counts = ", ".join(f"{c:.1f}" for c in result["counts"])
+    verdict = "accepted" if result["accepted"] else "rejected (a negative count or an ill-conditioned confusion matrix)"
+    print(f"estimated class counts of the {result['pool_size']} unlabeled images ({result['head']} head): [{counts}]")
+    print(f"condition number {result['condition_number']:.1f} (limit {result['max_condition']:g}): {verdict}")
+    if result["accepted"]:
+        weights = ",".join(f"{max(c, 0.0):.4g}" for c in result["counts"])
+        print(f"DARP toward it: algorithm.refiner.target=given algorithm.refiner.target_distribution=[{weights}]")
+    return 0 if result["accepted"] else 1
+
+
 def cmd_evaluate(args) -> int:
     from cissl.engine.run import evaluate_run
 
@@ -180,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--checkpoint", help="checkpoint file (default: the run's newest)")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    estimate = sub.add_parser("estimate-distribution",
+                              help="estimate the unlabeled pool's class distribution with a run's model (BBSE)")
+    estimate.add_argument("run_dir", help="a run with data.val_per_class >= 1 (e.g. a supervised run)")
+    estimate.add_argument("--checkpoint", help="checkpoint file (default: the run's newest)")
+    estimate.add_argument("--max-condition", type=float, default=100.0,
+                          help="largest condition number of the confusion matrix accepted (DASO's: 100)")
+    estimate.set_defaults(func=cmd_estimate_distribution)
 
     split = sub.add_parser("split", help="print the per-class labeled / unlabeled counts of a setting")
     _add_config_args(split)

@@ -8,6 +8,7 @@ A run directory holds::
     checkpoints/     ckpt_<iteration>.pt, the newest few
     results.json     the run's summary, once it has finished (or been re-evaluated)
     plots/           figures of `cissl plot`
+    unlabeled_distribution.json   the pool's estimated class counts (`cissl estimate-distribution`)
     tensorboard/     with train.tensorboard
 
 Every file cissl writes whole is written to a temporary file beside the target, flushed, fsynced and
@@ -28,6 +29,7 @@ RESULTS = "results.json"
 CHECKPOINTS = "checkpoints"
 PLOTS = "plots"
 TENSORBOARD = "tensorboard"
+UNLABELED_DISTRIBUTION = "unlabeled_distribution.json"
 
 
 class RunDir:
@@ -42,6 +44,7 @@ class RunDir:
         self.checkpoints = self.path / CHECKPOINTS
         self.plots = self.path / PLOTS
         self.tensorboard = self.path / TENSORBOARD
+        self.unlabeled_distribution = self.path / UNLABELED_DISTRIBUTION
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"

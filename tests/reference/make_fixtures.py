@@ -27,6 +27,9 @@ tests check those departures on their own):
 - acr.json: ACR's own step arithmetic, executed from its train.py (the lines from the balanced
   head's labeled loss to the total loss, and the per-epoch tau1 update; ``.cuda()`` removed to run on
   the CPU) over three epochs of fixed logits, epoch 0 before the estimation starts.
+- darp_estimate.json: the DASO framework's estimate of the unlabeled class counts for DARP
+  (``lib/algorithm/darp_estim.py``: ``confusion`` and ``estimate_q_y``, executed on fixed soft
+  predictions through a stand-in model).
 - abc.json: USB's ABC loss for given Bernoulli masks (the project draws them from its own
   generator). USB's unlabeled ABC loss uses hard pseudo-labels; ABC's authors (and the project, by
   default) soft ones: the fixture holds both inputs, the hard-label value is compared with
@@ -296,6 +299,41 @@ def acr_fixture() -> None:
                   "epoch_length": steps_per_epoch, "steps": steps})
 
 
+def darp_estimate_fixture() -> None:
+    import ast
+    import os
+
+    import numpy.linalg
+
+    source = (Path(os.environ["DASO_REPO"]) / "lib" / "algorithm" / "darp_estim.py").read_text()
+    functions = [node for node in ast.parse(source).body
+                 if isinstance(node, ast.FunctionDef) and node.name in ("confusion", "estimate_q_y")]
+    namespace = {"torch": torch, "np": np, "cond": numpy.linalg.cond, "inv": numpy.linalg.inv}
+    exec(compile(ast.Module(body=functions, type_ignores=[]), "darp_estim.py", "exec"), namespace)
+
+    gen = torch.Generator().manual_seed(5)
+    k = 3
+    val_logits = torch.randn(12, k, generator=gen) * 2 + torch.eye(k).repeat(4, 1) * 3
+    val_labels = torch.arange(k).repeat(4)
+    pool_logits = torch.randn(30, k, generator=gen) * 2
+
+    class Lookup(torch.nn.Module):  # "images" are row numbers into a table of logits
+        def __init__(self, table):
+            super().__init__()
+            self.table = table
+
+        def forward(self, x):
+            return self.table[x.long()]
+
+    model = Lookup(torch.cat([val_logits, pool_logits]))  # rows 0-11 validation, 12-41 the pool
+    val_loader = [(torch.arange(12), val_labels, None)]
+    pool_loader = [(torch.arange(12, 42), torch.full((30,), -1), None)]
+    estimate, condition = namespace["estimate_q_y"](val_loader, pool_loader, model, k, "cpu")
+    write("darp_estimate", {"val_probs": torch.softmax(val_logits, 1), "val_labels": val_labels.tolist(),
+                            "pool_probs": torch.softmax(pool_logits, 1), "counts": estimate,
+                            "condition": float(condition)})
+
+
 def main() -> None:
     sys.meta_path.insert(0, _StubFinder())
     torch.set_default_dtype(torch.float32)
@@ -304,6 +342,7 @@ def main() -> None:
     abc_fixture()
     crest_fixture()
     acr_fixture()
+    darp_estimate_fixture()
 
 
 if __name__ == "__main__":

@@ -28,8 +28,13 @@ after ``newton_max_iterations`` keeps its last value.
 The target counts c: the labeled class proportions scaled to the pool size (``target: labeled``,
 the consistent-distribution assumption USB makes; the DASO framework reads the true unlabeled
 counts, which a method here never sees), uniform (``target: uniform``), or a distribution given
-in the config (``target: given`` with ``target_distribution``; e.g. an estimate for a mismatched
-pool, scaled to the pool size).
+in the config (``target: given`` with ``target_distribution``, scaled to the pool size). For an
+unknown or mismatched pool, DARP's estimation variant (its Sec. 3.3): train a run that holds out
+validation images (``data.val_per_class``; the DASO framework: a supervised model, 10 per class), then
+``cissl estimate-distribution RUN_DIR`` estimates the pool's class counts by black-box shift
+estimation (:mod:`cissl.evaluation.distribution`) and prints the ``target=given`` override. The DASO
+framework averages the estimates accepted at its evaluations; the command estimates once, from the
+checkpoint it is given (default: the newest).
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from cissl.config import Config, load_config, save_config
 from cissl.data.protocol import Split
 from cissl.engine.assemble import build_evaluation
@@ -14,8 +16,9 @@ from cissl.engine.data import prepare_data
 from cissl.engine.logging import RunLogger, truncate_jsonl
 from cissl.engine.precision import resolve_device
 from cissl.engine.trainer import Trainer
-from cissl.errors import CheckpointError
-from cissl.evaluation.evaluate import evaluate_model
+from cissl.errors import CheckpointError, ConfigError
+from cissl.evaluation.distribution import estimate_class_counts
+from cissl.evaluation.evaluate import evaluate_model, predict
 from cissl.evaluation.summary import summarize_run
 from cissl.rundir import RunDir, atomic_write_json
 
@@ -82,6 +85,38 @@ def resume_run(run_dir: Path, stream=None, quiet: bool = False) -> dict:
         return trainer.fit()
     finally:
         logger.close()
+
+
+def estimate_run_distribution(run_dir: Path, checkpoint: Path | None = None, max_condition: float = 100.0) -> dict:
+    """The unlabeled pool's class distribution estimated with a run's EMA model (its validation images
+    give the confusion matrix; ``cissl.evaluation.distribution``), written to the run directory."""
+    run = RunDir(run_dir)
+    config = read_run_config(run.path)
+    if config.data.val_per_class < 1:
+        raise ConfigError(f"{run} holds out no validation images (data.val_per_class = 0): the estimate needs them")
+    checkpoint = Path(checkpoint) if checkpoint else latest_checkpoint(run.checkpoints)
+    if checkpoint is None:
+        raise CheckpointError(f"{run} has no checkpoint to estimate with")
+    state = load_checkpoint(checkpoint)
+    device = resolve_device(config.train.device)
+    data = prepare_data(config, device, Split.load(run.split))
+    model, algorithm, policy = build_evaluation(config, data, device)
+    try:
+        model.load_state_dict(state["ema"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {checkpoint} does not match this run's config: {exc}") from None
+    head = algorithm.reported_head
+    probs = {name: torch.softmax(algorithm.evaluation_logits(predict(model, pool.images, config.train.eval_batch_size,
+                                                                      policy))[head], dim=1)
+             for name, pool in (("val", data.val), ("unlabeled", data.unlabeled))}
+    try:
+        estimate = estimate_class_counts(probs["val"], data.val.labels.cpu(), probs["unlabeled"], max_condition)
+    except ValueError as exc:
+        raise ConfigError(f"{run}: {exc}") from None
+    result = {**estimate.as_dict(), "head": head, "checkpoint": str(checkpoint), "pool_size": len(data.unlabeled),
+              "max_condition": max_condition}
+    atomic_write_json(run.unlabeled_distribution, result)
+    return result
 
 
 def evaluate_run(run_dir: Path, checkpoint: Path | None = None, stream=None) -> dict:
