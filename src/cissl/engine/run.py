@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -87,6 +88,37 @@ def resume_run(run_dir: Path, stream=None, quiet: bool = False) -> dict:
         logger.close()
 
 
+@dataclass
+class TrainedRun:
+    """A run's network with the EMA weights of one checkpoint, its method with that checkpoint's state,
+    its data and precision policy (no optimizer or streams)."""
+
+    config: Config
+    checkpoint: Path
+    state: dict
+    data: object
+    model: object
+    algorithm: object
+    policy: object
+    device: object
+
+
+def load_trained_run(run: RunDir, config: Config, checkpoint: Path | None, purpose: str) -> TrainedRun:
+    checkpoint = Path(checkpoint) if checkpoint else latest_checkpoint(run.checkpoints)
+    if checkpoint is None:
+        raise CheckpointError(f"{run} has no checkpoint to {purpose}")
+    state = load_checkpoint(checkpoint)
+    device = resolve_device(config.train.device)
+    data = prepare_data(config, device, Split.load(run.split))
+    model, algorithm, policy = build_evaluation(config, data, device)
+    try:
+        model.load_state_dict(state["ema"])
+        algorithm.load_state_dict(state["algorithm"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {checkpoint} does not match this run's config: {exc}") from None
+    return TrainedRun(config, checkpoint, state, data, model, algorithm, policy, device)
+
+
 def estimate_run_distribution(run_dir: Path, checkpoint: Path | None = None, max_condition: float = 100.0) -> dict:
     """The unlabeled pool's class distribution estimated with a run's EMA model (its validation images
     give the confusion matrix; ``cissl.evaluation.distribution``), written to the run directory."""
@@ -94,27 +126,17 @@ def estimate_run_distribution(run_dir: Path, checkpoint: Path | None = None, max
     config = read_run_config(run.path)
     if config.data.val_per_class < 1:
         raise ConfigError(f"{run} holds out no validation images (data.val_per_class = 0): the estimate needs them")
-    checkpoint = Path(checkpoint) if checkpoint else latest_checkpoint(run.checkpoints)
-    if checkpoint is None:
-        raise CheckpointError(f"{run} has no checkpoint to estimate with")
-    state = load_checkpoint(checkpoint)
-    device = resolve_device(config.train.device)
-    data = prepare_data(config, device, Split.load(run.split))
-    model, algorithm, policy = build_evaluation(config, data, device)
-    try:
-        model.load_state_dict(state["ema"])
-    except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"checkpoint {checkpoint} does not match this run's config: {exc}") from None
-    head = algorithm.reported_head
-    probs = {name: torch.softmax(algorithm.evaluation_logits(predict(model, pool.images, config.train.eval_batch_size,
-                                                                      policy))[head], dim=1)
-             for name, pool in (("val", data.val), ("unlabeled", data.unlabeled))}
+    trained = load_trained_run(run, config, checkpoint, "estimate with")
+    data, algorithm, head = trained.data, trained.algorithm, trained.algorithm.reported_head
+    probs = {name: torch.softmax(algorithm.evaluation_logits(
+        predict(trained.model, pool.images, config.train.eval_batch_size, trained.policy))[head], dim=1)
+        for name, pool in (("val", data.val), ("unlabeled", data.unlabeled))}
     try:
         estimate = estimate_class_counts(probs["val"], data.val.labels.cpu(), probs["unlabeled"], max_condition)
     except ValueError as exc:
         raise ConfigError(f"{run}: {exc}") from None
-    result = {**estimate.as_dict(), "head": head, "checkpoint": str(checkpoint), "pool_size": len(data.unlabeled),
-              "max_condition": max_condition}
+    result = {**estimate.as_dict(), "head": head, "checkpoint": str(trained.checkpoint),
+              "pool_size": len(data.unlabeled), "max_condition": max_condition}
     atomic_write_json(run.unlabeled_distribution, result)
     return result
 
@@ -124,18 +146,12 @@ def evaluate_run(run_dir: Path, checkpoint: Path | None = None, stream=None) -> 
     the method's state are loaded into the network and method alone (no optimizer or streams)."""
     run = RunDir(run_dir)
     config = read_run_config(run.path)
-    checkpoint = Path(checkpoint) if checkpoint else latest_checkpoint(run.checkpoints)
-    if checkpoint is None:
-        raise CheckpointError(f"{run} has no checkpoint to evaluate")
-    state = load_checkpoint(checkpoint)
-    device = resolve_device(config.train.device)
-    data = prepare_data(config, device, Split.load(run.split))
-    model, algorithm, policy = build_evaluation(config, data, device)
+    trained = load_trained_run(run, config, checkpoint, "evaluate")
+    state, data, device, checkpoint = trained.state, trained.data, trained.device, trained.checkpoint
+    model, algorithm, policy = trained.model, trained.algorithm, trained.policy
     try:
-        model.load_state_dict(state["ema"])
-        algorithm.load_state_dict(state["algorithm"])
         history = json.loads(state["history"])
-    except (KeyError, RuntimeError, ValueError) as exc:
+    except KeyError as exc:
         raise CheckpointError(f"checkpoint {checkpoint} does not match this run's config: {exc}") from None
     final = {"iteration": int(state["iteration"])}
     final.update(evaluate_model(model, algorithm, data, policy, config.train.eval_batch_size, full=True))
