@@ -20,7 +20,8 @@ from conftest import run_cli
 from helpers import tiny_config
 from test_training import assert_same_state
 
-from cissl.algorithms import ALGORITHMS, AUX_HEADS, REFINERS, GenerationUpdate, Periodic, StepOutput, ViewSpec
+from cissl.algorithms import ALGORITHMS, AUX_HEADS, REFINERS, GenerationUpdate, Hooks, Periodic, StepOutput, ViewSpec
+from cissl.algorithms.base import run_hooks
 from cissl.algorithms.components.logit_adjust import class_prior
 from cissl.algorithms.fixmatch import FixMatch, FixMatchConfig
 from cissl.algorithms.parts import AuxiliaryHead, PseudoLabelRefiner
@@ -340,6 +341,7 @@ def test_an_unknown_part_is_a_one_line_error_naming_the_key():
 def test_contract_defaults_and_their_errors():
     with pytest.raises(ValueError, match="weak_pass must be 'joint' or 'no_grad', got 'late'"):
         ViewSpec(weak_pass="late")
+    assert ViewSpec(weak_pass="no_grad").weak_pass == "no_grad"
     config = tiny_config(algorithm="supervised")
     trainer = Trainer.from_config(config, prepare_data(config, torch.device("cpu")))
     method = trainer.algorithm
@@ -347,6 +349,9 @@ def test_contract_defaults_and_their_errors():
         method.load_state_dict({"bank": 1})
     method.load_state_dict({})
     assert method.state_dict() == {} and method.periodic() == [] and method.reported_head == "main"
+    fresh = type(method)(config.algorithm, method.context)
+    assert fresh.ema_model is None  # attached by the engine only (as method.ema_model is above)
+    assert method.ema_model is trainer.ema.model
     assert method.on_generation_end(0, None) is None and type(method).generations(config.algorithm) == 1
     logits = {"main": torch.zeros(2, 10)}
     assert method.evaluation_logits(logits) is logits
@@ -406,3 +411,30 @@ def test_a_refiner_sets_the_labels_and_the_mask_unless_it_masks_on_the_raw_proba
 def test_bad_combinations_fail_up_front_naming_the_key(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, overrides)
+
+
+class Recorder(Hooks):
+    def __init__(self):
+        self.calls = []
+
+    def after_step(self, iteration):
+        self.calls.append(("step", iteration))
+
+    def periodic(self):
+        return [Periodic(2, lambda t: self.calls.append(("own", t)))]
+
+    def on_epoch_end(self, epoch):
+        self.calls.append(("epoch", epoch))
+
+
+def test_run_hooks_with_one_step_epochs_and_the_callers_periodic_list():
+    """Epochs of one step: every step ends epoch t (an int); the caller's list replaces part.periodic()."""
+    part = Recorder()
+    kept = [Periodic(3, lambda t: part.calls.append(("kept", t)))]
+    for t in range(3):
+        run_hooks(part, t, 1, kept)
+    assert part.calls == [("step", 0), ("epoch", 0), ("step", 1), ("epoch", 1), ("step", 2), ("kept", 2), ("epoch", 2)]
+    assert all(type(value) is int for _, value in part.calls)
+    part.calls.clear()
+    run_hooks(part, 1, 4)  # no list: the part's own hooks
+    assert part.calls == [("step", 1), ("own", 1)]

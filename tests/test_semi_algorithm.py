@@ -124,6 +124,8 @@ def test_forward_views_of_a_labeled_only_batch():
     assert out.labeled.flatten().tolist() == [5, 6] and out.weak is None and out.strong == ()
     assert torch.equal(out.labeled_logits["main"], model.heads["main"](out.labeled))
     assert out.weak_logits == {} and out.strong_logits == ()
+    with pytest.raises(ValueError, match="weak_pass must be 'joint' or 'no_grad', got 'later'"):
+        forward_views(model, Batch(x=id_images([5]), y=torch.zeros(1, dtype=torch.long)), "later")
 
 
 def test_real_wrn_sliced_embeddings_equal_separate_forwards():

@@ -30,6 +30,8 @@ def forward_views(model: Classifier, batch, weak_pass: str = "joint") -> Views:
     Features and logits are cut with the same row ranges, so row i of every block belongs to the
     same image - the alignment the authors' released SeMi code breaks (spec 5.1).
     """
+    if weak_pass not in ("joint", "no_grad"):
+        raise ValueError(f"weak_pass must be 'joint' or 'no_grad', got {weak_pass!r}")
     if batch.u_weak is None:
         out = model(batch.x)
         return Views(out.features, None, (), out.logits, {}, ())
