@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from cissl.algorithms.base import Algorithm, Batch, StepOutput
 from cissl.algorithms.components.consistency import consistency_loss
-from cissl.algorithms.components.logit_adjust import class_prior, labeled_loss
+from cissl.algorithms.components.logit_adjust import class_prior, labeled_loss, logit_adjustment
 from cissl.algorithms.components.pseudo_label import class_probabilities, threshold_pseudo_labels
 from cissl.algorithms.components.views import forward_views
 from cissl.algorithms.registry import register
@@ -97,22 +97,29 @@ class Acr(Algorithm):
         self.prior = class_prior(context.labeled_counts).to(device).double()  # ACR's py_con (float64)
         self.references = torch.stack([self.prior, torch.full_like(self.prior, 1.0 / len(self.prior)),
                                        self.prior.flip(0)])
-        self.tau1 = torch.tensor(float(config.tau1), dtype=torch.float64, device=device)
         self.estimate = torch.full_like(self.prior, 1.0 / len(self.prior))  # u
         self.kl_sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.adjust_labeled = self.adjustment(config.tau2)    # fixed for the run
+        self.adjust_balanced = self.adjustment(config.tau12)  # fixed for the run
+        self._set_tau1(torch.tensor(float(config.tau1), dtype=torch.float64, device=device))
 
     def adjustment(self, tau) -> torch.Tensor:
-        return torch.log(self.prior ** tau + 1e-12).float()
+        """A_tau = log(pi^tau + 1e-12) of the labeled prior (tau a number or a 0-d tensor)."""
+        return logit_adjustment(self.prior, tau)
+
+    def _set_tau1(self, tau: torch.Tensor) -> None:
+        self.tau1 = tau
+        self.adjust_standard = self.adjustment(tau)  # changes only at epoch ends
 
     def step(self, model, batch: Batch, iteration: int) -> StepOutput:
         cfg = self.config
         views = forward_views(model, batch)
         loss_x = labeled_loss(views.labeled_logits["main"], batch.y)
-        loss_x_bal = labeled_loss(views.labeled_logits["balanced"], batch.y, self.adjustment(cfg.tau2))
+        loss_x_bal = labeled_loss(views.labeled_logits["balanced"], batch.y, self.adjust_labeled)
         with torch.no_grad():
             weak = views.weak_logits["main"].detach().float()
-            p = torch.softmax((weak - self.adjustment(self.tau1)) / cfg.temperature, dim=1)
-            h = torch.softmax((weak - self.adjustment(cfg.tau12)) / cfg.temperature, dim=1)
+            p = torch.softmax((weak - self.adjust_standard) / cfg.temperature, dim=1)
+            h = torch.softmax((weak - self.adjust_balanced) / cfg.temperature, dim=1)
             raw_conf = class_probabilities(weak, cfg.temperature).max(1).values
             bal_conf, bal_labels, bal_mask = threshold_pseudo_labels(
                 class_probabilities(views.weak_logits["balanced"], cfg.temperature), cfg.threshold)
@@ -143,12 +150,13 @@ class Acr(Algorithm):
         """At the start of epoch e = epoch + 1: tau1 from the KL averages of epoch e - 1 (if e > est_epoch)."""
         if self.config.adaptive and epoch + 1 > self.config.est_epoch:
             tau = adaptive_tau(self.kl_sums, self.context.epoch_length, self.config.tau1)
-            self.tau1 = torch.where(torch.isnan(tau), self.tau1, tau)
+            self._set_tau1(torch.where(torch.isnan(tau), self.tau1, tau))
         self.kl_sums = torch.zeros_like(self.kl_sums)
 
     def state_dict(self) -> dict:
         return {"tau1": self.tau1.clone(), "estimate": self.estimate.clone(), "kl_sums": self.kl_sums.clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("tau1", "estimate", "kl_sums"):
-            setattr(self, key, state[key].to(self.prior.device))
+        self.estimate = state["estimate"].to(self.prior.device)
+        self.kl_sums = state["kl_sums"].to(self.prior.device)
+        self._set_tau1(state["tau1"].to(self.prior.device))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from cissl.algorithms.base import GenerationUpdate
-from cissl.algorithms.components.logit_adjust import class_prior, logit_adjustment
+from cissl.algorithms.components.logit_adjust import labeled_adjustment
 from cissl.algorithms.fixmatch import FixMatch, FixMatchConfig
 from cissl.schema import option
 
@@ -83,9 +83,8 @@ class Crest(FixMatch):
         return GenerationUpdate(indices, labels, reinitialize_model=True)
 
     def _follow_labeled_set(self) -> None:
-        if self.config.logit_adjust:
-            counts = torch.tensor(self.context.labeled_counts) + self.added_counts
-            self.adjustment = logit_adjustment(class_prior(counts), self.config.la_tau).to(self.context.device)
+        counts = torch.tensor(self.context.labeled_counts) + self.added_counts
+        self.adjustment = labeled_adjustment(self.config.logit_adjust, self.config.la_tau, self.context, counts)
 
     def state_dict(self) -> dict:
         return {"parts": super().state_dict(), "added_counts": self.added_counts.clone()}

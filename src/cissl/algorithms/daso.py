@@ -118,6 +118,7 @@ class Daso(PseudoLabelRefiner):
         self.queue = ClassQueue(k, config.queue_size, context.feature_dim, context.device)
         self.counts = torch.zeros(k, device=context.device)        # pseudo-labels of the running period
         self.distribution = torch.zeros(k, device=context.device)  # counts of the last full period
+        self.weights = torch.ones(k, device=context.device)  # v of `distribution` (set with it; unused before)
         self._prototypes = None
         self._semantic = None
 
@@ -132,10 +133,10 @@ class Daso(PseudoLabelRefiner):
                 self.ema_model.eval()
         self.queue.push(features, batch.y)
 
-    def _weights(self, probs: torch.Tensor) -> torch.Tensor | float:
-        if not self.config.dist_aware:
-            return self.config.interp_alpha
-        return blending_weights(self.distribution, self.config.dist_temperature)[probs.argmax(1)].unsqueeze(1)
+    def _blend(self, probs: torch.Tensor) -> torch.Tensor:
+        """(1 - v_c) p + v_c q_sem with c = argmax p (or the fixed interp_alpha)."""
+        weight = self.weights[probs.argmax(1)].unsqueeze(1) if self.config.dist_aware else self.config.interp_alpha
+        return (1.0 - weight) * probs + weight * self._semantic
 
     @torch.no_grad()
     def refine(self, probs, views, batch, iteration):
@@ -147,17 +148,13 @@ class Daso(PseudoLabelRefiner):
             self._prototypes = self.queue.prototypes()
             similarity = similarity_logits(views.weak, self._prototypes, self.config.proto_temperature)
             self._semantic = torch.softmax(similarity, dim=1)
-            weight = self._weights(probs)
-            refined = (1.0 - weight) * probs + weight * self._semantic
+            refined = self._blend(probs)
         self.counts.index_add_(0, refined.argmax(1), torch.ones(len(refined), device=self.counts.device))
         return refined
 
     @torch.no_grad()
     def refine_auxiliary(self, probs, iteration):
-        if self._semantic is None:
-            return probs
-        weight = self._weights(probs)
-        return (1.0 - weight) * probs + weight * self._semantic
+        return probs if self._semantic is None else self._blend(probs)
 
     def loss(self, model, views, batch, pseudo, iteration):
         if self._semantic is None or self.config.alignment_weight == 0:
@@ -171,8 +168,12 @@ class Daso(PseudoLabelRefiner):
         return [Periodic(self.config.dist_update_period, self._refresh_distribution)]
 
     def _refresh_distribution(self, iteration: int) -> None:
-        self.distribution = self.counts.clone()
+        self._set_distribution(self.counts.clone())
         self.counts.zero_()
+
+    def _set_distribution(self, counts: torch.Tensor) -> None:
+        self.distribution = counts
+        self.weights = blending_weights(counts, self.config.dist_temperature)
 
     def state_dict(self) -> dict:
         return {"queue": self.queue.state_dict(), "counts": self.counts.clone(),
@@ -181,4 +182,4 @@ class Daso(PseudoLabelRefiner):
     def load_state_dict(self, state: dict) -> None:
         self.queue.load_state_dict(state["queue"])
         self.counts = state["counts"].to(self.counts.device)
-        self.distribution = state["distribution"].to(self.distribution.device)
+        self._set_distribution(state["distribution"].to(self.distribution.device))

@@ -27,8 +27,9 @@ def labeled_loss(logits: torch.Tensor, targets: torch.Tensor, adjustment: torch.
     return F.cross_entropy(logits if adjustment is None else logits + adjustment, targets)
 
 
-def labeled_adjustment(logit_adjust: bool, tau: float, context) -> torch.Tensor | None:
-    """A_tau from the run's exact labeled counts when ``logit_adjust`` is on, else None (plain CE)."""
+def labeled_adjustment(logit_adjust: bool, tau: float, context, counts=None) -> torch.Tensor | None:
+    """A_tau from the run's exact labeled counts (or ``counts``, when the labeled set grows: CReST) when
+    ``logit_adjust`` is on, else None (plain CE)."""
     if not logit_adjust:
         return None
-    return logit_adjustment(class_prior(context.labeled_counts), tau).to(context.device)
+    return logit_adjustment(class_prior(context.labeled_counts if counts is None else counts), tau).to(context.device)
