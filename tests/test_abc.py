@@ -111,7 +111,7 @@ def test_abc_with_daso_targets_come_from_the_refiners_blend():
     assert algo.aux_head.refiner is algo.refiner
     calls = []
     original = algo.refiner.refine_auxiliary
-    algo.refiner.refine_auxiliary = lambda probs, it: calls.append(probs) or original(probs, it)
+    algo.refiner.refine_auxiliary = lambda probs: calls.append(probs) or original(probs)
     table = torch.tensor([[1.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 1.0]])
     model = FixedLogitsModel(table, feature_dim=2, heads=("main", "abc"))
     algo.ema_model = model
@@ -121,3 +121,34 @@ def test_abc_with_daso_targets_come_from_the_refiners_blend():
     assert len(calls) == 1 and torch.allclose(calls[0], torch.softmax(table[2:3], 1))
     config_off = load_config(None, ["algorithm.name=fixmatch_abc_daso", "algorithm.aux_head.refined_targets=false"])
     assert not config_off.algorithm.aux_head.refined_targets
+
+
+def test_head_loss_draws_from_its_own_generator_and_adds_both_terms():
+    """The step's masks are the head's own Bernoulli draws (labeled first, then unlabeled) from a generator
+    seeded by the run; the loss is weight * (labeled + unlabeled) with soft targets by default."""
+    table = torch.tensor([[1.0, 0.0], [0.0, 2.0], [6.0, 0.0], [0.5, 1.5]])
+    for soft in (True, False):
+        head = AbcHead(AbcConfig(soft_targets=soft, loss_weight=0.5), context())
+        state = torch.get_rng_state()
+        loss, metrics = run_head(head, table, iteration=55, y=(0, 1))
+        assert torch.equal(torch.get_rng_state(), state)  # the global generator is untouched
+        replica = torch.Generator().manual_seed(head.context.seed)
+        keep = balanced_keep_rates((8, 2))
+        labeled_mask = torch.bernoulli(keep[torch.tensor([0, 1])], generator=replica)
+        probs = torch.softmax(table[2:3], 1)
+        rates = unlabeled_keep_rates(keep, 5 / 10)[probs.argmax(1)]
+        unlabeled_mask = (probs.max(1).values >= 0.95).float() * torch.bernoulli(rates, generator=replica)
+        labeled, unlabeled = abc_loss(table[:2], torch.tensor([0, 1]), labeled_mask, probs, [table[3:4]],
+                                      unlabeled_mask, soft_targets=soft)
+        assert loss.item() == pytest.approx(0.5 * (labeled + unlabeled).item(), rel=1e-6)
+        assert set(metrics) == {"loss_abc", "abc_mask_rate"}
+        assert metrics["loss_abc"].item() == pytest.approx((labeled + unlabeled).item(), rel=1e-6)
+
+
+def test_schedule_counts_whole_epochs_of_the_run():
+    """25 steps in epochs of 10: the run has 2 whole epochs, so epoch 1 is halfway (keep rate 1 - 0.5 (1 - 1/4))."""
+    head = AbcHead(AbcConfig(), context(iterations=25, epoch_length=10))
+    assert head.epochs == 2
+    sure0 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [9.0, 0.0], [0.0, 1.0]])
+    rates = [run_head(head, sure0, iteration=15)[1]["abc_mask_rate"].item() for _ in range(2000)]
+    assert abs(sum(rates) / len(rates) - 0.625) < 0.04

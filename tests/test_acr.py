@@ -125,3 +125,50 @@ def test_no_estimation_before_est_epoch_and_state_round_trip():
     other.load_state_dict(algo.state_dict())
     assert torch.equal(other.estimate, algo.estimate) and torch.equal(other.kl_sums, algo.kl_sums)
     assert algo.reported_head == "balanced" and type(algo).required_heads(algo.config) == ("main", "balanced")
+
+
+def test_temperature_and_inclusive_thresholds():
+    """T = 0.5 sharpens both branches' pseudo-labels; a confidence equal to tau is kept (>=)."""
+    main = torch.tensor([[1.0, 0.0], [0.0, 0.7], [0.3, 0.1]])
+    balanced = torch.tensor([[0.5, 0.0], [0.0, 0.0], [0.2, 0.4]])
+    batch = Batch(x=id_images([0]), y=torch.tensor([0]), u_weak=id_images([1]), u_strong=(id_images([2]),))
+    model = TwoHeadTable(main, balanced)
+    raw_sharp = torch.softmax(main[1] / 0.5, 0).max().item()  # 0.80 at T = 0.5, 0.67 at T = 1
+    algo = acr("algorithm.adaptive=false", f"algorithm.threshold={raw_sharp}", "algorithm.temperature=0.5",
+               "algorithm.tau1=0", "algorithm.tau12=0", counts=(3, 1), epoch_length=1, iterations=1)
+    out = algo.step(model, batch, 0)
+    assert out.mask.tolist() == [True] and out.metrics["mask_rate_bal"].item() == 1.0
+    assert out.metrics["confidence"].item() == pytest.approx(raw_sharp, rel=1e-6)
+    assert set(out.metrics) == {"loss_x", "loss_u", "loss_x_bal", "loss_u_bal", "mask_rate", "mask_rate_bal",
+                                "confidence", "tau1"}
+    plain = acr("algorithm.adaptive=false", f"algorithm.threshold={raw_sharp}", "algorithm.tau1=0",
+                "algorithm.tau12=0", counts=(3, 1), epoch_length=1, iterations=1)
+    assert plain.step(model, batch, 0).mask.tolist() == [False]
+
+
+def test_estimate_update_skips_empty_steps_and_follows_the_mode():
+    algo = acr("algorithm.ema_u=0.5", counts=(3, 1), epoch_length=1, iterations=10)
+    start = algo.estimate.clone()
+    algo._update_estimate(torch.zeros(2))  # no confident balanced pseudo-label: nothing changes
+    assert torch.equal(algo.estimate, start) and torch.equal(algo.kl_sums, torch.zeros(3, dtype=torch.float64))
+    algo._update_estimate(torch.tensor([1.0, 0.0]))  # a vector summing to exactly 1 counts
+    assert torch.allclose(algo.estimate, torch.tensor([0.75, 0.25], dtype=torch.float64))
+    # the step passes the configured mode: counts (2, 1) -> u = 0.5 * 0.5 + 0.5 * (2/3, 1/3)
+    counted = acr("algorithm.ema_u=0.5", "algorithm.estimate=counts", "algorithm.est_epoch=0",
+                  "algorithm.threshold=0.5", counts=(3, 1), epoch_length=1, iterations=10)
+    main = torch.zeros(5, 2)
+    balanced = torch.tensor([[0.0, 0.0], [3.0, 0.0], [3.0, 0.0], [0.0, 3.0], [0.0, 0.0]])
+    batch = Batch(x=id_images([0]), y=torch.tensor([0]), u_weak=id_images([1, 2, 3]), u_strong=(id_images([4, 4, 4]),))
+    counted.step(TwoHeadTable(main, balanced), batch, 1)
+    assert torch.allclose(counted.estimate, torch.tensor([0.25 + 1 / 3, 0.25 + 1 / 6], dtype=torch.float64))
+
+
+def test_tau1_updates_only_when_adaptive_and_after_est_epoch():
+    algo = acr("algorithm.est_epoch=1", counts=(3, 1), epoch_length=1, iterations=10)
+    algo.on_epoch_end(0)  # the next epoch (1) is not after est_epoch
+    assert algo.tau1.item() == 2.0
+    algo.on_epoch_end(1)  # epoch 2 > 1: tau1 from the (zero) KL sums -> 2 / 3
+    assert algo.tau1.item() == pytest.approx(2 / 3)
+    fixed = acr("algorithm.adaptive=false", "algorithm.est_epoch=0", counts=(3, 1), epoch_length=1, iterations=10)
+    fixed.on_epoch_end(5)
+    assert fixed.tau1.item() == 2.0

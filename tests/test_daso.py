@@ -174,11 +174,11 @@ def test_refine_auxiliary_blends_with_this_steps_semantic_labels():
     daso = Daso(DasoConfig(pretrain_fraction=0.0, dist_aware=False, interp_alpha=0.25), context())
     daso.ema_model = ModeRecorder()
     head_probs = torch.tensor([[0.2, 0.8]])
-    assert torch.equal(daso.refine_auxiliary(head_probs, 0), head_probs)  # before any refine: unchanged
+    assert torch.equal(daso.refine_auxiliary(head_probs), head_probs)  # before any refine: unchanged
     daso.refine(torch.tensor([[0.5, 0.5]]), WeakViews(torch.tensor([[1.0, 1.0]])),
                 Batch(x=id_images([1, -1]), y=torch.tensor([0, 1])), 0)
     semantic = torch.softmax(torch.tensor([[1.0, -1.0]]) / 0.05, 1)
-    assert torch.allclose(daso.refine_auxiliary(head_probs, 0), 0.75 * head_probs + 0.25 * semantic)
+    assert torch.allclose(daso.refine_auxiliary(head_probs), 0.75 * head_probs + 0.25 * semantic)
 
 
 def test_state_round_trip():

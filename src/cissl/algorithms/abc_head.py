@@ -79,7 +79,7 @@ class AbcHead(AuxiliaryHead):
             labeled_mask = torch.bernoulli(self.keep[batch.y], generator=self.generator)
             probs = torch.softmax(views.weak_logits[self.head].detach().float(), dim=1)
             if cfg.refined_targets and self.refiner is not None:
-                probs = self.refiner.refine_auxiliary(probs, iteration)
+                probs = self.refiner.refine_auxiliary(probs)
             confidence, labels = probs.max(1)
             progress = (iteration // self.context.epoch_length) / self.epochs
             rates = unlabeled_keep_rates(self.keep, progress)[labels]

@@ -153,7 +153,7 @@ class Daso(PseudoLabelRefiner):
         return refined
 
     @torch.no_grad()
-    def refine_auxiliary(self, probs, iteration):
+    def refine_auxiliary(self, probs):
         return probs if self._semantic is None else self._blend(probs)
 
     def loss(self, model, views, batch, pseudo, iteration):

@@ -46,7 +46,7 @@ class PseudoLabelRefiner(Hooks):
         """(B_u, K) probabilities in, (B_u, K) pseudo-label distribution out (no gradient)."""
         raise NotImplementedError(f"{type(self).__name__} must implement refine()")
 
-    def refine_auxiliary(self, probs: torch.Tensor, iteration: int) -> torch.Tensor:
+    def refine_auxiliary(self, probs: torch.Tensor) -> torch.Tensor:
         """The same refinement for an auxiliary head's weak-view probabilities in this step, for
         heads that ask for it (ABC w/ DASO); called after :meth:`refine`. Default: unchanged."""
         return probs
