@@ -152,3 +152,14 @@ def test_schedule_counts_whole_epochs_of_the_run():
     sure0 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [9.0, 0.0], [0.0, 1.0]])
     rates = [run_head(head, sure0, iteration=15)[1]["abc_mask_rate"].item() for _ in range(2000)]
     assert abs(sum(rates) / len(rates) - 0.625) < 0.04
+
+
+def test_threshold_is_inclusive_and_a_run_shorter_than_two_epochs_has_one():
+    sure0 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [9.0, 0.0], [0.0, 1.0]])
+    at = torch.softmax(sure0[2], 0).max().item()
+    head = AbcHead(AbcConfig(threshold=at), context())
+    assert run_head(head, sure0)[1]["abc_mask_rate"].item() == 1.0  # confidence == tau is kept (epoch 0: rate 1)
+    # 15 steps in epochs of 10: one whole epoch, so step 12 (epoch 1) is at progress 1: class 0 kept at 1/4
+    short = AbcHead(AbcConfig(), context(iterations=15, epoch_length=10))
+    rates = [run_head(short, sure0, iteration=12)[1]["abc_mask_rate"].item() for _ in range(2000)]
+    assert abs(sum(rates) / len(rates) - 0.25) < 0.04

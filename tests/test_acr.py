@@ -172,3 +172,15 @@ def test_tau1_updates_only_when_adaptive_and_after_est_epoch():
     fixed = acr("algorithm.adaptive=false", "algorithm.est_epoch=0", counts=(3, 1), epoch_length=1, iterations=10)
     fixed.on_epoch_end(5)
     assert fixed.tau1.item() == 2.0
+
+
+def test_unadjusted_confidence_at_tau_keeps_an_image_the_adjusted_one_drops():
+    """Counts (3, 1), tau1 = 2: weak main logits (2.2, 0) give r = 0.900 for class 0 but p close to (0.5, 0.5);
+    with tau equal to r the OR term on r keeps the image (>=)."""
+    main = torch.tensor([[1.0, 0.0], [2.2, 0.0], [0.3, 0.1]])
+    balanced = torch.zeros(3, 2)
+    batch = Batch(x=id_images([0]), y=torch.tensor([0]), u_weak=id_images([1]), u_strong=(id_images([2]),))
+    r = torch.softmax(main[1], 0).max().item()
+    algo = acr("algorithm.adaptive=false", f"algorithm.threshold={r}", counts=(3, 1), epoch_length=1, iterations=1)
+    out = algo.step(TwoHeadTable(main, balanced), batch, 0)
+    assert out.metrics["confidence"].item() < r and out.mask.tolist() == [True]
