@@ -57,6 +57,7 @@ def test_alignment_matches_the_daso_framework():
 def test_progressive_temperature_by_generation():
     assert [alignment_temperature(g, 5, 0.5) for g in range(5)] == pytest.approx([1.0, 0.875, 0.75, 0.625, 0.5])
     assert alignment_temperature(0, 1, 0.5) == 1.0
+    assert alignment_temperature(1, 2, 0.5) == 0.5  # two generations: the second is the last
     context = AlgorithmContext(num_classes=2, labeled_counts=(3, 1), feature_dim=2, iterations=20, epoch_length=5,
                                generations=4)
     refiner = DistAlign(DistAlignConfig(t_min=0.25), context)

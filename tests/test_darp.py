@@ -160,8 +160,10 @@ def test_state_round_trip_and_shape_check():
     darp.predictions[2] = torch.tensor([0.2, 0.3, 0.5])
     darp.solves = 3
     other = Darp(DarpConfig(), context(pool=5))
+    darp.refined[1] = torch.tensor([0.1, 0.1, 0.8])
     other.load_state_dict(darp.state_dict())
     assert torch.equal(other.predictions, darp.predictions) and other.solves == 3
+    assert torch.equal(other.refined, darp.refined)
     with pytest.raises(ValueError, match="shape"):
         Darp(DarpConfig(), context(pool=6)).load_state_dict(darp.state_dict())
 
