@@ -35,6 +35,15 @@ def test_selection_rates_by_hand_and_by_rank():
     assert torch.allclose(selection_rates([1, 16, 4], 3.0), expected[[2, 0, 1]])
 
 
+def test_selection_rates_rank_ties_by_class_index():
+    """Counts (4, 4, 1): ranks 1, 2, 3 by frequency, the tie broken by the lower class index, so class 0
+    (rank 1) takes N_(3) / N_max = 1 / 4 and class 1 (rank 2) takes N_(2) / N_max = 1, as the module says."""
+    expected = torch.tensor([(1 / 4) ** (1 / 3), 1.0, 1.0], dtype=torch.float64)
+    assert torch.allclose(selection_rates([4, 4, 1], 3.0), expected)
+    assert torch.allclose(selection_rates([1, 4, 4], 3.0), torch.tensor([1.0, (1 / 4) ** (1 / 3), 1.0],
+                                                                         dtype=torch.float64))
+
+
 def test_selection_takes_the_most_confident_of_each_predicted_class():
     probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2], [0.3, 0.7], [0.45, 0.55]])
     positions, labels = select_pseudo_labeled(probs, torch.tensor([0.5, 1.0]))
@@ -110,6 +119,34 @@ def test_crest_plus_resumes_mid_generation_bit_for_bit(tmp_path):
     (run / "results.json").unlink()
     resume_run(run, quiet=True)
     assert_same_state(reference, load_checkpoint(run / "checkpoints/ckpt_00000012.pt"))
+
+
+def test_running_mean_is_the_mean_of_the_last_window_batch_means():
+    running = RunningMean(2, 2, "cpu")
+    a, b, c = torch.tensor([[0.2, 0.8]]), torch.tensor([[0.6, 0.4], [1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    assert torch.allclose(running.push(a), torch.tensor([0.2, 0.8]))
+    assert torch.allclose(running.push(b), torch.tensor([0.5, 0.5]))        # (0.2 + 0.8) / 2, (0.8 + 0.2) / 2
+    assert torch.allclose(running.push(c), torch.tensor([0.4, 0.6]))        # a left the window
+    assert running.steps == 3
+
+
+def test_align_normalises_the_target_and_guards_zero_means_by_hand():
+    """A zero in the target or in the running mean meets the 1e-6 guard: target (3, 1, 0) -> (0.75, 0.25, 0);
+    p (0.5, 0.25, 0.25) over running mean (0.5, 0.5, 0): (0.5 * 0.750001 / 0.500001, 0.25 * 0.250001 / 0.500001,
+    0.25 * 1e-6 / 1e-6), renormalised."""
+    probs = torch.tensor([[0.5, 0.25, 0.25]], dtype=torch.float64)
+    out = align(probs, torch.tensor([3.0, 1.0, 0.0], dtype=torch.float64),
+                torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64), 1.0)
+    raw = torch.tensor([0.5 * 0.750001 / 0.500001, 0.25 * 0.250001 / 0.500001, 0.25], dtype=torch.float64)
+    assert torch.allclose(out[0], raw / raw.sum(), rtol=1e-9, atol=0)
+
+
+def test_generations_of_uneven_length_keep_their_temperature_to_the_end():
+    """10 iterations, 3 generations: each is 10 // 3 = 3 steps, and the leftover step 9 stays in the last."""
+    context = AlgorithmContext(num_classes=2, labeled_counts=(3, 1), feature_dim=2, iterations=10, epoch_length=5,
+                               generations=3)
+    refiner = DistAlign(DistAlignConfig(t_min=0.5), context)
+    assert [refiner.temperature(t) for t in (2, 3, 5, 6, 9)] == pytest.approx([1.0, 0.75, 0.75, 0.5, 0.5])
 
 
 def test_dist_align_state_round_trip_and_shape_check():

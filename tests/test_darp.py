@@ -215,3 +215,66 @@ def test_estimate_distribution_command(tmp_path, capsys):
     code, out, _ = run_cli(["estimate-distribution", tmp_path / "run", "--max-condition", "1e12"], capsys)
     again = json.loads((tmp_path / "run" / "unlabeled_distribution.json").read_text())
     assert again["accepted"] == bool(min(again["counts"]) >= 0) and again["max_condition"] == 1e12
+
+
+# ----------------------------------------------------------------------------- the root finder, step for step
+def _exp_residual(v):
+    """f_k(v) = sum_i b_ik exp(-v / w_i) - c_k for three classes: DARP's dual residual on fixed numbers."""
+    b = torch.tensor([[0.9, 0.3, 0.2], [0.4, 0.8, 0.1], [0.2, 0.5, 1.5]], dtype=torch.float64)
+    w = torch.tensor([0.7, 1.3, 2.1], dtype=torch.float64)
+    c = torch.tensor([0.6, 0.9, 0.4], dtype=torch.float64)
+    return (b * torch.exp(-v[None, :] / w[:, None])).sum(0) - c
+
+
+@pytest.mark.parametrize("start", [0.0, 0.5, 2.0, -0.7])
+@pytest.mark.parametrize("tol", [0.1, 1e-9])
+def test_secant_roots_step_for_step_as_scipy(start, tol):
+    """The same iterates as scipy.optimize.newton without fprime (its second point x0 (1 + 1e-4) +- 1e-4,
+    the sign taken at >= 0, the swap when |f(x1)| < |f(x0)|), so the loose tolerance 0.1 stops at the
+    same point: a zero, a positive start below and above 1, and a negative one."""
+    from scipy.optimize import newton
+
+    from cissl.algorithms.darp import _secant_roots
+
+    starts = torch.full((3,), start, dtype=torch.float64)
+    ours = _secant_roots(_exp_residual, starts, tol, 50)
+    for k in range(3):
+        def scalar(v, k=k):
+            return float(_exp_residual(torch.full((3,), v, dtype=torch.float64))[k])
+        expected = newton(scalar, start, tol=tol, maxiter=50)
+        assert float(ours[k]) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_secant_roots_stall_returns_the_midpoint():
+    """f(x0) == f(x1) (a flat function): where scipy raises, the solver stops at (x0 + x1) / 2; start 1 ->
+    x1 = 1.0001 + 0.0001 = 1.0002, midpoint 1.0001."""
+    from cissl.algorithms.darp import _secant_roots
+
+    out = _secant_roots(lambda v: torch.ones_like(v), torch.tensor([1.0], dtype=torch.float64), 0.1, 30)
+    assert float(out[0]) == pytest.approx(1.0001, abs=1e-9)
+
+
+def test_solver_uses_the_configured_secant_iterations():
+    darp = Darp(DarpConfig(warmup_fraction=0.0, period=1, newton_max_iterations=1, newton_tol=1e-9, alpha=10.0,
+                           solver_iterations=1, target="uniform"), context(pool=3, iterations=10))
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.5, 0.1, 0.4]])
+    out = darp.refine(probs, Views, Batch(x=None, y=None, u_index=torch.tensor([0, 1, 2])), 0)
+    truncated = truncate_small_entries(probs, darp.counts, 10.0)
+    assert torch.equal(out, darp_solve(truncated, darp.counts, 1, 1e-9, 1))
+    assert not torch.allclose(out, darp_solve(truncated, darp.counts, 1, 1e-9, 30), atol=1e-6)
+
+
+@pytest.mark.parametrize("weights", [[1.0, -0.5, 2.0], [0.0, 0.0, 0.0]])
+def test_given_target_refuses_negative_weights_and_a_zero_sum(weights):
+    with pytest.raises(ValueError, match="non-negative weights with a positive sum"):
+        target_counts(DarpConfig(target="given", target_distribution=weights), context((6, 3, 1), pool=20))
+
+
+def test_given_target_accepts_zero_and_fractional_weights():
+    """A class the pool lacks (weight 0) and weights summing to less than 1 are both valid."""
+    counts = target_counts(DarpConfig(target="given", target_distribution=[0.5, 0.0, 0.3]), context((6, 3, 1), pool=16))
+    assert torch.allclose(counts, torch.tensor([10.0, 0.0, 6.0], dtype=torch.float64))
+
+
+def test_a_pool_of_one_image_is_a_pool():
+    assert Darp(DarpConfig(), context(pool=1)).predictions.shape == (1, 3)
