@@ -97,18 +97,18 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_split(args) -> int:
-    from cissl.data.protocol import build_split, split_counts
-    from cissl.data.sources import SOURCES, load_source
+    from cissl.data.protocol import split_counts
+    from cissl.data.sources import SOURCES
+    from cissl.engine.data import load_run_source, new_split
 
     config = _load(args)
     if args.counts_only:
         labeled, unlabeled = split_counts(config.data, SOURCES[config.data.dataset].num_classes)
         print(json.dumps({"labeled": labeled, "unlabeled": unlabeled}))
         return 0
-    source = load_source(config.data)
-    pool = len(source.unlabeled) if source.unlabeled is not None else None
-    split = build_split(source.train.labels, source.num_classes, config.data, config.train.seed, pool)
-    summary = {"labeled": split.labeled_counts, "unlabeled": split.unlabeled_counts,
+    source, order = load_run_source(config.data)
+    split = new_split(config, source, order)
+    summary = {"classes": source.class_names, "labeled": split.labeled_counts, "unlabeled": split.unlabeled_counts,
                "labeled_total": len(split.labeled_indices), "unlabeled_total": len(split.unlabeled_indices),
                "val_total": len(split.val_indices), "seed": split.seed}
     if args.save:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from cissl import yamlio
 from cissl.algorithms import ALGORITHMS
@@ -50,8 +50,12 @@ class DataConfig:
                             help="which images of a class are taken")
     unlabeled_includes_labeled: bool = option(False, help="unlabeled set = first N_k + M_k (paper code)")
     val_per_class: int = option(0, min=0, help="balanced validation images held out per class")
+    class_order: Union[str, list[int]] = option(
+        "source", help="run class k = source class order[k] (class 0 the head): source, random, or a permutation")
+    class_order_seed: int = option(0, min=0, help="seed of class_order: random (apart from train.seed)")
 
     def validate(self) -> None:
+        self._validate_class_order()
         if self.unlabeled_distribution == "unknown":
             if not SOURCES[self.dataset].has_unlabeled_split:
                 with_split = ", ".join(name for name, info in SOURCES.items() if info.has_unlabeled_split)
@@ -65,6 +69,17 @@ class DataConfig:
                 and self.unlabeled_imbalance_ratio != 1.0):
             raise ConfigError("config key 'data.unlabeled_imbalance_ratio': must be null or 1 "
                               "when data.unlabeled_distribution is 'uniform'")
+
+
+    def _validate_class_order(self) -> None:
+        order, k = self.class_order, SOURCES[self.dataset].num_classes
+        if isinstance(order, str):
+            if order not in ("source", "random"):
+                raise ConfigError(f"config key 'data.class_order': must be source, random or a permutation of "
+                                  f"0..{k - 1}; got {order!r}")
+        elif sorted(order) != list(range(k)):
+            raise ConfigError(f"config key 'data.class_order': {self.dataset} has {k} classes, so the order must "
+                              f"list each of 0..{k - 1} once; got {list(order)}")
 
 
 @dataclass(frozen=True)

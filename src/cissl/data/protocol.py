@@ -1,6 +1,7 @@
 """The long-tailed labeled / unlabeled split protocol of CISSL benchmarks (spec section 1).
 
-Classes are ordered by decreasing labeled count: class 0 is the head. Counts follow the spec's
+Classes are ordered by decreasing labeled count: class 0 is the head (which source class that is:
+``data.class_order``, :mod:`cissl.data.class_order`). Counts follow the spec's
 rule (truncation, float64); which images are taken follows ``data.selection`` and
 ``data.unlabeled_includes_labeled``. A split is a pure function of (labels, config, seed) and is
 saved with every run (``split.json``).
@@ -78,11 +79,13 @@ class Split:
     unlabeled_source: str = "train"
     seed: int = 0
     settings: dict = field(default_factory=dict)
+    class_order: list[int] | None = None  # source class of each run class (None: a split saved before it was kept)
 
     def to_json(self) -> dict:
         return {
             "seed": self.seed,
             "settings": self.settings,
+            "class_order": self.class_order,
             "labeled_counts": self.labeled_counts,
             "unlabeled_counts": self.unlabeled_counts,
             "unlabeled_source": self.unlabeled_source,
@@ -102,6 +105,7 @@ class Split:
             unlabeled_source=data["unlabeled_source"],
             seed=int(data["seed"]),
             settings=dict(data.get("settings", {})),
+            class_order=None if data.get("class_order") is None else [int(k) for k in data["class_order"]],
         )
 
     def save(self, path: str | Path) -> None:
@@ -120,14 +124,15 @@ def split_generator(seed: int) -> np.random.Generator:
 
 
 def build_split(train_labels: np.ndarray, num_classes: int, data_config, seed: int,
-                unlabeled_pool_size: int | None = None) -> Split:
+                unlabeled_pool_size: int | None = None, class_order: list[int] | None = None) -> Split:
     """Choose the labeled, unlabeled and validation images of one run (spec section 1.3).
 
     Per class, indices in file order, permuted by the run seed under ``seeded_shuffle``. The first
     ``val_per_class`` go to validation; of the rest, labeled = the first N_k; unlabeled = the next
     M_k (disjoint) or the first N_k + M_k when ``unlabeled_includes_labeled``. With
     ``unlabeled_distribution: unknown`` the unlabeled set is the whole separate unlabeled split of
-    ``unlabeled_pool_size`` images.
+    ``unlabeled_pool_size`` images. ``train_labels`` are run classes (:mod:`cissl.data.class_order`);
+    ``class_order`` (the source class of each, default the source order) is recorded with the split.
     """
     cfg = data_config
     labels = np.asarray(train_labels, dtype=np.int64)
@@ -162,7 +167,8 @@ def build_split(train_labels: np.ndarray, num_classes: int, data_config, seed: i
         source = "train"
     settings = {key: getattr(cfg, key) for key in (
         "dataset", "labeled_head", "unlabeled_head", "imbalance_ratio", "unlabeled_distribution",
-        "unlabeled_imbalance_ratio", "selection", "unlabeled_includes_labeled", "val_per_class")}
+        "unlabeled_imbalance_ratio", "selection", "unlabeled_includes_labeled", "val_per_class", "class_order",
+        "class_order_seed")}
     return Split(
         labeled_indices=np.concatenate(labeled).astype(np.int64),
         unlabeled_indices=unlabeled_idx,
@@ -172,4 +178,5 @@ def build_split(train_labels: np.ndarray, num_classes: int, data_config, seed: i
         unlabeled_source=source,
         seed=int(seed),
         settings=settings,
+        class_order=list(range(num_classes)) if class_order is None else [int(k) for k in class_order],
     )

@@ -6,9 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
+from cissl.data.class_order import reorder_classes, resolve_class_order
 from cissl.data.protocol import Split, build_split
 from cissl.data.sources import load_source
+from cissl.data.sources.base import DataSource
 from cissl.data.stream import ImagePool
+from cissl.errors import DataError
 
 
 @dataclass
@@ -30,13 +33,29 @@ class TrainingData:
         return len(self.class_names)
 
 
+def load_run_source(data_config, split: Split | None = None) -> tuple[DataSource, list[int]]:
+    """The data set with its classes in the run's order (``data.class_order``), and that order; a saved
+    ``split`` must have been built with the same order."""
+    source = load_source(data_config)
+    order = resolve_class_order(data_config, source.num_classes)
+    if split is not None and split.class_order is not None and split.class_order != order:
+        raise DataError(f"the run's split.json was built with class order {split.class_order}, its config "
+                        f"(data.class_order) gives {order}")
+    return reorder_classes(source, order), order
+
+
+def new_split(config, source: DataSource, order: list[int]) -> Split:
+    """The run's split of ``source`` (classes already in the run's order) for ``config``."""
+    pool_size = len(source.unlabeled) if source.unlabeled is not None else None
+    return build_split(source.train.labels, source.num_classes, config.data, config.train.seed, pool_size, order)
+
+
 def prepare_data(config, device: torch.device, split: Split | None = None) -> TrainingData:
     """Read the data set, build (or reuse) the split, and put uint8 images on ``device``."""
-    source = load_source(config.data)
+    source, order = load_run_source(config.data, split)
     train = source.train
     if split is None:
-        pool_size = len(source.unlabeled) if source.unlabeled is not None else None
-        split = build_split(train.labels, source.num_classes, config.data, config.train.seed, pool_size)
+        split = new_split(config, source, order)
     if split.unlabeled_source == "unlabeled":
         unlabeled = ImagePool(source.unlabeled.images[split.unlabeled_indices], None, device)
     else:
