@@ -1,15 +1,13 @@
 import csv
 import io
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from conftest import CONFIGS, run_cli
 from helpers import tiny_config
 
 from cissl.bench.throughput import format_table, measure
+from cissl.errors import CisslError, ConfigError
 from cissl.evaluation.report import aggregate, to_csv, to_markdown
 from cissl.sweep import plan, run_sweep
 
@@ -96,27 +94,86 @@ def test_bench_cli_json_with_synthetic_paper_shape(capsys):
     assert code == 0 and result["image_shape"] == [3, 32, 32] and result["synthetic_data"]
 
 
-def test_parallel_runner_summarises_finished_failed_and_stopped_runs(tmp_path):
-    """benchmarks/parallel_runs.py: one line per job in summary.jsonl, whatever happened to it."""
-    root = CONFIGS.parent
+def test_jobs_file_runs_side_by_side_and_reports_a_failed_run(tmp_path, capsys):
+    """`cissl sweep --jobs`: a run that fails inside its worker (its data folder is missing) is reported
+    with its log's last line; the other finishes; the sweep then exits 2 with one line."""
     quick = CONFIGS / "quickstart.yaml"
     tiny = " ".join(TINY)
     jobs = tmp_path / "grid.jobs"
-    jobs.write_text(
-        "# a comment line\n"
-        f"done {quick} supervised {tiny}\n"
-        f"bad {quick} supervised train.nonsense=1\n"
-        f"long {quick} supervised {tiny} train.iterations=100000 train.eval_every=2\n")
-    env = {**os.environ, "PYTHONPATH": str(root / "src")}
-    result = subprocess.run([sys.executable, str(root / "benchmarks/parallel_runs.py"), str(jobs), "train.device=cpu",
-                             "--out", str(tmp_path / "out"), "--workers", "3", "--deadline", "25"],
-                            capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 0, result.stderr
-    records = {r["name"]: r for r in map(json.loads, (tmp_path / "out/summary.jsonl").read_text().splitlines())}
-    assert set(records) == {"done", "bad", "long"}
-    finished = json.loads((tmp_path / "out/runs/done/results.json").read_text())
-    assert records["done"]["top1"] == finished["top1"] and records["done"]["iterations"] == 4
-    assert [it for it, _ in records["done"]["curve"]] == [2, 4]
-    assert records["bad"]["failed"] == "exit 2" and "train.nonsense" in records["bad"]["log_tail"][0]
-    assert records["long"]["failed"] == "stopped at the deadline"
-    assert records["long"]["curves"]["main"][0][0] == 2  # the evaluations it reached are kept
+    jobs.write_text("# a comment line\n"
+                    f"done {quick} supervised {tiny}\n"
+                    f"missing {quick} supervised {tiny} data.dataset=cifar10 data.root={tmp_path / 'nowhere'}\n")
+    code, out, err = run_cli(["sweep", "--jobs", jobs, "--workers", "2", "--out", tmp_path / "out", "train.device=cpu"],
+                             capsys)
+    assert code == 2 and "1 of 2 runs did not finish" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "out/done/results.json").is_file()
+    failed = next(line for line in out.splitlines() if "FAILED" in line)
+    assert "/out/missing: FAILED (exit 2) cissl: error: cifar10: missing file" in failed and "nowhere" in failed
+
+
+# ----------------------------------------------------------------------------- grids, jobs files, workers
+def test_grid_points_are_every_combination():
+    from cissl.sweep import grid_points
+
+    assert grid_points(["algorithm.tau2=0.5,1", "optim.lr=0.01,0.03"]) == [
+        ["algorithm.tau2=0.5", "optim.lr=0.01"], ["algorithm.tau2=0.5", "optim.lr=0.03"],
+        ["algorithm.tau2=1", "optim.lr=0.01"], ["algorithm.tau2=1", "optim.lr=0.03"]]
+    assert grid_points(None) == [[]]  # no grid: one point without overrides
+    for bad in ("algorithm.tau2", "=1,2", "algorithm.tau2=1,,2"):
+        with pytest.raises(ConfigError, match="--grid"):
+            grid_points([bad])
+
+
+def test_plan_with_a_grid_names_each_value(tmp_path):
+    jobs = plan([str(CONFIGS / "quickstart.yaml")], ["semi"], [3], tmp_path, grid=["algorithm.balanced.tau2=0.5,2"])
+    assert [job.config.algorithm.balanced.tau2 for job in jobs] == [0.5, 2.0]
+    assert jobs[0].run_dir == tmp_path / "quickstart/semi/algorithm.balanced.tau2=0.5/seed3"
+    assert jobs[1].config.name == "quickstart [algorithm.balanced.tau2=2]" and jobs[1].config.train.seed == 3
+
+
+def test_jobs_file(tmp_path):
+    from cissl.sweep import read_jobs_file
+
+    path = tmp_path / "jobs"
+    path.write_text(f"# name config algorithm overrides\nsmall {CONFIGS / 'quickstart.yaml'} semi optim.lr=0.01\n\n")
+    (job,) = read_jobs_file(path, tmp_path / "out", ["train.iterations=1000"])
+    assert job.run_dir == tmp_path / "out/small" and job.config.algorithm.name == "semi"
+    assert job.config.optim.lr == 0.01 and job.config.train.iterations == 1000
+    path.write_text(f"a {CONFIGS / 'quickstart.yaml'} semi\na {CONFIGS / 'quickstart.yaml'} fixmatch\n")
+    with pytest.raises(CisslError, match="jobs:2: job name 'a' is used twice"):
+        read_jobs_file(path, tmp_path)
+    path.write_text("a config-only\n")
+    with pytest.raises(CisslError, match="jobs:1: expected 'name config algorithm"):
+        read_jobs_file(path, tmp_path)
+
+
+def test_workers_run_side_by_side_and_a_deadline_leaves_runs_to_resume(tmp_path, capsys):
+    """Two runs in two worker processes: both finish with their logs beside them. A deadline of 0 stops
+    the runs it started, says so, and fails with one line; the same sweep without it then finishes them."""
+    config = str(CONFIGS / "quickstart.yaml")
+    rows = run_sweep([config], ["supervised"], [0, 1], tmp_path / "a", TINY, workers=2)
+    assert rows[0]["seeds"] == [0, 1]
+    assert (tmp_path / "a/quickstart/supervised/seed1.log").is_file()
+    sequential = run_sweep([config], ["supervised"], [0], tmp_path / "b", TINY)
+    first = json.loads((tmp_path / "a/quickstart/supervised/seed0/results.json").read_text())
+    assert first["top1"] == sequential[0]["top1"][0]  # the same run in a worker process
+    with pytest.raises(CisslError, match="2 of 2 runs did not finish"):  # the CLI: exit 2, one line
+        run_sweep([config], ["fixmatch"], [0, 1], tmp_path / "c", TINY, workers=2, deadline=0)
+    assert "stopped at the deadline" in capsys.readouterr().out
+    rows = run_sweep([config], ["fixmatch"], [0, 1], tmp_path / "c", TINY, workers=2)
+    assert rows[0]["seeds"] == [0, 1]
+
+
+def test_runs_evaluated_on_validation_never_see_the_test_set(tmp_path):
+    from cissl.engine.data import prepare_data
+
+    config = tiny_config("data.val_per_class=5", "train.evaluate_on=val")
+    data = prepare_data(config, "cpu")
+    assert data.test is data.val and len(data.test) == 50
+    rows = run_sweep([str(CONFIGS / "quickstart.yaml")], ["supervised"], [0], tmp_path,
+                     [*TINY, "data.val_per_class=5", "train.evaluate_on=val"])
+    result = json.loads((tmp_path / "quickstart/supervised/seed0/results.json").read_text())
+    assert result["evaluated_on"] == "val" and sum(map(sum, result["confusion_matrix"])) == 50
+    assert rows[0]["setting"] == "quickstart (validation)"
+    with pytest.raises(ConfigError, match="train.evaluate_on.*data.val_per_class"):
+        tiny_config("train.evaluate_on=val")

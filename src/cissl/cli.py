@@ -155,7 +155,10 @@ def cmd_sweep(args) -> int:
     from cissl.evaluation.report import to_markdown
     from cissl.sweep import run_sweep
 
-    rows = run_sweep(args.configs, args.algorithms, args.seeds, Path(args.out), args.overrides, quiet=not args.verbose)
+    if not args.configs and not args.jobs:
+        raise CisslError("sweep needs --configs FILE ... or --jobs FILE")
+    rows = run_sweep(args.configs, args.algorithms, args.seeds, Path(args.out), args.overrides, quiet=not args.verbose,
+                     grid=args.grid, jobs_file=args.jobs, workers=args.workers, deadline=args.deadline)
     print(to_markdown(rows))
     print(f"tables: {Path(args.out) / 'results.md'}, {Path(args.out) / 'results.csv'}")
     return 0
@@ -223,9 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     throughput.set_defaults(func=cmd_bench_throughput)
 
     sweep = sub.add_parser("sweep", help="run settings x algorithms x seeds and tabulate mean +- std")
-    sweep.add_argument("--configs", nargs="+", required=True, help="config files (settings)")
+    sweep.add_argument("--configs", nargs="+", help="config files (settings)")
     sweep.add_argument("--algorithms", nargs="+", help="algorithms (default: each config's own)")
     sweep.add_argument("--seeds", nargs="+", type=int, default=[0], help="run seeds (default 0)")
+    sweep.add_argument("--grid", nargs="+", metavar="key=v1,v2", help="candidate values: every combination runs")
+    sweep.add_argument("--jobs", type=Path, help="also run the jobs of a file: 'name config algorithm [key=value ...]'"
+                                                 " per line, in OUT/name")
+    sweep.add_argument("--workers", type=int, default=1, help="runs side by side, each in its own process (default 1)")
+    sweep.add_argument("--deadline", type=float, help="seconds: stop the running jobs then (a later sweep resumes)")
     sweep.add_argument("--out", required=True, help="root folder of the runs and tables")
     sweep.add_argument("--verbose", action="store_true", help="progress lines of every run")
     sweep.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every run")

@@ -140,6 +140,9 @@ class TrainConfig:
     cuda_graphs: bool = option(True, help="on CUDA, replay the augmentation from CUDA graphs (same images)")
     cudnn_benchmark: bool = option(True, help="on CUDA, let cuDNN time its convolution algorithms (process-wide)")
     eval_batch_size: int = option(256, min=1, help="batch size of evaluation")
+    evaluate_on: str = option("test", choices=("test", "val"),
+                              help="images every evaluation scores: val = the held-out validation split "
+                                   "(data.val_per_class), for choosing hyperparameters without the test set")
     report_last: int = option(20, min=1, help="median / mean over the last this many evaluations (at most half "
                                               "of the run's evaluations)")
     tensorboard: bool = option(False, help="also log to TensorBoard (needs the tensorboard extra)")
@@ -194,8 +197,14 @@ def build(data: dict) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
     config = build_section(Config, data, "")
+    check_evaluation(config)
     check_method(config)
     return config
+
+
+def check_evaluation(config: Config) -> None:
+    if config.train.evaluate_on == "val" and config.data.val_per_class < 1:
+        raise ConfigError("config key 'train.evaluate_on': val needs a validation split, set data.val_per_class >= 1")
 
 
 def check_method(config: Config) -> None:

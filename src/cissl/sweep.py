@@ -1,52 +1,198 @@
-"""Run a grid of settings x algorithms x seeds; skip finished runs, resume interrupted ones."""
+"""Run a grid of settings x algorithms x hyperparameter values x seeds (or a list of jobs); skip
+finished runs, resume interrupted ones, run several side by side, tabulate."""
 
 from __future__ import annotations
 
+import itertools
+import json
+import multiprocessing
+import os
+import shlex
 import sys
 import time
+import traceback
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import NamedTuple
 
 from cissl.config import load_config
 from cissl.engine.checkpoint import latest_checkpoint
 from cissl.engine.run import resume_run, start_run
+from cissl.errors import CisslError, ConfigError
 from cissl.evaluation.report import write_report
 from cissl.rundir import RunDir
 
 
+class Job(NamedTuple):
+    config: object
+    run_dir: Path
+
+
+def grid_points(grid: list[str] | None) -> list[list[str]]:
+    """``["algorithm.tau2=0.5,1,2", "optim.lr=0.01,0.03"]`` -> every combination as a list of overrides
+    (no grid: one combination, without overrides)."""
+    axes = []
+    for item in grid or []:
+        key, sep, values = item.partition("=")
+        candidates = [v.strip() for v in values.split(",")]
+        if not sep or not key.strip() or not all(candidates):
+            raise ConfigError(f"--grid {item!r}: expected key=value1,value2,... (e.g. algorithm.tau2=0.5,1,2)")
+        axes.append([f"{key.strip()}={v}" for v in candidates])
+    return [list(point) for point in itertools.product(*axes)]
+
+
 def plan(configs: list[str], algorithms: list[str] | None, seeds: list[int], out: Path,
-         overrides: list[str] | None = None) -> list[tuple[object, Path]]:
-    """(config, run directory) for every cell of the grid, validated before anything runs.
+         overrides: list[str] | None = None, grid: list[str] | None = None) -> list[Job]:
+    """A job for every cell of the grid, validated before anything runs.
 
     An algorithm equal to the config's own keeps the config's hyperparameters; any other runs with
-    its defaults. Run directories: OUT/<setting name>/<algorithm>/seed<k>.
+    its defaults (and the config's ``methods`` options for it). Run directories:
+    OUT/<setting>/<algorithm>/seed<k>, or OUT/<setting>/<algorithm>/<key=value,...>/seed<k> with a
+    grid, whose runs are named ``<setting> [key=value,...]`` so that tables keep the values apart.
     """
     jobs = []
     for path in configs:
         base = load_config(path, overrides)
         for algorithm in algorithms or [base.algorithm.name]:
             switch = None if algorithm == base.algorithm.name else algorithm
-            for seed in seeds:
-                config = load_config(path, [*(overrides or []), f"train.seed={seed}"], switch)
-                setting = config.name or Path(path).stem
-                jobs.append((config, Path(out) / setting / algorithm / f"seed{seed}"))
+            for point in grid_points(grid):
+                for seed in seeds:
+                    config = load_config(path, [*(overrides or []), *point, f"train.seed={seed}"], switch)
+                    setting = config.name or Path(path).stem
+                    folder = Path(out) / setting / algorithm
+                    if point:
+                        label = ",".join(point)
+                        config = config.replace({"name": f"{setting} [{label}]"})
+                        folder = folder / label
+                    jobs.append(Job(config, folder / f"seed{seed}"))
     return jobs
 
 
-def run_sweep(configs, algorithms, seeds, out: Path, overrides=None, quiet: bool = True, stream=None) -> list[dict]:
-    stream = stream or sys.stdout
-    jobs = plan(configs, algorithms, seeds, out, overrides)
-    for i, (config, run_dir) in enumerate(jobs, start=1):
-        label = f"[{i}/{len(jobs)}] {run_dir}"
-        if RunDir(run_dir).results.is_file():
-            print(f"{label}: finished, skipped", file=stream, flush=True)
+def read_jobs_file(path: Path, out: Path, overrides: list[str] | None = None) -> list[Job]:
+    """Jobs from a file of lines ``name config algorithm [key=value ...]`` ('#' starts a comment), each
+    as ``cissl train --config config --algorithm algorithm key=value ...`` would run it, in OUT/<name>;
+    ``overrides`` apply to every job first."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise CisslError(f"cannot read jobs file {path}: {exc.strerror or exc}") from None
+    jobs, names = [], set()
+    for number, line in enumerate(lines, start=1):
+        words = shlex.split(line, comments=True)
+        if not words:
             continue
-        start = time.perf_counter()
-        if latest_checkpoint(RunDir(run_dir).checkpoints) is not None:
-            print(f"{label}: resuming", file=stream, flush=True)
-            results = resume_run(run_dir, quiet=quiet)
+        if len(words) < 3:
+            raise CisslError(f"{path}:{number}: expected 'name config algorithm [key=value ...]', got {line!r}")
+        name, config, algorithm, *own = words
+        if name in names:
+            raise CisslError(f"{path}:{number}: job name {name!r} is used twice")
+        names.add(name)
+        jobs.append(Job(load_config(config, [*(overrides or []), *own], algorithm), Path(out) / name))
+    return jobs
+
+
+def _run_job(job: Job, quiet: bool) -> tuple[str, dict]:
+    run = RunDir(job.run_dir)
+    if latest_checkpoint(run.checkpoints) is not None:
+        return "resumed", resume_run(job.run_dir, quiet=quiet)
+    return "started", start_run(job.config, job.run_dir, quiet=quiet)
+
+
+def _summary(results: dict, seconds: float) -> str:
+    return (f"top-1 {100 * results['top1']:.2f} %, balanced {100 * results['balanced_accuracy']:.2f} % "
+            f"({seconds:.0f} s)")
+
+
+def run_sweep(configs, algorithms, seeds, out: Path, overrides=None, quiet: bool = True, stream=None,
+              grid: list[str] | None = None, jobs_file: Path | None = None, workers: int = 1,
+              deadline: float | None = None) -> list[dict]:
+    """Run every job (``plan`` of the grid, then the jobs file's), write OUT/results.md and .csv, and
+    return the table's rows. ``workers`` > 1 runs that many jobs at once, each in its own process with
+    its share of the CPU threads and its console output in ``<run dir>.log``; ``deadline`` (seconds)
+    stops the running ones (a later sweep resumes them from their last checkpoint)."""
+    stream = stream or sys.stdout
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    jobs = plan(configs, algorithms, seeds, out, overrides, grid) if configs else []
+    if jobs_file is not None:
+        jobs += read_jobs_file(jobs_file, out, overrides)
+    labels = [f"[{i}/{len(jobs)}] {job.run_dir}" for i, job in enumerate(jobs, start=1)]
+    todo = []
+    for label, job in zip(labels, jobs):
+        if RunDir(job.run_dir).results.is_file():
+            print(f"{label}: finished, skipped", file=stream, flush=True)
         else:
-            print(f"{label}: starting", file=stream, flush=True)
-            results = start_run(config, run_dir, quiet=quiet)
-        print(f"{label}: top-1 {100 * results['top1']:.2f} %, balanced {100 * results['balanced_accuracy']:.2f} % "
-              f"({time.perf_counter() - start:.0f} s)", file=stream, flush=True)
+            todo.append((label, job))
+    if workers == 1 and deadline is None:
+        for label, job in todo:
+            start = time.perf_counter()
+            print(f"{label}: {'resuming' if latest_checkpoint(RunDir(job.run_dir).checkpoints) else 'starting'}",
+                  file=stream, flush=True)
+            _, results = _run_job(job, quiet)
+            print(f"{label}: {_summary(results, time.perf_counter() - start)}", file=stream, flush=True)
+    else:
+        failed = _run_side_by_side(todo, workers, deadline, stream)
+        rows = write_report(out)
+        if failed:
+            raise CisslError(f"{len(failed)} of {len(todo)} runs did not finish: {', '.join(failed)} "
+                             f"(their logs: <run dir>.log; run the same sweep again to resume them)")
+        return rows
     return write_report(out)
+
+
+def _child(job: Job, log_path: Path, threads: int) -> None:
+    """One job in a worker process: its share of threads, its output in its log."""
+    import torch
+
+    torch.set_num_threads(threads)
+    with open(log_path, "a", encoding="utf-8") as log, redirect_stdout(log), redirect_stderr(log):
+        try:
+            _run_job(job, quiet=False)
+        except CisslError as exc:  # bad input: one line, as the command line gives it
+            print(f"cissl: error: {exc}")
+            sys.exit(2)
+        except BaseException:  # the log keeps the whole story; the parent reports the exit status
+            traceback.print_exc()
+            sys.exit(1)
+
+
+def _run_side_by_side(todo, workers: int, deadline: float | None, stream) -> list[str]:
+    threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")  # a clean interpreter per run: no inherited torch state
+    start, pending, running, failed = time.monotonic(), list(todo), {}, []
+    print(f"{len(todo)} runs, {workers} at a time, {threads} thread(s) each", file=stream, flush=True)
+    while pending or running:
+        while pending and len(running) < workers:
+            label, job = pending.pop(0)
+            log_path = job.run_dir.with_name(job.run_dir.name + ".log")
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            process = context.Process(target=_child, args=(job, log_path, threads), daemon=True)
+            process.start()
+            running[label] = (process, job, log_path, time.monotonic())
+            print(f"{label}: started (log {log_path})", file=stream, flush=True)
+        time.sleep(0.2)
+        late = deadline is not None and time.monotonic() - start > deadline
+        for label, (process, job, log_path, began) in list(running.items()):
+            if process.is_alive() and not late:
+                continue
+            if process.is_alive():
+                process.kill()
+            process.join()
+            del running[label]
+            results = RunDir(job.run_dir).results
+            if process.exitcode == 0 and results.is_file():
+                summary = _summary(json.loads(results.read_text(encoding="utf-8")), time.monotonic() - began)
+                print(f"{label}: {summary}", file=stream, flush=True)
+                continue
+            failed.append(str(job.run_dir))
+            if late:
+                print(f"{label}: stopped at the deadline", file=stream, flush=True)
+            else:
+                tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
+                print(f"{label}: FAILED (exit {process.exitcode}) {' '.join(tail)}", file=stream, flush=True)
+        if late:
+            for label, job in pending:
+                failed.append(str(job.run_dir))
+                print(f"{label}: not started (deadline)", file=stream, flush=True)
+            break
+    return failed

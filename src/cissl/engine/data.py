@@ -25,7 +25,7 @@ class TrainingData:
     split: Split
     labeled: ImagePool
     unlabeled: ImagePool  # labels only for diagnostics; None where unknown (STL-10)
-    test: ImagePool
+    test: ImagePool  # what every evaluation scores: the test set, or the validation split (train.evaluate_on)
     val: ImagePool | None
 
     @property
@@ -65,6 +65,9 @@ def prepare_data(config, device: torch.device, split: Split | None = None) -> Tr
     val = None
     if len(split.val_indices):
         val = ImagePool(train.images[split.val_indices], train.labels[split.val_indices], device)
-    test = ImagePool(source.test.images, source.test.labels, device)
+    if config.train.evaluate_on == "val":
+        test = val  # the test images are not even put on the device: nothing can be tuned to them
+    else:
+        test = ImagePool(source.test.images, source.test.labels, device)
     return TrainingData(source.name, source.class_names, source.channels, source.image_size, source.mean,
                         source.std, split, labeled, unlabeled, test, val)

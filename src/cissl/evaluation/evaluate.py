@@ -54,10 +54,11 @@ def evaluate_logits(logits: dict[str, torch.Tensor], labels, num_classes: int, l
 
 def evaluate_model(model, algorithm, data, policy, batch_size: int, full: bool = False) -> dict:
     """The model on the test pool (and the validation pool, if the run holds one out): every logits
-    the method's ``evaluation_logits`` returns, scored; keyed ``test`` / ``val``."""
+    the method's ``evaluation_logits`` returns, scored; keyed ``test`` / ``val``. Under
+    ``train.evaluate_on: val`` the test pool is the validation split, scored once, under ``test``."""
     record = {}
     for split_name, pool in (("test", data.test), ("val", data.val)):
-        if pool is None:
+        if pool is None or (split_name == "val" and pool is data.test):
             continue
         logits = algorithm.evaluation_logits(predict(model, pool.images, batch_size, policy))
         record[split_name] = evaluate_logits(logits, pool.labels, data.num_classes, data.split.labeled_counts, full)

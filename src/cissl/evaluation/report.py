@@ -20,6 +20,9 @@ COLUMNS = [  # (results.json key, column title)
 ]
 
 
+VALIDATION_SUFFIX = " (validation)"  # the setting cell of runs evaluated on the validation split
+
+
 def collect_results(root: Path) -> list[dict]:
     """Every ``results.json`` below ``root`` (with its run directory)."""
     runs = []
@@ -44,7 +47,10 @@ def aggregate(runs: list[dict]) -> list[dict]:
     """One row per (setting, algorithm): seeds, mean and sample std (n - 1) of each column, wall time."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for run in runs:
-        groups.setdefault((run.get("setting", ""), run["algorithm"]), []).append(run)
+        setting = run.get("setting", "")
+        if run.get("evaluated_on", "test") == "val":  # never averaged with test-set numbers
+            setting += VALIDATION_SUFFIX
+        groups.setdefault((setting, run["algorithm"]), []).append(run)
     rows = []
     for (setting, algorithm), members in sorted(groups.items()):
         row = {"setting": setting, "algorithm": algorithm, "seeds": sorted(r["seed"] for r in members),
@@ -94,8 +100,9 @@ def write_report(root: Path) -> list[dict]:
     root = Path(root)
     rows = aggregate(collect_results(root))
     note = ("Mean ± sample std over seeds (no ± where one seed ran), in %; final EMA model on the test set, "
-            "the algorithm's reported head (SeMi: balanced). 'mean of last k' averages the last k evaluations "
-            "of a run.\n\n")
+            "the algorithm's reported head (SeMi: balanced); settings marked (validation) were evaluated on the "
+            "held-out validation split instead (train.evaluate_on: val). 'mean of last k' averages the last k "
+            "evaluations of a run.\n\n")
     atomic_write_text(root / "results.md", note + to_markdown(rows))
     atomic_write_text(root / "results.csv", to_csv(rows))
     return rows

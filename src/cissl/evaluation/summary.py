@@ -25,6 +25,7 @@ def summarize_run(config, history: list[dict], final: dict, reported_head: str, 
         "algorithm": config.algorithm.name,
         "seed": tc.seed,
         "iterations": iterations,
+        "evaluated_on": tc.evaluate_on,
         "reported_head": head,
         **report,
         "class_groups": class_groups(labeled_counts),
@@ -36,7 +37,8 @@ def summarize_run(config, history: list[dict], final: dict, reported_head: str, 
         "mean_last_balanced_accuracy": statistics.fmean(last_bal) if last_bal else None,
         "best_on_test_top1": None if best is None else {
             "value": curve[best], "iteration": history[best]["iteration"],
-            "note": "selected on the test set; not a fair model-selection number"},
+            "note": "selected on the test set; not a fair model-selection number" if tc.evaluate_on == "test"
+            else "selected on the validation split"},
         "wall_time_s": wall_time_s,
         "device": device,
     }
