@@ -50,8 +50,11 @@ def test_sweep_runs_skips_and_resumes(tmp_path, capsys):
     assert row["top1"][0] == pytest.approx(sum(r["top1"] for r in runs) / 2)
     parsed = list(csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text())))
     assert float(parsed[1]["top1_mean"]) == pytest.approx(row["top1"][0])
-    code, out, _ = run_cli(["report", tmp_path], capsys)
+    code, out, _ = run_cli(["report", tmp_path, "--pair", "fixmatch"], capsys)
     assert code == 0 and "supervised" in out
+    fixmatch = [json.loads((tmp_path / f"quickstart/fixmatch/seed{s}/results.json").read_text()) for s in (0, 1)]
+    gap = sum(f["balanced_accuracy"] - r["balanced_accuracy"] for f, r in zip(fixmatch, runs)) / 2
+    assert f"| quickstart | supervised | 0 1 | {100 * gap:.2f} ± " in (tmp_path / "paired.md").read_text()
 
 
 def test_aggregate_mean_and_sample_std():
@@ -177,3 +180,20 @@ def test_runs_evaluated_on_validation_never_see_the_test_set(tmp_path):
     assert rows[0]["setting"] == "quickstart (validation)"
     with pytest.raises(ConfigError, match="train.evaluate_on.*data.val_per_class"):
         tiny_config("train.evaluate_on=val")
+
+
+def test_paired_differences_by_seed():
+    """semi - fixmatch per seed: seed 0: 0.80 - 0.70, seed 1: 0.90 - 0.76 -> 0.10 and 0.14: mean 0.12, std
+    0.0283; seed 2 ran only for semi and is left out; validation runs pair only with validation runs."""
+    from cissl.evaluation.report import paired_differences, paired_markdown
+
+    def run(algorithm, seed, value, evaluated_on="test"):
+        return {"setting": "s", "algorithm": algorithm, "seed": seed, "balanced_accuracy": value,
+                "evaluated_on": evaluated_on}
+
+    runs = [run("semi", 0, 0.80), run("semi", 1, 0.90), run("semi", 2, 0.5), run("fixmatch", 0, 0.70),
+            run("fixmatch", 1, 0.76), run("fixmatch", 0, 0.1, "val")]
+    (row,) = paired_differences(runs, "semi")
+    assert row["seeds"] == [0, 1] and row["algorithm"] == "fixmatch"
+    assert row["difference"][0] == pytest.approx(0.12) and row["difference"][1] == pytest.approx(0.0282843, rel=1e-5)
+    assert "| s | fixmatch | 0 1 | 12.00 ± 2.83 |" in paired_markdown([row], "semi")

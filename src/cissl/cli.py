@@ -167,10 +167,12 @@ def cmd_sweep(args) -> int:
 def cmd_report(args) -> int:
     from cissl.evaluation.report import to_markdown, write_report
 
-    rows = write_report(Path(args.root))
+    rows = write_report(Path(args.root), args.pair)
     if not rows:
         raise CisslError(f"no {RESULTS} below {args.root}")
     print(to_markdown(rows))
+    if args.pair:
+        print((Path(args.root) / "paired.md").read_text(encoding="utf-8"))
     return 0
 
 
@@ -241,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="tabulate every results.json below a folder")
     report.add_argument("root")
+    report.add_argument("--pair", metavar="ALGORITHM",
+                        help="also write paired.md: ALGORITHM minus every other, paired by seed (e.g. semi)")
     report.set_defaults(func=cmd_report)
 
     plot = sub.add_parser("plot", help="figures of a run (needs the plots extra)")

@@ -95,10 +95,44 @@ def to_csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def write_report(root: Path) -> list[dict]:
-    """Write ``results.md`` and ``results.csv`` for every run below ``root``; returns the rows."""
+def paired_differences(runs: list[dict], reference: str, key: str = "balanced_accuracy") -> list[dict]:
+    """Per setting, ``reference`` minus each other algorithm, paired by seed (the same split and
+    streams): the seeds both ran, the mean difference and its sample std (None for one seed)."""
+    by_cell: dict[tuple[str, str], dict[int, float]] = {}
+    for run in runs:
+        setting = run.get("setting", "") + (VALIDATION_SUFFIX if run.get("evaluated_on", "test") == "val" else "")
+        if run.get(key) is not None:
+            by_cell.setdefault((setting, run["algorithm"]), {})[run["seed"]] = run[key]
+    rows = []
+    for (setting, algorithm), values in sorted(by_cell.items()):
+        own = by_cell.get((setting, reference))
+        if algorithm == reference or own is None:
+            continue
+        seeds = sorted(set(own) & set(values))
+        if seeds:
+            mean, std = _mean_std([own[s] - values[s] for s in seeds])
+            rows.append({"setting": setting, "algorithm": algorithm, "seeds": seeds, "difference": (mean, std)})
+    return rows
+
+
+def paired_markdown(rows: list[dict], reference: str, key: str = "balanced_accuracy") -> str:
+    lines = [f"| setting | {reference} minus | seeds | {key} difference (points) |", "|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['setting']} | {row['algorithm']} | {' '.join(map(str, row['seeds']))} | "
+                     f"{_cell(row['difference'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(root: Path, pair_with: str | None = None) -> list[dict]:
+    """Write ``results.md`` and ``results.csv`` for every run below ``root`` (and ``paired.md``,
+    ``pair_with`` against every other algorithm, with it); returns the rows."""
     root = Path(root)
-    rows = aggregate(collect_results(root))
+    runs = collect_results(root)
+    if pair_with is not None:
+        note = (f"{pair_with} minus each algorithm, balanced accuracy, per seed on the same split; mean ± sample "
+                f"std over the seeds both ran, in points.\n\n")
+        atomic_write_text(root / "paired.md", note + paired_markdown(paired_differences(runs, pair_with), pair_with))
+    rows = aggregate(runs)
     note = ("Mean ± sample std over seeds (no ± where one seed ran), in %; final EMA model on the test set, "
             "the algorithm's reported head (SeMi: balanced); settings marked (validation) were evaluated on the "
             "held-out validation split instead (train.evaluate_on: val). 'mean of last k' averages the last k "
