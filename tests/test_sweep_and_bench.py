@@ -197,3 +197,23 @@ def test_paired_differences_by_seed():
     assert row["seeds"] == [0, 1] and row["algorithm"] == "fixmatch"
     assert row["difference"][0] == pytest.approx(0.12) and row["difference"][1] == pytest.approx(0.0282843, rel=1e-5)
     assert "| s | fixmatch | 0 1 | 12.00 ± 2.83 |" in paired_markdown([row], "semi")
+
+
+def test_a_sweep_refuses_a_finished_run_of_other_settings(tmp_path):
+    """Restarting a sweep with another override must not count the old runs as the new ones."""
+    config = str(CONFIGS / "quickstart.yaml")
+    run_sweep([config], ["supervised"], [0], tmp_path, TINY)
+    with pytest.raises(CisslError, match=r"seed0 holds a run with other settings: optim.lr \(0.03 there, 0.01 planned"):
+        run_sweep([config], ["supervised"], [0], tmp_path, [*TINY, "optim.lr=0.01"])
+
+
+def test_report_names_unreadable_results_and_refuses_a_missing_folder(tmp_path, capsys):
+    config = str(CONFIGS / "quickstart.yaml")
+    run_sweep([config], ["supervised"], [0, 1], tmp_path, TINY)
+    (tmp_path / "quickstart/supervised/seed1/results.json").write_text("{truncated")
+    code, out, err = run_cli(["report", tmp_path], capsys)
+    assert code == 0 and "| quickstart | supervised | 0 |" in out
+    assert "left out of the tables, unreadable" in err and "seed1/results.json" in err
+    assert "seed1/results.json" in (tmp_path / "results.md").read_text()
+    code, _, err = run_cli(["report", tmp_path / "nothing_here"], capsys)
+    assert code == 2 and "no such folder" in err and len(err.strip().splitlines()) == 1

@@ -91,6 +91,32 @@ def read_jobs_file(path: Path, out: Path, overrides: list[str] | None = None) ->
     return jobs
 
 
+def _flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_same_run(job: Job) -> None:
+    """A run directory that a sweep finds started or finished must hold the run it plans: the same
+    resolved config (else a changed override would count an old run as this one)."""
+    saved_path = RunDir(job.run_dir).config
+    if not saved_path.is_file():
+        return
+    saved = _flatten(load_config(saved_path).to_dict())
+    planned = _flatten(job.config.to_dict())
+    differ = sorted(key for key in saved.keys() | planned.keys() if saved.get(key) != planned.get(key))
+    if differ:
+        shown = ", ".join(f"{key} ({saved.get(key)!r} there, {planned.get(key)!r} planned)" for key in differ[:3])
+        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+        raise CisslError(f"{job.run_dir} holds a run with other settings: {shown}{more}; "
+                         f"choose another --out or remove that run")
+
+
 def _run_job(job: Job, quiet: bool) -> tuple[str, dict]:
     run = RunDir(job.run_dir)
     if latest_checkpoint(run.checkpoints) is not None:
@@ -116,6 +142,8 @@ def run_sweep(configs, algorithms, seeds, out: Path, overrides=None, quiet: bool
     jobs = plan(configs, algorithms, seeds, out, overrides, grid) if configs else []
     if jobs_file is not None:
         jobs += read_jobs_file(jobs_file, out, overrides)
+    for job in jobs:
+        check_same_run(job)
     labels = [f"[{i}/{len(jobs)}] {job.run_dir}" for i, job in enumerate(jobs, start=1)]
     todo = []
     for label, job in zip(labels, jobs):

@@ -6,8 +6,10 @@ import csv
 import io
 import json
 import statistics
+import sys
 from pathlib import Path
 
+from cissl.errors import CisslError
 from cissl.rundir import RESULTS, atomic_write_text
 
 COLUMNS = [  # (results.json key, column title)
@@ -23,13 +25,20 @@ COLUMNS = [  # (results.json key, column title)
 VALIDATION_SUFFIX = " (validation)"  # the setting cell of runs evaluated on the validation split
 
 
-def collect_results(root: Path) -> list[dict]:
-    """Every ``results.json`` below ``root`` (with its run directory)."""
+def collect_results(root: Path, unreadable: list[str] | None = None) -> list[dict]:
+    """Every ``results.json`` below ``root`` (with its run directory); the path and reason of each one
+    that cannot be read go to ``unreadable`` (the tables say so instead of quietly holding fewer seeds)."""
+    if not Path(root).is_dir():
+        raise CisslError(f"no such folder: {root}")
     runs = []
     for path in sorted(Path(root).rglob(RESULTS)):
         try:
             result = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            if not isinstance(result, dict) or not {"algorithm", "seed"} <= result.keys():
+                raise ValueError("not a cissl results file")
+        except (OSError, ValueError) as exc:
+            if unreadable is not None:
+                unreadable.append(f"{path} ({exc})")
             continue
         result["run_dir"] = str(path.parent)
         runs.append(result)
@@ -127,7 +136,10 @@ def write_report(root: Path, pair_with: str | None = None) -> list[dict]:
     """Write ``results.md`` and ``results.csv`` for every run below ``root`` (and ``paired.md``,
     ``pair_with`` against every other algorithm, with it); returns the rows."""
     root = Path(root)
-    runs = collect_results(root)
+    unreadable: list[str] = []
+    runs = collect_results(root, unreadable)
+    for line in unreadable:
+        print(f"cissl: warning: left out of the tables, unreadable: {line}", file=sys.stderr)
     if pair_with is not None:
         note = (f"{pair_with} minus each algorithm, balanced accuracy, per seed on the same split; mean ± sample "
                 f"std over the seeds both ran, in points.\n\n")
@@ -137,6 +149,8 @@ def write_report(root: Path, pair_with: str | None = None) -> list[dict]:
             "the algorithm's reported head (SeMi: balanced); settings marked (validation) were evaluated on the "
             "held-out validation split instead (train.evaluate_on: val). 'mean of last k' averages the last k "
             "evaluations of a run.\n\n")
+    if unreadable:
+        note += "Left out, unreadable:\n" + "".join(f"- {line}\n" for line in unreadable) + "\n"
     atomic_write_text(root / "results.md", note + to_markdown(rows))
     atomic_write_text(root / "results.csv", to_csv(rows))
     return rows
