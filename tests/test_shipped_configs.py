@@ -79,7 +79,8 @@ ABLATIONS = {"wo_bank": ("bank", "mode", "fifo"), "wo_oheml": (None, "use_oheml"
 
 
 @pytest.mark.parametrize("folder, cell", [("cifar10_lt", "consistent_n500_m4000_g100"), ("stl10_lt", "n150_g10"),
-                                          ("fashion_lt", "consistent_n1500_m3000_g100")])
+                                          ("fashion_lt", "consistent_n1500_m3000_g100"),
+                                          ("digits_lt", "consistent_n20_m90_g10")])
 @pytest.mark.parametrize("row", sorted(ABLATIONS))
 def test_table5_ablations_switch_exactly_one_component(folder, cell, row):
     import dataclasses
@@ -125,3 +126,19 @@ def test_every_baseline_row_of_tables_1_to_3_runs_in_the_daso_protocol(cell):
         if "daso" in algorithm:  # DASO's own configs: T_dist 1.5 for CIFAR-10 with gamma_l = gamma_u, else 0.3
             expected = 1.5 if cell.startswith("cifar10_lt/consistent") else 0.3
             assert config.algorithm.refiner.dist_temperature == expected
+
+
+@pytest.mark.parametrize("setting", ["consistent", "uniform", "reversed"])
+def test_digits_protocol_fits_every_class_order(setting):
+    """Any digit can be the head: the split (10 validation + N_k + M_k per class) fits the smallest class."""
+    from cissl.data.class_order import reorder_classes, resolve_class_order
+    from cissl.data.protocol import build_split
+    from cissl.data.sources import load_source
+
+    for order_seed in range(5):
+        config = load_config(CONFIGS / "digits_lt" / f"{setting}_n20_m90_g10.yaml",
+                             ["data.class_order=random", f"data.class_order_seed={order_seed}"])
+        source = load_source(config.data)
+        order = resolve_class_order(config.data, 10)
+        split = build_split(reorder_classes(source, order).train.labels, 10, config.data, 0, None, order)
+        assert len(split.val_indices) == 100 and len(split.labeled_indices) == 78
