@@ -261,6 +261,9 @@ def read_config_file(path: str | Path, _seen: tuple = ()) -> dict:
     data = yamlio.load(path)
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of sections")
+    if not data:
+        raise ConfigError(f"config file {path} is empty: it would mean a 250k-iteration run of the defaults; "
+                          f"start from a file in configs/")
     parents = data.pop("inherit", None)
     if parents is None:
         return data

@@ -167,8 +167,8 @@ def _coerce(value, tp, key: str):
             return int(value)
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if isinstance(value, float) and math.isnan(value):
-                raise ConfigError(f"config key '{key}': must be a number, got nan")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"config key '{key}': must be a finite number, got {value}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):

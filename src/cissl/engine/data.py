@@ -11,7 +11,7 @@ from cissl.data.protocol import Split, build_split
 from cissl.data.sources import load_source
 from cissl.data.sources.base import DataSource
 from cissl.data.stream import ImagePool
-from cissl.errors import DataError
+from cissl.errors import ConfigError, DataError
 
 
 @dataclass
@@ -69,5 +69,17 @@ def prepare_data(config, device: torch.device, split: Split | None = None) -> Tr
         test = val  # the test images are not even put on the device: nothing can be tuned to them
     else:
         test = ImagePool(source.test.images, source.test.labels, device)
+    check_split_fits(config, split)
     return TrainingData(source.name, source.class_names, source.channels, source.image_size, source.mean,
                         source.std, split, labeled, unlabeled, test, val)
+
+
+def check_split_fits(config, split: Split) -> None:
+    """The batch streams need a labeled batch's worth of labeled images and some unlabeled ones."""
+    labeled = len(split.labeled_indices)
+    if config.train.batch_size > labeled:
+        raise ConfigError(f"config key 'train.batch_size': {config.train.batch_size} labeled images per step, but the "
+                          f"split holds {labeled}; lower train.batch_size or raise data.labeled_head")
+    if len(split.unlabeled_indices) == 0:
+        raise ConfigError("config key 'data.unlabeled_head': the split holds no unlabeled images; the unlabeled "
+                          "stream needs some, set data.unlabeled_head >= 1")

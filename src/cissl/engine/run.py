@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from cissl.engine.data import prepare_data
 from cissl.engine.logging import RunLogger, truncate_jsonl
 from cissl.engine.precision import resolve_device
 from cissl.engine.trainer import Trainer
-from cissl.errors import CheckpointError, ConfigError
+from cissl.errors import CheckpointError, CisslError, ConfigError
 from cissl.evaluation.distribution import estimate_class_counts
 from cissl.evaluation.evaluate import evaluate_model, predict
 from cissl.evaluation.summary import summarize_run
@@ -47,9 +48,9 @@ def start_run(config: Config, run_dir: Path, stream=None, quiet: bool = False) -
     if latest_checkpoint(run.checkpoints) is not None or run.results.exists():
         raise CheckpointError(f"run directory {run} already holds a run; resume it with "
                               f"`cissl train --resume {run}` or choose another --out")
+    prepare_run_directory(run)  # before the data load: a bad --out fails at once
     device = resolve_device(config.train.device)
     data = prepare_data(config, device)
-    run.path.mkdir(parents=True, exist_ok=True)
     save_config(config, run.config)
     data.split.save(run.split)
     run.metrics.unlink(missing_ok=True)
@@ -59,6 +60,24 @@ def start_run(config: Config, run_dir: Path, stream=None, quiet: bool = False) -
         return Trainer.from_config(config, data, run, logger, device).fit()
     finally:
         logger.close()
+
+
+def prepare_run_directory(run: RunDir) -> None:
+    """Create a new run's directory, or accept an empty one or one a run started in (it holds
+    split.json); anything else (a file, a path under a file, a read-only or foreign folder) is one line."""
+    try:
+        run.path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CisslError(f"--out {run}: a file of that name exists; choose a folder") from None
+    except OSError as exc:
+        raise CisslError(f"--out {run}: cannot create the run directory ({exc.strerror or exc})") from None
+    if not run.path.is_dir():
+        raise CisslError(f"--out {run}: a file of that name exists; choose a folder")
+    if not os.access(run.path, os.W_OK | os.X_OK):
+        raise CisslError(f"--out {run}: the folder is not writable")
+    if any(run.path.iterdir()) and not run.split.is_file():
+        raise CisslError(f"--out {run}: the folder holds files and is not a run directory (no split.json); "
+                         f"choose an empty or new folder so that nothing of yours is overwritten")
 
 
 def read_run_config(run_dir: Path) -> Config:

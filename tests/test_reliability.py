@@ -1,0 +1,66 @@
+"""Bad input ends in one line naming the key or the path, before any expensive work (issue 23, in part)."""
+
+import os
+
+import pytest
+from conftest import CONFIGS, run_cli
+from helpers import tiny_config
+
+from cissl.config import load_config
+from cissl.engine.run import start_run
+from cissl.errors import CisslError, ConfigError
+
+
+@pytest.mark.parametrize("override", ["optim.lr=.inf", "optim.weight_decay=.inf", "optim.lr=-.inf", "optim.lr=.nan"])
+def test_non_finite_numbers_are_refused(override):
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError, match=f"'{key}': must be a finite number"):
+        load_config(CONFIGS / "quickstart.yaml", [override])
+
+
+def test_an_empty_config_file_is_refused(tmp_path):
+    (tmp_path / "empty.yaml").write_text("# nothing here\n")
+    with pytest.raises(ConfigError, match="empty.yaml is empty"):
+        load_config(tmp_path / "empty.yaml")
+
+
+def test_a_labeled_batch_larger_than_the_labeled_set_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="'train.batch_size': 100000 labeled images per step, but the split holds"):
+        start_run(tiny_config("train.batch_size=100000"), tmp_path / "run", quiet=True)
+
+
+def test_no_unlabeled_images_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="'data.unlabeled_head': the split holds no unlabeled images"):
+        start_run(tiny_config("data.unlabeled_head=0"), tmp_path / "run", quiet=True)
+
+
+MISSING_DATA = ["data.dataset=cifar10", "data.root=/nonexistent"]  # would fail at the data load, which comes later
+
+
+def test_out_at_a_file_or_under_a_file_fails_before_the_data_load(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    for out, message in ((tmp_path / "a_file", "a file of that name exists"),
+                         (tmp_path / "a_file" / "run", "cannot create the run directory")):
+        code, _, err = run_cli(["train", "--config", CONFIGS / "quickstart.yaml", *MISSING_DATA, "--out", out], capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_out_into_a_folder_of_other_files_is_refused_and_nothing_is_overwritten(tmp_path):
+    mine = tmp_path / "my_project"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my own notes\n")
+    with pytest.raises(CisslError, match="not a run directory"):
+        start_run(load_config(CONFIGS / "quickstart.yaml", MISSING_DATA), mine, quiet=True)
+    assert (mine / "config.yaml").read_text() == "my own notes\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_out_into_a_read_only_folder_is_refused(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(CisslError, match="not writable"):
+            start_run(load_config(CONFIGS / "quickstart.yaml", MISSING_DATA), locked / "run", quiet=True)
+    finally:
+        locked.chmod(0o700)
