@@ -1,5 +1,6 @@
 """Bad input ends in one line naming the key or the path, before any expensive work (issue 23, in part)."""
 
+import json
 import os
 
 import pytest
@@ -64,3 +65,23 @@ def test_out_into_a_read_only_folder_is_refused(tmp_path):
             start_run(load_config(CONFIGS / "quickstart.yaml", MISSING_DATA), locked / "run", quiet=True)
     finally:
         locked.chmod(0o700)
+
+
+def test_overrides_after_an_option_flag_are_overrides(capsys):
+    code, out, _ = run_cli(["split", "--config", CONFIGS / "quickstart.yaml", "data.labeled_head=30", "--counts-only",
+                            "data.imbalance_ratio=5", "data.labeled_head=20"], capsys)
+    assert code == 0 and json.loads(out)["labeled"][:2] == [20, 16]  # the later labeled_head wins
+    with pytest.raises(SystemExit):
+        run_cli(["split", "--config", CONFIGS / "quickstart.yaml", "--counts-only", "--bogus"], capsys)
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_a_split_file_with_an_out_of_range_index_is_one_line(tmp_path, capsys):
+    config = tiny_config("train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2")
+    start_run(config, tmp_path / "run", quiet=True)
+    split = json.loads((tmp_path / "run/split.json").read_text())
+    split["unlabeled_indices"][3] = 99999
+    (tmp_path / "run/split.json").write_text(json.dumps(split))
+    code, _, err = run_cli(["evaluate", tmp_path / "run"], capsys)
+    assert code == 2 and "split.json: unlabeled index 99999 is out of range" in err
+    assert len(err.strip().splitlines()) == 1

@@ -56,6 +56,8 @@ def prepare_data(config, device: torch.device, split: Split | None = None) -> Tr
     train = source.train
     if split is None:
         split = new_split(config, source, order)
+    else:
+        check_split_indices(split, source)
     if split.unlabeled_source == "unlabeled":
         unlabeled = ImagePool(source.unlabeled.images[split.unlabeled_indices], None, device)
     else:
@@ -72,6 +74,18 @@ def prepare_data(config, device: torch.device, split: Split | None = None) -> Tr
     check_split_fits(config, split)
     return TrainingData(source.name, source.class_names, source.channels, source.image_size, source.mean,
                         source.std, split, labeled, unlabeled, test, val)
+
+
+def check_split_indices(split: Split, source: DataSource) -> None:
+    """A saved split must index this data set (a split.json of another data set or a damaged one)."""
+    unlabeled_size = len(source.unlabeled) if split.unlabeled_source == "unlabeled" else len(source.train)
+    for name, indices, size in (("labeled", split.labeled_indices, len(source.train)),
+                                ("val", split.val_indices, len(source.train)),
+                                ("unlabeled", split.unlabeled_indices, unlabeled_size)):
+        bad = indices[(indices < 0) | (indices >= size)]
+        if len(bad):
+            raise DataError(f"split.json: {name} index {int(bad[0])} is out of range for the {size} images of "
+                            f"{source.name}; the file does not belong to this data set")
 
 
 def check_split_fits(config, split: Split) -> None:
