@@ -85,3 +85,39 @@ def test_a_split_file_with_an_out_of_range_index_is_one_line(tmp_path, capsys):
     code, _, err = run_cli(["evaluate", tmp_path / "run"], capsys)
     assert code == 2 and "split.json: unlabeled index 99999 is out of range" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_checkpoint_of_another_run_is_refused_by_evaluate_and_resume(tmp_path, capsys):
+    """Same architecture, other seed and lr: evaluate --checkpoint and --resume refuse it with one line
+    naming what differs, and RUN's results.json is left as it was."""
+    short = ("train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2")
+    start_run(tiny_config(*short), tmp_path / "mine", quiet=True)
+    start_run(tiny_config(*short, "train.seed=1", "optim.lr=0.01"), tmp_path / "other", quiet=True)
+    before = (tmp_path / "mine/results.json").read_text()
+    foreign = tmp_path / "other/checkpoints/ckpt_00000002.pt"
+    code, _, err = run_cli(["evaluate", tmp_path / "mine", "--checkpoint", foreign], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "belongs to another run: optim.lr 0.01 (this run: 0.03)" in err and "train.seed 1 (this run: 0)" in err
+    assert (tmp_path / "mine/results.json").read_text() == before
+    (tmp_path / "mine/results.json").unlink()
+    (tmp_path / "mine/checkpoints/ckpt_00000002.pt").write_bytes(foreign.read_bytes())
+    code, _, err = run_cli(["train", "--resume", tmp_path / "mine"], capsys)
+    assert code == 2 and "belongs to another run" in err
+
+
+def test_an_architecture_mismatch_is_one_short_line(tmp_path, capsys):
+    short = ("train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2")
+    start_run(tiny_config(*short), tmp_path / "mine", quiet=True)
+    start_run(tiny_config(*short, "model.widen=2"), tmp_path / "wide", quiet=True)
+    code, _, err = run_cli(["evaluate", tmp_path / "mine", "--checkpoint",
+                            tmp_path / "wide/checkpoints/ckpt_00000002.pt"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "model.widen 2 (this run: 1)" in err
+    # a checkpoint that records no config (as if written before it did): the state-dict error, cut to one line
+    import torch
+
+    state = torch.load(tmp_path / "wide/checkpoints/ckpt_00000002.pt", weights_only=True)
+    del state["config"]
+    torch.save(state, tmp_path / "bare.pt")
+    code, _, err = run_cli(["evaluate", tmp_path / "mine", "--checkpoint", tmp_path / "bare.pt"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "does not match this run's config: Error(s) in loading state_dict" in err and "more lines)" in err

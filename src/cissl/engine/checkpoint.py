@@ -52,8 +52,44 @@ def load_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, foreign or tampered file
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # truncated, foreign or tampered file (torch's advice to unpickle it is left out)
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {first_line(exc)})") from None
     if not isinstance(state, dict) or "iteration" not in state or "model" not in state:
         raise CheckpointError(f"checkpoint {path} is not a cissl checkpoint (no model / iteration)")
     return state
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (torch's state-dict and unpickling errors run to dozens)."""
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    more = f" (+{len(lines) - 1} more lines)" if len(lines) > 1 else ""
+    return lines[0].strip() + more
+
+
+# What makes a run this run: a checkpoint whose recorded values differ here belongs to another run.
+IDENTITY_SECTIONS = ("data", "model", "optim", "augment", "algorithm")
+IDENTITY_TRAIN_KEYS = ("seed", "iterations", "batch_size", "mu", "strong_views", "epoch_length", "ema_decay")
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_checkpoint_belongs(state: dict, config, path) -> None:
+    """Refuse a checkpoint written by another run (another algorithm, seed, split or hyperparameter):
+    every identity key it records must equal this run's (keys it predates are not compared)."""
+    recorded = _flat(state.get("config") or {})
+    current = _flat(config.to_dict())
+    identity = [key for key in recorded if key.split(".")[0] in IDENTITY_SECTIONS
+                or key in {f"train.{k}" for k in IDENTITY_TRAIN_KEYS}]
+    differ = [key for key in identity if key in current and recorded[key] != current[key]]
+    if differ:
+        shown = ", ".join(f"{key} {recorded[key]!r} (this run: {current[key]!r})" for key in differ[:3])
+        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+        raise CheckpointError(f"checkpoint {path} belongs to another run: {shown}{more}")

@@ -13,7 +13,7 @@ import torch
 from cissl.config import Config, load_config, save_config
 from cissl.data.protocol import Split
 from cissl.engine.assemble import build_evaluation
-from cissl.engine.checkpoint import latest_checkpoint, load_checkpoint
+from cissl.engine.checkpoint import check_checkpoint_belongs, first_line, latest_checkpoint, load_checkpoint
 from cissl.engine.data import prepare_data
 from cissl.engine.logging import RunLogger, truncate_jsonl
 from cissl.engine.precision import resolve_device
@@ -91,10 +91,12 @@ def resume_run(run_dir: Path, stream=None, quiet: bool = False) -> dict:
     """Continue the run in ``run_dir`` from its newest checkpoint (or from scratch if it has none)."""
     run = RunDir(run_dir)
     config = read_run_config(run.path)
-    device = resolve_device(config.train.device)
-    data = prepare_data(config, device, Split.load(run.split))
     checkpoint = latest_checkpoint(run.checkpoints)
     state = load_checkpoint(checkpoint) if checkpoint is not None else None
+    if state is not None:
+        check_checkpoint_belongs(state, config, checkpoint)  # before the data load
+    device = resolve_device(config.train.device)
+    data = prepare_data(config, device, Split.load(run.split))
     truncate_jsonl(run.metrics, state["iteration"] if state else 0)
     logger = _logger(config, run, stream, quiet)
     try:
@@ -127,6 +129,7 @@ def load_trained_run(run: RunDir, config: Config, checkpoint: Path | None, purpo
     if checkpoint is None:
         raise CheckpointError(f"{run} has no checkpoint to {purpose}")
     state = load_checkpoint(checkpoint)
+    check_checkpoint_belongs(state, config, checkpoint)
     device = resolve_device(config.train.device)
     data = prepare_data(config, device, Split.load(run.split))
     model, algorithm, policy = build_evaluation(config, data, device)
@@ -134,7 +137,7 @@ def load_trained_run(run: RunDir, config: Config, checkpoint: Path | None, purpo
         model.load_state_dict(state["ema"])
         algorithm.load_state_dict(state["algorithm"])
     except (KeyError, RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {checkpoint} does not match this run's config: {exc}") from None
+        raise CheckpointError(f"checkpoint {checkpoint} does not match this run's config: {first_line(exc)}") from None
     return TrainedRun(config, checkpoint, state, data, model, algorithm, policy, device)
 
 

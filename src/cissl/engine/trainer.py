@@ -19,7 +19,7 @@ from cissl.algorithms import PoolPredictions, StepOutput
 from cissl.algorithms.base import run_hooks
 from cissl.config import Config
 from cissl.engine.assemble import RunParts, build_training, generation_length
-from cissl.engine.checkpoint import save_checkpoint
+from cissl.engine.checkpoint import first_line, save_checkpoint
 from cissl.engine.data import TrainingData
 from cissl.engine.diagnostics import PseudoLabelStats
 from cissl.engine.logging import MetricWindow, RunLogger
@@ -147,7 +147,7 @@ class Trainer:
             self.pseudo_stats.load_state_dict(state["pseudo_stats"])
             self.window.load_state_dict(state["window"])
         except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint does not match this run's config: {exc}") from None
+            raise CheckpointError(f"checkpoint does not match this run's config: {first_line(exc)}") from None
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
