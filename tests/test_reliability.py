@@ -121,3 +121,36 @@ def test_an_architecture_mismatch_is_one_short_line(tmp_path, capsys):
     code, _, err = run_cli(["evaluate", tmp_path / "mine", "--checkpoint", tmp_path / "bare.pt"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "does not match this run's config: Error(s) in loading state_dict" in err and "more lines)" in err
+
+
+def test_one_writer_per_run_directory_and_a_killed_writer_does_not_block(tmp_path):
+    """While one process holds the run (here a child that took the lock), train, resume and evaluate
+    refuse with one line naming its pid; once it is SIGKILLed the kernel drops the lock and a run starts."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cissl.engine.run import evaluate_run, resume_run
+    from cissl.rundir import RunDir
+
+    run = tmp_path / "run"
+    config = tiny_config("train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2")
+    start_run(config, run, quiet=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom cissl.rundir import RunDir\n"
+                               f"with RunDir({str(run)!r}).exclusive():\n    print('held', flush=True)\n"
+                               "    time.sleep(60)\n"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for attempt in (lambda: start_run(config, run, quiet=True), lambda: resume_run(run, quiet=True),
+                        lambda: evaluate_run(run)):
+            with pytest.raises(CisslError, match=f"in use by another cissl process \\(pid {holder.pid}\\)"):
+                attempt()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    time.sleep(0.1)
+    assert (run / ".lock").exists()  # the stale file stays, and does not block
+    evaluate_run(run)
+    with RunDir(run).exclusive():  # and the run released it at its end
+        pass

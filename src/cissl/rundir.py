@@ -10,6 +10,7 @@ A run directory holds::
     plots/           figures of `cissl plot`
     unlabeled_distribution.json   the pool's estimated class counts (`cissl estimate-distribution`)
     tensorboard/     with train.tensorboard
+    .lock            the writer's lock (an OS lock on it; the file itself may stay)
 
 Every file cissl writes whole is written to a temporary file beside the target, flushed, fsynced and
 renamed over it, so a crash (even SIGKILL) leaves either the old file or the new one, never a part.
@@ -17,10 +18,14 @@ renamed over it, so a crash (even SIGKILL) leaves either the old file or the new
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
+
+from cissl.errors import CisslError
 
 CONFIG = "config.yaml"
 SPLIT = "split.json"
@@ -30,6 +35,7 @@ CHECKPOINTS = "checkpoints"
 PLOTS = "plots"
 TENSORBOARD = "tensorboard"
 UNLABELED_DISTRIBUTION = "unlabeled_distribution.json"
+LOCK = ".lock"  # held by the one process that writes the run (see RunDir.exclusive)
 
 
 class RunDir:
@@ -45,6 +51,31 @@ class RunDir:
         self.plots = self.path / PLOTS
         self.tensorboard = self.path / TENSORBOARD
         self.unlabeled_distribution = self.path / UNLABELED_DISTRIBUTION
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the run directory's writer lock: one training, resume or evaluation at a time. An OS
+        lock (flock): the kernel releases it when its process dies, even by SIGKILL, so a stale lock file
+        never blocks a resume."""
+        handle = open(self.path / LOCK, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip()
+            handle.close()
+            raise CisslError(f"run directory {self} is in use by another cissl process"
+                             f"{f' (pid {owner})' if owner else ''}; wait for it to end or choose another "
+                             f"--out") from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"

@@ -22,7 +22,7 @@ from cissl.errors import CheckpointError, CisslError, ConfigError
 from cissl.evaluation.distribution import estimate_class_counts
 from cissl.evaluation.evaluate import evaluate_model, predict
 from cissl.evaluation.summary import summarize_run
-from cissl.rundir import RunDir, atomic_write_json
+from cissl.rundir import LOCK, RunDir, atomic_write_json
 
 
 def default_run_dir(config: Config) -> Path:
@@ -45,10 +45,15 @@ def _logger(config: Config, run_dir: RunDir, stream, quiet: bool) -> RunLogger:
 def start_run(config: Config, run_dir: Path, stream=None, quiet: bool = False) -> dict:
     """Train a new run in ``run_dir`` (which must not hold checkpoints already)."""
     run = RunDir(run_dir)
+    prepare_run_directory(run)  # before the data load: a bad --out fails at once
+    with run.exclusive():
+        return _start_locked(config, run, stream, quiet)
+
+
+def _start_locked(config: Config, run: RunDir, stream, quiet: bool) -> dict:
     if latest_checkpoint(run.checkpoints) is not None or run.results.exists():
         raise CheckpointError(f"run directory {run} already holds a run; resume it with "
                               f"`cissl train --resume {run}` or choose another --out")
-    prepare_run_directory(run)  # before the data load: a bad --out fails at once
     device = resolve_device(config.train.device)
     data = prepare_data(config, device)
     save_config(config, run.config)
@@ -75,7 +80,7 @@ def prepare_run_directory(run: RunDir) -> None:
         raise CisslError(f"--out {run}: a file of that name exists; choose a folder")
     if not os.access(run.path, os.W_OK | os.X_OK):
         raise CisslError(f"--out {run}: the folder is not writable")
-    if any(run.path.iterdir()) and not run.split.is_file():
+    if any(p.name != LOCK for p in run.path.iterdir()) and not run.split.is_file():
         raise CisslError(f"--out {run}: the folder holds files and is not a run directory (no split.json); "
                          f"choose an empty or new folder so that nothing of yours is overwritten")
 
@@ -91,6 +96,11 @@ def resume_run(run_dir: Path, stream=None, quiet: bool = False) -> dict:
     """Continue the run in ``run_dir`` from its newest checkpoint (or from scratch if it has none)."""
     run = RunDir(run_dir)
     config = read_run_config(run.path)
+    with run.exclusive():
+        return _resume_locked(config, run, stream, quiet)
+
+
+def _resume_locked(config: Config, run: RunDir, stream, quiet: bool) -> dict:
     checkpoint = latest_checkpoint(run.checkpoints)
     state = load_checkpoint(checkpoint) if checkpoint is not None else None
     if state is not None:
@@ -168,7 +178,12 @@ def evaluate_run(run_dir: Path, checkpoint: Path | None = None, stream=None) -> 
     the method's state are loaded into the network and method alone (no optimizer or streams)."""
     run = RunDir(run_dir)
     config = read_run_config(run.path)
-    trained = load_trained_run(run, config, checkpoint, "evaluate")
+    with run.exclusive():
+        trained = load_trained_run(run, config, checkpoint, "evaluate")
+        return _evaluate_locked(run, config, trained)
+
+
+def _evaluate_locked(run: RunDir, config: Config, trained: TrainedRun) -> dict:
     state, data, device, checkpoint = trained.state, trained.data, trained.device, trained.checkpoint
     model, algorithm, policy = trained.model, trained.algorithm, trained.policy
     try:
