@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from cissl.engine.stop import TrainingStopped
 from cissl.errors import CisslError
 from cissl.rundir import RESULTS, RunDir
 
@@ -271,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     except CisslError as exc:
         print(f"cissl: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingStopped as exc:
+        print(f"cissl: {exc}", file=sys.stderr)
+        return 128 + exc.signal_number
     except KeyboardInterrupt:
         print("cissl: interrupted; a run continues from its last checkpoint with "
               "`cissl train --resume RUN_DIR`", file=sys.stderr)

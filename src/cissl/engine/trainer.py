@@ -10,6 +10,7 @@ checkpoint, so a resumed run continues bit-for-bit on CPU / fp32.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from cissl.engine.data import TrainingData
 from cissl.engine.diagnostics import PseudoLabelStats
 from cissl.engine.logging import MetricWindow, RunLogger
 from cissl.engine.precision import resolve_device
+from cissl.engine.stop import StopSignals, TrainingStopped
 from cissl.errors import CheckpointError
 from cissl.evaluation.evaluate import evaluate_model, predict_with_features
 from cissl.evaluation.summary import summarize_run
@@ -167,27 +169,40 @@ class Trainer:
             self.logger.start(self.iteration)
         start = time.perf_counter()
         elapsed_before = self.elapsed
-        while self.iteration < total:
-            self.train_step()
-            t = self.iteration
-            if t % tc.log_every == 0 or t == total:
-                self._flush_window()
-            if t % tc.eval_every == 0 or t == total:
-                record = self.evaluate()
-                if self.uses_unlabeled and self.data.unlabeled.labels is not None:
-                    record["pseudo_labels"] = self.pseudo_stats.summary()
-                    self.pseudo_stats.reset()
-                self.history.append(record)
-                if self.logger:
-                    self.logger.log_eval(record)
-            if t % self.generation_length == 0 and t < total:
-                self.end_generation()
-            self.elapsed = elapsed_before + time.perf_counter() - start
-            if t % tc.checkpoint_every == 0 or t == total:
-                self.save()
+        with StopSignals() as signals:
+            while self.iteration < total:
+                self._fit_step(tc, total, start, elapsed_before)
+                if signals.requested is not None and self.iteration < total:
+                    self._stop(signals.requested)
         results = self.results()
         atomic_write_json(self.run_dir.results, results)
         return results
+
+    def _stop(self, signal_number: int) -> None:
+        path = self.save()
+        name = signal.Signals(signal_number).name
+        raise TrainingStopped(signal_number, f"{name}: stopped after iteration {self.iteration}, checkpoint {path}; "
+                                             f"continue with `cissl train --resume {self.run_dir}`")
+
+    def _fit_step(self, tc, total: int, start: float, elapsed_before: float) -> None:
+        """One step and what follows it: logging, evaluation, the generation's end, the checkpoint."""
+        self.train_step()
+        t = self.iteration
+        if t % tc.log_every == 0 or t == total:
+            self._flush_window()
+        if t % tc.eval_every == 0 or t == total:
+            record = self.evaluate()
+            if self.uses_unlabeled and self.data.unlabeled.labels is not None:
+                record["pseudo_labels"] = self.pseudo_stats.summary()
+                self.pseudo_stats.reset()
+            self.history.append(record)
+            if self.logger:
+                self.logger.log_eval(record)
+        if t % self.generation_length == 0 and t < total:
+            self.end_generation()
+        self.elapsed = elapsed_before + time.perf_counter() - start
+        if t % tc.checkpoint_every == 0 or t == total:
+            self.save()
 
     def results(self) -> dict:
         """The run's summary (results.json), from a final full evaluation of the EMA model."""
