@@ -197,3 +197,25 @@ def test_a_signal_writes_a_checkpoint_and_the_resumed_run_matches(tmp_path, sig)
     a = json.loads((tmp_path / "straight/results.json").read_text())
     b = json.loads((stopped / "results.json").read_text())
     assert a["confusion_matrix"] == b["confusion_matrix"] and a["top1"] == b["top1"]
+
+
+def test_resume_falls_back_to_the_older_checkpoint_when_the_newest_is_unreadable(tmp_path, capsys):
+    from cissl.engine.checkpoint import list_checkpoints
+    from cissl.engine.run import resume_run
+
+    config = tiny_config("train.iterations=6", "train.eval_every=2", "train.checkpoint_every=2")
+    start_run(config, tmp_path / "straight", quiet=True)
+    start_run(config, tmp_path / "run", quiet=True)
+    (tmp_path / "run/results.json").unlink()
+    older, newest = list_checkpoints(tmp_path / "run/checkpoints")[-2:]
+    newest.write_bytes(newest.read_bytes()[:1000])  # a damaged disk block, say
+    capsys.readouterr()
+    results = resume_run(tmp_path / "run")
+    out = capsys.readouterr().out
+    assert f"warning: skipped the newer checkpoint {newest}" in out and f"from {older.name}" in out
+    assert results["top1"] == json.loads((tmp_path / "straight/results.json").read_text())["top1"]
+    for path in list_checkpoints(tmp_path / "run/checkpoints"):
+        path.write_bytes(b"garbage")
+    (tmp_path / "run/results.json").unlink()
+    with pytest.raises(CisslError, match="no readable checkpoint"):
+        resume_run(tmp_path / "run")

@@ -142,3 +142,14 @@ def test_download_is_atomic_and_a_failure_leaves_nothing(tmp_path):
     with pytest.raises(DataError, match="download of .* failed"):
         download_file((tmp_path / "missing.bin").as_uri(), tmp_path / "data" / "other.bin", "test")
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["file.bin"]  # no partial or temporary file
+
+
+def test_fashion_reads_data_root_before_the_system_copy(tmp_path):
+    """A copy in data.root is the one read (and checked) even where Debian's package is installed: a
+    corrupt one there is reported, not silently replaced by the system's."""
+    truth = write_fashion(tmp_path / "fashion_mnist")
+    source = load_fashion_mnist(tmp_path, checksums=truth["checksums"])
+    assert len(source.train) == len(truth["train"][1])
+    (tmp_path / "fashion_mnist" / "train-labels-idx1-ubyte.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz"):
+        load_fashion_mnist(tmp_path, checksums=truth["checksums"])

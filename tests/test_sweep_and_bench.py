@@ -217,3 +217,17 @@ def test_report_names_unreadable_results_and_refuses_a_missing_folder(tmp_path, 
     assert "seed1/results.json" in (tmp_path / "results.md").read_text()
     code, _, err = run_cli(["report", tmp_path / "nothing_here"], capsys)
     assert code == 2 and "no such folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_that_fails_does_not_stop_the_sweep(tmp_path, capsys):
+    """Seed 0's only checkpoint is damaged: the sequential sweep reports it and still runs seed 1."""
+    config = str(CONFIGS / "quickstart.yaml")
+    run_sweep([config], ["supervised"], [0], tmp_path, TINY)
+    run_dir = tmp_path / "quickstart/supervised/seed0"
+    (run_dir / "results.json").unlink()
+    for path in (run_dir / "checkpoints").glob("ckpt_*.pt"):
+        path.write_bytes(b"garbage")
+    with pytest.raises(CisslError, match="1 of 2 runs did not finish"):
+        run_sweep([config], ["supervised"], [0, 1], tmp_path, TINY)
+    assert "seed0: FAILED: no readable checkpoint" in capsys.readouterr().out
+    assert (tmp_path / "quickstart/supervised/seed1/results.json").is_file()

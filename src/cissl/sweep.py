@@ -152,20 +152,27 @@ def run_sweep(configs, algorithms, seeds, out: Path, overrides=None, quiet: bool
         else:
             todo.append((label, job))
     if workers == 1 and deadline is None:
-        for label, job in todo:
+        failed = []
+        for label, job in todo:  # in this process; a run that fails on its input does not stop the others
             start = time.perf_counter()
             print(f"{label}: {'resuming' if latest_checkpoint(RunDir(job.run_dir).checkpoints) else 'starting'}",
                   file=stream, flush=True)
-            _, results = _run_job(job, quiet)
+            try:
+                _, results = _run_job(job, quiet)
+            except CisslError as exc:
+                failed.append(str(job.run_dir))
+                print(f"{label}: FAILED: {exc}", file=stream, flush=True)
+                continue
             print(f"{label}: {_summary(results, time.perf_counter() - start)}", file=stream, flush=True)
+        where = "the lines above"
     else:
         failed = _run_side_by_side(todo, workers, deadline, stream)
-        rows = write_report(out)
-        if failed:
-            raise CisslError(f"{len(failed)} of {len(todo)} runs did not finish: {', '.join(failed)} "
-                             f"(their logs: <run dir>.log; run the same sweep again to resume them)")
-        return rows
-    return write_report(out)
+        where = "their logs: <run dir>.log"
+    rows = write_report(out)
+    if failed:
+        raise CisslError(f"{len(failed)} of {len(todo)} runs did not finish: {', '.join(failed)} "
+                         f"({where}; run the same sweep again to resume them)")
+    return rows
 
 
 def _child(job: Job, log_path: Path, threads: int) -> None:

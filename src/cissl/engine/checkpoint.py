@@ -46,6 +46,20 @@ def save_checkpoint(state: dict, directory: Path, iteration: int, keep: int) -> 
     return target
 
 
+def load_newest_readable(directory: Path) -> tuple[Path | None, dict | None, list[str]]:
+    """(path, state, why each newer one was skipped) of the newest checkpoint that loads; (None, None, [])
+    when there is none; an error when every one is unreadable (a run never restarts from scratch silently)."""
+    skipped = []
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            return path, load_checkpoint(path), skipped
+        except CheckpointError as exc:
+            skipped.append(str(exc))
+    if skipped:
+        raise CheckpointError(f"no readable checkpoint in {directory}: {skipped[0]}")
+    return None, None, []
+
+
 def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():

@@ -13,7 +13,13 @@ import torch
 from cissl.config import Config, load_config, save_config
 from cissl.data.protocol import Split
 from cissl.engine.assemble import build_evaluation
-from cissl.engine.checkpoint import check_checkpoint_belongs, first_line, latest_checkpoint, load_checkpoint
+from cissl.engine.checkpoint import (
+    check_checkpoint_belongs,
+    first_line,
+    latest_checkpoint,
+    load_checkpoint,
+    load_newest_readable,
+)
 from cissl.engine.data import prepare_data
 from cissl.engine.logging import RunLogger, truncate_jsonl
 from cissl.engine.precision import resolve_device
@@ -101,8 +107,7 @@ def resume_run(run_dir: Path, stream=None, quiet: bool = False) -> dict:
 
 
 def _resume_locked(config: Config, run: RunDir, stream, quiet: bool) -> dict:
-    checkpoint = latest_checkpoint(run.checkpoints)
-    state = load_checkpoint(checkpoint) if checkpoint is not None else None
+    checkpoint, state, skipped = load_newest_readable(run.checkpoints)
     if state is not None:
         check_checkpoint_belongs(state, config, checkpoint)  # before the data load
     device = resolve_device(config.train.device)
@@ -111,6 +116,8 @@ def _resume_locked(config: Config, run: RunDir, stream, quiet: bool) -> dict:
     logger = _logger(config, run, stream, quiet)
     try:
         trainer = Trainer.from_config(config, data, run, logger, device)
+        for reason in skipped:
+            logger.message(f"warning: skipped the newer {reason}")
         if state is not None:
             trainer.load_state_dict(state)
             logger.message(f"resumed {run} from {checkpoint.name} at iteration {trainer.iteration}")

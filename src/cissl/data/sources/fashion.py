@@ -1,4 +1,4 @@
-"""Fashion-MNIST from IDX files (gzip or raw): Debian's package, then ``data.root``, then download."""
+"""Fashion-MNIST from IDX files (gzip or raw): ``data.root``, then Debian's package, then download."""
 
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ def load_fashion_mnist(root: str | Path, download: bool = False, checksums: dict
                        search_system: bool = True) -> DataSource:
     """Read Fashion-MNIST (28x28 grey, 60k train / 10k test)."""
     root = Path(root)
-    folders = ([SYSTEM_DIR] if search_system else []) + [root / "fashion_mnist", root]
+    # data.root first (a copy the user points at is the one read and checked), then Debian's package
+    folders = [root / "fashion_mnist", root] + ([SYSTEM_DIR] if search_system else [])
     sums = checksums if checksums is not None else FILES
     arrays = {}
     for name in FILES:
