@@ -219,3 +219,18 @@ def test_resume_falls_back_to_the_older_checkpoint_when_the_newest_is_unreadable
     (tmp_path / "run/results.json").unlink()
     with pytest.raises(CisslError, match="no readable checkpoint"):
         resume_run(tmp_path / "run")
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_its_last_good_checkpoint(tmp_path, capsys):
+    """optim.lr=1e6 (which used to run to the end at chance accuracy with exit 0)."""
+    from cissl.engine.checkpoint import list_checkpoints, load_checkpoint
+
+    code, _, err = run_cli(["train", "--config", CONFIGS / "quickstart.yaml", "model.depth=10", "model.widen=1",
+                            "train.batch_size=8", "train.iterations=60", "train.eval_every=30",
+                            "train.checkpoint_every=2", "train.log_every=2", "train.report_last=1", "optim.lr=1e6",
+                            "--out", tmp_path / "run", "--quiet"], capsys)
+    assert code == 2 and "training diverged" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run/results.json").exists()
+    for path in list_checkpoints(tmp_path / "run/checkpoints"):
+        state = load_checkpoint(path)["model"]
+        assert all(bool(v.float().isfinite().all()) for v in state.values())

@@ -10,6 +10,7 @@ checkpoint, so a resumed run continues bit-for-bit on CPU / fp32.
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
 from pathlib import Path
@@ -26,12 +27,16 @@ from cissl.engine.diagnostics import PseudoLabelStats
 from cissl.engine.logging import MetricWindow, RunLogger
 from cissl.engine.precision import resolve_device
 from cissl.engine.stop import StopSignals, TrainingStopped
-from cissl.errors import CheckpointError
+from cissl.errors import CheckpointError, CisslError
 from cissl.evaluation.evaluate import evaluate_model, predict_with_features
 from cissl.evaluation.summary import summarize_run
 from cissl.rundir import RunDir, atomic_write_json
 
 CHECKPOINT_VERSION = 2
+
+
+class TrainingDiverged(CisslError):
+    """A loss or a weight became non-finite: the run stops, its last good checkpoint kept."""
 
 
 class Trainer:
@@ -111,6 +116,11 @@ class Trainer:
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         if self.logger:
             self.logger.log_train(self.iteration, values)
+        bad = [name for name, value in values.items() if name.startswith("loss") and not math.isfinite(value)]
+        if bad:  # checked when the window is read (no per-step device sync); nothing after it is saved
+            raise TrainingDiverged(f"training diverged: {', '.join(f'{n} = {values[n]}' for n in bad)} in the steps "
+                                   f"logged at iteration {self.iteration}; the newest checkpoint before them is "
+                                   f"the last good one (lower optim.lr, or check the data)")
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -158,6 +168,11 @@ class Trainer:
         self.elapsed = float(state["elapsed"])
 
     def save(self) -> Path:
+        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]  # weights and BN statistics
+        if not all(bool(torch.isfinite(t).all()) for t in tensors):  # at checkpoints only
+            raise TrainingDiverged(f"training diverged: non-finite weights or BN statistics at iteration "
+                                   f"{self.iteration}; not saved, the newest checkpoint is the last good one "
+                                   f"(lower optim.lr)")
         return save_checkpoint(self.state_dict(), self.run_dir.checkpoints, self.iteration,
                                self.config.train.keep_checkpoints)
 
