@@ -234,3 +234,47 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_its_last_good_checkpoint(
     for path in list_checkpoints(tmp_path / "run/checkpoints"):
         state = load_checkpoint(path)["model"]
         assert all(bool(v.float().isfinite().all()) for v in state.values())
+
+
+def test_skip_nonfinite_steps_skips_the_update_and_counts_it(tmp_path):
+    """A NaN loss at step 3: with the option, the weights and the EMA stay as they were and the count
+    (checkpointed, logged) is 1; without it, the run stops at the next log."""
+    import dataclasses
+    import io
+
+    import torch
+
+    from cissl.engine.data import prepare_data
+    from cissl.engine.logging import RunLogger
+    from cissl.engine.trainer import Trainer, TrainingDiverged
+    from cissl.rundir import RunDir
+
+    def poisoned(config, run_dir):
+        run = RunDir(run_dir)
+        run.path.mkdir()
+        logger = RunLogger(run, config.train.iterations, False, io.StringIO(), True, "plain")
+        trainer = Trainer.from_config(config, prepare_data(config, "cpu"), run, logger, torch.device("cpu"))
+        step = trainer.algorithm.step
+
+        def nan_at_3(model, batch, t):
+            out = step(model, batch, t)
+            return dataclasses.replace(out, loss=out.loss * float("nan")) if t == 3 else out
+        trainer.algorithm.step = nan_at_3
+        return trainer
+
+    base = ("train.iterations=6", "train.log_every=2", "train.eval_every=6", "train.checkpoint_every=6")
+    trainer = poisoned(tiny_config(*base, "train.skip_nonfinite_steps=true"), tmp_path / "a")
+    for _ in range(3):
+        trainer.train_step()
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    ema = {k: v.clone() for k, v in trainer.ema.model.state_dict().items()}
+    trainer.train_step()  # t = 3: NaN
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in weights.items())
+    assert all(torch.equal(v, trainer.ema.model.state_dict()[k]) for k, v in ema.items())
+    assert trainer.skipped_steps == 1 and trainer.iteration == 4
+    trainer.fit()
+    assert trainer.state_dict()["skipped_steps"] == 1
+    logged = [json.loads(line) for line in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_nonfinite_steps"] for r in logged if r["kind"] == "train"][-1] == 1
+    with pytest.raises(TrainingDiverged, match="loss"):
+        poisoned(tiny_config(*base), tmp_path / "b").fit()

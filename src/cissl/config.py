@@ -145,6 +145,8 @@ class TrainConfig:
                                    "(data.val_per_class), for choosing hyperparameters without the test set")
     report_last: int = option(20, min=1, help="median / mean over the last this many evaluations (at most half "
                                               "of the run's evaluations)")
+    skip_nonfinite_steps: bool = option(False, help="skip the update of a step whose loss is not finite and count "
+                                                    "it (costs one device sync per step); off: such a run stops")
     tensorboard: bool = option(False, help="also log to TensorBoard (needs the tensorboard extra)")
     progress: str = option("plain", choices=("plain", "rich"), help="console progress: lines, or a rich bar")
 

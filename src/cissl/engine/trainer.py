@@ -57,6 +57,7 @@ class Trainer:
         self.iteration = 0
         self.history: list[dict] = []
         self.elapsed = 0.0
+        self.skipped_steps = 0  # steps whose loss was not finite, skipped (train.skip_nonfinite_steps)
 
     @classmethod
     def from_config(cls, config: Config, data: TrainingData, run_dir=None, logger: RunLogger | None = None,
@@ -69,16 +70,26 @@ class Trainer:
         t = self.iteration
         batch, truth = self.batches.next()
         self.model.train()
+        guard = self.config.train.skip_nonfinite_steps
+        buffers = [b.detach().clone() for b in self.model.buffers()] if guard else None  # BN statistics
         with self.parts.policy.autocast():
             out = self.algorithm.step(self.model, batch, t)
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        self.optimizer.step()
+        skip = guard and not bool(torch.isfinite(out.loss.detach()))
+        if skip:  # weights, BN statistics and EMA as before the step; the method's state of this step stays
+            self.skipped_steps += 1
+            for buffer, saved in zip(self.model.buffers(), buffers):
+                buffer.copy_(saved)
+        else:
+            out.loss.backward()
+            self.optimizer.step()
         self.parts.scheduler.step()
-        self.ema.update(self.model)
+        if not skip:
+            self.ema.update(self.model)
         run_hooks(self.algorithm, t, self.config.train.epoch_length, self.periodic)
         self.iteration = t + 1
-        self.window.add({"loss": out.loss.detach(), **out.metrics})
+        if not skip:
+            self.window.add({"loss": out.loss.detach(), **out.metrics})
         if truth is not None and out.pseudo_labels is not None and out.mask is not None:
             self.pseudo_stats.update(truth, out.pseudo_labels, out.mask)
         return out
@@ -114,6 +125,8 @@ class Trainer:
         if values is None:
             return
         values["lr"] = self.optimizer.param_groups[0]["lr"]
+        if self.config.train.skip_nonfinite_steps:
+            values["skipped_nonfinite_steps"] = self.skipped_steps  # in the whole run so far
         if self.logger:
             self.logger.log_train(self.iteration, values)
         bad = [name for name, value in values.items() if name.startswith("loss") and not math.isfinite(value)]
@@ -137,6 +150,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "pseudo_stats": self.pseudo_stats.state_dict(),
             "window": self.window.state_dict(),
+            "skipped_steps": self.skipped_steps,
             "history": json.dumps(self.history),
             "elapsed": self.elapsed,
         }
@@ -164,6 +178,7 @@ class Trainer:
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.history = json.loads(state["history"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         self.iteration = int(state["iteration"])
         self.elapsed = float(state["elapsed"])
 
