@@ -278,3 +278,9 @@ def test_skip_nonfinite_steps_skips_the_update_and_counts_it(tmp_path):
     assert [r["skipped_nonfinite_steps"] for r in logged if r["kind"] == "train"][-1] == 1
     with pytest.raises(TrainingDiverged, match="loss"):
         poisoned(tiny_config(*base), tmp_path / "b").fit()
+
+
+def test_a_class_without_labeled_images_is_refused():
+    with pytest.raises(ConfigError, match="'data.imbalance_ratio': N1 / gamma = 40 / 100 leaves the last class"):
+        load_config(CONFIGS / "quickstart.yaml", ["data.imbalance_ratio=100"])
+    assert load_config(CONFIGS / "quickstart.yaml", ["data.imbalance_ratio=40"]).data.imbalance_ratio == 40

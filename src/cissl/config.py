@@ -22,6 +22,7 @@ from typing import Any, Optional, Union
 
 from cissl import yamlio
 from cissl.algorithms import ALGORITHMS
+from cissl.data.protocol import long_tailed_counts
 from cissl.data.sources import SOURCES
 from cissl.errors import ConfigError
 from cissl.models import BACKBONES
@@ -56,6 +57,11 @@ class DataConfig:
 
     def validate(self) -> None:
         self._validate_class_order()
+        k = SOURCES[self.dataset].num_classes
+        if long_tailed_counts(self.labeled_head, self.imbalance_ratio, k)[-1] < 1:
+            raise ConfigError(f"config key 'data.imbalance_ratio': N1 / gamma = {self.labeled_head} / "
+                              f"{self.imbalance_ratio:g} leaves the last class without a labeled image; lower the "
+                              f"ratio to at most {self.labeled_head} or raise data.labeled_head")
         if self.unlabeled_distribution == "unknown":
             if not SOURCES[self.dataset].has_unlabeled_split:
                 with_split = ", ".join(name for name, info in SOURCES.items() if info.has_unlabeled_split)
