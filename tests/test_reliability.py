@@ -284,3 +284,49 @@ def test_a_class_without_labeled_images_is_refused():
     with pytest.raises(ConfigError, match="'data.imbalance_ratio': N1 / gamma = 40 / 100 leaves the last class"):
         load_config(CONFIGS / "quickstart.yaml", ["data.imbalance_ratio=100"])
     assert load_config(CONFIGS / "quickstart.yaml", ["data.imbalance_ratio=40"]).data.imbalance_ratio == 40
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    """The write of the checkpoint at iteration 4 fails with ENOSPC, as torch reports it (a RuntimeError
+    over the OSError): the command ends with one line naming the file, the one of iteration 2 is intact."""
+    import errno
+
+    import torch
+
+    from cissl.engine import checkpoint as checkpoint_module
+    from cissl.engine.checkpoint import list_checkpoints, load_checkpoint
+
+    real_save = torch.save
+
+    def save(obj, handle, *args, **kwargs):
+        if obj.get("iteration") == 4:
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            except OSError as exc:
+                raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed") from exc
+        return real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save)
+    code, _, err = run_cli(["train", "--config", CONFIGS / "quickstart.yaml", "model.depth=10", "model.widen=1",
+                            "train.batch_size=8", "train.iterations=6", "train.eval_every=2",
+                            "train.checkpoint_every=2", "train.report_last=1", "--out", tmp_path / "run", "--quiet"],
+                           capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "ckpt_00000004.pt: No space left on device" in err
+    (only,) = list_checkpoints(tmp_path / "run/checkpoints")
+    assert load_checkpoint(only)["iteration"] == 2 and not list((tmp_path / "run/checkpoints").glob(".*tmp*"))
+
+
+class Payload:
+    """An arbitrary object: unpickling it would run code; weights_only loading refuses it."""
+
+
+def test_a_pickled_object_in_a_checkpoint_is_refused_in_one_line(tmp_path, capsys):
+    import torch
+
+    short = ("train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2")
+    start_run(tiny_config(*short), tmp_path / "run", quiet=True)
+    torch.save({"iteration": 2, "model": {}, "extra": Payload()}, tmp_path / "evil.pt")
+    code, _, err = run_cli(["evaluate", tmp_path / "run", "--checkpoint", tmp_path / "evil.pt"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "evil.pt is unreadable" in err
+    assert "weights_only=False" not in err  # torch's advice to unpickle it is not passed on

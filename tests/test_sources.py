@@ -153,3 +153,18 @@ def test_fashion_reads_data_root_before_the_system_copy(tmp_path):
     (tmp_path / "fashion_mnist" / "train-labels-idx1-ubyte.gz").write_bytes(b"not gzip")
     with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz"):
         load_fashion_mnist(tmp_path, checksums=truth["checksums"])
+
+
+def test_fashion_does_not_decompress_a_gzip_bomb(tmp_path, monkeypatch):
+    import gzip
+
+    from cissl.data.sources import fashion
+
+    truth = write_fashion(tmp_path / "fashion_mnist")
+    monkeypatch.setattr(fashion, "MAX_IDX_BYTES", 1 << 20)  # the same rule at 1 MB, so the test stays small
+    bomb = tmp_path / "fashion_mnist" / "train-images-idx3-ubyte.gz"
+    with gzip.open(bomb, "wb") as handle:
+        for _ in range(4):
+            handle.write(bytes(1 << 20))
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz holds more than 1 MB"):
+        load_fashion_mnist(tmp_path, checksums=truth["checksums"], search_system=False)

@@ -18,6 +18,7 @@ renamed over it, so a crash (even SIGKILL) leaves either the old file or the new
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -108,11 +109,30 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        cause = _os_error_in(exc)
+        if cause is not None:  # a full disk, a quota, a read-only file system: one line, the old file intact
+            raise CisslError(f"cannot write {path}: {cause.strerror or cause}; the previous version, if any, "
+                             f"is intact") from None
         raise
     fsync_directory(path.parent)
     return path
+
+
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO}
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The storage error (disk full, quota, read-only, I/O) in an exception's chain; torch wraps a
+    failed write in a RuntimeError. Other errors (e.g. of a download feeding the write) pass as they are."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

@@ -48,15 +48,20 @@ def _find(name: str, folders: list[Path]) -> Path | None:
     return None
 
 
+MAX_IDX_BYTES = 64 << 20  # the largest Fashion-MNIST file is 47 MB: anything beyond is not one (a gzip bomb)
+
+
 def _read(path: Path, expected_md5: str | None) -> bytes:
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as handle:
-                payload = handle.read()
+                payload = handle.read(MAX_IDX_BYTES + 1)  # never decompress more than a real file holds
         else:
-            payload = path.read_bytes()
+            payload = path.read_bytes() if path.stat().st_size <= MAX_IDX_BYTES else b"x" * (MAX_IDX_BYTES + 1)
     except (OSError, EOFError) as exc:
         raise DataError(f"fashion_mnist: cannot read {path} ({exc})") from None
+    if len(payload) > MAX_IDX_BYTES:
+        raise DataError(f"fashion_mnist: {path} holds more than {MAX_IDX_BYTES >> 20} MB: not a Fashion-MNIST file")
     if expected_md5 is not None:
         actual = hashlib.md5(payload).hexdigest()
         if actual != expected_md5:
