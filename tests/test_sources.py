@@ -168,3 +168,21 @@ def test_fashion_does_not_decompress_a_gzip_bomb(tmp_path, monkeypatch):
             handle.write(bytes(1 << 20))
     with pytest.raises(DataError, match="train-images-idx3-ubyte.gz holds more than 1 MB"):
         load_fashion_mnist(tmp_path, checksums=truth["checksums"], search_system=False)
+
+
+def test_an_unreadable_data_file_is_one_line_naming_it(tmp_path, monkeypatch):
+    """A data file the process may not read (simulated: the tests run as root, who reads everything)."""
+    from cissl.config import load_config
+    from cissl.data.sources import base, load_source
+
+    write_cifar10(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(base, "md5_of_file", refuse)
+    config = load_config(None, ["data.dataset=cifar10", f"data.root={tmp_path}", "data.labeled_head=4",
+                                "data.unlabeled_head=1", "data.imbalance_ratio=2"])
+    with pytest.raises(DataError, match="cifar10: cannot read .*data_batch_1 \\(Permission denied\\); check data.root"):
+        load_source(config.data)
+    assert batch.is_file()

@@ -15,6 +15,7 @@ from cissl.data.sources.cifar import load_cifar10, load_cifar100
 from cissl.data.sources.digits import load_digits_source
 from cissl.data.sources.fashion import load_fashion_mnist
 from cissl.data.sources.stl10 import load_stl10, resize_uint8
+from cissl.errors import DataError
 
 __all__ = ["DataSource", "ImageSet", "SOURCES", "SourceInfo", "load_source", "load_cifar10", "load_cifar100",
            "load_stl10", "load_fashion_mnist", "load_digits_source"]
@@ -47,7 +48,12 @@ SOURCES: dict[str, SourceInfo] = {info.name: info for info in (
 
 def load_source(data_config) -> DataSource:
     """Read the data set a :class:`cissl.config.DataConfig` names (resized if it asks)."""
-    source = SOURCES[data_config.dataset].read(data_config)
+    try:
+        source = SOURCES[data_config.dataset].read(data_config)
+    except OSError as exc:  # unreadable files or folders (permissions, a folder where a file belongs, I/O)
+        where = exc.filename or data_config.root
+        raise DataError(f"{data_config.dataset}: cannot read {where} ({exc.strerror or exc}); "
+                        f"check data.root ({data_config.root})") from None
     size = data_config.image_size
     if size is not None and size != source.image_size:
         source.train = ImageSet(resize_uint8(source.train.images, size), source.train.labels)
