@@ -2,7 +2,13 @@
 
 
 class CisslError(Exception):
-    """Base class of every error caused by the user's input (config, data files, checkpoints)."""
+    """Base class of every error caused by the user's input (config, data files, checkpoints).
+
+    Its text is always one line: line breaks that come in with the input (a key or a file name) are
+    shown escaped."""
+
+    def __str__(self) -> str:
+        return super().__str__().replace("\r", "\\r").replace("\n", "\\n")
 
 
 class ConfigError(CisslError):

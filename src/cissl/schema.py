@@ -92,7 +92,7 @@ class Registry:
         del self._entries[name]
 
     def entry(self, name: str, key: str | None = None) -> Entry:
-        if name not in self._entries:
+        if not isinstance(name, str) or name not in self._entries:
             raise ConfigError(f"config key '{key or self.key}': unknown {self.kind} {name!r}; "
                               f"allowed: {', '.join(sorted(self._entries))}")
         return self._entries[name]
