@@ -330,3 +330,29 @@ def test_a_pickled_object_in_a_checkpoint_is_refused_in_one_line(tmp_path, capsy
     code, _, err = run_cli(["evaluate", tmp_path / "run", "--checkpoint", tmp_path / "evil.pt"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "evil.pt is unreadable" in err
     assert "weights_only=False" not in err  # torch's advice to unpickle it is not passed on
+
+
+def test_out_into_a_read_only_folder_is_refused_even_as_root(tmp_path, monkeypatch):
+    """The same check where the tests run as root (who may write anywhere): the permission answer is simulated."""
+    from cissl.engine import run as run_module
+
+    monkeypatch.setattr(run_module.os, "access", lambda path, mode: False)
+    with pytest.raises(CisslError, match="the folder is not writable"):
+        start_run(load_config(CONFIGS / "quickstart.yaml", MISSING_DATA), tmp_path / "run", quiet=True)
+
+
+def test_save_config_replaces_the_file_whole_or_not_at_all(tmp_path, monkeypatch):
+    from cissl import rundir, yamlio
+    from cissl.config import save_config
+
+    path = tmp_path / "config.yaml"
+    save_config(load_config(CONFIGS / "quickstart.yaml"), path)
+    before = path.read_text()
+
+    def broken(data):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(yamlio, "dumps", lambda data: "x" * 10)
+    monkeypatch.setattr(rundir.os, "fsync", lambda fd: broken(None))
+    with pytest.raises(CisslError, match="config.yaml: No space left on device"):
+        save_config(load_config(CONFIGS / "quickstart.yaml"), path)
+    assert path.read_text() == before and not list(tmp_path.glob(".*tmp*"))
