@@ -230,6 +230,17 @@ def check_method(config: Config) -> None:
                           f"so the iterations must be a multiple of {generations}, got {train.iterations}")
 
 
+def flat_keys(data: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as dotted keys: ``{"optim": {"lr": 0.03}}`` -> ``{"optim.lr": 0.03}``."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 # ----------------------------------------------------------------------------- files and overrides
 
 

@@ -15,7 +15,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import NamedTuple
 
-from cissl.config import load_config
+from cissl.config import flat_keys, load_config
 from cissl.engine.checkpoint import latest_checkpoint
 from cissl.engine.run import resume_run, start_run
 from cissl.errors import CisslError, ConfigError
@@ -91,24 +91,14 @@ def read_jobs_file(path: Path, out: Path, overrides: list[str] | None = None) ->
     return jobs
 
 
-def _flatten(data: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def check_same_run(job: Job) -> None:
     """A run directory that a sweep finds started or finished must hold the run it plans: the same
     resolved config (else a changed override would count an old run as this one)."""
     saved_path = RunDir(job.run_dir).config
     if not saved_path.is_file():
         return
-    saved = _flatten(load_config(saved_path).to_dict())
-    planned = _flatten(job.config.to_dict())
+    saved = flat_keys(load_config(saved_path).to_dict())
+    planned = flat_keys(job.config.to_dict())
     differ = sorted(key for key in saved.keys() | planned.keys() if saved.get(key) != planned.get(key))
     if differ:
         shown = ", ".join(f"{key} ({saved.get(key)!r} there, {planned.get(key)!r} planned)" for key in differ[:3])

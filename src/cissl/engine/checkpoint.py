@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from cissl.config import flat_keys
 from cissl.errors import CheckpointError
 from cissl.rundir import atomic_write
 
@@ -85,21 +86,11 @@ IDENTITY_SECTIONS = ("data", "model", "optim", "augment", "algorithm")
 IDENTITY_TRAIN_KEYS = ("seed", "iterations", "batch_size", "mu", "strong_views", "epoch_length", "ema_decay")
 
 
-def _flat(data: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def check_checkpoint_belongs(state: dict, config, path) -> None:
     """Refuse a checkpoint written by another run (another algorithm, seed, split or hyperparameter):
     every identity key it records must equal this run's (keys it predates are not compared)."""
-    recorded = _flat(state.get("config") or {})
-    current = _flat(config.to_dict())
+    recorded = flat_keys(state.get("config") or {})
+    current = flat_keys(config.to_dict())
     identity = [key for key in recorded if key.split(".")[0] in IDENTITY_SECTIONS
                 or key in {f"train.{k}" for k in IDENTITY_TRAIN_KEYS}]
     differ = [key for key in identity if key in current and recorded[key] != current[key]]
