@@ -142,3 +142,16 @@ def test_digits_protocol_fits_every_class_order(setting):
         order = resolve_class_order(config.data, 10)
         split = build_split(reorder_classes(source, order).train.labels, 10, config.data, 0, None, order)
         assert len(split.val_indices) == 100 and len(split.labeled_indices) == 78
+
+
+@pytest.mark.parametrize("setting", ["consistent", "uniform", "reversed"])
+def test_digits_protocol_holds_the_values_chosen_on_validation(setting):
+    """configs/digits_lt/_base.yaml: LA strengths chosen on the held-out validation split (its comment
+    gives the evidence); the runs of the tables are evaluated on the test set."""
+    path = CONFIGS / "digits_lt" / f"{setting}_n20_m90_g10.yaml"
+    assert load_config(path, None, "supervised_la").algorithm.la_tau == 0.5
+    assert load_config(path, None, "fixmatch_la").algorithm.la_tau == 2.0
+    semi = load_config(path)
+    assert semi.algorithm.balanced.tau2 == 2.0 and semi.data.val_per_class == 10
+    assert semi.train.evaluate_on == "test"
+    assert "la_tau 0.5 / 1 / 2" in (CONFIGS / "digits_lt" / "_base.yaml").read_text()
