@@ -56,20 +56,21 @@ def print_results(results: dict, run_dir: Path, stream=None) -> None:
 
 
 def cmd_train(args) -> int:
-    from cissl.engine.run import default_run_dir, resume_run, start_run
+    from cissl.api import resume, train
+    from cissl.engine.run import default_run_dir
 
     if args.resume:
         if args.config or args.overrides or args.algorithm:
             raise CisslError("--resume continues a run with its saved config.yaml; "
                              "drop --config / --algorithm / overrides")
         run_dir = Path(args.resume)
-        results = resume_run(run_dir, quiet=args.quiet)
+        results = resume(run_dir, quiet=args.quiet)
     else:
         if not args.config:
             raise CisslError("train needs --config FILE (or --resume RUN_DIR)")
         config = _load(args)
         run_dir = Path(args.out) if args.out else default_run_dir(config)
-        results = start_run(config, run_dir, quiet=args.quiet)
+        results = train(config, run_dir, quiet=args.quiet)
     print_results(results, run_dir)
     return 0
 
@@ -89,11 +90,40 @@ def cmd_estimate_distribution(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from cissl.engine.run import evaluate_run
+    from cissl.api import evaluate
 
     run_dir = Path(args.run_dir)
-    results = evaluate_run(run_dir, args.checkpoint)
+    results = evaluate(run_dir, args.checkpoint)
     print_results(results, run_dir)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import csv
+    import io
+
+    from cissl.api import load_run
+    from cissl.rundir import atomic_write_text
+
+    if args.top_k < 1:
+        raise CisslError(f"--top-k must be at least 1, got {args.top_k}")
+    run = load_run(args.run_dir, args.checkpoint)
+    files, predictions = run.predict_files(args.images, sys.stderr)
+    values, indices = predictions.top_k(args.top_k)
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["file", *[f"{kind}{r}" for r in range(1, values.shape[1] + 1) for kind in ("class", "prob")]])
+    for path, probs, classes in zip(files, values.tolist(), indices.tolist()):
+        cells = [c for cls, p in zip(classes, probs) for c in (run.class_names[cls], f"{p:.6f}")]
+        writer.writerow([str(path), *cells])
+    if args.out:
+        atomic_write_text(Path(args.out), table.getvalue())
+        counts = predictions.labels.bincount(minlength=len(run.class_names)).tolist()
+        summary = ", ".join(f"{name} {n}" for name, n in zip(run.class_names, counts) if n)
+        print(f"{len(files)} images ({run.head} head of {run.checkpoint.name}): {summary}")
+        print(f"predictions: {args.out}")
+    else:
+        sys.stdout.write(table.getvalue())
     return 0
 
 
@@ -195,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     train.add_argument("--quiet", action="store_true", help="no progress lines")
     train.set_defaults(func=cmd_train)
+
+    predict = sub.add_parser("predict", help="class predictions of a trained run for image files")
+    predict.add_argument("run_dir")
+    predict.add_argument("--images", required=True, help="an image file or a folder of them (PNG, JPEG, ...)")
+    predict.add_argument("--out", help="CSV file to write (default: print the CSV)")
+    predict.add_argument("--top-k", type=int, default=3, help="classes per image, most probable first (default 3)")
+    predict.add_argument("--checkpoint", help="checkpoint file (default: the run's newest)")
+    predict.set_defaults(func=cmd_predict)
 
     evaluate = sub.add_parser("evaluate", help="recompute results.json of a run from a checkpoint")
     evaluate.add_argument("run_dir")

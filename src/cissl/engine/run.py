@@ -158,6 +158,12 @@ def load_trained_run(run: RunDir, config: Config, checkpoint: Path | None, purpo
     return TrainedRun(config, checkpoint, state, data, model, algorithm, policy, device)
 
 
+def load_run(run_dir: Path, checkpoint: Path | None = None) -> TrainedRun:
+    """A finished or interrupted run's EMA model and method from a checkpoint (default: its newest)."""
+    run = RunDir(run_dir)
+    return load_trained_run(run, read_run_config(run.path), checkpoint, "load")
+
+
 def estimate_run_distribution(run_dir: Path, checkpoint: Path | None = None, max_condition: float = 100.0) -> dict:
     """The unlabeled pool's class distribution estimated with a run's EMA model (its validation images
     give the confusion matrix; ``cissl.evaluation.distribution``), written to the run directory."""

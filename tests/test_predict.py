@@ -1,0 +1,113 @@
+"""cissl predict and the Python API: predictions on image files equal what cissl evaluate scores."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from helpers import tiny_config
+
+import cissl.api as api
+from cissl.errors import DataError
+from cissl.evaluation.metrics import confusion_matrix
+from cissl.evaluation.predict import as_run_images
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("predict") / "run"
+    config = tiny_config("train.iterations=20", "train.eval_every=10", "train.checkpoint_every=10",
+                         algorithm="semi")
+    api.train(config, out)
+    return out
+
+
+def write_test_images(run_dir, folder):
+    """The run's test images as PNG files (lossless), named by index, and their labels."""
+    from PIL import Image
+
+    trained = api.load_run(run_dir)._trained
+    images, labels = trained.data.test.images.cpu().numpy(), trained.data.test.labels.cpu().numpy()
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image[0]).save(folder / f"{i:04d}.png")
+    return images, labels
+
+
+def test_predictions_on_png_files_equal_evaluate(trained_run, tmp_path, capsys):
+    """The confusion matrix of `cissl predict` on the test images written as PNGs equals the one
+    `cissl evaluate` writes for the same checkpoint (SeMi: the balanced head)."""
+    _, labels = write_test_images(trained_run, tmp_path / "images")
+    code, out, _ = run_cli(["predict", trained_run, "--images", tmp_path / "images", "--out", tmp_path / "p.csv",
+                            "--top-k", "2"], capsys)
+    assert code == 0 and "balanced head" in out
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "p.csv").read_text())))
+    assert len(rows) == len(labels) and set(rows[0]) == {"file", "class1", "prob1", "class2", "prob2"}
+    names = api.load_run(trained_run).class_names
+    predicted = np.array([names.index(r["class1"]) for r in rows])
+    assert all(float(r["prob1"]) >= float(r["prob2"]) for r in rows)
+    code, _, _ = run_cli(["evaluate", trained_run], capsys)
+    evaluated = json.loads((trained_run / "results.json").read_text())["confusion_matrix"]
+    assert confusion_matrix(predicted, labels, 10).tolist() == evaluated
+
+
+def test_python_api_predicts_arrays_and_tensors_alike(trained_run):
+    run = api.load_run(trained_run)
+    images = run._trained.data.test.images[:16].cpu()
+    from_tensor = run.predict(images)
+    from_array = run.predict(images.numpy()[:, 0])  # (N, H, W) grey, as an image library gives it
+    assert torch.equal(from_tensor.probs, from_array.probs)
+    assert from_tensor.probs.shape == (16, 10) and torch.allclose(from_tensor.probs.sum(1), torch.ones(16))
+    assert run.head == "balanced" and len(run.class_names) == 10
+
+
+def test_images_are_brought_to_the_run_layout_by_hand():
+    """RGB -> grey by ITU-R 601 luminance; grey -> RGB by repetition; a 16 x 16 image is resized to 8 x 8."""
+    rgb = np.zeros((1, 8, 8, 3), dtype=np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 100, 200, 50
+    grey = as_run_images(rgb, 1, 8)
+    assert grey.shape == (1, 1, 8, 8) and int(grey[0, 0, 0, 0]) == round(0.299 * 100 + 0.587 * 200 + 0.114 * 50)
+    assert as_run_images(np.full((2, 8, 8), 7, dtype=np.uint8), 3, 8).tolist() == np.full((2, 3, 8, 8), 7).tolist()
+    assert as_run_images(np.full((1, 16, 16), 9, dtype=np.uint8), 1, 8).tolist() == np.full((1, 1, 8, 8), 9).tolist()
+
+
+@pytest.mark.parametrize("images, message", [(np.zeros((2, 8, 8), dtype=np.float32), "must be uint8"),
+                                             (np.zeros((2, 8), dtype=np.uint8), "must be \\(N, H, W\\)"),
+                                             (np.zeros((1, 8, 6), dtype=np.uint8), "must be square")])
+def test_bad_images_are_one_line(images, message):
+    with pytest.raises(DataError, match=message):
+        as_run_images(images, 1, 8)
+
+
+def test_unreadable_image_files_are_named(trained_run, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(folder / "a.png")
+    (folder / "b.png").write_bytes(b"\x89PNG truncated")
+    code, _, err = run_cli(["predict", trained_run, "--images", folder], capsys)
+    assert code == 2 and "cannot read image" in err and "b.png" in err and len(err.strip().splitlines()) == 1
+    (folder / "b.png").unlink()
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(folder / "c.png")
+    code, _, err = run_cli(["predict", trained_run, "--images", folder], capsys)
+    assert code == 2 and "different sizes (8x8, 16x16)" in err
+    code, _, err = run_cli(["predict", trained_run, "--images", tmp_path / "none"], capsys)
+    assert code == 2 and "no such file or folder" in err
+
+
+def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Python API"):]
+    code = section[section.index("```python") + len("```python"):section.index("```\n", section.index("```python") + 9)]
+    (tmp_path / "configs").symlink_to(REPO / "configs")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "balanced accuracy" in out and "torch.Size([5, 10])" in out
+    assert (tmp_path / "runs/api_example/results.json").is_file()
