@@ -134,6 +134,8 @@ def cmd_split(args) -> int:
 
     config = _load(args)
     if args.counts_only:
+        if SOURCES[config.data.dataset].given_split:
+            raise CisslError(f"data.dataset={config.data.dataset}: the counts come from the data; drop --counts-only")
         labeled, unlabeled = split_counts(config.data, SOURCES[config.data.dataset].num_classes)
         print(json.dumps({"labeled": labeled, "unlabeled": unlabeled}))
         return 0

@@ -54,8 +54,12 @@ class DataConfig:
     class_order: Union[str, list[int]] = option(
         "source", help="run class k = source class order[k] (class 0 the head): source, random, or a permutation")
     class_order_seed: int = option(0, min=0, help="seed of class_order: random (apart from train.seed)")
+    test_fraction: float = option(0.2, min=0.0, max=0.9, help="folder / arrays data without a test split: the "
+                                  "share of each class's labeled images held out (seeded, stratified) as test set")
 
     def validate(self) -> None:
+        if SOURCES[self.dataset].given_split:
+            return  # the data gives its parts; the protocol keys are refused in check_own_data
         self._validate_class_order()
         k = SOURCES[self.dataset].num_classes
         if long_tailed_counts(self.labeled_head, self.imbalance_ratio, k)[-1] < 1:
@@ -204,10 +208,32 @@ def build(data: dict) -> Config:
     """Build a validated :class:`Config` from a plain nested dict."""
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    check_own_data(data.get("data"))
     config = build_section(Config, data, "")
     check_evaluation(config)
     check_method(config)
     return config
+
+
+PROTOCOL_KEYS = ("labeled_head", "unlabeled_head", "imbalance_ratio", "unlabeled_distribution",
+                 "unlabeled_imbalance_ratio", "selection", "unlabeled_includes_labeled", "class_order",
+                 "class_order_seed")
+
+
+def check_own_data(section) -> None:
+    """A user's own data (folder, arrays) gives its labeled and unlabeled parts: the long-tailed
+    protocol's keys do not apply, and setting one (to another value than its default) is an error
+    rather than silently ignored."""
+    if not isinstance(section, dict):
+        return
+    info = SOURCES.get(section.get("dataset"))
+    if info is None or not info.given_split:
+        return
+    defaults = {f.name: f.default for f in dataclasses.fields(DataConfig)}
+    used = [key for key in PROTOCOL_KEYS if key in section and section[key] != defaults[key]]  # a saved run's
+    if used:                                                                        # config repeats the defaults
+        raise ConfigError(f"config key 'data.{used[0]}': data.dataset={info.name} takes its labeled and unlabeled "
+                          f"images as given; the long-tailed protocol keys ({', '.join(used)}) do not apply")
 
 
 def check_evaluation(config: Config) -> None:

@@ -29,12 +29,16 @@ from cissl.engine.data import TrainingData, prepare_data
 from cissl.engine.optim import build_optimizer
 from cissl.engine.precision import resolve_device
 from cissl.engine.trainer import Trainer
+from cissl.errors import ConfigError
 
 
 def synthetic_data(config, device: torch.device, max_pool: int = 20_000) -> TrainingData:
     """Random uint8 images with the data set's shape, class count and the setting's split sizes."""
     data = config.data
     info = SOURCES[data.dataset]
+    if info.given_split:
+        raise ConfigError(f"--synthetic needs a benchmark data set's shape; data.dataset={data.dataset} gets its "
+                          f"shape from the data: drop --synthetic")
     channels, size, k = info.channels, data.image_size or info.image_size, info.num_classes
     labeled_counts, unlabeled_counts = split_counts(data, k)
     rng = np.random.default_rng(0)

@@ -80,6 +80,7 @@ class Split:
     seed: int = 0
     settings: dict = field(default_factory=dict)
     class_order: list[int] | None = None  # source class of each run class (None: a split saved before it was kept)
+    test_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # held out of train
 
     def to_json(self) -> dict:
         return {
@@ -92,6 +93,7 @@ class Split:
             "labeled_indices": self.labeled_indices.tolist(),
             "unlabeled_indices": self.unlabeled_indices.tolist(),
             "val_indices": self.val_indices.tolist(),
+            "test_indices": self.test_indices.tolist(),
         }
 
     @classmethod
@@ -106,6 +108,7 @@ class Split:
             seed=int(data["seed"]),
             settings=dict(data.get("settings", {})),
             class_order=None if data.get("class_order") is None else [int(k) for k in data["class_order"]],
+            test_indices=np.asarray(data.get("test_indices", []), dtype=np.int64),
         )
 
     def save(self, path: str | Path) -> None:
@@ -180,3 +183,35 @@ def build_split(train_labels: np.ndarray, num_classes: int, data_config, seed: i
         settings=settings,
         class_order=list(range(num_classes)) if class_order is None else [int(k) for k in class_order],
     )
+
+
+def build_given_split(train_labels: np.ndarray, num_classes: int, data_config, seed: int, unlabeled_pool_size: int,
+                      has_test: bool, statistics: dict | None = None) -> Split:
+    """The split of a user's own data (folder, arrays): every labeled image is labeled, except per class
+    (seeded shuffle) the first ``val_per_class`` (validation) and, when the data brings no test set, the
+    next floor(test_fraction * n_k) (test); every unlabeled image is unlabeled. The counts are observed."""
+    cfg = data_config
+    labels = np.asarray(train_labels, dtype=np.int64)
+    rng = split_generator(seed)
+    labeled, val, test, counts = [], [], [], []
+    for k in range(num_classes):
+        members = np.flatnonzero(labels == k)
+        members = members[rng.permutation(len(members))]
+        held = 0 if has_test else int(math.floor(cfg.test_fraction * (len(members) - cfg.val_per_class)))
+        rest = members[cfg.val_per_class + held:]
+        if len(rest) < 1:
+            raise DataError(f"class {k} has {len(members)} labeled images: none is left for training after "
+                            f"{cfg.val_per_class} validation and {held} test images; add images or lower "
+                            f"data.val_per_class / data.test_fraction")
+        val.append(members[: cfg.val_per_class])
+        test.append(members[cfg.val_per_class: cfg.val_per_class + held])
+        labeled.append(rest)
+        counts.append(len(rest))
+    settings = {"dataset": cfg.dataset, "val_per_class": cfg.val_per_class,
+                "test": "given" if has_test else f"held out: test_fraction {cfg.test_fraction} of each class",
+                **(statistics or {})}
+    return Split(labeled_indices=np.concatenate(labeled).astype(np.int64),
+                 unlabeled_indices=np.arange(unlabeled_pool_size, dtype=np.int64),
+                 val_indices=np.concatenate(val).astype(np.int64), labeled_counts=counts, unlabeled_counts=None,
+                 unlabeled_source="unlabeled", seed=int(seed), settings=settings,
+                 class_order=list(range(num_classes)), test_indices=np.concatenate(test).astype(np.int64))

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from cissl.data.class_order import reorder_classes, resolve_class_order
-from cissl.data.protocol import Split, build_split
-from cissl.data.sources import load_source
+from cissl.data.protocol import Split, build_given_split, build_split
+from cissl.data.sources import SOURCES, load_source
 from cissl.data.sources.base import DataSource
 from cissl.data.stream import ImagePool
 from cissl.errors import ConfigError, DataError
@@ -47,6 +47,11 @@ def load_run_source(data_config, split: Split | None = None) -> tuple[DataSource
 def new_split(config, source: DataSource, order: list[int]) -> Split:
     """The run's split of ``source`` (classes already in the run's order) for ``config``."""
     pool_size = len(source.unlabeled) if source.unlabeled is not None else None
+    if SOURCES[config.data.dataset].given_split:
+        statistics = {"class_names": source.class_names, "mean": list(source.mean), "std": list(source.std),
+                      "image_shape": [source.channels, source.image_size, source.image_size]}
+        return build_given_split(source.train.labels, source.num_classes, config.data, config.train.seed,
+                                 pool_size, source.test is not None, statistics)
     return build_split(source.train.labels, source.num_classes, config.data, config.train.seed, pool_size, order)
 
 
@@ -69,6 +74,8 @@ def prepare_data(config, device: torch.device, split: Split | None = None) -> Tr
         val = ImagePool(train.images[split.val_indices], train.labels[split.val_indices], device)
     if config.train.evaluate_on == "val":
         test = val  # the test images are not even put on the device: nothing can be tuned to them
+    elif len(split.test_indices):  # held out of a user's labeled images
+        test = ImagePool(train.images[split.test_indices], train.labels[split.test_indices], device)
     else:
         test = ImagePool(source.test.images, source.test.labels, device)
     check_split_fits(config, split)
@@ -81,6 +88,7 @@ def check_split_indices(split: Split, source: DataSource) -> None:
     unlabeled_size = len(source.unlabeled) if split.unlabeled_source == "unlabeled" else len(source.train)
     for name, indices, size in (("labeled", split.labeled_indices, len(source.train)),
                                 ("val", split.val_indices, len(source.train)),
+                                ("test", split.test_indices, len(source.train)),
                                 ("unlabeled", split.unlabeled_indices, unlabeled_size)):
         bad = indices[(indices < 0) | (indices >= size)]
         if len(bad):

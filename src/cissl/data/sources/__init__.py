@@ -14,6 +14,7 @@ from cissl.data.sources.base import DataSource, ImageSet
 from cissl.data.sources.cifar import load_cifar10, load_cifar100
 from cissl.data.sources.digits import load_digits_source
 from cissl.data.sources.fashion import load_fashion_mnist
+from cissl.data.sources.own import load_arrays_source, load_folder_source
 from cissl.data.sources.stl10 import load_stl10, resize_uint8
 from cissl.errors import DataError
 
@@ -26,11 +27,12 @@ class SourceInfo:
     """What cissl knows of a data set before reading it."""
 
     name: str
-    num_classes: int
-    channels: int
-    image_size: int  # native side length of its square images
+    num_classes: int | None  # None: the data tells (a user's own data)
+    channels: int | None
+    image_size: int | None  # native side length of its square images
     has_unlabeled_split: bool
-    read: Callable  # (data_config) -> DataSource at its native size (STL-10: at data.image_size)
+    read: Callable  # (data_config) -> DataSource at its native size (STL-10, own data: at data.image_size)
+    given_split: bool = False  # labeled / unlabeled (/ test) given by the data, not drawn by the LT protocol
 
 
 def _read_stl10(cfg) -> DataSource:
@@ -43,6 +45,8 @@ SOURCES: dict[str, SourceInfo] = {info.name: info for info in (
     SourceInfo("stl10", 10, 3, 96, True, _read_stl10),
     SourceInfo("fashion_mnist", 10, 1, 28, False, lambda cfg: load_fashion_mnist(cfg.root, cfg.download)),
     SourceInfo("digits", 10, 1, 8, False, lambda cfg: load_digits_source()),
+    SourceInfo("folder", None, None, None, True, lambda cfg: load_folder_source(cfg.root, cfg.image_size), True),
+    SourceInfo("arrays", None, None, None, True, lambda cfg: load_arrays_source(cfg.root, cfg.image_size), True),
 )}
 
 
@@ -55,7 +59,7 @@ def load_source(data_config) -> DataSource:
         raise DataError(f"{data_config.dataset}: cannot read {where} ({exc.strerror or exc}); "
                         f"check data.root ({data_config.root})") from None
     size = data_config.image_size
-    if size is not None and size != source.image_size:
+    if size is not None and size != source.image_size and not SOURCES[data_config.dataset].given_split:
         source.train = ImageSet(resize_uint8(source.train.images, size), source.train.labels)
         source.test = ImageSet(resize_uint8(source.test.images, size), source.test.labels)
     return source
