@@ -142,3 +142,18 @@ def test_bad_arrays_are_one_line(tmp_path):
     (tmp_path / "d.npz").write_bytes(b"not a zip")
     with pytest.raises(DataError, match="cannot read .*d.npz"):
         prepare_data(own_config("arrays", tmp_path / "d.npz"), "cpu")
+
+
+def test_the_example_runs_the_whole_path(tmp_path):
+    """examples/own_folder.py: build the folder, train, report, predict (a short run)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    result = subprocess.run([sys.executable, str(REPO / "examples/own_folder.py"), "--out", str(tmp_path),
+                             "--iterations", "6"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "balanced accuracy on the test folder" in result.stdout and "| own_data | semi | 0 |" in result.stdout
+    assert "digit_9 test images predicted as" in result.stdout
+    assert (tmp_path / "runs/semi/seed0/results.json").is_file()
