@@ -200,12 +200,21 @@ def cmd_sweep(args) -> int:
 def cmd_report(args) -> int:
     from cissl.evaluation.report import to_markdown, write_report
 
-    rows = write_report(Path(args.root), args.pair)
+    if args.out:
+        from cissl.evaluation.report_pages import write_report_pages
+
+        written = write_report_pages([Path(r) for r in args.roots], Path(args.out), tsne=args.tsne)
+        print(f"{written[0]}\n{written[1]}\n{len(written) - 2} figures in {Path(args.out) / 'figures'}")
+        return 0
+    if len(args.roots) > 1 or args.tsne:
+        raise CisslError("several folders or --tsne: give --out OUT for report.md / report.html")
+    root = args.roots[0]
+    rows = write_report(Path(root), args.pair)
     if not rows:
-        raise CisslError(f"no {RESULTS} below {args.root}")
+        raise CisslError(f"no {RESULTS} below {root}")
     print(to_markdown(rows))
     if args.pair:
-        print((Path(args.root) / "paired.md").read_text(encoding="utf-8"))
+        print((Path(root) / "paired.md").read_text(encoding="utf-8"))
     return 0
 
 
@@ -283,7 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(func=cmd_sweep)
 
     report = sub.add_parser("report", help="tabulate every results.json below a folder")
-    report.add_argument("root")
+    report.add_argument("roots", nargs="+", metavar="DIR", help="folders holding runs (results.json below them)")
+    report.add_argument("--out", help="write report.md, report.html and figures/ here (the paper's numbers beside "
+                                      "ours)")
+    report.add_argument("--tsne", action="store_true", help="with --out: a t-SNE of each method's test features")
     report.add_argument("--pair", metavar="ALGORITHM",
                         help="also write paired.md: ALGORITHM minus every other, paired by seed (e.g. semi)")
     report.set_defaults(func=cmd_report)

@@ -1,0 +1,96 @@
+"""cissl report DIR ... --out OUT: report.md / report.html with figures and the paper's numbers beside ours."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from conftest import CONFIGS, REPO, run_cli
+
+from cissl.evaluation.report_pages import paper_cell, paper_numbers
+from cissl.sweep import run_sweep
+
+TINY = ["model.depth=10", "model.widen=1", "train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2",
+        "train.batch_size=8", "train.eval_batch_size=500", "train.report_last=1"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_of_two_methods_writes_pages_figures_and_the_runs_numbers(tmp_path, capsys):
+    run_sweep([str(CONFIGS / "quickstart.yaml")], ["supervised", "fixmatch"], [0], tmp_path / "runs", TINY)
+    code, out, _ = run_cli(["report", tmp_path / "runs", "--out", tmp_path / "report"], capsys)
+    assert code == 0
+    md = (tmp_path / "report/report.md").read_text()
+    page = (tmp_path / "report/report.html").read_text()
+    figures = sorted((tmp_path / "report/figures").glob("*.png"))
+    assert {p.name.rsplit("_", 1)[-1] for p in figures} >= {"curves.png", "class.png", "confusion.png", "labels.png"}
+    for path in figures:
+        data = path.read_bytes()
+        assert data.startswith(PNG) and len(data) > 5000, path
+        assert f"figures/{path.name}" in md
+    assert page.count("data:image/png;base64,") == len(figures)
+    for algorithm in ("supervised", "fixmatch"):
+        result = json.loads((tmp_path / f"runs/quickstart/{algorithm}/seed0/results.json").read_text())
+        cells = f"| {algorithm} | 0 | {100 * result['top1']:.2f} | {100 * result['balanced_accuracy']:.2f} |"
+        assert cells in md and f"<td>{100 * result['top1']:.2f}</td>" in page
+
+
+def fake_run(root, setting, algorithm, k, seed=0, top1=0.5):
+    """A results.json as a run writes it (no metrics: the curves are left out), for report layout tests."""
+    run = root / setting / algorithm / f"seed{seed}"
+    run.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    confusion = np.diag(rng.integers(5, 20, k)) + rng.integers(0, 2, (k, k))
+    counts = [max(1, int(100 * 0.9 ** i)) for i in range(k)]
+    pseudo = {"per_class_mask_rate": rng.random(k).tolist(), "per_class_used_accuracy": rng.random(k).tolist(),
+              "pseudo_label_distribution": (np.ones(k) / k).tolist(), "true_distribution": (np.ones(k) / k).tolist()}
+    result = {"setting": setting, "algorithm": algorithm, "seed": seed, "reported_head": "main", "top1": top1,
+              "balanced_accuracy": top1, "many_accuracy": top1, "medium_accuracy": top1, "few_accuracy": top1,
+              "mean_last_top1": top1, "per_class_accuracy": rng.random(k).tolist(),
+              "confusion_matrix": confusion.tolist(), "pseudo_labels": pseudo, "wall_time_s": 60.0}
+    (run / "results.json").write_text(json.dumps(result))
+    (run / "split.json").write_text(json.dumps({"labeled_counts": counts, "settings": {}}))
+    return run
+
+
+def test_paper_columns_for_a_cifar10_lt_setting_match_the_papers_table(tmp_path, capsys):
+    fake_run(tmp_path / "runs", "cifar10_lt/consistent_n500_m4000_g100", "semi", 10, top1=0.8)
+    fake_run(tmp_path / "runs", "cifar10_lt/daso_protocol/consistent_n500_m4000_g100", "fixmatch_daso", 10)
+    fake_run(tmp_path / "runs", "digits_lt/consistent_n20_m90_g10", "semi", 10)
+    code, _, _ = run_cli(["report", tmp_path / "runs", "--out", tmp_path / "report"], capsys)
+    md = (tmp_path / "report/report.md").read_text()
+    assert code == 0 and "paper top-1 (the paper's, 3 runs)" in md
+    assert "| semi | 0 | 80.00 | 80.00 | 80.00 | 80.00 | 80.00 | 80.00 | 80.3 ± 0.41 |" in md
+    assert "| fixmatch_daso | 0 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 76.0 ± 0.37 |" in md
+    assert "| semi | 0 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 |  |" in md  # not a paper setting
+
+
+def test_paper_numbers_are_the_transcribed_tables():
+    """The shipped JSON equals what tests/reference/paper_numbers.py reads from shared/paper/tables.md."""
+    tables = REPO.parent / "shared" / "paper" / "tables.md"
+    if not tables.is_file():
+        pytest.skip("shared/paper/tables.md is not beside the checkout")
+    sys.path.insert(0, str(REPO / "tests" / "reference"))
+    try:
+        from paper_numbers import parse
+    finally:
+        sys.path.pop(0)
+    assert parse(tables.read_text(encoding="utf-8")) == paper_numbers()
+    assert paper_cell("stl10_lt/n150_g10", "semi") == [75.3, 0.74]
+    assert paper_cell("cifar100_lt/daso_protocol/reversed_n150_m300_g10", "fixmatch_daso") == [60.0, 0.31]
+    assert sum(map(len, paper_numbers().values())) == 208  # Table 1: 15 x 8, Table 2: 8 x 8, Table 3: 6 x 4
+
+
+def test_a_100_class_report_renders(tmp_path, capsys):
+    for algorithm in ("fixmatch", "semi"):
+        for seed in (0, 1):
+            fake_run(tmp_path / "runs", "cifar100_lt/consistent_n150_m300_g10", algorithm, 100, seed)
+    code, _, _ = run_cli(["report", tmp_path / "runs", "--out", tmp_path / "report"], capsys)
+    assert code == 0
+    figures = sorted((tmp_path / "report/figures").glob("*.png"))
+    assert len(figures) == 3 and all(p.read_bytes().startswith(PNG) for p in figures)  # no curves: no metrics
+    assert "| semi | 0 1 |" in (tmp_path / "report/report.md").read_text()
+
+
+def test_several_folders_need_out(tmp_path, capsys):
+    code, _, err = run_cli(["report", tmp_path, tmp_path], capsys)
+    assert code == 2 and "give --out" in err
