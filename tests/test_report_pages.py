@@ -94,3 +94,11 @@ def test_a_100_class_report_renders(tmp_path, capsys):
 def test_several_folders_need_out(tmp_path, capsys):
     code, _, err = run_cli(["report", tmp_path, tmp_path], capsys)
     assert code == 2 and "give --out" in err
+
+
+def test_tsne_figure_of_each_method(tmp_path, capsys):
+    run_sweep([str(CONFIGS / "quickstart.yaml")], ["supervised"], [0], tmp_path / "runs", TINY)
+    code, _, _ = run_cli(["report", tmp_path / "runs", "--out", tmp_path / "report", "--tsne"], capsys)
+    (tsne,) = (tmp_path / "report/figures").glob("*_tsne.png")
+    assert code == 0 and tsne.read_bytes().startswith(PNG) and tsne.stat().st_size > 10000
+    assert f"figures/{tsne.name}" in (tmp_path / "report/report.md").read_text()
