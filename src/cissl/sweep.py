@@ -107,11 +107,11 @@ def check_same_run(job: Job) -> None:
                          f"choose another --out or remove that run")
 
 
-def _run_job(job: Job, quiet: bool) -> tuple[str, dict]:
-    run = RunDir(job.run_dir)
-    if latest_checkpoint(run.checkpoints) is not None:
-        return "resumed", resume_run(job.run_dir, quiet=quiet)
-    return "started", start_run(job.config, job.run_dir, quiet=quiet)
+def _run_job(job: Job, quiet: bool) -> dict:
+    """Resume the job's run from its last checkpoint, or start it."""
+    if latest_checkpoint(RunDir(job.run_dir).checkpoints) is not None:
+        return resume_run(job.run_dir, quiet=quiet)
+    return start_run(job.config, job.run_dir, quiet=quiet)
 
 
 def _summary(results: dict, seconds: float) -> str:
@@ -148,7 +148,7 @@ def run_sweep(configs, algorithms, seeds, out: Path, overrides=None, quiet: bool
             print(f"{label}: {'resuming' if latest_checkpoint(RunDir(job.run_dir).checkpoints) else 'starting'}",
                   file=stream, flush=True)
             try:
-                _, results = _run_job(job, quiet)
+                results = _run_job(job, quiet)
             except CisslError as exc:
                 failed.append(str(job.run_dir))
                 print(f"{label}: FAILED: {exc}", file=stream, flush=True)
