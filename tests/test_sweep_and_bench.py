@@ -1,6 +1,9 @@
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from conftest import CONFIGS, run_cli
@@ -231,3 +234,35 @@ def test_a_run_that_fails_does_not_stop_the_sweep(tmp_path, capsys):
         run_sweep([config], ["supervised"], [0, 1], tmp_path, TINY)
     assert "seed0: FAILED: no readable checkpoint" in capsys.readouterr().out
     assert (tmp_path / "quickstart/supervised/seed1/results.json").is_file()
+
+
+def test_ctrl_c_on_a_sweep_with_workers_checkpoints_every_running_run(tmp_path):
+    """SIGINT to the sweep's process group (a terminal's Ctrl-C): each worker writes a checkpoint of its
+    last step and stops, the sweep waits for them and exits 130; the same sweep then finishes both runs."""
+    import signal
+    import time
+
+    from cissl.engine.checkpoint import latest_checkpoint, load_checkpoint
+
+    long = ["train.iterations=400", "train.eval_every=200", "train.checkpoint_every=200", "train.log_every=1",
+            "model.depth=10", "model.widen=1", "train.batch_size=8", "train.report_last=1", "train.device=cpu"]
+    command = [sys.executable, "-m", "cissl", "sweep", "--configs", str(CONFIGS / "quickstart.yaml"), "--algorithms",
+               "supervised", "--seeds", "0", "1", "--workers", "2", "--out", str(tmp_path), *long]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    runs = [tmp_path / f"quickstart/supervised/seed{s}" for s in (0, 1)]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all(
+            (r / "metrics.jsonl").is_file() and (r / "metrics.jsonl").read_text().count("\n") >= 20 for r in runs):
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "waiting for 2 running run(s) to checkpoint and stop" in out
+    for run in runs:
+        assert 20 <= load_checkpoint(latest_checkpoint(run / "checkpoints"))["iteration"] < 400
+        assert "SIGINT: stopped after iteration" in run.with_name(run.name + ".log").read_text()
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert finished.returncode == 0, finished.stderr
+    assert all((run / "results.json").is_file() for run in runs)

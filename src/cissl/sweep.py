@@ -18,6 +18,7 @@ from typing import NamedTuple
 from cissl.config import flat_keys, load_config
 from cissl.engine.checkpoint import latest_checkpoint
 from cissl.engine.run import resume_run, start_run
+from cissl.engine.stop import TrainingStopped
 from cissl.errors import CisslError, ConfigError
 from cissl.evaluation.report import write_report
 from cissl.rundir import RunDir
@@ -176,15 +177,32 @@ def _child(job: Job, log_path: Path, threads: int) -> None:
         except CisslError as exc:  # bad input: one line, as the command line gives it
             print(f"cissl: error: {exc}")
             sys.exit(2)
+        except TrainingStopped as exc:  # Ctrl-C / SIGTERM: the checkpoint of the last step is written
+            print(f"cissl: {exc}")
+            sys.exit(128 + exc.signal_number)
         except BaseException:  # the log keeps the whole story; the parent reports the exit status
             traceback.print_exc()
             sys.exit(1)
 
 
 def _run_side_by_side(todo, workers: int, deadline: float | None, stream) -> list[str]:
+    running: dict = {}
+    try:
+        return _side_by_side_loop(todo, workers, deadline, stream, running)
+    except KeyboardInterrupt:  # Ctrl-C reached the workers too: let them write their checkpoints first
+        print(f"interrupted: waiting for {len(running)} running run(s) to checkpoint and stop", file=stream,
+              flush=True)
+        for process, *_ in running.values():
+            process.join(timeout=600)
+            if process.is_alive():
+                process.kill()
+        raise
+
+
+def _side_by_side_loop(todo, workers: int, deadline: float | None, stream, running: dict) -> list[str]:
     threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # a clean interpreter per run: no inherited torch state
-    start, pending, running, failed = time.monotonic(), list(todo), {}, []
+    start, pending, failed = time.monotonic(), list(todo), []
     print(f"{len(todo)} runs, {workers} at a time, {threads} thread(s) each", file=stream, flush=True)
     while pending or running:
         while pending and len(running) < workers:
