@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every run")
     sweep.set_defaults(func=cmd_sweep)
 
-    report = sub.add_parser("report", help="tabulate every results.json below a folder")
+    report = sub.add_parser("report", help="tabulate every results.json below folders (--out: report.md / .html)")
     report.add_argument("roots", nargs="+", metavar="DIR", help="folders holding runs (results.json below them)")
     report.add_argument("--out", help="write report.md, report.html and figures/ here (the paper's numbers beside "
                                       "ours)")
