@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cissl.data.sources.own import IMAGE_SUFFIXES, is_grey, read_images
 from cissl.data.sources.stl10 import resize_uint8
 from cissl.errors import DataError
 from cissl.evaluation.evaluate import predict
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 LUMA = (0.299, 0.587, 0.114)
 
 
@@ -94,29 +94,11 @@ def image_files(path: Path) -> list[Path]:
     return files
 
 
-def read_image_files(files: list[Path], stream=None) -> np.ndarray:
-    """uint8 (N, H, W, 3) (or (N, H, W) when every file is grey) of image files, read with Pillow; one
-    line names a file that cannot be read; progress every 1000 files on long input."""
+def read_image_files(files: list[Path], stream=None) -> torch.Tensor:
+    """uint8 (N, C, H, W) of image files, read as the folder data source reads them (grey when every file
+    is grey, else RGB); one line names a file that cannot be read; progress on long input."""
     try:
-        from PIL import Image
+        import PIL  # noqa: F401
     except ImportError:
         raise DataError("reading image files needs Pillow: pip install 'cissl[images]'") from None
-    stream = stream or sys.stderr
-    arrays, grey = [], True
-    for i, path in enumerate(files, start=1):
-        try:
-            with Image.open(path) as image:
-                image.load()
-                grey = grey and image.mode in ("L", "1", "I;16", "I")
-                arrays.append(np.asarray(image.convert("L" if image.mode in ("L", "1", "I;16", "I") else "RGB")))
-        except Exception as exc:  # truncated, not an image, unreadable
-            raise DataError(f"cannot read image {path} ({type(exc).__name__}: {exc})") from None
-        if i % 1000 == 0:
-            print(f"[cissl] read {i}/{len(files)} images", file=stream, flush=True)
-    shapes = {a.shape[:2] for a in arrays}
-    if len(shapes) > 1:
-        raise DataError(f"the images have different sizes ({', '.join(f'{h}x{w}' for h, w in sorted(shapes))}); "
-                        f"predict them in groups of one size")
-    if grey:
-        return np.stack(arrays)
-    return np.stack([a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2) for a in arrays])
+    return torch.from_numpy(read_images(files, None, is_grey(files), stream or sys.stderr))

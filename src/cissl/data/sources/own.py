@@ -35,12 +35,15 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _read(files: list[Path], size: int | None, grey: bool) -> np.ndarray:
-    """uint8 (N, C, H, W) of image files (Pillow), resized to ``size`` when given."""
+def read_images(files: list[Path], size: int | None, grey: bool, stream=None) -> np.ndarray:
+    """uint8 (N, C, H, W) of image files (Pillow), resized to ``size`` when given; progress on ``stream``
+    every 1000 files."""
     from PIL import Image
 
     arrays = []
-    for path in files:
+    for i, path in enumerate(files, start=1):
+        if stream is not None and i % 1000 == 0:
+            print(f"[cissl] read {i}/{len(files)} images", file=stream, flush=True)
         try:
             with Image.open(path) as image:
                 image.load()
@@ -60,7 +63,7 @@ def _read(files: list[Path], size: int | None, grey: bool) -> np.ndarray:
     return stacked[:, None] if grey else stacked.transpose(0, 3, 1, 2)
 
 
-def _is_grey(files: list[Path]) -> bool:
+def is_grey(files: list[Path]) -> bool:
     from PIL import Image
 
     for path in files:
@@ -106,8 +109,8 @@ def load_folder_source(root: str | Path, image_size: int | None) -> DataSource:
                         f"{root / 'labeled'} (classes: {', '.join(names)})")
     every = [f for files in labeled.values() for f in files] + unlabeled_files
     every += [f for files in (test or {}).values() for f in files]
-    grey = _is_grey(every)
-    read = lambda files: _read(files, image_size, grey)  # noqa: E731
+    grey = is_grey(every)
+    read = lambda files: read_images(files, image_size, grey)  # noqa: E731
     label_of = {name: k for k, name in enumerate(names)}
 
     def labeled_set(classes: dict[str, list[Path]]) -> ImageSet:
