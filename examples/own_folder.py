@@ -2,7 +2,7 @@
 reads (a few labeled per class, long-tailed; many unlabeled; a test folder), train SeMi on them with
 examples/own_data.yaml, tabulate the run, and predict new images.
 
-    python examples/own_folder.py --out /tmp/own_digits            # about 2 minutes on 2 CPU cores
+    python examples/own_folder.py --out /tmp/own_digits            # 1500 iterations of examples/own_data.yaml
     python examples/own_folder.py --out /tmp/own_digits --iterations 30   # a smoke run
 """
 
