@@ -28,6 +28,8 @@ ACTIVE_TERMS = {
     "fixmatch_la_daso": ["algorithm.refiner.pretrain_fraction=0.2", "algorithm.refiner.dist_update_period=2"],
     "fixmatch_abc_daso": ["algorithm.refiner.pretrain_fraction=0.2", "algorithm.refiner.dist_update_period=2"],
     "acr": ["algorithm.est_epoch=0"],
+    "fixmatch_saw": ["train.epoch_length=5"],   # class weights from the pool after every epoch
+    "fixmatch_adsh": ["train.epoch_length=5"],  # thresholds from the pool after every epoch
 }
 
 

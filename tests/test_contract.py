@@ -165,6 +165,36 @@ def test_hooks_run_after_each_step_every_n_steps_and_at_epoch_ends(tmp_path, reg
     assert calls == expected
 
 
+
+class PoolRecorder(HookRecorder):
+    """HookRecorder that asks for the pool's predictions after every epoch and records their sum."""
+
+    @classmethod
+    def pool_each_epoch(cls, config) -> bool:
+        return True
+
+    def on_epoch_pool(self, epoch, pool):
+        self.calls.append(["pool", epoch, len(pool.logits["main"]), len(pool.features),
+                           float(pool.logits["main"].double().sum())])
+
+
+def test_pool_predictions_come_after_each_epoch_end_from_the_ema_model(tmp_path, registered):
+    registered(ALGORITHMS, "test_pool_recorder", RecorderConfig, PoolRecorder)
+    config = tiny_config("train.iterations=8", "train.epoch_length=4", "train.eval_every=4",
+                         "train.checkpoint_every=4", "algorithm.every=100", algorithm="test_pool_recorder")
+    start_run(config, tmp_path / "run", quiet=True)
+    final = load_checkpoint(tmp_path / "run/checkpoints/ckpt_00000008.pt")
+    calls = [c for c in final["algorithm"]["calls"] if c[0] != "step"]
+    data = prepare_data(config, torch.device("cpu"))
+    size = len(data.unlabeled)
+    assert [c[:4] for c in calls] == [["epoch", 0], ["pool", 0, size, size], ["epoch", 1], ["pool", 1, size, size]]
+    trainer = Trainer.from_config(config, data)
+    trainer.ema.load_state_dict(final["ema"])  # the EMA after step 8, the one the last call saw
+    logits = predict(trainer.ema.model, data.unlabeled.images, 500, trainer.parts.policy)["main"]
+    assert calls[3][4] == pytest.approx(float(logits.double().sum()), rel=1e-9)
+    assert calls[1][4] != pytest.approx(calls[3][4])  # epoch 0's call saw the EMA of step 4
+
+
 @dataclass(frozen=True)
 class SelfTrainingConfig(FixMatchConfig):
     name: str = option("test_self_training")

@@ -44,10 +44,17 @@ SHORT_DARP = ("algorithm.refiner.warmup_fraction=0.25", "algorithm.refiner.perio
 SHORT_DASO = ("algorithm.refiner.pretrain_fraction=0.25", "algorithm.refiner.dist_update_period=3")
 
 
+EPOCHS_OF_4 = ("train.epoch_length=4",)  # pool predictions at steps 4, 8 and 12, around the checkpoint at 6
+
+
 @pytest.mark.parametrize("algorithm,overrides", [("fixmatch", ()), ("supervised_la", ()),
-                                                 ("fixmatch_darp", SHORT_DARP), ("fixmatch_abc_daso", SHORT_DASO)])
+                                                 ("fixmatch_darp", SHORT_DARP), ("fixmatch_abc_daso", SHORT_DASO),
+                                                 ("fixmatch_debiaspl", ()), ("fixmatch_saw", EPOCHS_OF_4),
+                                                 ("fixmatch_adsh", EPOCHS_OF_4)])
 def test_resume_continues_bit_for_bit(tmp_path, algorithm, overrides):
-    """The method's state (DARP's pool labels, DASO's queue and distribution, ABC's generator) is checkpointed."""
+    """The method's state (DARP's pool labels, DASO's queue and distribution, ABC's generator, DebiasPL's
+    class-frequency estimate, SAW's weights and ADSH's thresholds from the epoch's pool predictions) is
+    checkpointed."""
     config = tiny_config("train.iterations=12", "train.checkpoint_every=6", "train.eval_every=6",
                          "train.log_every=4", "train.keep_checkpoints=3", *overrides, algorithm=algorithm)
     straight = tmp_path / "straight"

@@ -34,6 +34,15 @@ tests check those departures on their own):
   generator). USB's unlabeled ABC loss uses hard pseudo-labels; ABC's authors (and the project, by
   default) soft ones: the fixture holds both inputs, the hard-label value is compared with
   ``soft_targets: false``.
+- debiaspl.json: USB's DebiasPL over three steps: the class-frequency estimate p_hat, the debiased
+  probabilities, FixMatch's mask on them and the consistency loss with the logit offset. USB's loss
+  takes the p_hat of before the step's update (its hook sets it first); the project uses the updated
+  one in both places, as the authors' code uses one p_hat for both: the fixture holds both values.
+- saw.json: USB's SAW effective-number class weights (labeled; unlabeled before and after an epoch's
+  pool predictions) and its weighted labeled and consistency losses.
+- adsh.json: USB's ADSH adaptive thresholds over four pools (a confident head; a class predicted
+  once; no head prediction above tau_1; int(n_k * rho) - 1 = -1 and a class never predicted) and
+  the masks before and after the update.
 """
 
 from __future__ import annotations
@@ -334,6 +343,96 @@ def darp_estimate_fixture() -> None:
                             "condition": float(condition)})
 
 
+def debiaspl_fixture() -> None:
+    from semilearn.core.criterions import consistency_loss
+    from semilearn.imb_algorithms.debiaspl.debiaspl import DebiasPL
+    from semilearn.imb_algorithms.debiaspl.utils import DebiasPLConsistencyLoss
+
+    gen = torch.Generator().manual_seed(6)
+    k, bu, steps = 4, 6, 3
+    algo = DebiasPL.__new__(DebiasPL)  # only compute_prob's arithmetic: no network, data or optimizer
+    algo.tau, algo.ema_p, algo.ema_m = 0.4, 0.999, 0.999  # USB mixes ema_m and ema_p; equal here
+    algo.p_hat = torch.ones(k) / k
+    loss_fn = DebiasPLConsistencyLoss(tau=0.4)
+    records = []
+    for _ in range(steps):
+        weak = torch.randn(bu, k, generator=gen) * 3 + torch.tensor([2.0, 1.0, 0.0, -1.0])
+        strong = torch.randn(bu, k, generator=gen) * 2
+        before = algo.p_hat.clone()
+        probs = algo.compute_prob(weak)  # updates p_hat, then the debiased probabilities
+        confidence, labels = probs.max(1)
+        mask = confidence.ge(0.95).float()  # USB FixMatch's masking hook on these probabilities
+        loss_fn.set_param(before)           # USB: the hook set p_hat before this step's update
+        loss_usb = loss_fn(strong, labels, "ce", mask=mask)
+        loss_fn.set_param(algo.p_hat)
+        loss_updated = loss_fn(strong, labels, "ce", mask=mask)
+        plain = consistency_loss(strong, labels, "ce", mask=mask)
+        records.append({"weak_logits": lists(weak), "strong_logits": lists(strong), "p_hat": lists(algo.p_hat),
+                        "probs": lists(probs), "labels": labels.tolist(), "mask": lists(mask),
+                        "loss_usb": float(loss_usb), "loss": float(loss_updated), "loss_plain": float(plain)})
+    write("debiaspl", {"num_classes": k, "tau": 0.4, "momentum": 0.999, "threshold": 0.95, "steps": records})
+
+
+def saw_fixture() -> None:
+    from semilearn.imb_algorithms.saw.utils import SAWCELoss, SAWConsistencyLoss, SAWWeightsHook
+
+    gen = torch.Generator().manual_seed(7)
+    k, n = 4, 40
+    counts = torch.tensor([12, 5, 2, 1])
+    hook = SAWWeightsHook(y_lb_cnt=counts, num_ulb=n)
+    algo = types.SimpleNamespace(gpu="cpu", num_classes=k, print_fn=lambda *a: None)
+    cuda = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *a, **kw: self  # the hook moves its weights to a GPU
+    try:
+        hook.before_run(algo)
+        initial_lb, initial_ulb = algo.x_lb_weights.clone(), algo.x_ulb_weights.clone()
+        # class 3 is never predicted: its count is clamped to 1
+        pool_logits = torch.randn(n, k, generator=gen) * 2 + torch.tensor([3.0, 1.5, 0.5, -9.0])
+        algo.evaluate = lambda name, return_logits: {"eval_ulb/logits": pool_logits.numpy()}
+        hook.after_train_epoch(algo)
+    finally:
+        torch.Tensor.cuda = cuda
+    ce, cons = SAWCELoss(), SAWConsistencyLoss()
+    ce.set_weights(initial_lb)
+    cons.set_weights(algo.x_ulb_weights)
+    labeled_logits = torch.randn(6, k, generator=gen)
+    labels = torch.tensor([0, 0, 1, 2, 3, 0])
+    strong = torch.randn(5, k, generator=gen)
+    targets = torch.tensor([0, 1, 0, 2, 3])
+    mask = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0])
+    write("saw", {"labeled_counts": counts.tolist(), "pool_size": n, "labeled_weights": initial_lb,
+                  "initial_unlabeled_weights": initial_ulb, "pool_logits": pool_logits,
+                  "unlabeled_weights": algo.x_ulb_weights, "labeled_logits": labeled_logits,
+                  "labels": labels.tolist(), "labeled_loss": float(ce(labeled_logits, labels)),
+                  "strong_logits": strong, "targets": targets.tolist(), "mask": mask,
+                  "unlabeled_loss": float(cons(strong, targets, "ce", mask=mask))})
+
+
+def adsh_fixture() -> None:
+    from semilearn.imb_algorithms.adsh.utils import AdaptiveThresholdingHook
+
+    gen = torch.Generator().manual_seed(8)
+    k, tau_1 = 4, 0.95
+    cases = []
+    # 1: a confident head; 2: class 2 predicted once; 3: no head prediction reaches tau_1 (rho stays 1);
+    # 4: few confident head predictions, so that int(n_k * rho) - 1 = -1 for classes 1 and 2 (USB then
+    # takes their least confident prediction) and class 3 is never predicted (its score stays)
+    cases_in = ((6.0, [4.0, 1.0, 0.0, -1.0]), (6.0, [5.0, 2.0, -6.5, 0.0]), (0.5, [0.5, 0.2, 0.0, -0.2]),
+                (1.2, [3.0, 1.0, 0.5, 0.0]))
+    for scale, bias in cases_in:
+        hook = AdaptiveThresholdingHook(k, tau_1)
+        probs = torch.softmax(torch.randn(10, k, generator=gen) * 2, dim=1)
+        algo = types.SimpleNamespace(num_classes=k, tau_1=tau_1, compute_prob=lambda x: torch.softmax(x, dim=-1))
+        mask_before = hook.masking(algo, probs, softmax_x_ulb=False)
+        pool_logits = torch.randn(60, k, generator=gen) * scale + torch.tensor(bias)
+        algo.evaluate = lambda name, return_logits, logits=pool_logits: {"eval_ulb/logits": logits.numpy()}
+        hook.after_train_epoch(algo)
+        mask_after = hook.masking(algo, probs, softmax_x_ulb=False)
+        cases.append({"pool_logits": lists(pool_logits), "scores": lists(hook.adsh_s), "probs": lists(probs),
+                      "mask_before": lists(mask_before), "mask_after": lists(mask_after)})
+    write("adsh", {"num_classes": k, "tau_1": tau_1, "cases": cases})
+
+
 def main() -> None:
     sys.meta_path.insert(0, _StubFinder())
     torch.set_default_dtype(torch.float32)
@@ -343,6 +442,9 @@ def main() -> None:
     crest_fixture()
     acr_fixture()
     darp_estimate_fixture()
+    debiaspl_fixture()
+    saw_fixture()
+    adsh_fixture()
 
 
 if __name__ == "__main__":

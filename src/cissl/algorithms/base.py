@@ -6,8 +6,9 @@
   calls :meth:`Algorithm.step` (under the run's precision policy), back-propagates the returned
   loss, steps the optimizer, the LR schedule and the EMA, then calls the hooks: :meth:`after_step`
   every step, each :class:`Periodic` hook every ``every`` steps, :meth:`on_epoch_end` after the
-  last step of every epoch (``train.epoch_length`` steps), and :meth:`on_generation_end` between
-  generations (methods that declare more than one, like CReST).
+  last step of every epoch (``train.epoch_length`` steps), then :meth:`on_epoch_pool` with the EMA
+  model's predictions on the unlabeled pool (methods that ask for them: SAW, ADSH), and
+  :meth:`on_generation_end` between generations (methods that declare more than one, like CReST).
 - Evaluation scores the logits :meth:`evaluation_logits` returns (default: every head's raw
   logits) and reports :attr:`reported_head`.
 - A method never builds data, models, optimizers or loggers; it owns its own state (banks,
@@ -171,6 +172,12 @@ class Algorithm(Hooks):
         """Generations of the run (``train.iterations`` split evenly between them); 1 for most methods."""
         return 1
 
+    @classmethod
+    def pool_each_epoch(cls, config) -> bool:
+        """Whether the method sees the EMA model's predictions on the whole unlabeled pool after every
+        epoch (:meth:`on_epoch_pool`; SAW's class weights, ADSH's thresholds); False for most methods."""
+        return False
+
     # ------------------------------------------------------------------ training and evaluation
     @property
     def reported_head(self) -> str:
@@ -183,6 +190,10 @@ class Algorithm(Hooks):
     def evaluation_logits(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The logits evaluation scores, by name, from every head's raw logits (default: those)."""
         return logits
+
+    def on_epoch_pool(self, epoch: int, pool: PoolPredictions) -> None:
+        """After :meth:`on_epoch_end` of epoch ``epoch`` (0-based), for methods whose
+        :meth:`pool_each_epoch` is true: the EMA model's predictions on the whole unlabeled pool."""
 
     def on_generation_end(self, generation: int, pool: PoolPredictions) -> GenerationUpdate | None:
         """Called after the last step of every generation but the last (methods with generations)."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from cissl.algorithms.base import Algorithm, Batch, StepOutput, hooks_state, load_hooks_state
 from cissl.algorithms.components.consistency import consistency_loss
 from cissl.algorithms.components.logit_adjust import labeled_adjustment, labeled_loss
-from cissl.algorithms.components.pseudo_label import PseudoLabels, class_probabilities, threshold_pseudo_labels
+from cissl.algorithms.components.pseudo_label import PseudoLabels, class_probabilities
 from cissl.algorithms.components.views import forward_views
 from cissl.algorithms.parts import build_part
 from cissl.algorithms.registry import AUX_HEADS, REFINERS, register
@@ -74,13 +74,10 @@ class FixMatch(Algorithm):
     def step(self, model, batch: Batch, iteration: int) -> StepOutput:
         cfg = self.config
         views = forward_views(model, batch)
-        loss_x = labeled_loss(views.labeled_logits["main"], batch.y, self.adjustment)
-        probs = class_probabilities(views.weak_logits["main"], cfg.temperature)
-        refined = probs if self.refiner is None else self.refiner.refine(probs, views, batch, iteration)
-        pseudo = PseudoLabels(refined, *threshold_pseudo_labels(refined, cfg.threshold))
-        if self.refiner is not None and not self.refiner.masks_refined:  # mask on the unrefined confidence
-            pseudo.confidence, _, pseudo.mask = threshold_pseudo_labels(probs, cfg.threshold)
-        loss_u = consistency_loss([s["main"] for s in views.strong_logits], pseudo.labels, pseudo.mask.float())
+        loss_x = self.labeled_term(views.labeled_logits["main"], batch.y)
+        probs = self.weak_probabilities(views.weak_logits["main"])
+        pseudo = self.pseudo_labels(probs, views, batch, iteration)
+        loss_u = self.unlabeled_term([s["main"] for s in views.strong_logits], pseudo)
         loss = loss_x + cfg.unlabeled_weight * loss_u
         metrics = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask_rate": pseudo.mask.float().mean(),
                    "confidence": pseudo.confidence.mean()}
@@ -90,6 +87,35 @@ class FixMatch(Algorithm):
                 loss = loss + extra
             metrics.update(part_metrics)
         return StepOutput(loss, metrics, pseudo_labels=pseudo.labels, mask=pseudo.mask)
+
+    # ------------------------------------------------------------------ the pieces a variant overrides
+    def labeled_term(self, logits, labels):
+        """L_s: CE, or the LA loss with ``logit_adjust`` (SAW weights it per class)."""
+        return labeled_loss(logits, labels, self.adjustment)
+
+    def weak_probabilities(self, weak_logits):
+        """p = softmax(f(u_w) / T) without gradient (DebiasPL debiases it)."""
+        return class_probabilities(weak_logits, self.config.temperature)
+
+    def pseudo_labels(self, probs, views, batch, iteration) -> PseudoLabels:
+        """The refiner's distribution (or p), its argmax as the pseudo-labels, and the confidence mask
+        (:meth:`confidence_mask`) taken on the refined distribution, or on p where the refiner says so."""
+        refined = probs if self.refiner is None else self.refiner.refine(probs, views, batch, iteration)
+        confidence, labels = refined.max(dim=1)
+        if self.refiner is not None and not self.refiner.masks_refined:  # mask on the unrefined confidence
+            confidence, masked_labels = probs.max(dim=1)
+        else:
+            masked_labels = labels
+        return PseudoLabels(refined, confidence, labels, self.confidence_mask(confidence, masked_labels))
+
+    def confidence_mask(self, confidence, labels):
+        """[max p >= tau] (FixMatch Eq. 2; ADSH thresholds per class)."""
+        return confidence >= self.config.threshold
+
+    def unlabeled_term(self, strong_logits, pseudo: PseudoLabels):
+        """L_u: the masked CE of every strong view against the pseudo-labels (SAW weights it, DebiasPL
+        offsets the logits)."""
+        return consistency_loss(strong_logits, pseudo.labels, pseudo.mask.float())
 
     # ------------------------------------------------------------------ the parts' hooks and state
     def after_step(self, iteration: int) -> None:

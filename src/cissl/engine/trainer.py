@@ -51,6 +51,7 @@ class Trainer:
         self.optimizer, self.batches = parts.optimizer, parts.batches
         self.uses_unlabeled = parts.batches.spec.unlabeled
         self.periodic = self.algorithm.periodic()
+        self.pool_each_epoch = type(self.algorithm).pool_each_epoch(self.config.algorithm)
         self.generation_length = generation_length(self.config)
         self.pseudo_stats = PseudoLabelStats(self.data.num_classes, self.device)
         self.window = MetricWindow(self.device)
@@ -86,7 +87,10 @@ class Trainer:
         self.parts.scheduler.step()
         if not skip:
             self.ema.update(self.model)
-        run_hooks(self.algorithm, t, self.config.train.epoch_length, self.periodic)
+        epoch_length = self.config.train.epoch_length
+        run_hooks(self.algorithm, t, epoch_length, self.periodic)
+        if self.pool_each_epoch and (t + 1) % epoch_length == 0:
+            self.algorithm.on_epoch_pool((t + 1) // epoch_length - 1, self.pool_predictions())
         self.iteration = t + 1
         if not skip:
             self.window.add({"loss": out.loss.detach(), **out.metrics})
@@ -100,9 +104,7 @@ class Trainer:
         may extend the labeled set; the LR schedule restarts (and the network, if asked)."""
         generation = self.iteration // self.generation_length - 1
         start = time.perf_counter()
-        logits, features = predict_with_features(self.ema.model, self.data.unlabeled.images,
-                                                 self.config.train.eval_batch_size, self.parts.policy)
-        update = self.algorithm.on_generation_end(generation, PoolPredictions(logits, features))
+        update = self.algorithm.on_generation_end(generation, self.pool_predictions())
         if update is not None:
             self.batches.set_labeled_additions(update.labeled_indices, update.labels, generation + 1)
             if update.reinitialize_model:
@@ -112,6 +114,12 @@ class Trainer:
             added = 0 if update is None else len(update.labels)
             self.logger.message(f"generation {generation} ended at iteration {self.iteration}: {added} pseudo-labeled "
                                 f"images join the labeled set ({time.perf_counter() - start:.1f} s)")
+
+    def pool_predictions(self) -> PoolPredictions:
+        """The EMA model's logits and embeddings on the whole unlabeled pool (eval mode, no augmentation)."""
+        logits, features = predict_with_features(self.ema.model, self.data.unlabeled.images,
+                                                 self.config.train.eval_batch_size, self.parts.policy)
+        return PoolPredictions(logits, features)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, full: bool = False) -> dict:
