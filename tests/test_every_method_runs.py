@@ -20,9 +20,20 @@ def expected_heads(config) -> set:
     return set(algorithm_class(config.algorithm.name).required_heads(config.algorithm))
 
 
+def parent_run(tmp_path, algorithm, make_config) -> list[str]:
+    """For a method that re-trains the classifier of a finished run (cRT), that run: a short supervised
+    one on the same data; the overrides that start from it."""
+    if algorithm_class(algorithm).trains_backbone(None):
+        return []
+    start_run(make_config("supervised"), tmp_path / "parent", quiet=True)
+    return [f"train.init_from={tmp_path / 'parent'}"]
+
+
 @pytest.mark.parametrize("algorithm", algorithm_names())
 def test_digits(tmp_path, algorithm):
-    config = tiny_config(*ACTIVE_TERMS.get(algorithm, []), algorithm=algorithm)
+    parent = parent_run(tmp_path, algorithm, lambda name: tiny_config("train.iterations=4", "train.eval_every=2",
+                                                                      "train.report_last=1", algorithm=name))
+    config = tiny_config(*ACTIVE_TERMS.get(algorithm, []), *parent, algorithm=algorithm)
     results = start_run(config, tmp_path / "run", quiet=True)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert RESULT_KEYS <= set(saved) and saved["iterations"] == 20 and 0.0 <= results["top1"] <= 1.0
@@ -35,8 +46,9 @@ def test_fashion(tmp_path, algorithm):
     short = ["train.iterations=10", "train.eval_every=10", "train.checkpoint_every=10", "train.report_last=1",
              "train.epoch_length=5", "train.eval_batch_size=2000"]
     generations = ["algorithm.generations=2"] if "crest" in algorithm else []  # one pool re-labelling
-    config = load_config(CONFIGS / "fashion_lt/consistent_n1500_m3000_g100.yaml",
-                         short + generations + ACTIVE_TERMS.get(algorithm, []), algorithm)
+    setting = CONFIGS / "fashion_lt/consistent_n1500_m3000_g100.yaml"
+    parent = parent_run(tmp_path, algorithm, lambda name: load_config(setting, short, name))
+    config = load_config(setting, short + generations + ACTIVE_TERMS.get(algorithm, []) + parent, algorithm)
     start_run(config, tmp_path / "run", quiet=True)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert RESULT_KEYS <= set(saved) and saved["iterations"] == 10

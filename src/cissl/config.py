@@ -149,6 +149,10 @@ class TrainConfig:
                                help="torch.compile mode (reduce-overhead: CUDA graphs of the compiled backbone)")
     cuda_graphs: bool = option(True, help="on CUDA, replay the augmentation from CUDA graphs (same images)")
     cudnn_benchmark: bool = option(True, help="on CUDA, let cuDNN time its convolution algorithms (process-wide)")
+    init_from: str = option("", help="start the network's backbone from this finished run (a run directory or "
+                                     "a checkpoint file; same data, model and seed); the heads start afresh")
+    init_weights: str = option("ema", choices=("ema", "model"),
+                               help="init_from's weights: its EMA network or its training network")
     eval_batch_size: int = option(256, min=1, help="batch size of evaluation")
     evaluate_on: str = option("test", choices=("test", "val"),
                               help="images every evaluation scores: val = the held-out validation split "
@@ -250,6 +254,9 @@ def check_method(config: Config) -> None:
         allowed = " or ".join(map(str, spec.strong_views))
         raise ConfigError(f"config key 'train.strong_views': {name} takes {allowed} strong view(s) per "
                           f"unlabeled image, got {train.strong_views}")
+    if not method.trains_backbone(config.algorithm) and not train.init_from:
+        raise ConfigError(f"config key 'train.init_from': {name} trains only the classifier on a frozen network; "
+                          f"give the trained run it starts from (a run directory or a checkpoint file)")
     generations = method.generations(config.algorithm)
     if train.iterations % generations:
         raise ConfigError(f"config key 'train.iterations': {name} runs {generations} generations of equal length, "

@@ -37,16 +37,24 @@ class ViewSpec:
     them; None: any). ``weak_pass``: ``joint`` puts the weak view into the one forward with
     gradients (BN sees the whole batch), ``no_grad`` runs it in a separate forward without
     gradients first (:func:`cissl.algorithms.components.views.forward_views` does either).
+    ``labeled_sampling``: ``shuffled`` walks permutations of the labeled set; ``class_balanced`` draws
+    each labeled image with replacement, with probability proportional to its class's weight
+    (1 / N_k, or the effective number's (1 - beta) / (1 - beta^N_k) for ``sampling_beta`` < 1; cRT).
     """
 
     unlabeled: bool = True
     weak: bool = True
     strong_views: tuple[int, ...] | None = None
     weak_pass: str = "joint"
+    labeled_sampling: str = "shuffled"
+    sampling_beta: float = 1.0
 
     def __post_init__(self):
         if self.weak_pass not in ("joint", "no_grad"):
             raise ValueError(f"ViewSpec.weak_pass must be 'joint' or 'no_grad', got {self.weak_pass!r}")
+        if self.labeled_sampling not in ("shuffled", "class_balanced"):
+            raise ValueError(f"ViewSpec.labeled_sampling must be 'shuffled' or 'class_balanced', "
+                             f"got {self.labeled_sampling!r}")
 
 
 @dataclass
@@ -171,6 +179,12 @@ class Algorithm(Hooks):
     def generations(cls, config) -> int:
         """Generations of the run (``train.iterations`` split evenly between them); 1 for most methods."""
         return 1
+
+    @classmethod
+    def trains_backbone(cls, config) -> bool:
+        """False for methods that train only the heads on a frozen network started from another run
+        (``train.init_from``; cRT): the backbone gets no gradient and stays in eval mode."""
+        return True
 
     @classmethod
     def pool_each_epoch(cls, config) -> bool:

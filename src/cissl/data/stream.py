@@ -52,6 +52,35 @@ class IndexStream:
         self.pos = int(state["pos"])
 
 
+
+def class_sampling_weights(labels: torch.Tensor, num_classes: int, beta: float) -> torch.Tensor:
+    """Per-image sampling weights w_{y_i}: (1 - beta) / (1 - beta^{N_y}) (effective number, Cui et al. 2019)
+    for beta < 1, 1 / N_y for beta = 1 (each class equally likely), float64."""
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
+    per_class = 1.0 / counts if beta >= 1.0 else (1.0 - beta) / (1.0 - beta ** counts)
+    return per_class[labels.cpu()]
+
+
+class ClassBalancedStream:
+    """Batches of positions drawn with replacement, position i with probability proportional to
+    ``weights[i]`` (class-aware sampling: cRT's labeled batches), reproducible from ``seed``."""
+
+    def __init__(self, weights: torch.Tensor, batch_size: int, seed: int):
+        if len(weights) < 1:
+            raise ValueError("a class-balanced stream needs a non-empty pool")
+        self.weights = weights.double()
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next(self) -> torch.Tensor:
+        return torch.multinomial(self.weights, self.batch_size, replacement=True, generator=self.generator)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
 class ImagePool:
     """uint8 images (and optional labels) living on the training device, indexed by stream batches."""
 

@@ -88,6 +88,8 @@ def build_training(config: Config, data: TrainingData, device: torch.device) -> 
         model.compile_backbone(mode=tc.compile_mode)
     algorithm = build_method(config, data, model.feature_dim, device)
     algorithm.ema_model = ema.model
+    if not method.trains_backbone(config.algorithm):  # cRT: only the heads learn (the optimizer skips the rest)
+        model.backbone.requires_grad_(False)
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, generation_length(config))
     batches = BatchSource(data, tc, config.augment, method.views(config.algorithm), policy, tc.seed)

@@ -13,7 +13,7 @@ import torch
 from cissl.algorithms.base import Batch, ViewSpec
 from cissl.data.augment import BatchAugment
 from cissl.data.augment_graph import GraphedViews
-from cissl.data.stream import ImagePool, IndexStream
+from cissl.data.stream import ClassBalancedStream, ImagePool, IndexStream, class_sampling_weights
 from cissl.engine.precision import ComputePolicy
 from cissl.engine.seeds import derive_seed
 
@@ -28,7 +28,11 @@ class BatchSource:
         self.batch_size = tc.batch_size
         self.strong_views = tc.strong_views
         self.labeled = data.labeled
-        self.labeled_stream = IndexStream(len(data.labeled), tc.batch_size, derive_seed(seed, "labeled"))
+        if spec.labeled_sampling == "class_balanced":
+            weights = class_sampling_weights(data.labeled.labels, data.num_classes, spec.sampling_beta)
+            self.labeled_stream = ClassBalancedStream(weights, tc.batch_size, derive_seed(seed, "labeled"))
+        else:
+            self.labeled_stream = IndexStream(len(data.labeled), tc.batch_size, derive_seed(seed, "labeled"))
         self.unlabeled_stream = IndexStream(len(data.unlabeled), tc.batch_size * tc.mu, derive_seed(seed, "unlabeled"))
         device = policy.device
         self.augment = BatchAugment(

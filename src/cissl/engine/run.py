@@ -21,13 +21,14 @@ from cissl.engine.checkpoint import (
     load_newest_readable,
 )
 from cissl.engine.data import prepare_data
+from cissl.engine.init_from import load_initial_backbone
 from cissl.engine.logging import RunLogger, truncate_jsonl
 from cissl.engine.precision import resolve_device
 from cissl.engine.trainer import Trainer
 from cissl.errors import CheckpointError, CisslError, ConfigError
 from cissl.evaluation.distribution import estimate_class_counts
 from cissl.evaluation.evaluate import evaluate_model, predict
-from cissl.evaluation.summary import summarize_run
+from cissl.evaluation.summary import row_name, summarize_run
 from cissl.rundir import LOCK, RunDir, atomic_write_json
 
 
@@ -68,7 +69,11 @@ def _start_locked(config: Config, run: RunDir, stream, quiet: bool) -> dict:
     logger = _logger(config, run, stream, quiet)
     try:
         logger.message(_describe(config, data, device))
-        return Trainer.from_config(config, data, run, logger, device).fit()
+        trainer = Trainer.from_config(config, data, run, logger, device)
+        if config.train.init_from:
+            trainer.parent_algorithm, line = load_initial_backbone(trainer.parts, config)
+            logger.message(line)
+        return trainer.fit()
     finally:
         logger.close()
 
@@ -206,7 +211,8 @@ def _evaluate_locked(run: RunDir, config: Config, trained: TrainedRun) -> dict:
     final = {"iteration": int(state["iteration"])}
     final.update(evaluate_model(model, algorithm, data, policy, config.train.eval_batch_size, full=True))
     results = summarize_run(config, history, final, algorithm.reported_head, data.split.labeled_counts,
-                            int(state["iteration"]), float(state["elapsed"]), str(device))
+                            int(state["iteration"]), float(state["elapsed"]), str(device),
+                            row_name(config, state.get("parent_algorithm")))
     results["checkpoint"] = str(checkpoint)
     atomic_write_json(run.results, results)
     return results

@@ -29,7 +29,7 @@ from cissl.engine.precision import resolve_device
 from cissl.engine.stop import StopSignals, TrainingStopped
 from cissl.errors import CheckpointError, CisslError
 from cissl.evaluation.evaluate import evaluate_model, predict_with_features
-from cissl.evaluation.summary import summarize_run
+from cissl.evaluation.summary import row_name, summarize_run
 from cissl.rundir import RunDir, atomic_write_json
 
 CHECKPOINT_VERSION = 2
@@ -52,6 +52,7 @@ class Trainer:
         self.uses_unlabeled = parts.batches.spec.unlabeled
         self.periodic = self.algorithm.periodic()
         self.pool_each_epoch = type(self.algorithm).pool_each_epoch(self.config.algorithm)
+        self.frozen_backbone = not type(self.algorithm).trains_backbone(self.config.algorithm)
         self.generation_length = generation_length(self.config)
         self.pseudo_stats = PseudoLabelStats(self.data.num_classes, self.device)
         self.window = MetricWindow(self.device)
@@ -59,6 +60,7 @@ class Trainer:
         self.history: list[dict] = []
         self.elapsed = 0.0
         self.skipped_steps = 0  # steps whose loss was not finite, skipped (train.skip_nonfinite_steps)
+        self.parent_algorithm: str | None = None  # the method of the run train.init_from started this one from
 
     @classmethod
     def from_config(cls, config: Config, data: TrainingData, run_dir=None, logger: RunLogger | None = None,
@@ -71,6 +73,8 @@ class Trainer:
         t = self.iteration
         batch, truth = self.batches.next()
         self.model.train()
+        if self.frozen_backbone:  # its BN statistics stay those of the run it started from
+            self.model.backbone.eval()
         guard = self.config.train.skip_nonfinite_steps
         buffers = [b.detach().clone() for b in self.model.buffers()] if guard else None  # BN statistics
         with self.parts.policy.autocast():
@@ -162,6 +166,8 @@ class Trainer:
             "history": json.dumps(self.history),
             "elapsed": self.elapsed,
         }
+        if self.parent_algorithm is not None:
+            state["parent_algorithm"] = self.parent_algorithm
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -189,6 +195,7 @@ class Trainer:
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.iteration = int(state["iteration"])
         self.elapsed = float(state["elapsed"])
+        self.parent_algorithm = state.get("parent_algorithm")
 
     def save(self) -> Path:
         tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]  # weights and BN statistics
@@ -246,4 +253,5 @@ class Trainer:
         """The run's summary (results.json), from a final full evaluation of the EMA model."""
         final = self.evaluate(full=True)
         return summarize_run(self.config, self.history, final, self.algorithm.reported_head,
-                             self.data.split.labeled_counts, self.iteration, self.elapsed, str(self.device))
+                             self.data.split.labeled_counts, self.iteration, self.elapsed, str(self.device),
+                             row_name(self.config, self.parent_algorithm))

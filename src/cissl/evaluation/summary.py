@@ -9,10 +9,17 @@ import numpy as np
 from cissl.evaluation.metrics import class_groups
 
 
+def row_name(config, parent_algorithm: str | None) -> str:
+    """A run's method name in results.json and the tables: ``algorithm.name``, or, for a run started
+    from another run's network (``train.init_from``), ``parent+name`` (e.g. ``fixmatch_darp+crt``)."""
+    return f"{parent_algorithm}+{config.algorithm.name}" if parent_algorithm else config.algorithm.name
+
+
 def summarize_run(config, history: list[dict], final: dict, reported_head: str, labeled_counts, iterations: int,
-                  wall_time_s: float, device: str) -> dict:
+                  wall_time_s: float, device: str, name: str | None = None) -> dict:
     """Final EMA metrics of the reported head and of every head, median / mean of the last
-    ``train.report_last`` evaluations, best-on-test under its own key (labelled as selected on test)."""
+    ``train.report_last`` evaluations, best-on-test under its own key (labelled as selected on test).
+    ``name``: the method's name in the tables (:func:`row_name`; default ``algorithm.name``)."""
     tc = config.train
     head = reported_head
     report = final["test"][head]
@@ -22,7 +29,7 @@ def summarize_run(config, history: list[dict], final: dict, reported_head: str, 
     best = int(np.argmax(curve)) if curve else None
     results = {
         "setting": config.name,
-        "algorithm": config.algorithm.name,
+        "algorithm": name or config.algorithm.name,
         "seed": tc.seed,
         "iterations": iterations,
         "evaluated_on": tc.evaluate_on,

@@ -1,0 +1,115 @@
+"""cRT: class-aware sampling, the frozen network started from a finished run, the parent in the row
+name, the checks on the parent, and a resumed cRT stage equal to an uninterrupted one."""
+
+import json
+
+import pytest
+import torch
+from helpers import tiny_config
+from test_training import assert_same_state
+
+from cissl.config import load_config
+from cissl.data.stream import ClassBalancedStream, class_sampling_weights
+from cissl.engine.checkpoint import load_checkpoint
+from cissl.engine.run import evaluate_run, resume_run, start_run
+from cissl.errors import CheckpointError, ConfigError
+
+PARENT = ("train.iterations=8", "train.eval_every=4", "train.checkpoint_every=4", "train.keep_checkpoints=4")
+
+
+def test_sampling_weights_by_hand():
+    """Labels 0, 0, 0, 1: beta = 1 gives 1/3 each to the class-0 images and 1 to the class-1 image;
+    beta = 1/2 gives (1/2) / (1 - 1/8) = 4/7 and (1/2) / (1/2) = 1."""
+    labels = torch.tensor([0, 0, 0, 1])
+    for beta, head in ((1.0, 1 / 3), (0.5, 4 / 7)):
+        expected = torch.tensor([head] * 3 + [1.0], dtype=torch.float64)
+        assert torch.allclose(class_sampling_weights(labels, 2, beta), expected)
+
+
+def test_class_balanced_stream_draws_classes_equally_and_resumes():
+    labels = torch.tensor([0] * 90 + [1] * 9 + [2])
+    stream = ClassBalancedStream(class_sampling_weights(labels, 3, 1.0), 64, seed=5)
+    drawn = labels[torch.cat([stream.next() for _ in range(200)])]
+    shares = torch.bincount(drawn, minlength=3).double() / len(drawn)
+    assert torch.allclose(shares, torch.full((3,), 1 / 3, dtype=torch.float64), atol=0.02)
+    saved = stream.state_dict()
+    ahead = [stream.next() for _ in range(3)]
+    again = ClassBalancedStream(class_sampling_weights(labels, 3, 1.0), 64, seed=0)
+    again.load_state_dict(saved)
+    assert all(torch.equal(a, again.next()) for a in ahead)
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+    run = tmp_path_factory.mktemp("crt") / "parent"
+    start_run(tiny_config(*PARENT, algorithm="fixmatch"), run, quiet=True)
+    return run
+
+
+def crt_config(parent, *overrides):
+    return tiny_config("train.iterations=12", "train.eval_every=6", "train.checkpoint_every=6",
+                       "train.keep_checkpoints=3", "train.ema_decay=0", f"train.init_from={parent}", *overrides,
+                       algorithm="crt")
+
+
+def backbone(state, key):
+    return {k: v for k, v in state[key].items() if k.startswith("backbone.")}
+
+
+def test_the_network_stays_frozen_and_only_the_fresh_head_learns(tmp_path, parent):
+    results = start_run(crt_config(parent), tmp_path / "crt", quiet=True)
+    assert results["algorithm"] == "fixmatch+crt"
+    source = load_checkpoint(parent / "checkpoints/ckpt_00000008.pt")
+    final = load_checkpoint(tmp_path / "crt/checkpoints/ckpt_00000012.pt")
+    for key in ("model", "ema"):  # weights and BN statistics: the parent's EMA backbone, untouched (EMA decay 0)
+        assert_same_state(backbone(source, "ema"), backbone(final, key))
+    fresh = load_checkpoint(tmp_path / "crt/checkpoints/ckpt_00000006.pt")["model"]["heads.main.weight"]
+    assert not torch.equal(fresh, final["model"]["heads.main.weight"])
+    assert not torch.equal(source["ema"]["heads.main.weight"], fresh)  # the head did not come from the parent
+    assert json.loads((tmp_path / "crt/results.json").read_text())["algorithm"] == "fixmatch+crt"
+    assert evaluate_run(tmp_path / "crt")["algorithm"] == "fixmatch+crt"  # re-evaluation keeps the parent
+
+
+def test_training_weights_of_the_parent_on_request(tmp_path, parent):
+    start_run(crt_config(parent, "train.init_weights=model", "train.iterations=6", "train.report_last=1"),
+              tmp_path / "crt", quiet=True)
+    source = load_checkpoint(parent / "checkpoints/ckpt_00000008.pt")
+    final = load_checkpoint(tmp_path / "crt/checkpoints/ckpt_00000006.pt")
+    assert_same_state(backbone(source, "model"), backbone(final, "model"))
+    assert not all(torch.equal(a, b) for a, b in zip(backbone(source, "model").values(),
+                                                    backbone(source, "ema").values()))
+
+
+def test_a_resumed_crt_stage_equals_an_uninterrupted_one(tmp_path, parent):
+    config = crt_config(parent)
+    start_run(config, tmp_path / "straight", quiet=True)
+    start_run(config, tmp_path / "cut", quiet=True)
+    (tmp_path / "cut/checkpoints/ckpt_00000012.pt").unlink()  # as if stopped after iteration 6
+    (tmp_path / "cut/results.json").unlink()
+    resume_run(tmp_path / "cut", quiet=True)
+    assert_same_state(load_checkpoint(tmp_path / "straight/checkpoints/ckpt_00000012.pt"),
+                      load_checkpoint(tmp_path / "cut/checkpoints/ckpt_00000012.pt"))
+    assert json.loads((tmp_path / "cut/results.json").read_text())["algorithm"] == "fixmatch+crt"
+
+
+def test_the_parent_must_exist_and_match(tmp_path, parent):
+    with pytest.raises(ConfigError, match=r"^config key 'train.init_from': crt trains only the classifier"):
+        tiny_config(algorithm="crt")
+    with pytest.raises(CheckpointError, match=r"^train.init_from: .*nowhere is neither a checkpoint file nor a run"):
+        start_run(crt_config(tmp_path / "nowhere"), tmp_path / "a", quiet=True)
+    with pytest.raises(CheckpointError, match=r"other data or another network: train.seed 0 \(this run: 1\)$"):
+        start_run(crt_config(parent, "train.seed=1"), tmp_path / "b", quiet=True)
+    with pytest.raises(CheckpointError, match=r"other data or another network: model.widen 1 \(this run: 2\)$"):
+        start_run(crt_config(parent, "model.widen=2"), tmp_path / "c", quiet=True)
+    (tmp_path / "empty/checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"^train.init_from: run .*empty has no checkpoint$"):
+        start_run(crt_config(tmp_path / "empty"), tmp_path / "d", quiet=True)
+
+
+def test_any_method_can_start_from_a_run(tmp_path, parent):
+    """train.init_from is general: a FixMatch run fine-tuning the parent's backbone names it too."""
+    config = load_config(None, [])  # defaults: no init_from, the row name is the method's
+    assert config.train.init_from == "" and config.train.init_weights == "ema"
+    results = start_run(tiny_config("train.iterations=4", "train.eval_every=2", "train.report_last=1",
+                                    f"train.init_from={parent}", algorithm="supervised"), tmp_path / "ft", quiet=True)
+    assert results["algorithm"] == "fixmatch+supervised"
