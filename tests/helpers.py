@@ -30,6 +30,7 @@ ACTIVE_TERMS = {
     "acr": ["algorithm.est_epoch=0"],
     "fixmatch_saw": ["train.epoch_length=5"],   # class weights from the pool after every epoch
     "fixmatch_adsh": ["train.epoch_length=5"],  # thresholds from the pool after every epoch
+    "fixmatch_tras": ["algorithm.warmup_epochs=0"],  # the student learns from the first step
 }
 
 

@@ -50,7 +50,8 @@ EPOCHS_OF_4 = ("train.epoch_length=4",)  # pool predictions at steps 4, 8 and 12
 @pytest.mark.parametrize("algorithm,overrides", [("fixmatch", ()), ("supervised_la", ()),
                                                  ("fixmatch_darp", SHORT_DARP), ("fixmatch_abc_daso", SHORT_DASO),
                                                  ("fixmatch_debiaspl", ()), ("fixmatch_saw", EPOCHS_OF_4),
-                                                 ("fixmatch_adsh", EPOCHS_OF_4)])
+                                                 ("fixmatch_adsh", EPOCHS_OF_4),
+                                                 ("fixmatch_tras", ("algorithm.warmup_epochs=0",))])
 def test_resume_continues_bit_for_bit(tmp_path, algorithm, overrides):
     """The method's state (DARP's pool labels, DASO's queue and distribution, ABC's generator, DebiasPL's
     class-frequency estimate, SAW's weights and ADSH's thresholds from the epoch's pool predictions) is

@@ -7,7 +7,9 @@ Run by hand, in a separate virtual environment (never in the project's dependenc
     pip install --no-deps semilearn==0.3.2
     git clone https://github.com/ytaek-oh/daso /tmp/daso   # the DASO framework (CReST+'s alignment)
     git clone https://github.com/Gank0078/ACR /tmp/acr      # ACR's authors' code
-    DASO_REPO=/tmp/daso ACR_REPO=/tmp/acr python tests/reference/make_fixtures.py   # from the repository root
+    git clone https://github.com/Stomach-ache/TRAS /tmp/tras  # TRAS's authors' code
+    # from the repository root:
+    DASO_REPO=/tmp/daso ACR_REPO=/tmp/acr TRAS_REPO=/tmp/tras python tests/reference/make_fixtures.py
 
 USB's ``semilearn`` 0.3.2 imports torchaudio, wandb, aim, transformers, timm and ruamel at import
 time; none of them is needed for the arithmetic used here, so an import hook below gives empty stub
@@ -40,6 +42,11 @@ tests check those departures on their own):
   one in both places, as the authors' code uses one p_hat for both: the fixture holds both values.
 - saw.json: USB's SAW effective-number class weights (labeled; unlabeled before and after an epoch's
   pool predictions) and its weighted labeled and consistency losses.
+- tras.json: TRAS's own step arithmetic, executed from its authors' train.py (helpers and the step
+  block; ``.cuda()`` removed) on a stand-in network whose teacher and student classifiers look logits
+  up by image id. USB's TRAS departs from it (its log-prior has the opposite sign, N_min / N_k; the
+  student's targets come from its own weak-view logits, not the teacher's strong-view ones; one strong
+  view): the project follows the authors.
 - adsh.json: USB's ADSH adaptive thresholds over four pools (a confident head; a class predicted
   once; no head prediction above tau_1; int(n_k * rho) - 1 = -1 and a class never predicted) and
   the masks before and after the update.
@@ -433,6 +440,63 @@ def adsh_fixture() -> None:
     write("adsh", {"num_classes": k, "tau_1": tau_1, "cases": cases})
 
 
+def tras_fixture() -> None:
+    """TRAS's step arithmetic executed from its authors' train.py: the helpers (``compute_adjustment``,
+    ``balanced_softmax_loss``, ``KL``, ``SemiLoss``) and the step block from the pseudo-labels to the
+    TRAS loss, on a stand-in network whose two classifiers look logits up by image id."""
+    import ast
+    import os
+    import re
+    import textwrap
+
+    import torch.nn.functional as F
+
+    source = (Path(os.environ["TRAS_REPO"]) / "train.py").read_text()
+    wanted = {"compute_adjustment", "balanced_softmax_loss", "KL", "SemiLoss"}
+    nodes = [node for node in ast.parse(source).body
+             if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in wanted]
+    namespace = {"torch": torch, "np": np, "F": F}
+    exec(compile(ast.Module(body=nodes, type_ignores=[]), "train.py", "exec"), namespace)
+    start = source.rindex("\n", 0, source.index("# Generate the pseudo labels")) + 1
+    end = source.index("\n", source.index("Trasloss = loss_x_S + loss_u_S", start))
+    block = re.sub(r"\.cuda\([^)]*\)", "", textwrap.dedent(source[start:end]))
+
+    gen = torch.Generator().manual_seed(9)
+    k, b = 4, 64  # the step block hard-codes 128 = 2 x 64 rows of strong views
+    counts = np.array([24, 12, 6, 3])
+    labels = torch.repeat_interleave(torch.arange(k), torch.tensor(counts))
+    args = types.SimpleNamespace(device="cpu")
+    args.logit_adjustments = namespace["compute_adjustment"]([(None, labels, None)], 1.0, args)
+    t_logit = 2 * torch.softmax(-args.logit_adjustments / 1, dim=0) + 2  # A = B = 2, as train.py builds it
+    bias = torch.tensor([3.0, 1.0, 0.0, -1.0])
+    teacher = torch.randn(4 * b, k, generator=gen) * 3 + bias  # rows: labeled, weak, strong 1, strong 2
+    student = torch.randn(4 * b, k, generator=gen) * 3 + bias
+
+    class StandIn:
+        def __call__(self, ids):
+            return ids
+
+        def classify(self, ids):
+            return teacher[ids.long()].double()
+
+        def classify2(self, ids):
+            return student[ids.long()].double()
+
+    targets_x = torch.randint(0, k, (b,), generator=gen)
+    ids = torch.arange(4 * b).double()
+    namespace.update(model=StandIn(), args=args, T_logit=t_logit, num_class=k, batch_size=b, epoch=11,
+                     inputs_x=ids[:b], targets_x=targets_x, targets_x2=F.one_hot(targets_x, k).double(),
+                     inputs_u=ids[b:2 * b], inputs_u2=ids[2 * b:3 * b], inputs_u3=ids[3 * b:],
+                     criterion=namespace["SemiLoss"]())
+    exec(compile(block, "train.py", "exec"), namespace)
+    write("tras", {"labeled_counts": counts.tolist(), "adjustments": args.logit_adjustments, "t_logit": t_logit,
+                   "teacher_logits": teacher, "student_logits": student, "labels": targets_x.tolist(),
+                   "teacher_mask": namespace["select_mask"][:b], "student_mask": namespace["select_maskkd"][:b],
+                   "loss_x": float(namespace["Lx"]), "loss_u": float(namespace["Lu"]),
+                   "loss_x_student": float(namespace["loss_x_S"]), "loss_u_student": float(namespace["loss_u_S"]),
+                   "loss": float(namespace["loss"])})
+
+
 def main() -> None:
     sys.meta_path.insert(0, _StubFinder())
     torch.set_default_dtype(torch.float32)
@@ -445,6 +509,7 @@ def main() -> None:
     debiaspl_fixture()
     saw_fixture()
     adsh_fixture()
+    tras_fixture()
 
 
 if __name__ == "__main__":

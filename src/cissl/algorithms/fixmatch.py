@@ -81,12 +81,16 @@ class FixMatch(Algorithm):
         loss = loss_x + cfg.unlabeled_weight * loss_u
         metrics = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask_rate": pseudo.mask.float().mean(),
                    "confidence": pseudo.confidence.mean()}
-        for part in self.parts.values():
+        for part in [*self.parts.values(), self]:
             extra, part_metrics = part.loss(model, views, batch, pseudo, iteration)
             if extra is not None:
                 loss = loss + extra
             metrics.update(part_metrics)
         return StepOutput(loss, metrics, pseudo_labels=pseudo.labels, mask=pseudo.mask)
+
+    def loss(self, model, views, batch, pseudo: PseudoLabels, iteration: int):
+        """A variant's own extra term and its metrics, or (None, {}) (TRAS's student), after the parts'."""
+        return None, {}
 
     # ------------------------------------------------------------------ the pieces a variant overrides
     def labeled_term(self, logits, labels):
