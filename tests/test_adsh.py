@@ -94,3 +94,26 @@ def test_state_round_trip():
     other.load_state_dict(algo.state_dict())
     assert torch.equal(other.thresholds, algo.thresholds) and torch.equal(other.class_thresholds, algo.class_thresholds)
     assert not torch.equal(other.thresholds, make([8, 4, 2, 1]).thresholds)
+
+
+def test_boundaries_are_inclusive():
+    """A majority confidence equal to tau_1 counts as at or above it (both rules); a confidence equal to
+    its class's threshold passes the mask."""
+    lists = [torch.tensor([0.95, 0.9], dtype=torch.float64), torch.tensor([0.8, 0.6], dtype=torch.float64)]
+    start = torch.full((2,), 0.95, dtype=torch.float64)
+    # usb: m = 1 -> rho = 0 -> index -1 for both; with m = 0 rho would be 1 and give the same, so check class 0
+    # through the authors' rule: m = 1 -> rho = 1/2 -> class 1 index round(0) = 0 -> 0.8 (m = 0 would give 0.6)
+    assert authors_thresholds(lists, start, 0.95, majority=0)[1].item() == pytest.approx(0.8)
+    lists[0] = torch.tensor([0.99, 0.95, 0.9, 0.5], dtype=torch.float64)  # usb: m = 2 -> rho = 1/4 (m = 1: 0)
+    lists[1] = torch.tensor([0.8, 0.6, 0.4, 0.2], dtype=torch.float64)
+    assert math.exp(-usb_scores(lists, start, 0.95, majority=0)[1].item()) == pytest.approx(0.8)
+    algo = make([2, 1])
+    algo.class_thresholds = torch.tensor([0.5, 0.9])
+    assert algo.confidence_mask(torch.tensor([0.5, 0.5]), torch.tensor([0, 1])).tolist() == [True, False]
+
+
+def test_authors_rule_without_a_confident_majority_takes_each_class_last():
+    """No majority entry reaches tau: rho = 1, so round(n_k - 1) is each list's last entry (capped at tau)."""
+    lists = [torch.tensor([0.9, 0.8], dtype=torch.float64), torch.tensor([0.7, 0.6, 0.3], dtype=torch.float64)]
+    start = torch.full((2,), 0.95, dtype=torch.float64)
+    assert authors_thresholds(lists, start, 0.95, majority=0).tolist() == pytest.approx([0.95, 0.3])

@@ -8,6 +8,8 @@ import torch
 from helpers import tiny_config
 from test_training import assert_same_state
 
+from cissl.algorithms import ViewSpec
+from cissl.algorithms.crt import Crt
 from cissl.config import load_config
 from cissl.data.stream import ClassBalancedStream, class_sampling_weights
 from cissl.engine.checkpoint import load_checkpoint
@@ -113,3 +115,11 @@ def test_any_method_can_start_from_a_run(tmp_path, parent):
     results = start_run(tiny_config("train.iterations=4", "train.eval_every=2", "train.report_last=1",
                                     f"train.init_from={parent}", algorithm="supervised"), tmp_path / "ft", quiet=True)
     assert results["algorithm"] == "fixmatch+supervised"
+
+
+def test_crt_declares_labeled_class_aware_batches_and_a_frozen_network(parent):
+    config = crt_config(parent, "algorithm.sampler_beta=0.5").algorithm
+    assert Crt.views(config) == ViewSpec(unlabeled=False, labeled_sampling="class_balanced", sampling_beta=0.5)
+    assert not Crt.trains_backbone(config)
+    with pytest.raises(ValueError, match="labeled_sampling must be 'shuffled' or 'class_balanced'"):
+        ViewSpec(labeled_sampling="balanced")

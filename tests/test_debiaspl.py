@@ -93,3 +93,15 @@ def test_labeled_loss_is_plain_ce_and_the_state_round_trips():
     other = make(2)
     other.load_state_dict(algo.state_dict())
     assert torch.equal(other.p_hat, algo.p_hat)
+
+
+def test_composes_with_the_logit_adjusted_labeled_loss():
+    """fixmatch_debiaspl with logit_adjust: the labeled loss is CE(f + log pi, y) of the labeled counts."""
+    config = load_config(None, ["algorithm.name=fixmatch_debiaspl", "algorithm.logit_adjust=true"])
+    algo = build_algorithm(config.algorithm, AlgorithmContext(num_classes=2, labeled_counts=(3, 1), feature_dim=4,
+                                                              iterations=10, epoch_length=5))
+    labeled = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    out = step(algo, torch.zeros(1, 2), torch.zeros(1, 2), labeled=labeled)
+    adjusted = labeled + torch.log(torch.tensor([0.75, 0.25]))
+    assert out.metrics["loss_x"].item() == pytest.approx(F.cross_entropy(adjusted, torch.tensor([0, 1])).item(),
+                                                         rel=1e-6)

@@ -87,3 +87,16 @@ def test_the_student_waits_for_the_warm_up_and_is_reported():
     probs = algo.weak_probabilities(torch.tensor([[0.1, 0.0]]))
     assert probs.argmax().item() == 1
     assert torch.allclose(probs, torch.softmax(torch.tensor([[0.1, 0.0]]) - torch.log(torch.tensor([0.75, 0.25])), 1))
+
+
+def test_temperature_and_the_inclusive_student_threshold():
+    """T = 0.5 sharpens the teacher's adjusted prediction: softmax(2 (f - a)). A student weak prediction of
+    exactly 0.5 passes a threshold of 0.5."""
+    algo = make([6, 2], "algorithm.temperature=0.5", "algorithm.threshold=0.5", "algorithm.warmup_epochs=0")
+    logits = torch.tensor([[0.1, 0.0]])
+    expected = torch.softmax(2 * (logits - torch.log(torch.tensor([0.75, 0.25]))), 1)
+    assert torch.allclose(algo.weak_probabilities(logits), expected)
+    table = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
+    model = TwoHeadLookup(table, table)
+    batch = Batch(x=id_images([0, 1]), y=torch.tensor([0, 1]), u_weak=id_images([2]), u_strong=(id_images([3]),))
+    assert algo.step(model, batch, 0).metrics["mask_rate_student"].item() == 1.0
