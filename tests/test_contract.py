@@ -468,3 +468,13 @@ def test_run_hooks_with_one_step_epochs_and_the_callers_periodic_list():
     part.calls.clear()
     run_hooks(part, 1, 4)  # no list: the part's own hooks
     assert part.calls == [("step", 1), ("own", 1)]
+
+
+def test_every_method_lists_its_keys_even_one_that_needs_a_parent_run(capsys):
+    """`cissl list --algorithm NAME` shows the keys of every registered method, including cRT, whose
+    runs need train.init_from (a run's config check, not the listing's)."""
+    for name in ALGORITHMS.names():
+        code, out_text, _ = run_cli(["list", "--algorithm", name], capsys)
+        assert code == 0 and f"algorithm.* keys of {name}:" in out_text, name
+    code, out_text, _ = run_cli(["list", "--algorithm", "crt"], capsys)
+    assert "algorithm.sampler_beta" in out_text

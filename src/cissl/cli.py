@@ -153,7 +153,7 @@ def cmd_split(args) -> int:
 
 def cmd_list(args) -> int:
     from cissl.algorithms import ALGORITHMS, AUX_HEADS, REFINERS
-    from cissl.config import Config, describe, load_config
+    from cissl.config import Config, algorithm_defaults, describe
 
     for title, registry in (("algorithms", ALGORITHMS), ("pseudo-label refiners (algorithm.refiner)", REFINERS),
                             ("auxiliary heads (algorithm.aux_head)", AUX_HEADS)):
@@ -166,9 +166,9 @@ def cmd_list(args) -> int:
         if not key.startswith("algorithm.") or key == "algorithm.name":
             print(f"  {key:<38} {default:<16} {text}")
     if args.algorithm:
-        config = load_config(None, algorithm=args.algorithm)
+        algorithm = algorithm_defaults(args.algorithm)
         print(f"\nalgorithm.* keys of {args.algorithm}:")
-        for key, default, text in describe(type(config.algorithm), "algorithm", config.algorithm):
+        for key, default, text in describe(type(algorithm), "algorithm", algorithm):
             print(f"  {key:<38} {default:<16} {text}")
     return 0
 

@@ -208,6 +208,12 @@ class Config:
 # ----------------------------------------------------------------------------- building
 
 
+def algorithm_defaults(name: str) -> AlgorithmConfig:
+    """The ``algorithm`` section of a method with its defaults and preset (``cissl list``), without the
+    checks of a whole run's config (a method like cRT needs ``train.init_from`` to run, not to be listed)."""
+    return build_section(Config, {"algorithm": {"name": name}}, "").algorithm
+
+
 def build(data: dict) -> Config:
     """Build a validated :class:`Config` from a plain nested dict."""
     if not isinstance(data, dict):
