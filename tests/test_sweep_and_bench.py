@@ -92,6 +92,22 @@ def test_bench_throughput_reports_every_field(algorithm):
     assert "ratio step / floor" in format_table(result)
 
 
+def test_pool_pass_benchmark_prints_what_it_measured():
+    """benchmarks/pool_pass_time.py on a tiny CIFAR-shaped setting: the pool size of the split, the
+    pass, the step and the share are printed."""
+    from conftest import REPO
+
+    script = REPO / "benchmarks" / "pool_pass_time.py"
+    setting = CONFIGS / "cifar10_lt/consistent_n500_m4000_g100.yaml"
+    out = subprocess.run([sys.executable, str(script), "--config", str(setting), "--steps", "1", "model.depth=10",
+                          "model.widen=1", "train.batch_size=4", "train.device=cpu", "train.epoch_length=100"],
+                         capture_output=True, text=True, check=True).stdout
+    line = out.splitlines()[-1]
+    assert "fixmatch_saw: pool " in line and " s; step " in line and "epoch of 100 steps" in line
+    pool = int(line.split("pool ")[1].split(" images")[0])
+    assert pool > 1000 and line.rstrip().endswith("% to it")
+
+
 def test_bench_cli_json_with_synthetic_paper_shape(capsys):
     code, out, _ = run_cli(["bench", "throughput", "--config", CONFIGS / "cifar10_lt/consistent_n500_m4000_g100.yaml",
                             "--synthetic", "--steps", "1", "--warmup", "1", "--rounds", "1", "--json",
