@@ -3,7 +3,7 @@ a valid config or one clear error (exit 2, one line), never a traceback."""
 
 import pytest
 from conftest import CONFIGS, run_cli
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cissl.config import Config, describe, load_config
@@ -18,6 +18,8 @@ KEY = st.one_of(st.sampled_from(KEYS), st.sampled_from(KEYS).map(lambda k: k + "
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(KEY, VALUES), min_size=1, max_size=4))
+@example([("data.dataset", [])]).via("found in CI: the own-data check looked a list up as a data set name")
+@example([("data.dataset", {"a": 1})])
 def test_any_values_give_a_config_or_a_one_line_error(items):
     config = load_config(CONFIGS / "quickstart.yaml")
     try:

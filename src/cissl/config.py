@@ -236,7 +236,8 @@ def check_own_data(section) -> None:
     rather than silently ignored."""
     if not isinstance(section, dict):
         return
-    info = SOURCES.get(section.get("dataset"))
+    dataset = section.get("dataset")
+    info = SOURCES.get(dataset) if isinstance(dataset, str) else None  # a wrong type: the section's check says so
     if info is None or not info.given_split:
         return
     defaults = {f.name: f.default for f in dataclasses.fields(DataConfig)}
