@@ -9,9 +9,10 @@ from helpers import tiny_config
 from test_training import assert_same_state
 
 from cissl.algorithms import ViewSpec
+from cissl.algorithms.components.class_weights import class_sampling_weights
 from cissl.algorithms.crt import Crt
 from cissl.config import load_config
-from cissl.data.stream import ClassBalancedStream, class_sampling_weights
+from cissl.data.stream import ClassBalancedStream
 from cissl.engine.checkpoint import load_checkpoint
 from cissl.engine.run import evaluate_run, resume_run, start_run
 from cissl.errors import CheckpointError, ConfigError

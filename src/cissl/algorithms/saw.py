@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from cissl.algorithms.components.class_weights import inverse_effective_number
 from cissl.algorithms.components.consistency import consistency_loss
 from cissl.algorithms.fixmatch import FixMatch, FixMatchConfig
 from cissl.algorithms.registry import register
@@ -38,9 +39,8 @@ def effective_number_weights(counts) -> torch.Tensor:
     """w_k = (1 - beta) / (1 - beta^{n_k}), beta = (N - 1) / N, N = mean n, normalised to sum K (float32;
     computed in float64, counts below 1 taken as 1)."""
     counts = torch.as_tensor(counts, dtype=torch.float64).clamp(min=1.0)
-    mean = counts.mean()
-    beta = (mean - 1) / mean
-    weights = (1 - beta) / (1 - beta ** counts)  # counts >= 1, so never 0 / 0 (beta = 0 gives all ones)
+    mean = float(counts.mean())
+    weights = inverse_effective_number(counts, (mean - 1) / mean)  # counts >= 1: never 0 / 0 (beta = 0: all ones)
     return (weights / weights.sum() * len(counts)).float()
 
 

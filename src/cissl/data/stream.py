@@ -53,14 +53,6 @@ class IndexStream:
 
 
 
-def class_sampling_weights(labels: torch.Tensor, num_classes: int, beta: float) -> torch.Tensor:
-    """Per-image sampling weights w_{y_i}: (1 - beta) / (1 - beta^{N_y}) (effective number, Cui et al. 2019)
-    for beta < 1, 1 / N_y for beta = 1 (each class equally likely), float64."""
-    counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
-    per_class = 1.0 / counts if beta >= 1.0 else (1.0 - beta) / (1.0 - beta ** counts)
-    return per_class[labels.cpu()]
-
-
 class ClassBalancedStream:
     """Batches of positions drawn with replacement, position i with probability proportional to
     ``weights[i]`` (class-aware sampling: cRT's labeled batches), reproducible from ``seed``."""
@@ -80,6 +72,7 @@ class ClassBalancedStream:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+
 
 class ImagePool:
     """uint8 images (and optional labels) living on the training device, indexed by stream batches."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 
 from cissl.algorithms.base import Batch, ViewSpec
+from cissl.algorithms.components.class_weights import class_sampling_weights
 from cissl.data.augment import BatchAugment
 from cissl.data.augment_graph import GraphedViews
-from cissl.data.stream import ClassBalancedStream, ImagePool, IndexStream, class_sampling_weights
+from cissl.data.stream import ClassBalancedStream, ImagePool, IndexStream
 from cissl.engine.precision import ComputePolicy
 from cissl.engine.seeds import derive_seed
 

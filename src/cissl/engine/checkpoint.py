@@ -86,15 +86,23 @@ IDENTITY_SECTIONS = ("data", "model", "optim", "augment", "algorithm")
 IDENTITY_TRAIN_KEYS = ("seed", "iterations", "batch_size", "mu", "strong_views", "epoch_length", "ema_decay")
 
 
-def check_checkpoint_belongs(state: dict, config, path) -> None:
-    """Refuse a checkpoint written by another run (another algorithm, seed, split or hyperparameter):
-    every identity key it records must equal this run's (keys it predates are not compared)."""
+def config_differences(state: dict, config, sections, train_keys) -> str | None:
+    """The values of a checkpoint's recorded config that differ from ``config`` in the given sections and
+    ``train`` keys (keys the checkpoint predates are not compared), as one phrase naming the first three,
+    or None when they all agree."""
     recorded = flat_keys(state.get("config") or {})
     current = flat_keys(config.to_dict())
-    identity = [key for key in recorded if key.split(".")[0] in IDENTITY_SECTIONS
-                or key in {f"train.{k}" for k in IDENTITY_TRAIN_KEYS}]
-    differ = [key for key in identity if key in current and recorded[key] != current[key]]
+    compared = [key for key in recorded if key.split(".")[0] in sections or key in {f"train.{k}" for k in train_keys}]
+    differ = [key for key in compared if key in current and recorded[key] != current[key]]
+    if not differ:
+        return None
+    shown = ", ".join(f"{key} {recorded[key]!r} (this run: {current[key]!r})" for key in differ[:3])
+    return shown + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+
+
+def check_checkpoint_belongs(state: dict, config, path) -> None:
+    """Refuse a checkpoint written by another run (another algorithm, seed, split or hyperparameter):
+    every identity key it records must equal this run's."""
+    differ = config_differences(state, config, IDENTITY_SECTIONS, IDENTITY_TRAIN_KEYS)
     if differ:
-        shown = ", ".join(f"{key} {recorded[key]!r} (this run: {current[key]!r})" for key in differ[:3])
-        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
-        raise CheckpointError(f"checkpoint {path} belongs to another run: {shown}{more}")
+        raise CheckpointError(f"checkpoint {path} belongs to another run: {differ}")

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cissl.config import flat_keys
-from cissl.engine.checkpoint import first_line, load_checkpoint, load_newest_readable
+from cissl.engine.checkpoint import config_differences, first_line, load_checkpoint, load_newest_readable
 from cissl.errors import CheckpointError
 
 SAME_AS_PARENT = ("data", "model")
@@ -35,21 +34,17 @@ def parent_checkpoint(source: str) -> tuple[Path, dict]:
     return found, state
 
 
-def check_same_data_and_network(recorded: dict, config, path: Path) -> None:
-    mine = flat_keys(config.to_dict())
-    theirs = flat_keys(recorded)
-    keys = [key for key in theirs if key.split(".")[0] in SAME_AS_PARENT] + ["train.seed"]
-    differ = [key for key in keys if key in mine and theirs.get(key) != mine[key]]
+def check_same_data_and_network(state: dict, config, path: Path) -> None:
+    differ = config_differences(state, config, SAME_AS_PARENT, ("seed",))
     if differ:
-        shown = ", ".join(f"{key} {theirs.get(key)!r} (this run: {mine[key]!r})" for key in differ[:3])
-        raise CheckpointError(f"train.init_from: {path} was trained on other data or another network: {shown}")
+        raise CheckpointError(f"train.init_from: {path} was trained on other data or another network: {differ}")
 
 
 def load_initial_backbone(parts, config) -> tuple[str, str]:
     """Load the parent's backbone into the network and its EMA; returns the parent's algorithm name
     and a line for the log."""
     path, state = parent_checkpoint(config.train.init_from)
-    check_same_data_and_network(state.get("config") or {}, config, path)
+    check_same_data_and_network(state, config, path)
     source = state["ema"] if config.train.init_weights == "ema" else state["model"]
     backbone = {key[len("backbone."):]: value for key, value in source.items() if key.startswith("backbone.")}
     try:

@@ -28,7 +28,7 @@ from cissl.engine.trainer import Trainer
 from cissl.errors import CheckpointError, CisslError, ConfigError
 from cissl.evaluation.distribution import estimate_class_counts
 from cissl.evaluation.evaluate import evaluate_model, predict
-from cissl.evaluation.summary import row_name, summarize_run
+from cissl.evaluation.summary import summarize_run
 from cissl.rundir import LOCK, RunDir, atomic_write_json
 
 
@@ -212,7 +212,7 @@ def _evaluate_locked(run: RunDir, config: Config, trained: TrainedRun) -> dict:
     final.update(evaluate_model(model, algorithm, data, policy, config.train.eval_batch_size, full=True))
     results = summarize_run(config, history, final, algorithm.reported_head, data.split.labeled_counts,
                             int(state["iteration"]), float(state["elapsed"]), str(device),
-                            row_name(config, state.get("parent_algorithm")))
+                            state.get("parent_algorithm"))
     results["checkpoint"] = str(checkpoint)
     atomic_write_json(run.results, results)
     return results

@@ -29,7 +29,7 @@ from cissl.engine.precision import resolve_device
 from cissl.engine.stop import StopSignals, TrainingStopped
 from cissl.errors import CheckpointError, CisslError
 from cissl.evaluation.evaluate import evaluate_model, predict_with_features
-from cissl.evaluation.summary import row_name, summarize_run
+from cissl.evaluation.summary import summarize_run
 from cissl.rundir import RunDir, atomic_write_json
 
 CHECKPOINT_VERSION = 2
@@ -254,4 +254,4 @@ class Trainer:
         final = self.evaluate(full=True)
         return summarize_run(self.config, self.history, final, self.algorithm.reported_head,
                              self.data.split.labeled_counts, self.iteration, self.elapsed, str(self.device),
-                             row_name(self.config, self.parent_algorithm))
+                             self.parent_algorithm)

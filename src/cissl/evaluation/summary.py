@@ -16,10 +16,10 @@ def row_name(config, parent_algorithm: str | None) -> str:
 
 
 def summarize_run(config, history: list[dict], final: dict, reported_head: str, labeled_counts, iterations: int,
-                  wall_time_s: float, device: str, name: str | None = None) -> dict:
+                  wall_time_s: float, device: str, parent_algorithm: str | None = None) -> dict:
     """Final EMA metrics of the reported head and of every head, median / mean of the last
     ``train.report_last`` evaluations, best-on-test under its own key (labelled as selected on test).
-    ``name``: the method's name in the tables (:func:`row_name`; default ``algorithm.name``)."""
+    ``parent_algorithm``: the method of the run ``train.init_from`` started this one from (:func:`row_name`)."""
     tc = config.train
     head = reported_head
     report = final["test"][head]
@@ -29,7 +29,7 @@ def summarize_run(config, history: list[dict], final: dict, reported_head: str, 
     best = int(np.argmax(curve)) if curve else None
     results = {
         "setting": config.name,
-        "algorithm": name or config.algorithm.name,
+        "algorithm": row_name(config, parent_algorithm),
         "seed": tc.seed,
         "iterations": iterations,
         "evaluated_on": tc.evaluate_on,
