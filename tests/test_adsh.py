@@ -117,3 +117,19 @@ def test_authors_rule_without_a_confident_majority_takes_each_class_last():
     lists = [torch.tensor([0.9, 0.8], dtype=torch.float64), torch.tensor([0.7, 0.6, 0.3], dtype=torch.float64)]
     start = torch.full((2,), 0.95, dtype=torch.float64)
     assert authors_thresholds(lists, start, 0.95, majority=0).tolist() == pytest.approx([0.95, 0.3])
+
+
+def test_the_step_masks_each_pseudo_label_at_its_own_class_threshold():
+    """Through FixMatch's step: two weak views with confidence 0.6, one predicted 0 (threshold 0.5), one
+    predicted 1 (threshold 0.9): only the first is used."""
+    from helpers import FixedLogitsModel, id_images
+
+    from cissl.algorithms import Batch
+
+    algo = make([2, 1])
+    algo.class_thresholds = torch.tensor([0.5, 0.9])
+    p = math.log(0.6 / 0.4)
+    table = torch.tensor([[1.0, 0.0], [0.0, 1.0], [p, 0.0], [0.0, p], [0.0, 0.0], [0.0, 0.0]])
+    batch = Batch(x=id_images([0, 1]), y=torch.tensor([0, 1]), u_weak=id_images([2, 3]), u_strong=(id_images([4, 5]),))
+    out = algo.step(FixedLogitsModel(table), batch, 0)
+    assert out.pseudo_labels.tolist() == [0, 1] and out.mask.tolist() == [True, False]
