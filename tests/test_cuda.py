@@ -148,3 +148,23 @@ def test_a_training_step_never_waits_for_the_device(tmp_path, algorithm):
             trainer.train_step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_torchrun_with_nccl_trains_and_resumes_on_one_gpu(tmp_path):
+    """World size 1 under torchrun on a one-GPU machine: NCCL, the rank on cuda:0, CUDA-graph views,
+    rank 0 writing, and a resume from the middle (the streams and state restored; weights not compared:
+    cuDNN's kernels are not deterministic by default)."""
+    from test_distributed import torchrun
+
+    run = tmp_path / "run"
+    args = ["-m", "cissl", "train", "--config", "configs/quickstart.yaml", "--out", run, "--algorithm", "semi",
+            "model.depth=10", "model.widen=1", "train.iterations=24", "train.eval_every=8", "train.log_every=4",
+            "train.checkpoint_every=8", "train.report_last=1", "train.device=cuda", *ACTIVE_TERMS["semi"]]
+    result = torchrun(*args, processes=1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "DDP over 1 ranks (nccl)" in result.stdout and "device cuda:0" in result.stdout
+    (run / "checkpoints" / "ckpt_00000024.pt").unlink()
+    (run / "results.json").unlink()
+    result = torchrun("-m", "cissl", "train", "--resume", run, processes=1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert load_checkpoint(run / "checkpoints" / "ckpt_00000024.pt")["iteration"] == 24

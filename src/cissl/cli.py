@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from cissl.engine.stop import TrainingStopped
-from cissl.errors import CisslError
+from cissl.errors import CisslError, RaisedOnRankZero
 from cissl.rundir import RESULTS, RunDir
 
 
@@ -71,7 +72,8 @@ def cmd_train(args) -> int:
         config = _load(args)
         run_dir = Path(args.out) if args.out else default_run_dir(config)
         results = train(config, run_dir, quiet=args.quiet)
-    print_results(results, run_dir)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 reports
+        print_results(results, run_dir)
     return 0
 
 
@@ -94,7 +96,8 @@ def cmd_evaluate(args) -> int:
 
     run_dir = Path(args.run_dir)
     results = evaluate(run_dir, args.checkpoint)
-    print_results(results, run_dir)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 reports
+        print_results(results, run_dir)
     return 0
 
 
@@ -175,12 +178,16 @@ def cmd_list(args) -> int:
 
 def cmd_bench_throughput(args) -> int:
     from cissl.bench.throughput import format_table, measure
+    from cissl.engine.launch import launched
 
     config = _load(args)
     if args.device:
         config = config.replace({"train.device": args.device})
-    result = measure(config, steps=args.steps, warmup=args.warmup, rounds=args.rounds, synthetic=args.synthetic)
-    print(json.dumps(result) if args.json else format_table(result))
+    with launched(config) as device:  # under torchrun: the step of one DDP rank (the floor stays a bare network)
+        result = measure(config, steps=args.steps, warmup=args.warmup, rounds=args.rounds, synthetic=args.synthetic,
+                         device=device)
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(result) if args.json else format_table(result))
     return 0
 
 
@@ -321,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
+    except RaisedOnRankZero:  # a DDP rank's copy of the error rank 0 prints
+        return 2
     except CisslError as exc:
         print(f"cissl: error: {exc}", file=sys.stderr)
         return 2

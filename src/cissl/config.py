@@ -132,6 +132,12 @@ class AugmentConfig:
 class TrainConfig:
     iterations: int = option(250_000, min=1, help="optimizer steps")
     batch_size: int = option(64, min=1, help="labeled images per step (B)")
+    batch_scope: str = option("global", choices=("global", "per_rank"),
+                              help="under torchrun (DDP): batch_size is the global batch, split across the ranks, "
+                                   "or each rank's (global batch = batch_size x ranks)")
+    sync_batchnorm: bool = option(False, help="under torchrun (DDP): batch norm statistics over the global batch "
+                                              "(as one process would compute them); off: each rank's own rows, "
+                                              "the running statistics averaged over the ranks after every step")
     mu: int = option(1, min=1, help="unlabeled images per step = mu * B")
     strong_views: int = option(2, min=1, max=4, help="strong views per unlabeled image")
     epoch_length: int = option(500, min=1, help="iterations per 'epoch' (warm-up, per-epoch updates)")

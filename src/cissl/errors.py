@@ -19,5 +19,9 @@ class DataError(CisslError):
     """A data file is missing, corrupt, or the requested split does not fit the data."""
 
 
+class RaisedOnRankZero(CisslError):
+    """A DDP rank's copy of the error rank 0 raised (and prints): the command line prints it once."""
+
+
 class CheckpointError(CisslError):
     """A checkpoint or run directory is missing, unreadable or does not match the config."""

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from cissl.algorithms.parts import AuxiliaryHead
 from cissl.algorithms.registry import AUX_HEADS
+from cissl.distributed import gather_rows, local_rows
 from cissl.schema import NamedConfig, option
 
 
@@ -76,14 +77,16 @@ class AbcHead(AuxiliaryHead):
     def loss(self, model, views, batch, pseudo, iteration):
         cfg = self.config
         with torch.no_grad():
-            labeled_mask = torch.bernoulli(self.keep[batch.y], generator=self.generator)
+            # the draws of the global batch, this rank's rows (under DDP; as one process draws them)
+            labeled_mask = local_rows(torch.bernoulli(self.keep[gather_rows(batch.y)], generator=self.generator))
             probs = torch.softmax(views.weak_logits[self.head].detach().float(), dim=1)
             if cfg.refined_targets and self.refiner is not None:
                 probs = self.refiner.refine_auxiliary(probs)
             confidence, labels = probs.max(1)
             progress = (iteration // self.context.epoch_length) / self.epochs
-            rates = unlabeled_keep_rates(self.keep, progress)[labels]
-            unlabeled_mask = (confidence >= cfg.threshold).float() * torch.bernoulli(rates, generator=self.generator)
+            rates = unlabeled_keep_rates(self.keep, progress)[gather_rows(labels)]
+            kept = local_rows(torch.bernoulli(rates, generator=self.generator))
+            unlabeled_mask = (confidence >= cfg.threshold).float() * kept
         labeled, unlabeled = abc_loss(views.labeled_logits[self.head], batch.y, labeled_mask, probs,
                                       [s[self.head] for s in views.strong_logits], unlabeled_mask, cfg.soft_targets)
         return cfg.loss_weight * (labeled + unlabeled), {

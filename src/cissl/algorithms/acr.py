@@ -40,6 +40,7 @@ from cissl.algorithms.components.logit_adjust import class_prior, labeled_loss, 
 from cissl.algorithms.components.pseudo_label import class_probabilities, threshold_pseudo_labels
 from cissl.algorithms.components.views import forward_views
 from cissl.algorithms.registry import register
+from cissl.distributed import gather_rows
 from cissl.schema import AlgorithmConfig, option
 
 
@@ -128,7 +129,8 @@ class Acr(Algorithm):
             _, labels_h, mask_h = threshold_pseudo_labels(h, cfg.threshold)
             mask_h = mask_h | bal_mask
             if cfg.adaptive and iteration // self.context.epoch_length > cfg.est_epoch:
-                self._update_estimate(class_vector(bal_labels, bal_mask, self.context.num_classes, cfg.estimate))
+                self._update_estimate(class_vector(gather_rows(bal_labels), gather_rows(bal_mask),
+                                                   self.context.num_classes, cfg.estimate))
         loss_u = consistency_loss([s["main"] for s in views.strong_logits], labels, mask.float())
         loss_u_bal = consistency_loss([s["balanced"] for s in views.strong_logits], labels_h, mask_h.float())
         loss = loss_x + loss_u + loss_x_bal + loss_u_bal

@@ -46,6 +46,7 @@ import torch
 
 from cissl.algorithms.parts import PseudoLabelRefiner
 from cissl.algorithms.registry import REFINERS
+from cissl.distributed import gather_rows
 from cissl.schema import NamedConfig, option
 
 
@@ -173,7 +174,8 @@ class Darp(PseudoLabelRefiner):
         if batch.u_index is None:
             raise ValueError("DARP needs each unlabeled image's pool position (batch.u_index)")
         index = batch.u_index.to(self.predictions.device)
-        self.predictions[index] = probs.float().to(self.predictions.device)
+        # every rank's rows of the global batch (under DDP): the pool's predictions stay the same on all ranks
+        self.predictions[gather_rows(index)] = gather_rows(probs.float()).to(self.predictions.device)
         if iteration + 1 <= self.warmup:
             return probs
         if (iteration + 1) % self.config.period == 0:

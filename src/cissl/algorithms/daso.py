@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from cissl.algorithms.base import Periodic
 from cissl.algorithms.parts import PseudoLabelRefiner
 from cissl.algorithms.registry import REFINERS
+from cissl.distributed import gather_rows
 from cissl.schema import NamedConfig, option
 
 
@@ -131,7 +132,7 @@ class Daso(PseudoLabelRefiner):
                 features = self.ema_model(batch.x).features
             finally:
                 self.ema_model.eval()
-        self.queue.push(features, batch.y)
+        self.queue.push(gather_rows(features), gather_rows(batch.y))  # the global batch's rows under DDP
 
     def _blend(self, probs: torch.Tensor) -> torch.Tensor:
         """(1 - v_c) p + v_c q_sem with c = argmax p (or the fixed interp_alpha)."""
@@ -149,7 +150,8 @@ class Daso(PseudoLabelRefiner):
             similarity = similarity_logits(views.weak, self._prototypes, self.config.proto_temperature)
             self._semantic = torch.softmax(similarity, dim=1)
             refined = self._blend(probs)
-        self.counts.index_add_(0, refined.argmax(1), torch.ones(len(refined), device=self.counts.device))
+        predicted = gather_rows(refined.argmax(1))
+        self.counts.index_add_(0, predicted, torch.ones(len(predicted), device=self.counts.device))
         return refined
 
     @torch.no_grad()

@@ -26,6 +26,7 @@ import torch
 from cissl.algorithms.components.consistency import consistency_loss
 from cissl.algorithms.fixmatch import FixMatch, FixMatchConfig
 from cissl.algorithms.registry import register
+from cissl.distributed import gather_rows
 from cissl.schema import option
 
 
@@ -39,8 +40,9 @@ class DebiasPLConfig(FixMatchConfig):
 
 @torch.no_grad()
 def update_frequency_estimate(p_hat: torch.Tensor, weak_logits: torch.Tensor, momentum: float) -> torch.Tensor:
-    """m * p_hat + (1 - m) * mean_i softmax(f(u_w,i)) (float32)."""
-    return momentum * p_hat + (1 - momentum) * torch.softmax(weak_logits.detach().float(), dim=1).mean(dim=0)
+    """m * p_hat + (1 - m) * mean_i softmax(f(u_w,i)) (float32), i over the global batch under DDP."""
+    probs = torch.softmax(gather_rows(weak_logits.detach().float()), dim=1)
+    return momentum * p_hat + (1 - momentum) * probs.mean(dim=0)
 
 
 @register("fixmatch_debiaspl", DebiasPLConfig, summary="FixMatch w/ DebiasPL (debiased pseudo-labels, marginal loss)")

@@ -21,6 +21,7 @@ import torch
 from cissl.algorithms.components.logit_adjust import class_prior
 from cissl.algorithms.parts import PseudoLabelRefiner
 from cissl.algorithms.registry import REFINERS
+from cissl.distributed import gather_rows
 from cissl.schema import NamedConfig, option
 
 
@@ -55,7 +56,7 @@ class RunningMean:
 
     def push(self, probs: torch.Tensor) -> torch.Tensor:
         window = len(self.means)
-        self.means[self.steps % window] = probs.mean(0)
+        self.means[self.steps % window] = gather_rows(probs).mean(0)  # the global batch's mean under DDP
         self.steps += 1
         return self.means.sum(0) / min(self.steps, window)
 

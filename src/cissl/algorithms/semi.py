@@ -41,6 +41,7 @@ from cissl.algorithms.components.plce import mix_pseudo_labels, mixing_weights, 
 from cissl.algorithms.components.pseudo_label import class_probabilities, threshold_pseudo_labels
 from cissl.algorithms.components.views import forward_views
 from cissl.algorithms.registry import register
+from cissl.distributed import all_sum, gather_rows
 from cissl.schema import AlgorithmConfig, option, section
 
 
@@ -207,15 +208,17 @@ class SeMi(Algorithm):
         if cfg.use_balanced_head and (active or not cfg.balanced.after_warmup):
             loss = loss + self._balanced_losses(model, views, batch, weak_logits, prior, pseudo, mask, metrics)
 
-        # bank push and class counts (every step from step 0; spec 5.8, 7)
+        # bank push and class counts (every step from step 0; spec 5.8, 7), from the global batch under DDP
         with torch.no_grad():
+            pseudo_all, confidence_all, mask_all = (gather_rows(t) for t in (pseudo, confidence, mask))
             if cfg.bank.view == "strong":
-                candidates = torch.cat([s.detach() for s in views.strong])
+                candidates = torch.cat([gather_rows(s.detach()) for s in views.strong])
                 repeat = len(views.strong)
-                self.bank.push(candidates, pseudo.repeat(repeat), confidence.repeat(repeat), mask.repeat(repeat))
+                self.bank.push(candidates, pseudo_all.repeat(repeat), confidence_all.repeat(repeat),
+                               mask_all.repeat(repeat))
             else:
-                self.bank.push(views.weak.detach(), pseudo, confidence, mask)
-            self.pseudo_counts.update(pseudo, mask)
+                self.bank.push(gather_rows(views.weak.detach()), pseudo_all, confidence_all, mask_all)
+            self.pseudo_counts.update(pseudo_all, mask_all)
         metrics["bank_fill"] = self.bank.filled.float().mean()
         metrics["active"] = float(active)
         return StepOutput(loss, metrics, pseudo_labels=pseudo, mask=mask)
@@ -238,7 +241,7 @@ class SeMi(Algorithm):
         if cfg.bank.sample_for_balanced_head:
             with torch.no_grad():
                 k = self.context.num_classes
-                batch_counts = torch.bincount(batch.y, minlength=k) + torch.bincount(pseudo[mask], minlength=k)
+                batch_counts = all_sum(torch.bincount(batch.y, minlength=k) + torch.bincount(pseudo[mask], minlength=k))
                 draws = balanced_draw_counts(batch_counts, cfg.bank.num_samples, self.generator)
                 drawn, drawn_labels = self.bank.sample(draws, self.generator)
             if len(drawn_labels):

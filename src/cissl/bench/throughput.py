@@ -21,6 +21,7 @@ import time
 import numpy as np
 import torch
 
+from cissl import distributed
 from cissl.data.protocol import Split, split_counts
 from cissl.data.sources import SOURCES
 from cissl.data.stream import ImagePool
@@ -91,9 +92,11 @@ class _Timer:
         return (time.perf_counter() - start) / n
 
 
-def measure(config, steps: int = 10, warmup: int = 3, rounds: int = 3, synthetic: bool = False) -> dict:
-    """Time floor, augmentation and full step of ``config``; returns the JSON-able summary."""
-    device = resolve_device(config.train.device)
+def measure(config, steps: int = 10, warmup: int = 3, rounds: int = 3, synthetic: bool = False,
+            device: torch.device | None = None) -> dict:
+    """Time floor, augmentation and full step of ``config``; returns the JSON-able summary. Inside a
+    process group (torchrun) the step is one DDP rank's: its share of the batch, gradients all-reduced."""
+    device = device or resolve_device(config.train.device)
     data = synthetic_data(config, device) if synthetic else prepare_data(config, device)
     parts = build_training(config, data, device)
     trainer = Trainer(parts)
@@ -155,6 +158,7 @@ def measure(config, steps: int = 10, warmup: int = 3, rounds: int = 3, synthetic
         "images_per_s": images_per_step / step_s,
         "it_per_s": 1.0 / step_s,
         "synthetic_data": synthetic,
+        "ddp_ranks": distributed.world_size() if distributed.active() else None,  # None: no process group
     }
 
 
@@ -172,5 +176,6 @@ def format_table(result: dict) -> str:
             f"{'x'.join(map(str, result['image_shape']))}, {result['precision']}, "
             f"channels_last={result['channels_last']}, compile={result['compile_mode'] or False}, "
             f"cuda_graphs={result['cuda_graphs']}, fused_sgd={result['fused_sgd']}\n"
-            f"device: {result['device']}; median of interleaved rounds, {result['steps_timed']} steps each")
+            f"device: {result['device']}; median of interleaved rounds, {result['steps_timed']} steps each"
+            + (f"; the step of one of {result['ddp_ranks']} DDP ranks" if result.get("ddp_ranks") else ""))
     return head + "\n" + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)

@@ -47,7 +47,7 @@ class _Graphed:
 
 
 class GraphedViews:
-    """Drop-in for :class:`BatchAugment`'s ``weak`` / ``strong`` on CUDA, one graph per (view, shape)."""
+    """Drop-in for :class:`BatchAugment`'s ``weak`` / ``strong`` / ``apply_*`` on CUDA, one graph per (view, shape)."""
 
     def __init__(self, augment: BatchAugment):
         if augment.device.type != "cuda":
@@ -62,10 +62,14 @@ class GraphedViews:
             graphed = self._graphs[key] = _Graphed(fn, images, params)
         return graphed(images, params)
 
-    def weak(self, images: torch.Tensor) -> torch.Tensor:
-        params = self.augment.draw_weak(images.shape[0])
+    def apply_weak(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._run("weak", self.augment.apply_weak, images, params)
 
-    def strong(self, images: torch.Tensor) -> torch.Tensor:
-        params = self.augment.draw_strong(images.shape[0])
+    def apply_strong(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._run("strong", self.augment.apply_strong, images, params)
+
+    def weak(self, images: torch.Tensor) -> torch.Tensor:
+        return self.apply_weak(images, self.augment.draw_weak(images.shape[0]))
+
+    def strong(self, images: torch.Tensor) -> torch.Tensor:
+        return self.apply_strong(images, self.augment.draw_strong(images.shape[0]))

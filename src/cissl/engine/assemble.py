@@ -10,15 +10,18 @@ from dataclasses import dataclass
 
 import torch
 
+from cissl import distributed
 from cissl.algorithms import ALGORITHMS, Algorithm, AlgorithmContext, build_algorithm
 from cissl.config import Config
-from cissl.engine.batches import BatchSource
+from cissl.engine.batches import BatchSource, Shard
 from cissl.engine.data import TrainingData
 from cissl.engine.ema import EMA
+from cissl.engine.launch import wrap_for_ranks
 from cissl.engine.optim import build_optimizer, build_scheduler
 from cissl.engine.precision import ComputePolicy, configure_backends
 from cissl.engine.seeds import derive_seed
 from cissl.models import Classifier, build_model
+from cissl.models.sync_batchnorm import synchronise_batchnorm
 
 
 def method_class(config: Config) -> type[Algorithm]:
@@ -60,6 +63,11 @@ class RunParts:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     batches: BatchSource
+    step_model: object = None  # what the method's step calls: the network, or under DDP its replica
+
+    def __post_init__(self):
+        if self.step_model is None:
+            self.step_model = self.model
 
     def restart_schedule(self) -> None:
         """A fresh LR schedule over one generation (CReST-style generations restart it)."""
@@ -83,6 +91,8 @@ def build_training(config: Config, data: TrainingData, device: torch.device) -> 
     policy = ComputePolicy.from_config(tc, device)
     method = method_class(config)
     model = build_network(config, data, policy, method.required_heads(config.algorithm))
+    if distributed.active() and tc.sync_batchnorm:  # before the EMA copy: DASO's EMA forward syncs too
+        model = synchronise_batchnorm(model, device)
     ema = EMA(model, tc.ema_decay)
     if tc.compile:
         model.compile_backbone(mode=tc.compile_mode)
@@ -92,8 +102,10 @@ def build_training(config: Config, data: TrainingData, device: torch.device) -> 
         model.backbone.requires_grad_(False)
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, generation_length(config))
-    batches = BatchSource(data, tc, config.augment, method.views(config.algorithm), policy, tc.seed)
-    return RunParts(config, data, policy, model, ema, algorithm, optimizer, scheduler, batches)
+    shard = Shard(distributed.rank(), distributed.world_size())
+    batches = BatchSource(data, tc, config.augment, method.views(config.algorithm), policy, tc.seed, shard)
+    return RunParts(config, data, policy, model, ema, algorithm, optimizer, scheduler, batches,
+                    wrap_for_ranks(model, device))
 
 
 def build_evaluation(config: Config, data: TrainingData, device: torch.device) -> tuple[Classifier, Algorithm,

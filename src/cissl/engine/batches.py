@@ -4,9 +4,18 @@
 replayed from graphs) and their state, and draws exactly the views of the method's
 :class:`~cissl.algorithms.base.ViewSpec`. Between generations (CReST-style methods) the labeled pool
 can be extended by unlabeled images with pseudo-labels; the extension is part of the state.
+
+Under DistributedDataParallel every rank runs the same streams and draws the augmentation of the whole
+global batch from the same seeded generators, then keeps its own block of rows (:class:`Shard`):
+rank r of W takes the r-th of W equal blocks of each batch and of each view's random draws. So the
+ranks train on disjoint images, the union of their batches is the batch a single process with the
+global batch size draws (image for image, augmentation for augmentation), and the streams' state is
+the same on every rank (a checkpoint of rank 0 resumes any rank, at any world size).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -19,22 +28,47 @@ from cissl.engine.precision import ComputePolicy
 from cissl.engine.seeds import derive_seed
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's rows of every global batch: rank ``rank`` of ``world`` takes the rank-th of
+    ``world`` equal blocks (of each of ``copies`` consecutive copies, for stacked strong views)."""
+
+    rank: int = 0
+    world: int = 1
+
+    def take(self, tensor: torch.Tensor, dim: int = 0, copies: int = 1) -> torch.Tensor:
+        if self.world == 1:
+            return tensor
+        size = tensor.shape[dim] // copies
+        block = size // self.world
+        parts = [part.narrow(dim, self.rank * block, block) for part in tensor.split(size, dim)]
+        return parts[0] if copies == 1 else torch.cat(parts, dim)
+
+
+def global_batch_size(train_config, world: int) -> int:
+    """Labeled images per step over all ranks: ``train.batch_size`` (batch_scope global) or that per rank."""
+    return train_config.batch_size * (world if train_config.batch_scope == "per_rank" else 1)
+
+
 class BatchSource:
-    def __init__(self, data, train_config, augment_config, spec: ViewSpec, policy: ComputePolicy, seed: int):
+    def __init__(self, data, train_config, augment_config, spec: ViewSpec, policy: ComputePolicy, seed: int,
+                 shard: Shard = Shard()):
         tc, aug = train_config, augment_config
         self.data = data
         self.spec = spec
         self.policy = policy
         self.seed = seed
-        self.batch_size = tc.batch_size
+        self.shard = shard
+        self.batch_size = global_batch_size(tc, shard.world)  # every stream draws the global batch
         self.strong_views = tc.strong_views
         self.labeled = data.labeled
         if spec.labeled_sampling == "class_balanced":
             weights = class_sampling_weights(data.labeled.labels, data.num_classes, spec.sampling_beta)
-            self.labeled_stream = ClassBalancedStream(weights, tc.batch_size, derive_seed(seed, "labeled"))
+            self.labeled_stream = ClassBalancedStream(weights, self.batch_size, derive_seed(seed, "labeled"))
         else:
-            self.labeled_stream = IndexStream(len(data.labeled), tc.batch_size, derive_seed(seed, "labeled"))
-        self.unlabeled_stream = IndexStream(len(data.unlabeled), tc.batch_size * tc.mu, derive_seed(seed, "unlabeled"))
+            self.labeled_stream = IndexStream(len(data.labeled), self.batch_size, derive_seed(seed, "labeled"))
+        self.unlabeled_stream = IndexStream(len(data.unlabeled), self.batch_size * tc.mu,
+                                            derive_seed(seed, "unlabeled"))
         device = policy.device
         self.augment = BatchAugment(
             data.image_size, aug.crop_padding, aug.padding_mode, aug.randaugment_ops, aug.randaugment_prob,
@@ -45,23 +79,34 @@ class BatchSource:
 
     @property
     def images_per_step(self) -> int:
-        """Images one step pushes through the network."""
+        """Images one step pushes through this process's network."""
+        per_rank = self.batch_size // self.shard.world
         if not self.spec.unlabeled:
-            return self.batch_size
-        return self.batch_size + self.unlabeled_stream.batch_size * (int(self.spec.weak) + self.strong_views)
+            return per_rank
+        unlabeled = self.unlabeled_stream.batch_size // self.shard.world
+        return per_rank + unlabeled * (int(self.spec.weak) + self.strong_views)
+
+    def _view(self, kind: str, images: torch.Tensor, copies: int = 1) -> torch.Tensor:
+        """The weak or strong view of this rank's images: the draws of the global batch, this rank's share."""
+        draw = self.augment.draw_weak if kind == "weak" else self.augment.draw_strong
+        params = draw(images.shape[0] * self.shard.world)
+        params = {key: self.shard.take(value, -1, copies) for key, value in params.items()}  # samples: last dim
+        apply = self.views.apply_weak if kind == "weak" else self.views.apply_strong
+        return apply(images, params)
 
     def next(self) -> tuple[Batch, torch.Tensor | None]:
-        """Draw and augment one step's batch; returns it with the unlabeled ground truth (diagnostics)."""
-        prepare = self.policy.images
-        images, labels, _ = self.labeled.take(self.labeled_stream.next())
-        batch = Batch(x=prepare(self.views.weak(images)), y=labels)
+        """Draw and augment one step's batch (this rank's rows); returns it with the unlabeled ground
+        truth (diagnostics)."""
+        prepare, shard = self.policy.images, self.shard
+        images, labels, _ = self.labeled.take(shard.take(self.labeled_stream.next()))
+        batch = Batch(x=prepare(self._view("weak", images)), y=labels)
         truth = None
         if self.spec.unlabeled:
-            u_images, truth, positions = self.data.unlabeled.take(self.unlabeled_stream.next())
+            u_images, truth, positions = self.data.unlabeled.take(shard.take(self.unlabeled_stream.next()))
             if self.spec.weak:
-                batch.u_weak = prepare(self.views.weak(u_images))
+                batch.u_weak = prepare(self._view("weak", u_images))
             views = self.strong_views
-            strong = self.views.strong(u_images.repeat(views, 1, 1, 1))  # independent draws per copy
+            strong = self._view("strong", u_images.repeat(views, 1, 1, 1), views)  # independent draws per copy
             batch.u_strong = tuple(prepare(view) for view in strong.chunk(views))
             batch.u_index = positions
         return batch, truth

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from cissl import distributed
 from cissl.config import Config, load_config, save_config
 from cissl.data.protocol import Split
 from cissl.engine.assemble import build_evaluation
@@ -22,6 +24,7 @@ from cissl.engine.checkpoint import (
 )
 from cissl.engine.data import prepare_data
 from cissl.engine.init_from import load_initial_backbone
+from cissl.engine.launch import launched, run_on_main
 from cissl.engine.logging import RunLogger, truncate_jsonl
 from cissl.engine.precision import resolve_device
 from cissl.engine.trainer import Trainer
@@ -39,9 +42,17 @@ def default_run_dir(config: Config) -> Path:
 
 def _describe(config: Config, data, device) -> str:
     split = data.split
-    return (f"{config.name or config.data.dataset}: {config.algorithm.name}, {data.num_classes} classes, "
+    line = (f"{config.name or config.data.dataset}: {config.algorithm.name}, {data.num_classes} classes, "
             f"{len(data.labeled)} labeled / {len(data.unlabeled)} unlabeled / {len(data.test)} test images, "
             f"labeled counts {split.labeled_counts}, device {device}")
+    ranks = distributed.world_size()
+    if distributed.active():
+        tc = config.train
+        total = tc.batch_size * (ranks if tc.batch_scope == "per_rank" else 1)
+        line += (f"; DDP over {ranks} ranks ({torch.distributed.get_backend()}), global batch {total} labeled + "
+                 f"{total * tc.mu} unlabeled ({total // ranks} + {total * tc.mu // ranks} per rank), batch norm "
+                 f"{'over the global batch' if tc.sync_batchnorm else 'per rank'}")
+    return line
 
 
 def _logger(config: Config, run_dir: RunDir, stream, quiet: bool) -> RunLogger:
@@ -50,32 +61,41 @@ def _logger(config: Config, run_dir: RunDir, stream, quiet: bool) -> RunLogger:
 
 
 def start_run(config: Config, run_dir: Path, stream=None, quiet: bool = False) -> dict:
-    """Train a new run in ``run_dir`` (which must not hold checkpoints already)."""
+    """Train a new run in ``run_dir`` (which must not hold checkpoints already). Under torchrun every
+    rank trains; rank 0 alone claims and writes the run directory."""
     run = RunDir(run_dir)
-    prepare_run_directory(run)  # before the data load: a bad --out fails at once
-    with run.exclusive():
-        return _start_locked(config, run, stream, quiet)
+    with launched(config) as device, ExitStack() as held:
+        def claim() -> None:
+            prepare_run_directory(run)  # before the data load: a bad --out fails at once
+            held.enter_context(run.exclusive())
+            if latest_checkpoint(run.checkpoints) is not None or run.results.exists():
+                raise CheckpointError(f"run directory {run} already holds a run; resume it with "
+                                      f"`cissl train --resume {run}` or choose another --out")
+
+        run_on_main(claim)
+        return _start_claimed(config, run, device, stream, quiet)
 
 
-def _start_locked(config: Config, run: RunDir, stream, quiet: bool) -> dict:
-    if latest_checkpoint(run.checkpoints) is not None or run.results.exists():
-        raise CheckpointError(f"run directory {run} already holds a run; resume it with "
-                              f"`cissl train --resume {run}` or choose another --out")
-    device = resolve_device(config.train.device)
+def _start_claimed(config: Config, run: RunDir, device, stream, quiet: bool) -> dict:
     data = prepare_data(config, device)
-    save_config(config, run.config)
-    data.split.save(run.split)
-    run.metrics.unlink(missing_ok=True)
-    logger = _logger(config, run, stream, quiet)
+    logger = None
+    if distributed.is_main():
+        save_config(config, run.config)
+        data.split.save(run.split)
+        run.metrics.unlink(missing_ok=True)
+        logger = _logger(config, run, stream, quiet)
     try:
-        logger.message(_describe(config, data, device))
+        if logger:
+            logger.message(_describe(config, data, device))
         trainer = Trainer.from_config(config, data, run, logger, device)
         if config.train.init_from:
             trainer.parent_algorithm, line = load_initial_backbone(trainer.parts, config)
-            logger.message(line)
+            if logger:
+                logger.message(line)
         return trainer.fit()
     finally:
-        logger.close()
+        if logger:
+            logger.close()
 
 
 def prepare_run_directory(run: RunDir) -> None:
@@ -104,31 +124,46 @@ def read_run_config(run_dir: Path) -> Config:
 
 
 def resume_run(run_dir: Path, stream=None, quiet: bool = False) -> dict:
-    """Continue the run in ``run_dir`` from its newest checkpoint (or from scratch if it has none)."""
+    """Continue the run in ``run_dir`` from its newest checkpoint (or from scratch if it has none). Under
+    torchrun rank 0 reads the checkpoint and hands it to every rank (at any number of ranks: the streams
+    and the method's state are the same on all of them)."""
     run = RunDir(run_dir)
     config = read_run_config(run.path)
-    with run.exclusive():
-        return _resume_locked(config, run, stream, quiet)
+    with launched(config) as device, ExitStack() as held:
+        def claim():
+            held.enter_context(run.exclusive())
+            checkpoint, state, skipped = load_newest_readable(run.checkpoints)
+            if state is not None:
+                check_checkpoint_belongs(state, config, checkpoint)  # before the data load
+            return checkpoint, state, skipped
+
+        checkpoint, state, skipped = run_on_main(claim)
+        return _resume_claimed(config, run, device, checkpoint, state, skipped, stream, quiet)
 
 
-def _resume_locked(config: Config, run: RunDir, stream, quiet: bool) -> dict:
-    checkpoint, state, skipped = load_newest_readable(run.checkpoints)
-    if state is not None:
-        check_checkpoint_belongs(state, config, checkpoint)  # before the data load
-    device = resolve_device(config.train.device)
+def _resume_claimed(config: Config, run: RunDir, device, checkpoint, state, skipped, stream, quiet: bool) -> dict:
     data = prepare_data(config, device, Split.load(run.split))
-    truncate_jsonl(run.metrics, state["iteration"] if state else 0)
-    logger = _logger(config, run, stream, quiet)
+    logger = None
+    if distributed.is_main():
+        truncate_jsonl(run.metrics, state["iteration"] if state else 0)
+        logger = _logger(config, run, stream, quiet)
     try:
         trainer = Trainer.from_config(config, data, run, logger, device)
-        for reason in skipped:
+        for reason in skipped if logger else ():
             logger.message(f"warning: skipped the newer {reason}")
         if state is not None:
             trainer.load_state_dict(state)
-            logger.message(f"resumed {run} from {checkpoint.name} at iteration {trainer.iteration}")
+            if logger:
+                logger.message(f"resumed {run} from {checkpoint.name} at iteration {trainer.iteration}")
+                written_by, ranks = int(state.get("world_size", 1)), distributed.world_size()
+                if written_by != ranks:
+                    logger.message(f"note: the checkpoint was written by {written_by} process(es), {ranks} continue "
+                                   f"it: same streams and state; batch norm statistics over each rank's rows change "
+                                   f"with the number of ranks unless train.sync_batchnorm is on")
         return trainer.fit()
     finally:
-        logger.close()
+        if logger:
+            logger.close()
 
 
 @dataclass

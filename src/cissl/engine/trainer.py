@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from cissl import distributed
 from cissl.algorithms import PoolPredictions, StepOutput
 from cissl.algorithms.base import run_hooks
 from cissl.config import Config
@@ -24,6 +25,7 @@ from cissl.engine.assemble import RunParts, build_training, generation_length
 from cissl.engine.checkpoint import first_line, save_checkpoint
 from cissl.engine.data import TrainingData
 from cissl.engine.diagnostics import PseudoLabelStats
+from cissl.engine.launch import average_buffers, check_ranks_agree
 from cissl.engine.logging import MetricWindow, RunLogger
 from cissl.engine.precision import resolve_device
 from cissl.engine.stop import StopSignals, TrainingStopped
@@ -61,6 +63,8 @@ class Trainer:
         self.elapsed = 0.0
         self.skipped_steps = 0  # steps whose loss was not finite, skipped (train.skip_nonfinite_steps)
         self.parent_algorithm: str | None = None  # the method of the run train.init_from started this one from
+        self.ranks = distributed.world_size()  # > 1 under torchrun: only rank 0 writes
+        self.average_bn = self.ranks > 1 and not self.config.train.sync_batchnorm
 
     @classmethod
     def from_config(cls, config: Config, data: TrainingData, run_dir=None, logger: RunLogger | None = None,
@@ -78,9 +82,9 @@ class Trainer:
         guard = self.config.train.skip_nonfinite_steps
         buffers = [b.detach().clone() for b in self.model.buffers()] if guard else None  # BN statistics
         with self.parts.policy.autocast():
-            out = self.algorithm.step(self.model, batch, t)
+            out = self.algorithm.step(self.parts.step_model, batch, t)
         self.optimizer.zero_grad(set_to_none=True)
-        skip = guard and not bool(torch.isfinite(out.loss.detach()))
+        skip = guard and distributed.agree_any(not bool(torch.isfinite(out.loss.detach())))
         if skip:  # weights, BN statistics and EMA as before the step; the method's state of this step stays
             self.skipped_steps += 1
             for buffer, saved in zip(self.model.buffers(), buffers):
@@ -89,6 +93,8 @@ class Trainer:
             out.loss.backward()
             self.optimizer.step()
         self.parts.scheduler.step()
+        if self.average_bn:
+            average_buffers(self.model)
         if not skip:
             self.ema.update(self.model)
         epoch_length = self.config.train.epoch_length
@@ -98,8 +104,8 @@ class Trainer:
         self.iteration = t + 1
         if not skip:
             self.window.add({"loss": out.loss.detach(), **out.metrics})
-        if truth is not None and out.pseudo_labels is not None and out.mask is not None:
-            self.pseudo_stats.update(truth, out.pseudo_labels, out.mask)
+        if truth is not None and out.pseudo_labels is not None and out.mask is not None:  # over the global batch
+            self.pseudo_stats.update(*(distributed.gather_rows(t) for t in (truth, out.pseudo_labels, out.mask)))
         return out
 
     # ------------------------------------------------------------------ generations
@@ -133,7 +139,7 @@ class Trainer:
         return record
 
     def _flush_window(self) -> None:
-        values = self.window.flush()
+        values = distributed.mean_over_ranks(self.window.flush())  # the same means on every rank
         if values is None:
             return
         values["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -165,6 +171,7 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "history": json.dumps(self.history),
             "elapsed": self.elapsed,
+            "world_size": self.ranks,  # processes that trained it (any number can resume it)
         }
         if self.parent_algorithm is not None:
             state["parent_algorithm"] = self.parent_algorithm
@@ -197,14 +204,29 @@ class Trainer:
         self.elapsed = float(state["elapsed"])
         self.parent_algorithm = state.get("parent_algorithm")
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Rank 0 writes the checkpoint (under DDP every rank first checks that all hold the same state,
+        and takes the ranks' mean metric window, so a resumed run logs what an uninterrupted one does)."""
         tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]  # weights and BN statistics
         if not all(bool(torch.isfinite(t).all()) for t in tensors):  # at checkpoints only
             raise TrainingDiverged(f"training diverged: non-finite weights or BN statistics at iteration "
                                    f"{self.iteration}; not saved, the newest checkpoint is the last good one "
                                    f"(lower optim.lr)")
+        if self.ranks > 1:
+            self._agree_across_ranks()
+        if not distributed.is_main() or self.run_dir is None:
+            return None
         return save_checkpoint(self.state_dict(), self.run_dir.checkpoints, self.iteration,
                                self.config.train.keep_checkpoints)
+
+    def _agree_across_ranks(self) -> None:
+        check_ranks_agree({"parameters": self.model.state_dict(), "EMA": self.ema.state_dict(),
+                           "method state": self.algorithm.state_dict(), "streams": self.batches.state_dict()},
+                          self.iteration)
+        sums = distributed.mean_over_ranks({key: float(value) for key, value in self.window.sums.items()})
+        self.window.sums = {key: torch.tensor(value, device=self.device) if isinstance(self.window.sums[key],
+                                                                                     torch.Tensor) else value
+                            for key, value in sums.items()}
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
@@ -217,10 +239,12 @@ class Trainer:
         with StopSignals() as signals:
             while self.iteration < total:
                 self._fit_step(tc, total, start, elapsed_before)
-                if signals.requested is not None and self.iteration < total:
-                    self._stop(signals.requested)
+                stop = distributed.agree_any(signals.requested is not None)  # every rank stops at the same step
+                if stop and self.iteration < total:
+                    self._stop(signals.requested if signals.requested is not None else signal.SIGTERM)
         results = self.results()
-        atomic_write_json(self.run_dir.results, results)
+        if distributed.is_main():
+            atomic_write_json(self.run_dir.results, results)
         return results
 
     def _stop(self, signal_number: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cissl import distributed
 from cissl.evaluation.metrics import confusion_matrix, summarize_confusion
 
 
@@ -18,14 +19,17 @@ def predict(model, images: torch.Tensor, batch_size: int, policy) -> dict[str, t
 
 @torch.no_grad()
 def predict_with_features(model, images: torch.Tensor, batch_size: int, policy, features: bool = True):
-    """(head -> (N, K) logits, (N, D) embeddings or None), on the CPU, model in eval mode."""
+    """(head -> (N, K) logits, (N, D) embeddings or None), on the CPU, model in eval mode. Under DDP each
+    rank predicts its share of the images and every rank gets all predictions (the ranks' models agree)."""
+    count = len(images)
+    first, stop = distributed.shard_bounds(count)
     was_training = model.training
     model.eval()
     outputs: dict[str, list[torch.Tensor]] = {}
     embeddings: list[torch.Tensor] = []
     try:
-        for start in range(0, len(images), batch_size):
-            x = policy.images(images[start:start + batch_size].float().div_(255.0))
+        for start in range(first, stop, batch_size) or [first]:  # an empty share still gives its shapes
+            x = policy.images(images[start:min(start + batch_size, stop)].float().div_(255.0))
             with policy.autocast():
                 out = model(x)
             for name, logits in out.logits.items():
@@ -34,8 +38,8 @@ def predict_with_features(model, images: torch.Tensor, batch_size: int, policy, 
                 embeddings.append(out.features.float().cpu())
     finally:
         model.train(was_training)
-    logits = {name: torch.cat(parts) for name, parts in outputs.items()}
-    return logits, torch.cat(embeddings) if features else None
+    logits = {name: distributed.gather_shards(torch.cat(parts), count) for name, parts in outputs.items()}
+    return logits, distributed.gather_shards(torch.cat(embeddings), count) if features else None
 
 
 def evaluate_logits(logits: dict[str, torch.Tensor], labels, num_classes: int, labeled_counts,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cissl.distributed import gather_rows
+
 
 class EmbeddingAlignment:
     """L_EA = (1 / (V * B_u)) sum_v sum_i (1 - m_i) * H(t_i, s_v,i)   (Eq. 6; spec 5.6).
@@ -44,7 +46,8 @@ class EmbeddingAlignment:
     def _update_center(self, weak: torch.Tensor, teacher: torch.Tensor) -> None:
         if self.center_mode == "none":
             return
-        batch_center = teacher.mean(dim=0) if self.center_mode == "prob_ema" else weak.mean(dim=0)
+        rows = teacher if self.center_mode == "prob_ema" else weak
+        batch_center = gather_rows(rows).mean(dim=0)  # the global batch's mean under DDP
         self.center.mul_(self.momentum).add_(batch_center, alpha=1 - self.momentum)
 
     def state_dict(self) -> dict:

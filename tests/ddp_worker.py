@@ -1,0 +1,78 @@
+"""Trains a few steps of one or more methods in the process group torchrun starts (or in one plain
+process) and saves what each rank holds, for tests/test_distributed.py to compare.
+
+    torchrun --nproc_per_node 2 tests/ddp_worker.py OUT STEPS METHOD[,METHOD...] [key=value ...]
+
+Per method it writes OUT/METHOD/rank{R}.pt: the global mean loss of every step, the network, the EMA,
+the method's state, the streams' state and the pseudo-label statistics. ``check_config`` as the method
+list gives every rank another seed (a launch with mismatched configs) and prints the error; ``diverge``
+trains DARP with its cross-rank gather removed, and prints the error the checkpoint check gives.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import ACTIVE_TERMS, tiny_config  # noqa: E402
+
+from cissl import distributed  # noqa: E402
+from cissl.engine.data import prepare_data  # noqa: E402
+from cissl.engine.launch import launched  # noqa: E402
+from cissl.engine.trainer import Trainer  # noqa: E402
+from cissl.errors import CisslError  # noqa: E402
+
+
+def train(out: Path, steps: int, method: str, overrides: list[str], device) -> None:
+    config = tiny_config(*ACTIVE_TERMS.get(method, []), *overrides, algorithm=method)
+    data = prepare_data(config, device)
+    trainer = Trainer.from_config(config, data, None, None, device)
+    losses = []
+    for _ in range(steps):
+        out_step = trainer.train_step()
+        losses.append(distributed.mean_over_ranks({"loss": float(out_step.loss.detach())})["loss"])
+    trainer.save()  # without a run directory: only the check that every rank holds the same state
+    record = {"losses": losses, "world": distributed.world_size(), "model": trainer.model.state_dict(),
+              "ema": trainer.ema.state_dict(), "algorithm": trainer.algorithm.state_dict(),
+              "batches": trainer.batches.state_dict(), "pseudo_stats": trainer.pseudo_stats.state_dict(),
+              "test_logits": trainer.evaluate(full=False)}
+    folder = out / method
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(record, folder / f"rank{distributed.rank()}.pt")
+
+
+def main(argv: list[str]) -> int:
+    out, steps, methods, overrides = Path(argv[0]), int(argv[1]), argv[2].split(","), argv[3:]
+    torch.set_num_threads(1)
+    if methods == ["check_config"]:
+        import os
+
+        config = tiny_config(f"train.seed={os.environ.get('RANK', '0')}", *overrides)
+        try:
+            with launched(config):
+                pass
+        except CisslError as exc:
+            print(f"error: {exc}")
+            return 2
+        return 0
+    if methods == ["diverge"]:  # DARP as if it kept only its own rows' predictions: the ranks drift apart
+        import cissl.algorithms.darp as darp
+
+        darp.gather_rows = lambda tensor: tensor
+        methods = ["fixmatch_darp"]
+    try:
+        with launched(tiny_config(*overrides)) as device:  # one process group for every method
+            for method in methods:
+                train(out, steps, method, overrides, device)
+    except CisslError as exc:
+        print(f"error: {exc}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

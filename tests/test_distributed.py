@@ -1,0 +1,241 @@
+"""Training under torchrun (DDP, gloo on the CPU): sharded batches, identical state on every rank,
+equivalence with one process, rank 0 alone writing, resume, and launches that cannot work.
+
+The multi-process tests start ``python -m torch.distributed.run --standalone --nproc_per_node 2``, on
+the CLI itself or on tests/ddp_worker.py (which trains a few steps and saves what each rank holds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import CONFIGS, tiny_config
+from test_training import assert_same_state
+
+from cissl import distributed
+from cissl.algorithms import ALGORITHMS
+from cissl.config import load_config
+from cissl.engine.assemble import method_class
+from cissl.engine.batches import BatchSource, Shard
+from cissl.engine.checkpoint import load_checkpoint
+from cissl.engine.data import prepare_data
+from cissl.engine.launch import fingerprint, rank_device, torchrun_launch
+from cissl.engine.precision import ComputePolicy
+from cissl.errors import ConfigError
+from cissl.models.sync_batchnorm import CrossRankBatchNorm2d, convert_to_cross_rank
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).parent / "ddp_worker.py"
+EVERY_METHOD = [name for name in ALGORITHMS.names() if name != "crt"]  # crt needs a finished parent run
+
+
+def torchrun(*args, processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``processes`` ranks on this machine (a free port each time: --standalone)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+               *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def worker(out: Path, steps: int, methods: list[str], *overrides: str, ranks: int = 2) -> subprocess.CompletedProcess:
+    if ranks == 1:  # the plain single-process run, no process group
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+        command = [sys.executable, str(WORKER), str(out), str(steps), ",".join(methods), *overrides]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    else:
+        result = torchrun(WORKER, out, steps, ",".join(methods), *overrides)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def saved(out: Path, method: str, rank: int) -> dict:
+    return torch.load(out / method / f"rank{rank}.pt", weights_only=False)
+
+
+def assert_close_state(a, b, atol: float, path: str = "state") -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            assert_close_state(a[key], b[key], atol, f"{path}.{key}")
+    elif isinstance(a, (list, tuple)):
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close_state(x, y, atol, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor) and a.is_floating_point():
+        assert torch.allclose(a, b, rtol=0, atol=atol), f"{path}: max |diff| {(a - b).abs().max():.3g}"
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, abs=atol), path
+    else:
+        assert a == b, path
+
+
+# ---------------------------------------------------------------------------------------------- one process
+@pytest.mark.parametrize("scope, world", [("global", 2), ("global", 4), ("per_rank", 2)])
+def test_the_ranks_batches_together_are_the_single_process_batch(scope, world):
+    """Rank r takes the r-th block of the global batch and of every view's augmentation draws, so the
+    ranks' batches side by side are, image for image, the batch one process draws."""
+    per_rank = scope == "per_rank"
+    config = tiny_config("train.batch_size=8" if per_rank else "train.batch_size=16", f"train.batch_scope={scope}",
+                         algorithm="semi")
+    single_config = tiny_config("train.batch_size=16", algorithm="semi")
+    data = prepare_data(config, torch.device("cpu"))
+    policy = ComputePolicy(torch.device("cpu"))
+    spec = method_class(config).views(config.algorithm)
+
+    def source(cfg, shard):
+        return BatchSource(data, cfg.train, cfg.augment, spec, policy, cfg.train.seed, shard)
+
+    single = source(single_config, Shard())
+    ranks = [source(config, Shard(r, world)) for r in range(world)]
+    for _ in range(3):  # a few steps: the streams advance alike on every rank
+        whole, truth = single.next()
+        parts = [s.next() for s in ranks]
+        assert all(len(b.y) == 16 // world for b, _ in parts)
+        for name in ("x", "y", "u_weak", "u_index"):
+            assert torch.equal(torch.cat([getattr(b, name) for b, _ in parts]), getattr(whole, name)), name
+        for view in range(len(whole.u_strong)):
+            assert torch.equal(torch.cat([b.u_strong[view] for b, _ in parts]), whole.u_strong[view])
+        assert torch.equal(torch.cat([t for _, t in parts]), truth)
+        assert ranks[0].images_per_step == single.images_per_step // world
+    assert_same_state(ranks[0].state_dict(), ranks[-1].state_dict())  # every rank's streams alike
+
+
+def test_shard_takes_each_copys_block_of_stacked_views():
+    rows = torch.arange(12)  # 2 copies of a global batch of 6
+    assert Shard(1, 3).take(rows, copies=2).tolist() == [2, 3, 8, 9]
+    assert Shard(0, 2).take(rows.view(1, 12), dim=-1).tolist() == [[0, 1, 2, 3, 4, 5]]
+    assert Shard().take(rows) is rows
+
+
+def test_collectives_are_identities_in_one_process():
+    t = torch.arange(6).view(3, 2)
+    assert not distributed.active() and distributed.world_size() == 1 and distributed.is_main()
+    assert distributed.gather_rows(t) is t and distributed.local_rows(t) is t and distributed.all_sum(t) is t
+    assert distributed.shard_bounds(7) == (0, 7)
+    assert distributed.agree_any(True) and not distributed.agree_any(False)
+    assert distributed.mean_over_ranks({"loss": 2.0}) == {"loss": 2.0}
+
+
+def test_torchrun_environment_is_read_or_refused_in_one_line():
+    assert torchrun_launch({}) is None
+    launch = torchrun_launch({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+    assert (launch.rank, launch.world_size, launch.local_rank) == (1, 2, 1)
+    with pytest.raises(ConfigError, match="RANK set but not WORLD_SIZE, LOCAL_RANK"):
+        torchrun_launch({"RANK": "0"})
+    with pytest.raises(ConfigError, match="must be integers"):
+        torchrun_launch({"RANK": "a", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+    with pytest.raises(ConfigError, match="RANK 2 is not in 0..WORLD_SIZE-1"):
+        torchrun_launch({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+
+
+def test_a_rank_may_not_be_pinned_to_one_gpu():
+    config = load_config(CONFIGS / "quickstart.yaml", ["train.device=cuda:1"])
+    launch = torchrun_launch({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+    with pytest.raises(ConfigError, match="each rank trains on cuda:LOCAL_RANK; set cuda or auto, not cuda:1"):
+        rank_device(config, launch)
+
+
+def test_fingerprint_changes_with_any_value():
+    state = {"a": torch.zeros(3), "b": [torch.ones(2, dtype=torch.bool), 4]}
+    same = {"a": torch.zeros(3), "b": [torch.ones(2, dtype=torch.bool), 4]}
+    assert fingerprint(state) == fingerprint(same)
+    for changed in ({"a": torch.tensor([0.0, 0.0, 1e-7]), "b": state["b"]},
+                    {"a": state["a"], "b": [torch.tensor([True, False]), 4]},
+                    {"a": state["a"], "b": [state["b"][0], 5]}):
+        assert fingerprint(changed) != fingerprint(state)
+
+
+def test_cross_rank_batchnorm_shares_the_parameters_and_acts_alone_as_batchnorm():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 1), torch.nn.BatchNorm2d(3, momentum=0.1))
+    weight, running = net[1].weight, net[1].running_mean
+    reference = torch.nn.BatchNorm2d(3, momentum=0.1)
+    converted = convert_to_cross_rank(net)
+    assert isinstance(converted[1], CrossRankBatchNorm2d)
+    assert converted[1].weight is weight and converted[1].running_mean is running  # optimizer references kept
+    x = torch.randn(4, 3, 5, 5)
+    assert torch.equal(converted[1](x), reference(x))  # no process group: plain batch norm
+    assert torch.equal(converted[1].running_var, reference.running_var)
+
+
+# ---------------------------------------------------------------------------------------------- torchrun
+def test_every_rank_holds_the_same_state_for_every_method(tmp_path):
+    """12 steps of every method on 2 ranks (per-rank batch norm): parameters, EMA, the method's state
+    (SeMi's bank, counts and EA centre; DASO's queue; DARP's pool labels; CReST's additions; ...), the
+    streams, the pseudo-label statistics and the sharded evaluation are bit-identical on both."""
+    worker(tmp_path, 12, EVERY_METHOD)
+    for method in EVERY_METHOD:
+        rank0, rank1 = saved(tmp_path, method, 0), saved(tmp_path, method, 1)
+        assert rank0["world"] == 2
+        assert_same_state(rank0, rank1, method)
+
+
+def test_two_ranks_with_half_batches_equal_one_process_with_the_whole_batch(tmp_path):
+    """Same samples and augmentation draws (sharded from the same streams), batch norm over the global
+    batch (train.sync_batchnorm): 2 x B/2 gives one process's B-batch step loss to float tolerance, from
+    the first step on, and after 4 steps of SeMi with every term active the same weights and bank.
+    (Beyond a few steps a float difference can flip a confidence mask; the runs then part.)"""
+    worker(tmp_path / "one", 4, ["semi"], "train.sync_batchnorm=true", ranks=1)
+    worker(tmp_path / "two", 4, ["semi"], "train.sync_batchnorm=true")
+    one, two = saved(tmp_path / "one", "semi", 0), saved(tmp_path / "two", "semi", 0)
+    assert two["losses"][0] == pytest.approx(one["losses"][0], rel=1e-6)
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-5)
+    for part in ("model", "ema", "algorithm", "pseudo_stats", "test_logits"):
+        assert_close_state(two[part], one[part], atol=1e-4, path=part)
+    assert_same_state(two["batches"], one["batches"])  # the streams: exactly one process's
+
+
+def test_torchrun_cli_writes_once_and_resumes_bit_exact(tmp_path):
+    """`torchrun -m cissl train` on digits-LT: rank 0 alone prints, logs and writes; a run stopped after
+    iteration 16 and resumed under torchrun ends in the uninterrupted run's checkpoint, bit for bit."""
+    run = tmp_path / "run"
+    args = ["-m", "cissl", "train", "--config", CONFIGS / "digits_lt" / "consistent_n20_m90_g10.yaml", "--out", run,
+            "model.depth=10", "model.widen=1", "train.iterations=24", "train.eval_every=8", "train.log_every=4",
+            "train.checkpoint_every=8", "train.keep_checkpoints=3", "train.report_last=1", "train.batch_size=16"]
+    result = torchrun(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("results: ") == 1 and result.stdout.count("DDP over 2 ranks (gloo)") == 1
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records if r["kind"] == "eval"] == [8, 16, 24]  # one writer
+    assert json.loads((run / "results.json").read_text())["iterations"] == 24
+
+    resumed = tmp_path / "resumed"
+    subprocess.run(["cp", "-r", str(run), str(resumed)], check=True)
+    (resumed / "checkpoints" / "ckpt_00000024.pt").unlink()  # as if stopped after iteration 16
+    (resumed / "results.json").unlink()
+    result = torchrun("-m", "cissl", "train", "--resume", resumed)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("[cissl] resumed ") == 1
+    assert_same_state(load_checkpoint(run / "checkpoints" / "ckpt_00000024.pt"),
+                      load_checkpoint(resumed / "checkpoints" / "ckpt_00000024.pt"))
+    assert (resumed / "metrics.jsonl").read_text().count('"kind": "eval"') == 3
+
+
+def test_launches_that_cannot_work_fail_up_front_in_one_line(tmp_path):
+    result = torchrun("-m", "cissl", "train", "--config", CONFIGS / "quickstart.yaml", "--out", tmp_path / "odd",
+                      "train.batch_size=15", "train.device=cpu")
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("cissl: error:")]
+    assert errors == ["cissl: error: config key 'train.batch_size': 15 labeled images per step do not split evenly "
+                      "across 2 ranks (train.batch_scope = global); use a multiple of 2 or "
+                      "train.batch_scope=per_rank"]  # printed once, by rank 0
+    assert not (tmp_path / "odd").exists()  # checked before anything is written
+
+    result = torchrun(WORKER, tmp_path, 0, "check_config")  # rank r is given train.seed=r
+    assert result.returncode != 0
+    assert "rank 1 was started with another config than rank 0: train.seed 1 (rank 0: 0)" in result.stdout
+
+
+def test_ranks_that_drift_apart_are_stopped_at_the_checkpoint(tmp_path):
+    """A method that updated its state from its own rows only (here DARP without its gather) leaves the
+    ranks with different pool labels: the check before each checkpoint names what differs."""
+    result = torchrun(WORKER, tmp_path, 8, "diverge")
+    assert result.returncode != 0
+    assert ("at iteration 8 rank 1 and rank 0 hold different method state: the ranks no longer train one model"
+            in result.stdout)
