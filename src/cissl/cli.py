@@ -233,6 +233,13 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_data_build_imagenet127(args) -> int:
+    from cissl.data.sources.imagenet127 import build_imagenet127
+
+    build_imagenet127(Path(args.source), args.size, Path(args.out), partial=args.partial)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cissl", description="Class-imbalanced semi-supervised learning")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -270,6 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--counts-only", action="store_true", help="counts from the protocol, no data read")
     split.add_argument("--save", metavar="FILE", help="also write the split (indices) to FILE")
     split.set_defaults(func=cmd_split)
+
+    data = sub.add_parser("data", help="prepare data sets")
+    data_sub = data.add_subparsers(dest="data", required=True)
+    imagenet = data_sub.add_parser("build-imagenet127", help="Small-ImageNet-127 from the downsampled ImageNet "
+                                                             "pickles (Imagenet32 / Imagenet64)")
+    imagenet.add_argument("--source", required=True, help="folder with train_data_batch_1..10 and val_data")
+    imagenet.add_argument("--size", type=int, required=True, choices=(32, 64), help="image size of the source")
+    imagenet.add_argument("--out", required=True, help="folder to write (then data.root of the imagenet127 configs)")
+    imagenet.add_argument("--partial", action="store_true",
+                          help="build even if the source lacks images of ILSVRC-2012 (a partial download)")
+    imagenet.set_defaults(func=cmd_data_build_imagenet127)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True)

@@ -50,6 +50,10 @@ class DataConfig:
     selection: str = option("seeded_shuffle", choices=("seeded_shuffle", "file_order"),
                             help="which images of a class are taken")
     unlabeled_includes_labeled: bool = option(False, help="unlabeled set = first N_k + M_k (paper code)")
+    labeled_fraction: Optional[float] = option(
+        None, min=0.0, max=1.0, min_exclusive=True,
+        help="N_k = round(fraction x class k's training images), M_k = the rest (Small-ImageNet-127: 0.1); "
+             "the data's own imbalance instead of labeled_head / imbalance_ratio / unlabeled_head")
     val_per_class: int = option(0, min=0, help="balanced validation images held out per class")
     class_order: Union[str, list[int]] = option(
         "source", help="run class k = source class order[k] (class 0 the head): source, random, or a permutation")
@@ -62,6 +66,12 @@ class DataConfig:
             return  # the data gives its parts; the protocol keys are refused in check_own_data
         self._validate_class_order()
         k = SOURCES[self.dataset].num_classes
+        if self.labeled_fraction is not None:
+            if self.unlabeled_distribution != "consistent":
+                raise ConfigError("config key 'data.unlabeled_distribution': with data.labeled_fraction the unlabeled "
+                                  "images are the rest of each class (consistent); set consistent or drop "
+                                  "labeled_fraction")
+            return
         if long_tailed_counts(self.labeled_head, self.imbalance_ratio, k)[-1] < 1:
             raise ConfigError(f"config key 'data.imbalance_ratio': N1 / gamma = {self.labeled_head} / "
                               f"{self.imbalance_ratio:g} leaves the last class without a labeled image; lower the "
@@ -95,9 +105,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = option("wrn", choices=tuple(BACKBONES), help="backbone")
-    depth: int = option(28, min=10, help="WRN depth, 6n + 4")
-    widen: int = option(2, min=1, help="WRN widening factor")
-    leaky_slope: float = option(0.1, min=0.0, help="LeakyReLU negative slope")
+    depth: int = option(28, min=10, help="WRN depth, 6n + 4 (wrn only)")
+    widen: int = option(2, min=1, help="WRN widening factor (wrn only)")
+    leaky_slope: float = option(0.1, min=0.0, help="LeakyReLU negative slope (wrn only)")
     bn_momentum: float = option(0.001, min=0.0, max=1.0, help="BatchNorm momentum (PyTorch convention)")
 
     def validate(self) -> None:

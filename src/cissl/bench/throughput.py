@@ -41,7 +41,8 @@ def synthetic_data(config, device: torch.device, max_pool: int = 20_000) -> Trai
         raise ConfigError(f"--synthetic needs a benchmark data set's shape; data.dataset={data.dataset} gets its "
                           f"shape from the data: drop --synthetic")
     channels, size, k = info.channels, data.image_size or info.image_size, info.num_classes
-    labeled_counts, unlabeled_counts = split_counts(data, k)
+    # data.labeled_fraction (Small-ImageNet-127) takes the data's class sizes: 1300 each here (ILSVRC's most)
+    labeled_counts, unlabeled_counts = split_counts(data, k, [1300] * k)
     rng = np.random.default_rng(0)
     n_l = sum(labeled_counts)
     if unlabeled_counts is None:

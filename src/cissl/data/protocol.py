@@ -40,13 +40,22 @@ def long_tailed_counts(head: int, ratio: float, num_classes: int) -> list[int]:
     return counts
 
 
-def split_counts(data_config, num_classes: int) -> tuple[list[int], list[int] | None]:
+def split_counts(data_config, num_classes: int, class_sizes: list[int] | None = None
+                 ) -> tuple[list[int], list[int] | None]:
     """(labeled N_k, unlabeled M_k) for a :class:`DataConfig`; M_k is None for ``unknown``.
 
     consistent: M_k from (M1, gamma_u) in the labeled order; uniform: M1 for every class;
     reversed: class k gets the count of class K-1-k of (M1, gamma_u); gamma_u defaults to gamma_l.
+    With ``labeled_fraction`` f (Small-ImageNet-127, spec 1.6): N_k = round(f n_k) of the class's
+    ``class_sizes`` n_k (Python's round, half to even, as the CoSSL code) and M_k = n_k - N_k.
     """
     cfg = data_config
+    if getattr(cfg, "labeled_fraction", None) is not None:
+        if class_sizes is None:
+            raise DataError("data.labeled_fraction: the counts follow the data's class sizes; read the data "
+                            "(drop --counts-only)")
+        labeled = [int(round(cfg.labeled_fraction * n)) for n in class_sizes]
+        return labeled, [int(n) - n_k for n, n_k in zip(class_sizes, labeled)]
     labeled = long_tailed_counts(cfg.labeled_head, cfg.imbalance_ratio, num_classes)
     mode = cfg.unlabeled_distribution
     if mode == "unknown":
@@ -139,7 +148,8 @@ def build_split(train_labels: np.ndarray, num_classes: int, data_config, seed: i
     """
     cfg = data_config
     labels = np.asarray(train_labels, dtype=np.int64)
-    labeled_counts, unlabeled_counts = split_counts(cfg, num_classes)
+    sizes = [max(0, int(n) - cfg.val_per_class) for n in np.bincount(labels, minlength=num_classes)]
+    labeled_counts, unlabeled_counts = split_counts(cfg, num_classes, sizes)
     rng = split_generator(seed)
     labeled, unlabeled, val = [], [], []
     for k in range(num_classes):
@@ -171,7 +181,7 @@ def build_split(train_labels: np.ndarray, num_classes: int, data_config, seed: i
     settings = {key: getattr(cfg, key) for key in (
         "dataset", "labeled_head", "unlabeled_head", "imbalance_ratio", "unlabeled_distribution",
         "unlabeled_imbalance_ratio", "selection", "unlabeled_includes_labeled", "val_per_class", "class_order",
-        "class_order_seed")}
+        "class_order_seed", "labeled_fraction")}
     return Split(
         labeled_indices=np.concatenate(labeled).astype(np.int64),
         unlabeled_indices=unlabeled_idx,

@@ -12,9 +12,10 @@ from typing import Callable
 import torch
 
 from cissl.models.classifier import Classifier, ModelOutput
+from cissl.models.resnet import ResNet50
 from cissl.models.wrn import WideResNet
 
-__all__ = ["BACKBONES", "Classifier", "ModelOutput", "WideResNet", "build_model"]
+__all__ = ["BACKBONES", "Classifier", "ModelOutput", "ResNet50", "WideResNet", "build_model"]
 
 HEAD_STREAM = 7919  # extra heads are initialised from their own seed, after the shared parameters
 
@@ -24,7 +25,11 @@ def _wide_resnet(model_config, in_channels: int) -> WideResNet:
                       model_config.bn_momentum)
 
 
-BACKBONES: dict[str, Callable[..., torch.nn.Module]] = {"wrn": _wide_resnet}
+def _resnet50(model_config, in_channels: int) -> ResNet50:
+    return ResNet50(in_channels, model_config.bn_momentum)
+
+
+BACKBONES: dict[str, Callable[..., torch.nn.Module]] = {"wrn": _wide_resnet, "resnet50": _resnet50}
 
 
 def build_model(model_config, in_channels: int, num_classes: int, mean, std, seed: int,

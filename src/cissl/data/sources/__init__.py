@@ -14,6 +14,7 @@ from cissl.data.sources.base import DataSource, ImageSet
 from cissl.data.sources.cifar import load_cifar10, load_cifar100
 from cissl.data.sources.digits import load_digits_source
 from cissl.data.sources.fashion import load_fashion_mnist
+from cissl.data.sources.imagenet127 import load_imagenet127
 from cissl.data.sources.own import load_arrays_source, load_folder_source
 from cissl.data.sources.stl10 import load_stl10, resize_uint8
 from cissl.errors import DataError
@@ -45,6 +46,7 @@ SOURCES: dict[str, SourceInfo] = {info.name: info for info in (
     SourceInfo("stl10", 10, 3, 96, True, _read_stl10),
     SourceInfo("fashion_mnist", 10, 1, 28, False, lambda cfg: load_fashion_mnist(cfg.root, cfg.download)),
     SourceInfo("digits", 10, 1, 8, False, lambda cfg: load_digits_source()),
+    SourceInfo("imagenet127", 127, 3, 32, False, lambda cfg: load_imagenet127(cfg.root, cfg.image_size)),
     SourceInfo("folder", None, None, None, True, lambda cfg: load_folder_source(cfg.root, cfg.image_size), True),
     SourceInfo("arrays", None, None, None, True, lambda cfg: load_arrays_source(cfg.root, cfg.image_size), True),
 )}

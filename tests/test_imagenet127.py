@@ -1,0 +1,182 @@
+"""Small-ImageNet-127: the shipped grouping, the builder on small synthetic sources in the downsampled
+ImageNet pickle format, the reader, the 10 %-labeled protocol, ResNet-50, a few SeMi steps at 64 px."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from helpers import CONFIGS
+
+from cissl.config import load_config
+from cissl.data.sources.imagenet127 import (
+    TEST_FILE,
+    TRAIN_FILES,
+    build_imagenet127,
+    class_of_ilsvrc_id,
+    grouping,
+    load_imagenet127,
+)
+from cissl.errors import ConfigError, DataError
+from cissl.models.resnet import ResNet50
+
+
+def synthetic_source(folder: Path, size: int, per_class: dict[int, int], seed: int = 0, ids_per_class: int = 3,
+                     val_per_id: int = 2) -> dict[int, int]:
+    """Downsampled-ImageNet pickles (train_data_batch_1..10, val_data) holding per_class[c] training images
+    of class c, spread over the ILSVRC ids of c (up to ``ids_per_class`` of them) and over the ten files;
+    ``val_per_id`` validation images per id used. Returns each used id's image count."""
+    rng = np.random.default_rng(seed)
+    ids_of = {}
+    for entry in grouping()["ilsvrc"]:
+        ids_of.setdefault(entry["class"], []).append(entry["id"])
+    labels, val_labels = [], []
+    for cls, count in per_class.items():
+        ids = ids_of[cls][:ids_per_class]
+        labels += [ids[i % len(ids)] for i in range(count)]
+        val_labels += [i for i in ids for _ in range(val_per_id)]
+    labels = rng.permutation(labels)
+    folder.mkdir(parents=True, exist_ok=True)
+    width = 3 * size * size
+    for i, name in enumerate(TRAIN_FILES):
+        part = [int(v) for v in labels[i::len(TRAIN_FILES)]]
+        data = rng.integers(0, 256, (len(part), width), dtype=np.uint8)
+        with open(folder / name, "wb") as handle:
+            pickle.dump({"data": data, "labels": part, "mean": data.mean(0)}, handle)
+    with open(folder / TEST_FILE, "wb") as handle:
+        pickle.dump({"data": rng.integers(0, 256, (len(val_labels), width), dtype=np.uint8),
+                     "labels": val_labels}, handle)
+    return Counter(int(v) for v in labels)
+
+
+def test_the_shipped_grouping_maps_every_ilsvrc_id_to_one_of_127_classes():
+    table = grouping()
+    assert len(table["classes"]) == 127 and len(table["ilsvrc"]) == 1000
+    assert [e["id"] for e in table["ilsvrc"]] == list(range(1, 1001))
+    assert table["ilsvrc"][0] == {"id": 1, "wnid": "n02119789", "name": "kit_fox", "class": 86}  # map_clsloc line 1
+    synsets = Counter(e["class"] for e in table["ilsvrc"])
+    assert set(synsets) == set(range(127))
+    assert (max(synsets.values()), min(synsets.values())) == (218, 1)
+    assert len({e["wnid"] for e in table["ilsvrc"]}) == 1000
+    to_class = class_of_ilsvrc_id()
+    assert to_class[1] == 86 and to_class[0] == -1
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_builder_reproduces_the_per_class_counts_and_orders_classes_by_size(tmp_path, size, capsys):
+    per_class = {5: 40, 86: 12, 0: 25, 100: 7}  # grouping classes -> training images
+    used = synthetic_source(tmp_path / "src", size, per_class)
+    meta = build_imagenet127(tmp_path / "src", size, tmp_path / "out", partial=True)
+    progress = capsys.readouterr().err
+    assert "train_data_batch_10" in progress and "(11/11 files" in progress
+    assert meta["size"] == size and meta["train_images"] == sum(per_class.values())
+    assert meta["train_counts"][:4] == [40, 25, 12, 7] and sum(meta["train_counts"]) == 84
+    assert [c["grouping_index"] for c in meta["classes"][:4]] == [5, 0, 86, 100]
+    ids = Counter(e["class"] for e in grouping()["ilsvrc"])
+    assert meta["test_counts"][:4] == [2 * min(3, ids[c]) for c in (5, 0, 86, 100)]  # two per id used
+    assert not meta["complete"]
+    source = load_imagenet127(tmp_path / "out")
+    assert source.num_classes == 127 and source.image_size == size and source.channels == 3
+    assert isinstance(source.train.images, np.memmap)
+    assert np.bincount(source.train.labels, minlength=127)[:4].tolist() == [40, 25, 12, 7]
+    assert source.class_names[0] == grouping()["classes"][5]["name"]
+    # image i of the build is row i of the files in order, its class the grouping's class of its id
+    first = pickle.load(open(tmp_path / "src" / "train_data_batch_1", "rb"))
+    assert np.array_equal(source.train.images[0].reshape(-1), first["data"][0])
+    rank = {c["grouping_index"]: k for k, c in enumerate(meta["classes"])}
+    assert source.train.labels[0] == rank[int(class_of_ilsvrc_id()[first["labels"][0]])]
+    assert sum(used.values()) == 84
+    saved = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert saved["train_counts"] == meta["train_counts"]
+
+
+def test_builder_refuses_missing_corrupt_foreign_and_partial_sources(tmp_path):
+    src = tmp_path / "src"
+    synthetic_source(src, 32, {3: 10})
+    with pytest.raises(DataError, match="partial or damaged download; pass --partial"):
+        build_imagenet127(src, 32, tmp_path / "a")
+    assert not (tmp_path / "a" / "meta.json").exists()
+    with pytest.raises(DataError, match=r"images are 32 px: --size 32\?"):
+        build_imagenet127(src, 64, tmp_path / "b", partial=True)
+    (src / "train_data_batch_4").write_bytes(b"\x80\x04truncated")
+    with pytest.raises(DataError, match="cannot read .*train_data_batch_4 as a downsampled-ImageNet pickle"):
+        build_imagenet127(src, 32, tmp_path / "c", partial=True)
+    (src / "val_data").unlink()
+    with pytest.raises(DataError, match="lacks val_data; it must hold the Imagenet32 files"):
+        build_imagenet127(src, 32, tmp_path / "d", partial=True)
+
+
+def test_builder_keeps_an_existing_build_and_the_reader_checks_it(tmp_path):
+    synthetic_source(tmp_path / "src", 32, {3: 10, 4: 6})
+    build_imagenet127(tmp_path / "src", 32, tmp_path / "out", partial=True)
+    before = (tmp_path / "out" / "meta.json").read_text()
+    with pytest.raises(DataError, match="already holds a build"):
+        build_imagenet127(tmp_path / "src", 32, tmp_path / "out", partial=True)
+    assert (tmp_path / "out" / "meta.json").read_text() == before
+    with pytest.raises(DataError, match="built at 32 px, the config asks data.image_size=64"):
+        load_imagenet127(tmp_path / "out", 64)
+    with open(tmp_path / "out" / "train_images.u8", "ab") as handle:
+        handle.write(b"x")
+    with pytest.raises(DataError, match="should hold 49,152 bytes"):
+        load_imagenet127(tmp_path / "out")
+    with pytest.raises(DataError, match="holds no build"):
+        load_imagenet127(tmp_path / "nothing")
+
+
+def test_cli_builds_and_split_prints_the_127_class_counts_of_the_10_percent_protocol(tmp_path, capsys):
+    per_class = {c: 6 + (c * 7) % 40 for c in range(127)}  # every class, 6..45 images
+    synthetic_source(tmp_path / "src", 32, per_class)
+    code, _, err = run_cli(["data", "build-imagenet127", "--source", tmp_path / "src", "--size", "32",
+                            "--out", tmp_path / "built", "--partial"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["split", "--config", CONFIGS / "imagenet127" / "32px.yaml",
+                              f"data.root={tmp_path / 'built'}"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    sizes = sorted(per_class.values(), reverse=True)
+    assert len(summary["labeled"]) == 127
+    assert summary["labeled"] == [round(0.1 * n) for n in sizes]  # round half to even: 45 -> 4, 25 -> 2
+    assert summary["unlabeled"] == [n - round(0.1 * n) for n in sizes]
+    assert summary["unlabeled_total"] == sum(sizes)  # the whole training set, labeled images included
+    code, _, err = run_cli(["split", "--config", CONFIGS / "imagenet127" / "32px.yaml", "--counts-only",
+                            f"data.root={tmp_path / 'built'}"], capsys)
+    assert code == 2 and "follow the data's class sizes" in err
+
+
+def test_labeled_fraction_needs_the_rest_of_each_class_as_unlabeled():
+    with pytest.raises(ConfigError, match="with data.labeled_fraction the unlabeled images are the rest"):
+        load_config(CONFIGS / "imagenet127" / "32px.yaml", ["data.unlabeled_distribution=uniform"])
+
+
+def test_resnet50_has_the_cifar_stem_and_the_torchvision_parameter_count():
+    """torchvision's ResNet-50 has 25,557,032 parameters; without its 1000-way fc (2048 x 1000 + 1000)
+    and with a 3x3 instead of a 7x7 stem convolution (3 x 64 x 9 instead of 3 x 64 x 49):
+    25,557,032 - 2,049,000 - 9,408 + 1,728 = 23,500,352."""
+    net = ResNet50()
+    assert sum(p.numel() for p in net.parameters()) == 23_500_352
+    assert net.feature_dim == 2048
+    assert net.stem[0].kernel_size == (3, 3) and net.stem[0].stride == (1, 1)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in net.modules())
+    for size, cells in ((32, 4), (64, 8)):
+        x = torch.randn(2, 3, size, size)
+        assert net.blocks(net.stem(x)).shape == (2, 2048, cells, cells)
+        assert net(x).shape == (2, 2048)
+
+
+def test_a_few_semi_steps_with_resnet50_at_64_px_run_on_cpu(tmp_path):
+    from cissl.engine.run import start_run
+
+    synthetic_source(tmp_path / "src", 64, {c: 6 for c in range(127)}, ids_per_class=1, val_per_id=1)
+    build_imagenet127(tmp_path / "src", 64, tmp_path / "built", partial=True)
+    config = load_config(CONFIGS / "imagenet127" / "64px.yaml", [
+        f"data.root={tmp_path / 'built'}", "train.iterations=2", "train.batch_size=4", "train.eval_every=2",
+        "train.log_every=1", "train.checkpoint_every=2", "train.report_last=1", "train.eval_batch_size=64",
+        "train.device=cpu", "algorithm.warmup_epochs=0"])
+    results = start_run(config, tmp_path / "run", quiet=True)
+    assert results["iterations"] == 2 and len(results["per_class_accuracy"]) == 127
