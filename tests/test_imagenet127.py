@@ -175,8 +175,64 @@ def test_a_few_semi_steps_with_resnet50_at_64_px_run_on_cpu(tmp_path):
     synthetic_source(tmp_path / "src", 64, {c: 6 for c in range(127)}, ids_per_class=1, val_per_id=1)
     build_imagenet127(tmp_path / "src", 64, tmp_path / "built", partial=True)
     config = load_config(CONFIGS / "imagenet127" / "64px.yaml", [
-        f"data.root={tmp_path / 'built'}", "train.iterations=2", "train.batch_size=4", "train.eval_every=2",
+        f"data.root={tmp_path / 'built'}", "data.stream_images=always", "train.iterations=2", "train.batch_size=4",
+        "train.eval_every=2",
         "train.log_every=1", "train.checkpoint_every=2", "train.report_last=1", "train.eval_batch_size=64",
         "train.device=cpu", "algorithm.warmup_epochs=0"])
     results = start_run(config, tmp_path / "run", quiet=True)
     assert results["iterations"] == 2 and len(results["per_class_accuracy"]) == 127
+
+
+def test_streamed_pools_serve_the_images_the_loaded_pools_hold(tmp_path):
+    """data.stream_images=always leaves the images in the memory-mapped build: batches, predictions and
+    CReST's extension of the labeled pool read the same pixels as pools put on the device."""
+    from cissl.data.stream import HostImages
+    from cissl.engine.data import prepare_data
+    from cissl.engine.precision import ComputePolicy
+    from cissl.evaluation.evaluate import predict_with_features
+    from cissl.models import build_model
+
+    synthetic_source(tmp_path / "src", 32, {c: 6 + c % 5 for c in range(127)})
+    build_imagenet127(tmp_path / "src", 32, tmp_path / "built", partial=True)
+    overrides = [f"data.root={tmp_path / 'built'}", "train.device=cpu"]
+    setting = CONFIGS / "imagenet127" / "32px.yaml"
+    streamed = prepare_data(load_config(setting, [*overrides, "data.stream_images=always"]), torch.device("cpu"))
+    loaded = prepare_data(load_config(setting, [*overrides, "data.stream_images=never"]), torch.device("cpu"))
+    assert isinstance(streamed.unlabeled.images, HostImages) and isinstance(loaded.unlabeled.images, torch.Tensor)
+    positions = torch.tensor([5, 0, 17, 5, 300])
+    for a, b in zip(streamed.unlabeled.take(positions), loaded.unlabeled.take(positions)):
+        assert torch.equal(a, b)
+    assert torch.equal(streamed.test.images[3:9], loaded.test.images[3:9])
+    model = build_model(load_config(CONFIGS / "quickstart.yaml").model, 3, 127, (0.5,) * 3, (0.25,) * 3, 0)
+    policy = ComputePolicy(torch.device("cpu"))
+    (logits_a, features_a), (logits_b, features_b) = (
+        predict_with_features(model, pool.test.images, 50, policy) for pool in (streamed, loaded))
+    assert torch.equal(logits_a["main"], logits_b["main"]) and torch.equal(features_a, features_b)
+    added, labels = torch.tensor([2, 9]), torch.tensor([1, 0])
+    grown_a = streamed.labeled.extended(streamed.unlabeled, added, labels)
+    grown_b = loaded.labeled.extended(loaded.unlabeled, added, labels)
+    every = torch.arange(len(grown_b))
+    for a, b in zip(grown_a.take(every), grown_b.take(every)):
+        assert torch.equal(a, b)
+
+
+def test_auto_streams_only_memory_mapped_images_larger_than_half_the_free_memory(tmp_path, monkeypatch):
+    import dataclasses
+
+    from cissl.engine.data import streams_images
+
+    config = load_config(CONFIGS / "imagenet127" / "32px.yaml").data
+    path = tmp_path / "images.u8"
+    path.write_bytes(bytes(2 * 3 * 4 * 4))
+    mapped = np.memmap(path, dtype=np.uint8, mode="r", shape=(2, 3, 4, 4))  # 96 bytes
+    cpu = torch.device("cpu")
+    free = {"SC_PAGE_SIZE": 1}
+    monkeypatch.setattr("os.sysconf", lambda name: free[name])
+    free["SC_AVPHYS_PAGES"] = 100
+    assert streams_images(config, mapped, cpu)  # 96 bytes, more than half of the 100 free
+    assert not streams_images(config, np.zeros((2, 3, 4, 4), np.uint8), cpu)  # in memory already: never
+    free["SC_AVPHYS_PAGES"] = 1000
+    assert not streams_images(config, mapped, cpu)  # 96 of 1000: loaded
+    assert streams_images(dataclasses.replace(config, stream_images="always"), mapped, cpu)
+    free["SC_AVPHYS_PAGES"] = 1
+    assert not streams_images(dataclasses.replace(config, stream_images="never"), mapped, cpu)

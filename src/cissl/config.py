@@ -50,6 +50,10 @@ class DataConfig:
     selection: str = option("seeded_shuffle", choices=("seeded_shuffle", "file_order"),
                             help="which images of a class are taken")
     unlabeled_includes_labeled: bool = option(False, help="unlabeled set = first N_k + M_k (paper code)")
+    stream_images: str = option("auto", choices=("auto", "always", "never"),
+                                help="read training images from their memory-mapped file batch by batch instead "
+                                     "of putting them on the device; auto: when a memory-mapped data set "
+                                     "(imagenet127) takes more than half of the device's free memory")
     labeled_fraction: Optional[float] = option(
         None, min=0.0, max=1.0, min_exclusive=True,
         help="N_k = round(fraction x class k's training images), M_k = the rest (Small-ImageNet-127: 0.1); "

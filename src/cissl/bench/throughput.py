@@ -140,7 +140,7 @@ def measure(config, steps: int = 10, warmup: int = 3, rounds: int = 3, synthetic
     return {
         "algorithm": config.algorithm.name,
         "setting": config.name,
-        "model": f"WRN-{config.model.depth}-{config.model.widen}",
+        "model": f"WRN-{config.model.depth}-{config.model.widen}" if config.model.name == "wrn" else "ResNet-50",
         "image_shape": [data.channels, data.image_size, data.image_size],
         "images_per_step": images_per_step,
         "precision": tc.precision,

@@ -74,8 +74,38 @@ class ClassBalancedStream:
         self.generator.set_state(state["generator"])
 
 
+class HostImages:
+    """uint8 images (N, C, H, W) left in host memory, typically a memory-mapped file: the rows ``rows`` of
+    ``array``. Indexing (a slice, or positions) reads those rows, in file order, and sends them to
+    ``device``; so a pool larger than the device streams one batch at a time."""
+
+    def __init__(self, array: np.ndarray, rows, device: torch.device | str):
+        self.array = array
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.device = torch.device(device)
+        self.dtype = torch.uint8
+        self.shape = (len(self.rows), *array.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, slice):
+            rows = self.rows[index]
+        else:
+            rows = self.rows[torch.as_tensor(index).cpu().numpy()]
+        order = np.argsort(rows, kind="stable")  # sequential reads of the file
+        block = np.empty((len(rows), *self.array.shape[1:]), dtype=np.uint8)
+        block[order] = self.array[rows[order]]
+        tensor = torch.from_numpy(block)
+        if self.device.type == "cuda":  # a copy from pinned memory never makes the host wait
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
+
+
 class ImagePool:
-    """uint8 images (and optional labels) living on the training device, indexed by stream batches."""
+    """uint8 images (and optional labels) living on the training device, indexed by stream batches
+    (or, :meth:`streamed`, left in host memory and sent to the device batch by batch)."""
 
     def __init__(self, images, labels=None, device: torch.device | str = "cpu"):
         images = np.asarray(images)
@@ -92,10 +122,37 @@ class ImagePool:
         pool.images, pool.labels, pool.device = images, labels, images.device
         return pool
 
+    @classmethod
+    def streamed(cls, array: np.ndarray, rows, labels, device: torch.device | str) -> "ImagePool":
+        """Rows ``rows`` of a host array (a memory-mapped file) as a pool: labels on the device, images
+        read per batch (:class:`HostImages`)."""
+        pool = cls.__new__(cls)
+        pool.device = torch.device(device)
+        pool.images = HostImages(array, rows, pool.device)
+        pool.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long).to(device)
+        return pool
+
     def __len__(self) -> int:
         return len(self.images)
 
+    def extended(self, other: "ImagePool", positions: torch.Tensor, labels: torch.Tensor) -> "ImagePool":
+        """This pool followed by ``other``'s images at ``positions``, labeled ``labels`` (CReST's additions)."""
+        labels = torch.cat([self.labels, labels.to(self.labels.device)])
+        if isinstance(self.images, HostImages):
+            if not isinstance(other.images, HostImages) or other.images.array is not self.images.array:
+                raise ValueError("a streamed pool extends only with images of its own file")
+            rows = np.concatenate([self.images.rows, other.images.rows[positions.cpu().numpy()]])
+            pool = ImagePool.streamed(self.images.array, rows, None, self.device)
+            pool.labels = labels
+            return pool
+        images = torch.cat([self.images, other.images[positions.to(self.images.device)]])
+        return ImagePool.from_tensors(images, labels)
+
     def take(self, positions: torch.Tensor):
+        if isinstance(self.images, HostImages):
+            images = self.images[positions]
+            positions = positions.to(self.device)
+            return images, None if self.labels is None else self.labels[positions], positions
         if self.device.type == "cuda":  # a copy from pinned memory never makes the host wait
             positions = positions.pin_memory()
         positions = positions.to(self.device, non_blocking=True)

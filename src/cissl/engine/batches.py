@@ -23,7 +23,7 @@ from cissl.algorithms.base import Batch, ViewSpec
 from cissl.algorithms.components.class_weights import class_sampling_weights
 from cissl.data.augment import BatchAugment
 from cissl.data.augment_graph import GraphedViews
-from cissl.data.stream import ClassBalancedStream, ImagePool, IndexStream
+from cissl.data.stream import ClassBalancedStream, IndexStream
 from cissl.engine.precision import ComputePolicy
 from cissl.engine.seeds import derive_seed
 
@@ -124,11 +124,8 @@ class BatchSource:
         self._apply_additions()
 
     def _apply_additions(self) -> None:
-        base, extra = self.data.labeled, self.additions
-        device = base.images.device
-        images = torch.cat([base.images, self.data.unlabeled.images[extra["indices"].to(device)]])
-        labels = torch.cat([base.labels, extra["labels"].to(device)])
-        self.labeled = ImagePool.from_tensors(images, labels)
+        extra = self.additions
+        self.labeled = self.data.labeled.extended(self.data.unlabeled, extra["indices"], extra["labels"])
         self.labeled_stream = IndexStream(len(self.labeled), self.batch_size,
                                           derive_seed(self.seed, f"labeled-generation{extra['generation']}"))
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from cissl.data.class_order import reorder_classes, resolve_class_order
@@ -55,29 +57,49 @@ def new_split(config, source: DataSource, order: list[int]) -> Split:
     return build_split(source.train.labels, source.num_classes, config.data, config.train.seed, pool_size, order)
 
 
+def streams_images(data_config, images: np.ndarray, device: torch.device) -> bool:
+    """Whether the run leaves ``images`` in their memory-mapped file (``data.stream_images``)."""
+    if data_config.stream_images != "auto":
+        return data_config.stream_images == "always"
+    if not isinstance(images, np.memmap):
+        return False
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return images.nbytes > free / 2
+
+
 def prepare_data(config, device: torch.device, split: Split | None = None) -> TrainingData:
-    """Read the data set, build (or reuse) the split, and put uint8 images on ``device``."""
+    """Read the data set, build (or reuse) the split, and put uint8 images on ``device`` (or, for a
+    memory-mapped data set too large for it, stream them from the file: ``data.stream_images``)."""
     source, order = load_run_source(config.data, split)
     train = source.train
     if split is None:
         split = new_split(config, source, order)
     else:
         check_split_indices(split, source)
+    stream = streams_images(config.data, train.images, device)
+
+    def pool(images, labels, rows):
+        if stream:
+            return ImagePool.streamed(images, rows, None if labels is None else labels[rows], device)
+        return ImagePool(images[rows], None if labels is None else labels[rows], device)
+
     if split.unlabeled_source == "unlabeled":
-        unlabeled = ImagePool(source.unlabeled.images[split.unlabeled_indices], None, device)
+        unlabeled = pool(source.unlabeled.images, None, split.unlabeled_indices)
     else:
-        idx = split.unlabeled_indices
-        unlabeled = ImagePool(train.images[idx], train.labels[idx], device)
-    labeled = ImagePool(train.images[split.labeled_indices], train.labels[split.labeled_indices], device)
+        unlabeled = pool(train.images, train.labels, split.unlabeled_indices)
+    labeled = pool(train.images, train.labels, split.labeled_indices)
     val = None
     if len(split.val_indices):
-        val = ImagePool(train.images[split.val_indices], train.labels[split.val_indices], device)
+        val = pool(train.images, train.labels, split.val_indices)
     if config.train.evaluate_on == "val":
         test = val  # the test images are not even put on the device: nothing can be tuned to them
     elif len(split.test_indices):  # held out of a user's labeled images
-        test = ImagePool(train.images[split.test_indices], train.labels[split.test_indices], device)
+        test = pool(train.images, train.labels, split.test_indices)
     else:
-        test = ImagePool(source.test.images, source.test.labels, device)
+        test = pool(source.test.images, source.test.labels, np.arange(len(source.test.images)))
     check_split_fits(config, split)
     return TrainingData(source.name, source.class_names, source.channels, source.image_size, source.mean,
                         source.std, split, labeled, unlabeled, test, val)
