@@ -236,3 +236,20 @@ def test_auto_streams_only_memory_mapped_images_larger_than_half_the_free_memory
     assert streams_images(dataclasses.replace(config, stream_images="always"), mapped, cpu)
     free["SC_AVPHYS_PAGES"] = 1
     assert not streams_images(dataclasses.replace(config, stream_images="never"), mapped, cpu)
+
+
+def test_a_full_source_must_have_ilsvrcs_totals_and_50_validation_images_per_synset():
+    """The check a real Imagenet32 / 64 download meets (no such download here: the counts alone)."""
+    from cissl.data.sources.imagenet127 import FULL_TEST, FULL_TRAIN, check_counts
+
+    grouped = {"train": np.zeros(FULL_TRAIN, np.int16), "test": np.zeros(FULL_TEST, np.int16)}
+    val_ids = np.repeat(np.arange(1, 1001), 50)
+    check_counts(grouped, val_ids, partial=False)  # passes
+    damaged = val_ids.copy()
+    damaged[0] = 2  # id 1 loses an image to id 2
+    with pytest.raises(DataError, match="val_data has 49 images of ILSVRC id 1, ILSVRC-2012 has 50"):
+        check_counts(grouped, damaged, partial=False)
+    short = {"train": grouped["train"][:-1], "test": grouped["test"]}
+    with pytest.raises(DataError, match="1,281,166 training and 50,000 validation images, ILSVRC-2012 has 1,281,167"):
+        check_counts(short, val_ids, partial=False)
+    check_counts(short, val_ids, partial=True)  # --partial: built anyway
