@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from cissl.models.init import kaiming_conv_unit_bn
+
 
 class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, out_planes: int, stride: int, activate_before_residual: bool,
@@ -68,12 +70,7 @@ class WideResNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        kaiming_conv_unit_bn(self, "leaky_relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)
