@@ -191,6 +191,36 @@ def test_two_ranks_with_half_batches_equal_one_process_with_the_whole_batch(tmp_
     assert_same_state(two["batches"], one["batches"])  # the streams: exactly one process's
 
 
+def test_after_one_step_every_methods_state_is_the_single_processs(tmp_path):
+    """Every method on 2 ranks x B/2 (global batch norm) against one process with B: after the first step
+    the weights, the EMA, the method's state (each all-gathered update: SeMi's bank and counts, DASO's
+    queue, DARP's pool predictions, DebiasPL's p_hat, ABC's generator after drawing the global batch's
+    masks, ...), the streams and the evaluation agree to float tolerance. A state updated from a rank's
+    own rows only differs at once."""
+    worker(tmp_path / "one", 1, EVERY_METHOD, "train.sync_batchnorm=true", ranks=1)
+    worker(tmp_path / "two", 1, EVERY_METHOD, "train.sync_batchnorm=true")
+    for method in EVERY_METHOD:
+        one, two = saved(tmp_path / "one", method, 0), saved(tmp_path / "two", method, 0)
+        assert two["losses"] == pytest.approx(one["losses"], rel=1e-6), method
+        for part in ("model", "ema", "algorithm", "batches", "pseudo_stats", "test_logits"):
+            assert_close_state(two[part], one[part], atol=1e-5, path=f"{method}.{part}")
+
+
+def test_per_epoch_and_per_generation_updates_match_the_single_process(tmp_path):
+    """SAW's class weights and DASO's distribution (every epoch / period from the pool or the counts) and
+    CReST's generation end (at step 4) over 5 steps, at threshold 0 so that no confidence mask can flip
+    between the two runs: the same weights and state as one process."""
+    methods = ["fixmatch_saw", "fixmatch_daso", "fixmatch_crest"]
+    overrides = ["train.sync_batchnorm=true", "algorithm.threshold=0.0", "train.epoch_length=1"]
+    worker(tmp_path / "one", 5, methods, *overrides, ranks=1)
+    worker(tmp_path / "two", 5, methods, *overrides)
+    for method in methods:
+        one, two = saved(tmp_path / "one", method, 0), saved(tmp_path / "two", method, 0)
+        assert two["losses"] == pytest.approx(one["losses"], rel=1e-5), method
+        for part in ("model", "algorithm", "batches", "test_logits"):
+            assert_close_state(two[part], one[part], atol=1e-4, path=f"{method}.{part}")
+
+
 def test_torchrun_cli_writes_once_and_resumes_bit_exact(tmp_path):
     """`torchrun -m cissl train` on digits-LT: rank 0 alone prints, logs and writes; a run stopped after
     iteration 16 and resumed under torchrun ends in the uninterrupted run's checkpoint, bit for bit."""
