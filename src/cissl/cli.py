@@ -56,6 +56,11 @@ def print_results(results: dict, run_dir: Path, stream=None) -> None:
     print(f"results: {RunDir(run_dir).results}", file=stream)
 
 
+def _reports() -> bool:
+    """Whether this process prints a command's result: the only one, or rank 0 under torchrun."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def cmd_train(args) -> int:
     from cissl.api import resume, train
     from cissl.engine.run import default_run_dir
@@ -72,7 +77,7 @@ def cmd_train(args) -> int:
         config = _load(args)
         run_dir = Path(args.out) if args.out else default_run_dir(config)
         results = train(config, run_dir, quiet=args.quiet)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 reports
+    if _reports():
         print_results(results, run_dir)
     return 0
 
@@ -96,7 +101,7 @@ def cmd_evaluate(args) -> int:
 
     run_dir = Path(args.run_dir)
     results = evaluate(run_dir, args.checkpoint)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 reports
+    if _reports():
         print_results(results, run_dir)
     return 0
 
@@ -186,7 +191,7 @@ def cmd_bench_throughput(args) -> int:
     with launched(config) as device:  # under torchrun: the step of one DDP rank (the floor stays a bare network)
         result = measure(config, steps=args.steps, warmup=args.warmup, rounds=args.rounds, synthetic=args.synthetic,
                          device=device)
-    if os.environ.get("RANK", "0") == "0":
+    if _reports():
         print(json.dumps(result) if args.json else format_table(result))
     return 0
 

@@ -81,9 +81,12 @@ def prepare_data(config, device: torch.device, split: Split | None = None) -> Tr
         check_split_indices(split, source)
     stream = streams_images(config.data, train.images, device)
 
-    def pool(images, labels, rows):
+    def pool(images, labels, rows=None):  # rows None: every image (no copy)
+        if rows is None:
+            rows = slice(None)
         if stream:
-            return ImagePool.streamed(images, rows, None if labels is None else labels[rows], device)
+            return ImagePool.streamed(images, np.arange(len(images))[rows], None if labels is None else labels[rows],
+                                      device)
         return ImagePool(images[rows], None if labels is None else labels[rows], device)
 
     if split.unlabeled_source == "unlabeled":
@@ -99,7 +102,7 @@ def prepare_data(config, device: torch.device, split: Split | None = None) -> Tr
     elif len(split.test_indices):  # held out of a user's labeled images
         test = pool(train.images, train.labels, split.test_indices)
     else:
-        test = pool(source.test.images, source.test.labels, np.arange(len(source.test.images)))
+        test = pool(source.test.images, source.test.labels)
     check_split_fits(config, split)
     return TrainingData(source.name, source.class_names, source.channels, source.image_size, source.mean,
                         source.std, split, labeled, unlabeled, test, val)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from cissl import distributed
 from cissl.errors import ConfigError
 from cissl.rundir import RunDir, atomic_write_text
 
@@ -62,6 +63,13 @@ class MetricWindow:
         means = {key: float(value / self.steps) for key, value in self.sums.items()}
         self.sums, self.steps = {}, 0
         return means
+
+    def average_over_ranks(self) -> None:
+        """Every rank's sums become the ranks' mean (under DDP, before a checkpoint: the later means
+        over ranks are then the same whether the run was resumed or not). Reads the sums back once."""
+        means = distributed.mean_over_ranks({key: float(value) for key, value in self.sums.items()})
+        self.sums = {key: torch.tensor(means[key], device=self.device) if isinstance(value, torch.Tensor)
+                     else means[key] for key, value in self.sums.items()}
 
     def state_dict(self) -> dict:
         return {"sums": {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in self.sums.items()},

@@ -15,6 +15,7 @@ from cissl import distributed
 from cissl.config import Config, load_config, save_config
 from cissl.data.protocol import Split
 from cissl.engine.assemble import build_evaluation
+from cissl.engine.batches import global_batch_size
 from cissl.engine.checkpoint import (
     check_checkpoint_belongs,
     first_line,
@@ -48,7 +49,7 @@ def _describe(config: Config, data, device) -> str:
     ranks = distributed.world_size()
     if distributed.active():
         tc = config.train
-        total = tc.batch_size * (ranks if tc.batch_scope == "per_rank" else 1)
+        total = global_batch_size(tc, ranks)
         line += (f"; DDP over {ranks} ranks ({torch.distributed.get_backend()}), global batch {total} labeled + "
                  f"{total * tc.mu} unlabeled ({total // ranks} + {total * tc.mu // ranks} per rank), batch norm "
                  f"{'over the global batch' if tc.sync_batchnorm else 'per rank'}")

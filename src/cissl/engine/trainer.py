@@ -223,10 +223,7 @@ class Trainer:
         check_ranks_agree({"parameters": self.model.state_dict(), "EMA": self.ema.state_dict(),
                            "method state": self.algorithm.state_dict(), "streams": self.batches.state_dict()},
                           self.iteration)
-        sums = distributed.mean_over_ranks({key: float(value) for key, value in self.window.sums.items()})
-        self.window.sums = {key: torch.tensor(value, device=self.device) if isinstance(self.window.sums[key],
-                                                                                     torch.Tensor) else value
-                            for key, value in sums.items()}
+        self.window.average_over_ranks()
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
