@@ -31,6 +31,7 @@ ACTIVE_TERMS = {
     "fixmatch_saw": ["train.epoch_length=5"],   # class weights from the pool after every epoch
     "fixmatch_adsh": ["train.epoch_length=5"],  # thresholds from the pool after every epoch
     "fixmatch_tras": ["algorithm.warmup_epochs=0"],  # the student learns from the first step
+    "fixmatch_seval": ["data.val_per_class=5", "algorithm.fit_every=3"],  # fits on the validation split
 }
 
 

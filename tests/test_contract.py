@@ -195,6 +195,44 @@ def test_pool_predictions_come_after_each_epoch_end_from_the_ema_model(tmp_path,
     assert calls[1][4] != pytest.approx(calls[3][4])  # epoch 0's call saw the EMA of step 4
 
 
+class ValidationRecorder(HookRecorder):
+    """HookRecorder that asks for the validation split's predictions every ``every`` steps."""
+
+    @classmethod
+    def validation_every(cls, config) -> int:
+        return config.every
+
+    def on_validation(self, iteration, predictions):
+        self.calls.append(["val", iteration, predictions.labels.tolist(),
+                           float(predictions.logits["main"].double().sum())])
+
+
+def test_validation_predictions_come_every_n_steps_from_the_ema_model(tmp_path, registered):
+    registered(ALGORITHMS, "test_val_recorder", RecorderConfig, ValidationRecorder)
+    config = tiny_config("train.iterations=8", "train.epoch_length=100", "train.eval_every=4",
+                         "train.checkpoint_every=4", "algorithm.every=3", "data.val_per_class=2",
+                         algorithm="test_val_recorder")
+    start_run(config, tmp_path / "run", quiet=True)
+    final = load_checkpoint(tmp_path / "run/checkpoints/ckpt_00000008.pt")
+    calls = [c for c in final["algorithm"]["calls"] if c[0] not in ("step", "every")]
+    data = prepare_data(config, torch.device("cpu"))
+    assert [c[:3] for c in calls] == [["val", 2, data.val.labels.tolist()], ["val", 5, data.val.labels.tolist()]]
+    assert sorted(calls[0][2]) == sorted(list(range(10)) * 2)  # 2 held-out images of every class
+    trainer = Trainer.from_config(config, data)
+    trainer.load_state_dict(load_checkpoint(tmp_path / "run/checkpoints/ckpt_00000004.pt"))
+    for _ in range(2):  # steps 5 and 6: the EMA the second call (after step index 5) saw
+        trainer.train_step()
+    logits = predict(trainer.ema.model, data.val.images, 500, trainer.parts.policy)["main"]
+    assert calls[1][3] == pytest.approx(float(logits.double().sum()), rel=1e-9)
+
+
+def test_a_method_that_fits_on_validation_needs_a_validation_split(registered):
+    registered(ALGORITHMS, "test_val_recorder", RecorderConfig, ValidationRecorder)
+    with pytest.raises(ConfigError, match=r"^config key 'data.val_per_class': test_val_recorder fits .* "
+                                          r"set data.val_per_class >= 1$"):
+        tiny_config(algorithm="test_val_recorder")
+
+
 @dataclass(frozen=True)
 class SelfTrainingConfig(FixMatchConfig):
     name: str = option("test_self_training")

@@ -103,26 +103,35 @@ TABLE_1 = ["supervised", "supervised_la", "fixmatch", "fixmatch_darp", "fixmatch
            "fixmatch_la", "fixmatch_la_darp", "fixmatch_la_daso", "fixmatch_la_crest_plus", "fixmatch_abc",
            "fixmatch_abc_daso"]
 TABLES_2_3 = ["fixmatch", "fixmatch_darp", "fixmatch_crest", "fixmatch_crest_plus", "fixmatch_daso"]
+TABLE_2 = TABLES_2_3 + ["fixmatch_seval"]  # SEVAL is reported in Table 2 only
 CELLS = {**{f"cifar10_lt/{c}": TABLE_1 for c in ("consistent_n500_m4000_g100", "consistent_n1500_m3000_g100",
                                                   "consistent_n500_m4000_g150", "consistent_n1500_m3000_g150")},
-         **{f"cifar10_lt/{d}_{n}_g100": TABLES_2_3
+         **{f"cifar10_lt/{d}_{n}_g100": TABLE_2
             for d in ("uniform", "reversed") for n in ("n500_m4000", "n1500_m3000")},
          **{f"cifar100_lt/consistent_{n}_g{g}": TABLE_1 for n in ("n50_m400", "n150_m300") for g in (10, 20)},
          **{f"cifar100_lt/{d}_{n}_g10": TABLES_2_3 for d in ("uniform", "reversed") for n in ("n50_m400", "n150_m300")},
-         **{f"stl10_lt/n{n}_g{g}": TABLES_2_3 for n in (150, 450) for g in (10, 20)}}
+         **{f"stl10_lt/n{n}_g{g}": TABLE_2 for n in (150, 450) for g in (10, 20)}}
+VALIDATION = {"cifar10_lt": 500, "cifar100_lt": 50, "stl10_lt": 50}  # DASO's NUM_VALID: 5000, 5000, 500 images
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_every_baseline_row_of_tables_1_to_3_runs_in_the_daso_protocol(cell):
     setting, _, name = cell.partition("/")
     path = CONFIGS / setting / "daso_protocol" / f"{name}.yaml"
-    header = path.read_text().splitlines()[3].lstrip("# ").split()
-    assert header == CELLS[cell]
+    lines = path.read_text().splitlines()
+    header = lines[1 + next(i for i, line in enumerate(lines) if line.endswith("Rows of the paper in this cell:"))]
+    assert header.lstrip("# ").split() == CELLS[cell]
     for algorithm in CELLS[cell]:
         config = load_config(path, algorithm=algorithm)
         assert (config.train.batch_size, config.train.mu, config.train.strong_views) == (64, 2, 1)
         assert config.optim.schedule == "constant" and not config.data.unlabeled_includes_labeled
         assert config.name == f"{setting}/daso_protocol/{name}"
+        assert config.data.val_per_class == VALIDATION[setting]  # the same split for every row
+        if algorithm == "fixmatch_seval":  # the SEVAL authors' configs: STL-10 aims at precision 0.95
+            stl = setting == "stl10_lt"
+            assert config.algorithm.target_precision_start == config.algorithm.target_precision_end == (
+                0.95 if stl else 0.9)
+            assert config.algorithm.offset_decay == (0.995 if stl else 0.999) and config.algorithm.fit_every == 500
         if "daso" in algorithm:  # DASO's own configs: T_dist 1.5 for CIFAR-10 with gamma_l = gamma_u, else 0.3
             expected = 1.5 if cell.startswith("cifar10_lt/consistent") else 0.3
             assert config.algorithm.refiner.dist_temperature == expected

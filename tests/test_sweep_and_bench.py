@@ -103,9 +103,25 @@ def test_pool_pass_benchmark_prints_what_it_measured():
                           "model.widen=1", "train.batch_size=4", "train.device=cpu", "train.epoch_length=100"],
                          capture_output=True, text=True, check=True).stdout
     line = out.splitlines()[-1]
-    assert "fixmatch_saw: pool " in line and " s; step " in line and "epoch of 100 steps" in line
+    assert "fixmatch_saw: pool " in line and " s; step " in line and "; 100 steps " in line
     pool = int(line.split("pool ")[1].split(" images")[0])
-    assert pool > 1000 and line.rstrip().endswith("% to it")
+    assert pool > 1000 and line.rstrip().endswith("% to them")
+
+
+def test_pass_benchmark_times_sevals_validation_fit():
+    """The same script for SEVAL: the validation split of the setting (10 classes x val_per_class), the
+    pass and the fit, against the fit_every steps between two fits."""
+    from conftest import REPO
+
+    script = REPO / "benchmarks" / "pool_pass_time.py"
+    setting = CONFIGS / "cifar10_lt/consistent_n500_m4000_g100.yaml"
+    out = subprocess.run([sys.executable, str(script), "--config", str(setting), "--algorithm", "fixmatch_seval",
+                          "--steps", "1", "model.depth=10", "model.widen=1", "train.batch_size=4", "train.device=cpu",
+                          "data.val_per_class=20", "algorithm.fit_every=50"],
+                         capture_output=True, text=True, check=True).stdout
+    line = out.splitlines()[-1]
+    assert "fixmatch_seval: validation split 200 images, pass + fit " in line and "(fit " in line
+    assert "; 50 steps " in line and line.rstrip().endswith("% to them")
 
 
 def test_bench_cli_json_with_synthetic_paper_shape(capsys):

@@ -284,6 +284,9 @@ def check_method(config: Config) -> None:
     if not method.trains_backbone(config.algorithm) and not train.init_from:
         raise ConfigError(f"config key 'train.init_from': {name} trains only the classifier on a frozen network; "
                           f"give the trained run it starts from (a run directory or a checkpoint file)")
+    if method.validation_every(config.algorithm) and config.data.val_per_class < 1:
+        raise ConfigError(f"config key 'data.val_per_class': {name} fits its parameters on a validation split "
+                          f"held out of the training images; set data.val_per_class >= 1")
     generations = method.generations(config.algorithm)
     if train.iterations % generations:
         raise ConfigError(f"config key 'train.iterations': {name} runs {generations} generations of equal length, "

@@ -8,8 +8,10 @@ Run by hand, in a separate virtual environment (never in the project's dependenc
     git clone https://github.com/ytaek-oh/daso /tmp/daso   # the DASO framework (CReST+'s alignment)
     git clone https://github.com/Gank0078/ACR /tmp/acr      # ACR's authors' code
     git clone https://github.com/Stomach-ache/TRAS /tmp/tras  # TRAS's authors' code
+    git clone https://github.com/ZerojumpLine/SEVAL /tmp/seval  # SEVAL's authors' code
     # from the repository root:
-    DASO_REPO=/tmp/daso ACR_REPO=/tmp/acr TRAS_REPO=/tmp/tras python tests/reference/make_fixtures.py
+    DASO_REPO=/tmp/daso ACR_REPO=/tmp/acr TRAS_REPO=/tmp/tras SEVAL_REPO=/tmp/seval \
+        python tests/reference/make_fixtures.py [NAME ...]   # NAME: e.g. seval; none: every fixture
 
 USB's ``semilearn`` 0.3.2 imports torchaudio, wandb, aim, transformers, timm and ruamel at import
 time; none of them is needed for the arithmetic used here, so an import hook below gives empty stub
@@ -47,6 +49,16 @@ tests check those departures on their own):
   up by image id. USB's TRAS departs from it (its log-prior has the opposite sign, N_min / N_k; the
   student's targets come from its own weak-view logits, not the teacher's strong-view ones; one strong
   view): the project follows the authors.
+- seval.json: SEVAL's own fits, executed from its authors' code: ``OptimizePi`` and ``OptimizeTH``
+  (``lib/models/losses/optimizepi.py``, ``optimizeth.py``) and the methods ``optimize_pi`` and
+  ``optimize_threshold`` of ``lib/algorithm/seval.py`` bound to a stand-in trainer whose EMA model looks
+  validation logits up by image id, over three fits in two settings (the authors' defaults with faster
+  averages, and the recall objective with learned alpha, threshold groups and an offset warm-up); then
+  the pseudo-label lines of its ``run_step`` (refined softmax, per-class mask) on fixed weak logits.
+  pandas, which ``optimizeth.py`` uses only to count rows, is replaced by a stand-in that counts them.
+  Before the offsets' warm-up ends, the authors' ``optimize_pi`` raises (its logging reads ``acc_post``,
+  which only the fit sets) after changing nothing: the script goes on with ``optimize_threshold``, which
+  is what the warm-up means (and what the project does).
 - adsh.json: USB's ADSH adaptive thresholds over four pools (a confident head; a class predicted
   once; no head prediction above tau_1; int(n_k * rho) - 1 = -1 and a class never predicted) and
   the masks before and after the update.
@@ -497,19 +509,126 @@ def tras_fixture() -> None:
                    "loss": float(namespace["loss"])})
 
 
+def _millis(x: torch.Tensor) -> torch.Tensor:
+    """float32 values with three decimals (written as such; float32(decimal) reads them back exactly)."""
+    return (x * 1000).round() / 1000
+
+
+def _millis_list(x: torch.Tensor) -> list:
+    return [[round(v, 3) for v in row] for row in x.double().tolist()]
+
+
+def _seval_namespace():
+    """The authors' OptimizePi / OptimizeTH and the SEVAL class's optimize_pi / optimize_threshold, executed
+    from their files (the class's other methods and imports are not needed)."""
+    import ast
+    import os
+    import textwrap
+
+    import scipy.optimize  # noqa: F401  (the authors' files call scipy.optimize.minimize)
+
+    repo = Path(os.environ["SEVAL_REPO"])
+
+    class DataFrame:  # optimizeth.py builds DataFrames only to take their len()
+        def __init__(self, columns):
+            self.rows = len(next(iter(columns.values())))
+
+        def __len__(self):
+            return self.rows
+
+    namespace = {"torch": torch, "np": np, "nn": torch.nn, "Tensor": torch.Tensor, "scipy": sys.modules["scipy"],
+                 "math": __import__("math"), "pd": types.SimpleNamespace(DataFrame=DataFrame),
+                 "Tuple": tuple, "Union": object, "Meters": object}
+    for name in ("optimizepi.py", "optimizeth.py"):
+        tree = ast.parse((repo / "lib/models/losses" / name).read_text())
+        nodes = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+        exec(compile(ast.Module(body=nodes, type_ignores=[]), name, "exec"), namespace)
+    source = (repo / "lib/algorithm/seval.py").read_text()
+    cls = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "SEVAL")
+    methods = [n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name in ("optimize_pi",
+                                                                                    "optimize_threshold")]
+    exec(compile(ast.Module(body=methods, type_ignores=[]), "seval.py", "exec"), namespace)
+    start = source.index("            # seval_pi\n")
+    end = source.index("            cons_loss = self.ul_loss(", start)
+    namespace["step_block"] = textwrap.dedent(source[start:end])
+    return namespace
+
+
+def seval_fixture() -> None:
+    import torch.nn.functional as F
+
+    ns = _seval_namespace()
+    k, per_class, iterations = 10, 30, 3000
+    labels = torch.arange(k).repeat_interleave(per_class)
+    gen = torch.Generator().manual_seed(11)
+    bias = torch.linspace(2.0, -2.0, k)  # the model leans toward the head classes
+
+    def validation_logits(fit: int) -> torch.Tensor:
+        signal = F.one_hot(labels, k).float() * (1.5 + 0.8 * fit)
+        logits = torch.randn(len(labels), k, generator=gen) * 1.2 + bias + signal
+        logits[:, k - 1] -= 4.0  # the last class is hardly ever predicted: a rare class
+        return _millis(logits)
+
+    class StandIn:  # the EMA model: logits looked up by image id
+        def __init__(self, table):
+            self.table = table
+
+        def __call__(self, ids, is_train=False):
+            return self.table[ids.long()]
+
+        def eval(self):
+            return self
+
+        def train(self):
+            return self
+
+    settings = {
+        "defaults": dict(opt_func="nll", pi_bounds=[1.0, 1.0, 1e-3, 3.0], pi_warmup_ratio=0.0, pi_cls=k, th_cls=k,
+                         threshold_start=0.9, threshold_end=0.9, pi_ema_decay=0.5, th_ema_decay=0.5),
+        "variant": dict(opt_func="acc", pi_bounds=[0.5, 2.0, 1e-3, 3.0], pi_warmup_ratio=0.4, pi_cls=k, th_cls=5,
+                        threshold_start=0.9, threshold_end=0.6, pi_ema_decay=0.7, th_ema_decay=0.8),
+    }
+    cases = {}
+    for name, options in settings.items():
+        trainer = types.SimpleNamespace(
+            num_classes=k, max_iter=iterations, alpha=torch.ones(k), pi=torch.ones(k), alpha_current=torch.ones(k),
+            pi_current=torch.ones(k), conf_thres=[0.95] * k, pi_optimizer="Nelder-Mead", estim_param=False,
+            abc=False, device=None, meters=types.SimpleNamespace(put_scalars=lambda *a, **kw: None), **options)
+        fits = []
+        for fit, iteration in enumerate((499, 1499, 2499)):
+            logits = validation_logits(fit)
+            model = StandIn(logits)
+            ids = torch.arange(len(labels)).double()
+            trainer.valid_loader = [(ids[i:i + 128], labels[i:i + 128], None) for i in range(0, len(ids), 128)]
+            trainer.iter = iteration
+            try:
+                ns["optimize_pi"](trainer, model)
+            except UnboundLocalError:  # before the warm-up's end its logging reads acc_post, never set:
+                assert iteration <= iterations * trainer.pi_warmup_ratio  # nothing was changed yet
+            ns["optimize_threshold"](trainer, model)
+            fits.append({"iteration": iteration, "logits": _millis_list(logits), "alpha": lists(trainer.alpha),
+                         "pi": lists(trainer.pi), "alpha_current": lists(trainer.alpha_current),
+                         "pi_current": lists(trainer.pi_current), "thresholds": list(trainer.conf_thres)})
+        weak = _millis(torch.randn(64, k, generator=gen) * 3 + bias)
+        trainer.with_align = trainer.with_darp = False  # no distribution alignment, no DARP
+        step = dict(self=trainer, logits_weak=weak.clone(), torch=torch)
+        exec(compile(ns["step_block"], "seval.py", "exec"), step)
+        cases[name] = {"options": options, "fits": fits, "weak_logits": _millis_list(weak),
+                       "probs": lists(step["p"]), "pseudo_labels": step["pred_class"].tolist(),
+                       "mask": lists(step["loss_weight"])}
+    write("seval", {"num_classes": k, "labels": labels.tolist(), "iterations": iterations, "cases": cases})
+
+
+FIXTURES = {"darp": darp_fixture, "daso": daso_fixture, "abc": abc_fixture, "crest": crest_fixture,
+            "acr": acr_fixture, "darp_estimate": darp_estimate_fixture, "debiaspl": debiaspl_fixture,
+            "saw": saw_fixture, "adsh": adsh_fixture, "tras": tras_fixture, "seval": seval_fixture}
+
+
 def main() -> None:
     sys.meta_path.insert(0, _StubFinder())
     torch.set_default_dtype(torch.float32)
-    darp_fixture()
-    daso_fixture()
-    abc_fixture()
-    crest_fixture()
-    acr_fixture()
-    darp_estimate_fixture()
-    debiaspl_fixture()
-    saw_fixture()
-    adsh_fixture()
-    tras_fixture()
+    for name in sys.argv[1:] or FIXTURES:
+        FIXTURES[name]()
 
 
 if __name__ == "__main__":

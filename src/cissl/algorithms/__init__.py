@@ -15,13 +15,14 @@ from cissl.algorithms.base import (
     Periodic,
     PoolPredictions,
     StepOutput,
+    ValidationPredictions,
     ViewSpec,
 )
 from cissl.algorithms.registry import ALGORITHMS, AUX_HEADS, REFINERS, algorithm_names, entry
 
 __all__ = ["ALGORITHMS", "AUX_HEADS", "REFINERS", "Algorithm", "AlgorithmContext", "Batch", "GenerationUpdate",
-           "Hooks", "Periodic", "PoolPredictions", "StepOutput", "ViewSpec", "algorithm_class", "algorithm_names",
-           "build_algorithm"]
+           "Hooks", "Periodic", "PoolPredictions", "StepOutput", "ValidationPredictions", "ViewSpec", "algorithm_class",
+           "algorithm_names", "build_algorithm"]
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")

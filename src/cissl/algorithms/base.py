@@ -7,8 +7,10 @@
   loss, steps the optimizer, the LR schedule and the EMA, then calls the hooks: :meth:`after_step`
   every step, each :class:`Periodic` hook every ``every`` steps, :meth:`on_epoch_end` after the
   last step of every epoch (``train.epoch_length`` steps), then :meth:`on_epoch_pool` with the EMA
-  model's predictions on the unlabeled pool (methods that ask for them: SAW, ADSH), and
-  :meth:`on_generation_end` between generations (methods that declare more than one, like CReST).
+  model's predictions on the unlabeled pool (methods that ask for them: SAW, ADSH), every
+  :meth:`validation_every` steps :meth:`on_validation` with the EMA model's predictions on the
+  validation split (SEVAL), and :meth:`on_generation_end` between generations (methods that
+  declare more than one, like CReST).
 - Evaluation scores the logits :meth:`evaluation_logits` returns (default: every head's raw
   logits) and reports :attr:`reported_head`.
 - A method never builds data, models, optimizers or loggers; it owns its own state (banks,
@@ -118,6 +120,16 @@ class PoolPredictions:
 
 
 @dataclass
+class ValidationPredictions:
+    """The EMA model's predictions on the validation split (``data.val_per_class`` images of every
+    class, held out of training; eval mode, no augmentation): every head's logits as float32 CPU
+    tensors, and the images' labels (int64, CPU), row for row."""
+
+    logits: dict[str, torch.Tensor]
+    labels: torch.Tensor
+
+
+@dataclass
 class GenerationUpdate:
     """What a method asks of the engine between two generations.
 
@@ -192,6 +204,13 @@ class Algorithm(Hooks):
         epoch (:meth:`on_epoch_pool`; SAW's class weights, ADSH's thresholds); False for most methods."""
         return False
 
+    @classmethod
+    def validation_every(cls, config) -> int:
+        """Every how many steps the method sees the EMA model's predictions on the validation split
+        (:meth:`on_validation`; SEVAL fits its offsets and thresholds there), 0 for never (most methods).
+        A method that returns more than 0 needs ``data.val_per_class >= 1`` (checked up front)."""
+        return 0
+
     # ------------------------------------------------------------------ training and evaluation
     @property
     def reported_head(self) -> str:
@@ -208,6 +227,10 @@ class Algorithm(Hooks):
     def on_epoch_pool(self, epoch: int, pool: PoolPredictions) -> None:
         """After :meth:`on_epoch_end` of epoch ``epoch`` (0-based), for methods whose
         :meth:`pool_each_epoch` is true: the EMA model's predictions on the whole unlabeled pool."""
+
+    def on_validation(self, iteration: int, predictions: ValidationPredictions) -> None:
+        """After step ``iteration`` (0-based) when ``(iteration + 1) % validation_every(config) == 0``,
+        after the other hooks: the EMA model's predictions on the validation split."""
 
     def on_generation_end(self, generation: int, pool: PoolPredictions) -> GenerationUpdate | None:
         """Called after the last step of every generation but the last (methods with generations)."""

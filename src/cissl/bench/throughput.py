@@ -55,10 +55,12 @@ def synthetic_data(config, device: torch.device, max_pool: int = 20_000) -> Trai
 
     labeled = pool(n_l, np.repeat(np.arange(k), labeled_counts))
     unlabeled = pool(n_u, rng.integers(0, k, n_u) if unlabeled_counts is not None else None)
-    split = Split(np.arange(n_l), np.arange(n_u), np.arange(0), labeled_counts, unlabeled_counts)
+    n_val = data.val_per_class * k  # the setting's balanced validation split (SEVAL fits there)
+    val = pool(n_val, np.repeat(np.arange(k), data.val_per_class)) if n_val else None
+    split = Split(np.arange(n_l), np.arange(n_u), np.arange(n_val), labeled_counts, unlabeled_counts)
     mean, std = (0.5,) * channels, (0.25,) * channels
     return TrainingData("synthetic", [str(i) for i in range(k)], channels, size, mean, std, split, labeled,
-                        unlabeled, pool(256, rng.integers(0, k, 256)), None)
+                        unlabeled, pool(256, rng.integers(0, k, 256)), val)
 
 
 def device_name(device: torch.device) -> str:

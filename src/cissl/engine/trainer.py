@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from cissl import distributed
-from cissl.algorithms import PoolPredictions, StepOutput
+from cissl.algorithms import PoolPredictions, StepOutput, ValidationPredictions
 from cissl.algorithms.base import run_hooks
 from cissl.config import Config
 from cissl.engine.assemble import RunParts, build_training, generation_length
@@ -30,7 +30,7 @@ from cissl.engine.logging import MetricWindow, RunLogger
 from cissl.engine.precision import resolve_device
 from cissl.engine.stop import StopSignals, TrainingStopped
 from cissl.errors import CheckpointError, CisslError
-from cissl.evaluation.evaluate import evaluate_model, predict_with_features
+from cissl.evaluation.evaluate import evaluate_model, predict, predict_with_features
 from cissl.evaluation.summary import summarize_run
 from cissl.rundir import RunDir, atomic_write_json
 
@@ -54,6 +54,7 @@ class Trainer:
         self.uses_unlabeled = parts.batches.spec.unlabeled
         self.periodic = self.algorithm.periodic()
         self.pool_each_epoch = type(self.algorithm).pool_each_epoch(self.config.algorithm)
+        self.validation_every = type(self.algorithm).validation_every(self.config.algorithm)
         self.frozen_backbone = not type(self.algorithm).trains_backbone(self.config.algorithm)
         self.generation_length = generation_length(self.config)
         self.pseudo_stats = PseudoLabelStats(self.data.num_classes, self.device)
@@ -101,6 +102,8 @@ class Trainer:
         run_hooks(self.algorithm, t, epoch_length, self.periodic)
         if self.pool_each_epoch and (t + 1) % epoch_length == 0:
             self.algorithm.on_epoch_pool((t + 1) // epoch_length - 1, self.pool_predictions())
+        if self.validation_every and (t + 1) % self.validation_every == 0:
+            self.algorithm.on_validation(t, self.validation_predictions())
         self.iteration = t + 1
         if not skip:
             self.window.add({"loss": out.loss.detach(), **out.metrics})
@@ -130,6 +133,11 @@ class Trainer:
         logits, features = predict_with_features(self.ema.model, self.data.unlabeled.images,
                                                  self.config.train.eval_batch_size, self.parts.policy)
         return PoolPredictions(logits, features)
+
+    def validation_predictions(self) -> ValidationPredictions:
+        """The EMA model's logits on the validation split (eval mode, no augmentation), with its labels."""
+        logits = predict(self.ema.model, self.data.val.images, self.config.train.eval_batch_size, self.parts.policy)
+        return ValidationPredictions(logits, self.data.val.labels.cpu())
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, full: bool = False) -> dict:
