@@ -32,6 +32,7 @@ ACTIVE_TERMS = {
     "fixmatch_adsh": ["train.epoch_length=5"],  # thresholds from the pool after every epoch
     "fixmatch_tras": ["algorithm.warmup_epochs=0"],  # the student learns from the first step
     "fixmatch_seval": ["data.val_per_class=5", "algorithm.fit_every=3"],  # fits on the validation split
+    "fixmatch_cossl": ["algorithm.pretrain_fraction=0.5", "algorithm.warmup_epochs=1"],  # co-learning half the run
 }
 
 

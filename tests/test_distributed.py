@@ -176,6 +176,17 @@ def test_every_rank_holds_the_same_state_for_every_method(tmp_path):
         assert_same_state(rank0, rank1, method)
 
 
+def test_a_head_left_out_of_the_loss_trains_under_ddp(tmp_path):
+    """TRAS's student before its warm-up is computed by the step's forward but not in its loss: DDP would
+    wait for its gradient and stop the next step; the engine gives it a zero one. 6 steps with the student
+    idle for the first 4 (epochs of 2 steps, warm-up 2 epochs), both ranks identical."""
+    worker(tmp_path, 6, ["fixmatch_tras"], "algorithm.name=fixmatch_tras", "algorithm.warmup_epochs=2",
+           "train.epoch_length=2")
+    rank0, rank1 = saved(tmp_path, "fixmatch_tras", 0), saved(tmp_path, "fixmatch_tras", 1)
+    assert rank0["world"] == 2 and len(rank0["losses"]) == 6
+    assert_same_state(rank0, rank1, "fixmatch_tras")
+
+
 def test_two_ranks_with_half_batches_equal_one_process_with_the_whole_batch(tmp_path):
     """Same samples and augmentation draws (sharded from the same streams), batch norm over the global
     batch (train.sync_batchnorm): 2 x B/2 gives one process's B-batch step loss to float tolerance, from

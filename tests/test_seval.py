@@ -114,6 +114,16 @@ def test_balanced_nll_and_mean_recall_by_hand():
     assert mean_recall(np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]), labels, ones, ones) == pytest.approx(0.75)
 
 
+def test_a_class_without_validation_images_counts_as_the_authors_constant():
+    """The authors' cal_ll scores a class without images as log-likelihood -2, cal_acc as recall 0."""
+    logits = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    labels, ones = np.array([0, 1]), np.ones(3)
+    log_p = math.log(math.e / (math.e + 2))  # each image's own class: e / (e + 1 + 1)
+    expected = -(log_p / 3 + log_p / 3 - 2.0) / 3
+    assert balanced_nll(logits, labels, ones, ones) == pytest.approx(expected)
+    assert mean_recall(logits, labels, ones, ones) == pytest.approx(2 / 3)
+
+
 def test_weighted_precision_by_hand():
     labels, predicted = np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1])
     assert weighted_precision(labels, predicted, np.ones(2)) == pytest.approx(3 / 4, rel=1e-5)

@@ -164,3 +164,11 @@ def test_digits_protocol_holds_the_values_chosen_on_validation(setting):
     assert semi.algorithm.balanced.tau2 == 2.0 and semi.data.val_per_class == 10
     assert semi.train.evaluate_on == "test"
     assert "la_tau 0.5 / 1 / 2" in (CONFIGS / "digits_lt" / "_base.yaml").read_text()
+
+
+@pytest.mark.parametrize("size", ["32px", "64px"])
+def test_imagenet127_configs_run_cossl_as_its_authors(size):
+    """Table 4's "w/ CoSSL" row: the authors' Small-ImageNet-127 script (401 FixMatch epochs of 501, max_lam
+    0.6) on the shared recipe."""
+    algo = load_config(CONFIGS / "imagenet127" / f"{size}.yaml", algorithm="fixmatch_cossl").algorithm
+    assert (algo.pretrain_fraction, algo.max_lam, algo.threshold) == (0.8, 0.6, 0.95)

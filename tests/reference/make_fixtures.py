@@ -9,8 +9,9 @@ Run by hand, in a separate virtual environment (never in the project's dependenc
     git clone https://github.com/Gank0078/ACR /tmp/acr      # ACR's authors' code
     git clone https://github.com/Stomach-ache/TRAS /tmp/tras  # TRAS's authors' code
     git clone https://github.com/ZerojumpLine/SEVAL /tmp/seval  # SEVAL's authors' code
+    git clone https://github.com/YUE-FAN/CoSSL /tmp/cossl       # CoSSL's authors' code
     # from the repository root:
-    DASO_REPO=/tmp/daso ACR_REPO=/tmp/acr TRAS_REPO=/tmp/tras SEVAL_REPO=/tmp/seval \
+    DASO_REPO=/tmp/daso ACR_REPO=/tmp/acr TRAS_REPO=/tmp/tras SEVAL_REPO=/tmp/seval COSSL_REPO=/tmp/cossl \
         python tests/reference/make_fixtures.py [NAME ...]   # NAME: e.g. seval; none: every fixture
 
 USB's ``semilearn`` 0.3.2 imports torchaudio, wandb, aim, transformers, timm and ruamel at import
@@ -59,6 +60,12 @@ tests check those departures on their own):
   Before the offsets' warm-up ends, the authors' ``optimize_pi`` raises (its logging reads ``acc_post``,
   which only the fit sets) after changing nothing: the script goes on with ``optimize_threshold``, which
   is what the warm-up means (and what the project does).
+- cossl.json: CoSSL's own arithmetic, executed from its authors' code: the classifier warm-up's
+  ``weight_imprint``, ``TFE`` and ``classifier_train`` (``utils/tfe_init.py``) on a stand-in network
+  whose embeddings are looked up by image id (their random choices and Beta draws recorded), and the
+  co-learning step's block of ``train_cifar_fix_cossl.py`` from the pseudo-labels to the teacher loss
+  (its ``random.random`` and ``np.random.uniform`` draws recorded). USB 0.3.2's CoSSL is not used: its
+  training-time TFE indexes the mixing probability by ``label.argmax()`` of an integer label.
 - adsh.json: USB's ADSH adaptive thresholds over four pools (a confident head; a class predicted
   once; no head prediction above tau_1; int(n_k * rho) - 1 = -1 and a class never predicted) and
   the masks before and after the update.
@@ -619,9 +626,215 @@ def seval_fixture() -> None:
     write("seval", {"num_classes": k, "labels": labels.tolist(), "iterations": iterations, "cases": cases})
 
 
+class _Recorder:
+    """Wraps a random function and keeps what it returned, call by call."""
+
+    def __init__(self, function):
+        self.function, self.calls = function, []
+
+    def __call__(self, *args, **kwargs):
+        value = self.function(*args, **kwargs)
+        self.calls.append(np.asarray(value).tolist())
+        return value
+
+
+class _Py2Iterator:
+    """An iterator with the ``.next()`` of the PyTorch 1.0 loaders the authors' CoSSL code calls."""
+
+    def __init__(self, items):
+        self.items = iter(items)
+
+    def next(self):
+        return next(self.items)
+
+    __next__ = next
+
+    def __iter__(self):
+        return self
+
+
+def cossl_fixture() -> None:
+    import ast
+    import os
+    import random
+    import re
+    import textwrap
+
+    import torch.nn.functional as F
+
+    repo = Path(os.environ["COSSL_REPO"])
+    source = (repo / "utils/tfe_init.py").read_text()
+    nodes = [n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)]
+    recorded_choice, recorded_beta = _Recorder(np.random.choice), _Recorder(np.random.beta)
+    fake_np = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
+    fake_np.random = types.SimpleNamespace(choice=recorded_choice, beta=recorded_beta)
+
+    class Bar:  # the progress bar
+        def __init__(self, *a, **k):
+            self.suffix, self.elapsed_td, self.eta_td = "", 0, 0
+
+        def next(self):
+            pass
+
+        def finish(self):
+            pass
+
+    class Loader(list):  # DataLoader(dataset, ...) over a list of batches: the dataset itself, in order
+        def __init__(self, dataset, **kwargs):
+            super().__init__(dataset)
+
+        def __iter__(self):
+            return _Py2Iterator(list.__iter__(self))
+
+    namespace = {"torch": torch, "np": fake_np, "F": F, "copy": __import__("copy"), "time": __import__("time"),
+                 "optim": torch.optim, "Bar": Bar, "AverageMeter": None,
+                 "data": types.SimpleNamespace(DataLoader=Loader, dataset=torch.utils.data)}
+    code = re.sub(r"\.cuda\([^)]*\)", "", ast.unparse(ast.Module(body=nodes, type_ignores=[])))
+    exec(compile(code, "tfe_init.py", "exec"), namespace)
+
+    gen = torch.Generator().manual_seed(21)
+    k, d = 4, 6
+    counts = [12, 6, 3, 2]
+    labels = torch.repeat_interleave(torch.arange(k), torch.tensor(counts))
+    centres = torch.randn(k, d, generator=gen) * 2
+    labeled_features = centres[labels] + torch.randn(len(labels), d, generator=gen)
+    pool_labels = torch.randint(0, k, (40,), generator=gen)
+    pool_features = centres[pool_labels] + torch.randn(40, d, generator=gen)
+
+    class StandIn(torch.nn.Module):  # embeddings looked up by image id; the output layer is the model's
+        def __init__(self, table):
+            super().__init__()
+            self.table = table
+            self.output = torch.nn.Linear(d, k)
+
+        def forward(self, ids, return_feature=False):
+            features = self.table[ids.long()]
+            return (self.output(features), None, features) if return_feature else (self.output(features), None)
+
+    labeled_ids = torch.arange(len(labels))
+    labeled_set = [(labeled_ids[i:i + 5], labels[i:i + 5], None) for i in range(0, len(labels), 5)]
+    tfe_model = namespace["weight_imprint"](StandIn(labeled_features), labeled_set, k)
+    imprinted_labeled = torch.softmax(tfe_model(labeled_ids)[0], dim=1)
+
+    class TwoViews:  # the unlabeled loader's dataset transform has a transform2: FixMatch's views
+        transform2 = None
+
+    tfe_model.table = labeled_features
+    pool_model = __import__("copy").deepcopy(tfe_model)  # the same imprinted classifier, the pool's embeddings
+    pool_model.table = pool_features
+
+    class Switch(torch.nn.Module):  # TFE reads the labeled loader, then the pool's: each from its own table
+        def __init__(self):
+            super().__init__()
+            self.pool = False
+
+        def forward(self, ids, return_feature=False):
+            return (pool_model if self.pool else tfe_model)(ids, return_feature)
+
+        def eval(self):
+            return self
+
+    switch = Switch()
+
+    class SwitchingLoader(Loader):  # iterating it points the switch at its table
+        pool = False
+
+        def __iter__(self):
+            switch.pool = self.pool
+            return _Py2Iterator(list.__iter__(self))
+
+    class PoolLoader(SwitchingLoader):
+        pool = True
+
+    pool_ids = torch.arange(40)
+    pool_loader = PoolLoader([((pool_ids[i:i + 8], pool_ids[i:i + 8], None), None, None) for i in range(0, 40, 8)])
+    pool_loader.dataset = types.SimpleNamespace(transform=TwoViews())
+    imprinted_pool = torch.softmax(pool_model(pool_ids)[0], dim=1)
+    np.random.seed(3)
+    balanced = namespace["TFE"](SwitchingLoader(labeled_set), pool_loader, switch, k, counts)
+    tfe_x, tfe_y = balanced.tensors
+
+    # the warm-up's classifier training on fixed batches from fixed initial weights, 12 steps
+    head = StandIn(labeled_features)
+    initial = {"weight": torch.randn(k, d, generator=gen) * 0.3, "bias": torch.randn(k, generator=gen) * 0.1}
+    head.output.weight.data.copy_(initial["weight"])
+    head.output.bias.data.copy_(initial["bias"])
+    ema_head = __import__("copy").deepcopy(head)
+    for param in ema_head.parameters():
+        param.detach_()
+
+    class WeightEMA:  # the authors' utils.WeightEMA with wd=False
+        def __init__(self, model, ema_model, alpha):
+            self.alpha = alpha
+            self.params = list(model.state_dict().values())
+            self.ema_params = list(ema_model.state_dict().values())
+
+        def step(self):
+            for param, ema_param in zip(self.params, self.ema_params):
+                ema_param.mul_(self.alpha)
+                ema_param.add_(param.float() * (1.0 - self.alpha))
+
+    class Meter:
+        def update(self, *a, **k):
+            pass
+
+        avg = 0.0
+
+    namespace["AverageMeter"] = Meter
+    batches = [torch.randperm(len(tfe_y), generator=gen)[:8] for _ in range(12)]
+    optimizer = torch.optim.Adam([{"params": [head.output.weight], "weight_decay": 5e-4},
+                                  {"params": [head.output.bias], "weight_decay": 0}], lr=0.01)
+    namespace["classifier_train"](Loader([(tfe_x[rows], tfe_y[rows]) for rows in batches]), head, optimizer, None,
+                                  WeightEMA(head, ema_head, 0.9), len(batches), False)
+
+    # the co-learning step's block: pseudo-labels from the teacher on EMA embeddings, TFE, the teacher loss
+    train_source = (repo / "train_cifar_fix_cossl.py").read_text()
+    start = train_source.rindex("\n", 0, train_source.index("# Generate the pseudo labels")) + 1
+    end = train_source.index("\n", train_source.index("teacher_loss = -torch.mean(", start))
+    block = re.sub(r"\.cuda\([^)]*\)", "", textwrap.dedent(train_source[start:end]))
+    b = 16
+    step_table = torch.randn(3 * b, d, generator=gen) * 1.5 + centres[torch.randint(0, k, (3 * b,), generator=gen)]
+
+    class EmaStandIn:
+        def __call__(self, ids, return_feature=False):
+            return None, None, step_table[ids.long()].unsqueeze(-1)  # squeezed by the block
+
+    teacher = torch.nn.Linear(d, k)
+    with torch.no_grad():
+        teacher.weight.copy_(torch.randn(k, d, generator=gen))
+        teacher.bias.copy_(torch.randn(k, generator=gen) * 0.5)
+    crt_labels = torch.randint(0, k, (b,), generator=gen)
+    recorded_random, recorded_uniform = _Recorder(random.random), _Recorder(np.random.uniform)
+    step_np = types.SimpleNamespace(random=types.SimpleNamespace(uniform=recorded_uniform))
+    tfe_prob = [(max(counts) - n) / max(counts) for n in counts]
+    step = dict(torch=torch, np=step_np, F=F, random=types.SimpleNamespace(random=recorded_random),
+                args=types.SimpleNamespace(tau=0.6, max_lam=0.6), ema_model=EmaStandIn(), teacher_head=teacher,
+                inputs_u=torch.arange(b).double(), gt_targets_u=torch.zeros(b, dtype=torch.long),
+                batch_size=b, num_class=k, used_c=Meter(), mask_prob=Meter(), total_c=Meter(), tfe_prob=tfe_prob,
+                crt_input_x=torch.arange(b, 2 * b).double(), crt_input_u=torch.arange(2 * b, 3 * b).double(),
+                crt_targets_x=F.one_hot(crt_labels, k).float())
+    random.seed(5)
+    np.random.seed(5)
+    exec(compile(block, "train_cifar_fix_cossl.py", "exec"), step)
+    write("cossl", {
+        "counts": counts, "labels": labels.tolist(), "labeled_features": labeled_features,
+        "pool_features": pool_features, "imprinted_labeled": imprinted_labeled, "imprinted_pool": imprinted_pool,
+        "choices": recorded_choice.calls, "lambdas": recorded_beta.calls, "tfe_features": tfe_x,
+        "tfe_labels": tfe_y.argmax(1).tolist(), "initial": {n: lists(v) for n, v in initial.items()},
+        "batches": [rows.tolist() for rows in batches], "lr": 0.01, "weight_decay": 5e-4, "ema_decay": 0.9,
+        "trained": {n: lists(v) for n, v in head.output.state_dict().items()},
+        "trained_ema": {n: lists(v) for n, v in ema_head.output.state_dict().items()},
+        "step_features": step_table, "teacher": {n: lists(v) for n, v in teacher.state_dict().items()},
+        "tau": 0.6, "max_lam": 0.6, "step_labels": crt_labels.tolist(), "mix_prob": tfe_prob,
+        "random": recorded_random.calls, "uniform": recorded_uniform.calls,
+        "pseudo_labels": step["p_hat"][:b].argmax(1).tolist(), "mask": step["select_mask"][:b],
+        "mixed_features": step["new_feat_tensor"], "teacher_loss": float(step["teacher_loss"].detach())})
+
+
 FIXTURES = {"darp": darp_fixture, "daso": daso_fixture, "abc": abc_fixture, "crest": crest_fixture,
             "acr": acr_fixture, "darp_estimate": darp_estimate_fixture, "debiaspl": debiaspl_fixture,
-            "saw": saw_fixture, "adsh": adsh_fixture, "tras": tras_fixture, "seval": seval_fixture}
+            "saw": saw_fixture, "adsh": adsh_fixture, "tras": tras_fixture, "seval": seval_fixture,
+            "cossl": cossl_fixture}
 
 
 def main() -> None:

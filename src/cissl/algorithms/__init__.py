@@ -11,7 +11,9 @@ from cissl.algorithms.base import (
     AlgorithmContext,
     Batch,
     GenerationUpdate,
+    HeadWeights,
     Hooks,
+    LabeledPredictions,
     Periodic,
     PoolPredictions,
     StepOutput,
@@ -21,8 +23,8 @@ from cissl.algorithms.base import (
 from cissl.algorithms.registry import ALGORITHMS, AUX_HEADS, REFINERS, algorithm_names, entry
 
 __all__ = ["ALGORITHMS", "AUX_HEADS", "REFINERS", "Algorithm", "AlgorithmContext", "Batch", "GenerationUpdate",
-           "Hooks", "Periodic", "PoolPredictions", "StepOutput", "ValidationPredictions", "ViewSpec", "algorithm_class",
-           "algorithm_names", "build_algorithm"]
+           "HeadWeights", "Hooks", "LabeledPredictions", "Periodic", "PoolPredictions", "StepOutput",
+           "ValidationPredictions", "ViewSpec", "algorithm_class", "algorithm_names", "build_algorithm"]
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")

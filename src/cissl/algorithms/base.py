@@ -9,8 +9,9 @@
   last step of every epoch (``train.epoch_length`` steps), then :meth:`on_epoch_pool` with the EMA
   model's predictions on the unlabeled pool (methods that ask for them: SAW, ADSH), every
   :meth:`validation_every` steps :meth:`on_validation` with the EMA model's predictions on the
-  validation split (SEVAL), and :meth:`on_generation_end` between generations (methods that
-  declare more than one, like CReST).
+  validation split (SEVAL), at :meth:`stage_iterations` :meth:`on_stage` with its predictions on the
+  labeled images and the pool, which may return new head weights (CoSSL), and
+  :meth:`on_generation_end` between generations (methods that declare more than one, like CReST).
 - Evaluation scores the logits :meth:`evaluation_logits` returns (default: every head's raw
   logits) and reports :attr:`reported_head`.
 - A method never builds data, models, optimizers or loggers; it owns its own state (banks,
@@ -42,6 +43,9 @@ class ViewSpec:
     ``labeled_sampling``: ``shuffled`` walks permutations of the labeled set; ``class_balanced`` draws
     each labeled image with replacement, with probability proportional to its class's weight
     (1 / N_k, or the effective number's (1 - beta) / (1 - beta^N_k) for ``sampling_beta`` < 1; cRT).
+    ``balanced_labeled``: a second labeled batch of B images every step, drawn class-balanced with
+    replacement (weights 1 / N_k) from its own stream and strongly augmented (``Batch.x_balanced``,
+    ``Batch.y_balanced``; CoSSL's tail-class feature enhancement).
     """
 
     unlabeled: bool = True
@@ -50,6 +54,7 @@ class ViewSpec:
     weak_pass: str = "joint"
     labeled_sampling: str = "shuffled"
     sampling_beta: float = 1.0
+    balanced_labeled: bool = False
 
     def __post_init__(self):
         if self.weak_pass not in ("joint", "no_grad"):
@@ -74,6 +79,8 @@ class Batch:
     u_weak: torch.Tensor | None = None
     u_strong: tuple[torch.Tensor, ...] = ()
     u_index: torch.Tensor | None = None
+    x_balanced: torch.Tensor | None = None  # ViewSpec.balanced_labeled: class-balanced labeled images, strong view
+    y_balanced: torch.Tensor | None = None
 
 
 @dataclass
@@ -117,6 +124,26 @@ class PoolPredictions:
 
     logits: dict[str, torch.Tensor]
     features: torch.Tensor
+
+
+@dataclass
+class LabeledPredictions:
+    """The EMA model's predictions on the labeled images (no augmentation, eval mode): every head's logits
+    and the embeddings as float32 CPU tensors, and the labels, row for row."""
+
+    logits: dict[str, torch.Tensor]
+    features: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass
+class HeadWeights:
+    """New weights for one head, which the engine loads into the network (``weights``) and into its EMA
+    (``ema_weights``): a ``Linear``'s ``state_dict`` each (``weight`` (K, D), ``bias`` (K,))."""
+
+    head: str
+    weights: dict[str, torch.Tensor]
+    ema_weights: dict[str, torch.Tensor]
 
 
 @dataclass
@@ -231,6 +258,17 @@ class Algorithm(Hooks):
     def on_validation(self, iteration: int, predictions: ValidationPredictions) -> None:
         """After step ``iteration`` (0-based) when ``(iteration + 1) % validation_every(config) == 0``,
         after the other hooks: the EMA model's predictions on the validation split."""
+
+    def stage_iterations(self) -> tuple[int, ...]:
+        """Iterations (0-based) after whose step the engine calls :meth:`on_stage`; -1 means before the
+        first step. Empty for most methods (CoSSL: where its co-learning stage starts)."""
+        return ()
+
+    def on_stage(self, iteration: int, labeled: LabeledPredictions, pool: PoolPredictions) -> list[HeadWeights]:
+        """At the :meth:`stage_iterations`, after the other hooks: the EMA model's predictions on the
+        labeled images and on the unlabeled pool. Returns new weights for heads (loaded into the network
+        and its EMA; CoSSL's classifier warm-up), or nothing."""
+        return []
 
     def on_generation_end(self, generation: int, pool: PoolPredictions) -> GenerationUpdate | None:
         """Called after the last step of every generation but the last (methods with generations)."""

@@ -69,6 +69,10 @@ class BatchSource:
             self.labeled_stream = IndexStream(len(data.labeled), self.batch_size, derive_seed(seed, "labeled"))
         self.unlabeled_stream = IndexStream(len(data.unlabeled), self.batch_size * tc.mu,
                                             derive_seed(seed, "unlabeled"))
+        self.balanced_stream = None  # ViewSpec.balanced_labeled: class-balanced labeled draws, strong view
+        if spec.balanced_labeled:
+            weights = class_sampling_weights(data.labeled.labels, data.num_classes, 1.0)
+            self.balanced_stream = ClassBalancedStream(weights, self.batch_size, derive_seed(seed, "labeled-balanced"))
         device = policy.device
         self.augment = BatchAugment(
             data.image_size, aug.crop_padding, aug.padding_mode, aug.randaugment_ops, aug.randaugment_prob,
@@ -81,10 +85,11 @@ class BatchSource:
     def images_per_step(self) -> int:
         """Images one step pushes through this process's network."""
         per_rank = self.batch_size // self.shard.world
+        labeled = per_rank * (2 if self.balanced_stream is not None else 1)
         if not self.spec.unlabeled:
-            return per_rank
+            return labeled
         unlabeled = self.unlabeled_stream.batch_size // self.shard.world
-        return per_rank + unlabeled * (int(self.spec.weak) + self.strong_views)
+        return labeled + unlabeled * (int(self.spec.weak) + self.strong_views)
 
     def _view(self, kind: str, images: torch.Tensor, copies: int = 1) -> torch.Tensor:
         """The weak or strong view of this rank's images: the draws of the global batch, this rank's share."""
@@ -109,6 +114,9 @@ class BatchSource:
             strong = self._view("strong", u_images.repeat(views, 1, 1, 1), views)  # independent draws per copy
             batch.u_strong = tuple(prepare(view) for view in strong.chunk(views))
             batch.u_index = positions
+        if self.balanced_stream is not None:
+            b_images, batch.y_balanced, _ = self.data.labeled.take(shard.take(self.balanced_stream.next()))
+            batch.x_balanced = prepare(self._view("strong", b_images))
         return batch, truth
 
     # ------------------------------------------------------------------ generations
@@ -133,6 +141,8 @@ class BatchSource:
     def state_dict(self) -> dict:
         state = {"labeled_stream": self.labeled_stream.state_dict(),
                  "unlabeled_stream": self.unlabeled_stream.state_dict(), "augment": self.augment.state_dict()}
+        if self.balanced_stream is not None:
+            state["balanced_stream"] = self.balanced_stream.state_dict()
         if self.additions is not None:
             state["additions"] = {k: v.clone() if isinstance(v, torch.Tensor) else v
                                   for k, v in self.additions.items()}
@@ -145,3 +155,5 @@ class BatchSource:
         self.labeled_stream.load_state_dict(state["labeled_stream"])
         self.unlabeled_stream.load_state_dict(state["unlabeled_stream"])
         self.augment.load_state_dict(state["augment"])
+        if self.balanced_stream is not None:
+            self.balanced_stream.load_state_dict(state["balanced_stream"])

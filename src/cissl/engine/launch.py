@@ -151,13 +151,28 @@ def wrap_for_ranks(model: torch.nn.Module, device: torch.device):
 
 
 class ReplicatedModel:
-    """The forward through DDP, every other attribute from the network it wraps."""
+    """The forward through DDP, every other attribute from the network it wraps. It keeps the outputs of
+    the step's forwards with gradients, for :meth:`untouched_heads_term`."""
 
     def __init__(self, ddp):
         self.ddp = ddp
+        self.outputs = []
 
     def __call__(self, *args, **kwargs):
-        return self.ddp(*args, **kwargs)
+        out = self.ddp(*args, **kwargs)
+        if torch.is_grad_enabled():
+            self.outputs.append(out)
+        return out
+
+    def untouched_heads_term(self) -> torch.Tensor | None:
+        """0 x the sum of every head's logits of the step's forwards (then forgotten). DDP expects a
+        gradient for every parameter its forward's outputs reach; a head a step leaves out of its loss
+        (TRAS's student before its warm-up, CoSSL's teacher before its stage) would otherwise stop the
+        next step. So under DDP such a head gets a zero gradient, and the optimizer's weight decay and
+        momentum act on it where one process would leave it untouched."""
+        outputs, self.outputs = self.outputs, []
+        terms = [logits.sum() for out in outputs for logits in out.logits.values()]
+        return 0.0 * torch.stack(terms).sum() if terms else None
 
     def __getattr__(self, name):
         return getattr(self.ddp.module, name)

@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 
 from cissl import distributed
-from cissl.algorithms import PoolPredictions, StepOutput, ValidationPredictions
+from cissl.algorithms import LabeledPredictions, PoolPredictions, StepOutput, ValidationPredictions
 from cissl.algorithms.base import run_hooks
 from cissl.config import Config
 from cissl.engine.assemble import RunParts, build_training, generation_length
 from cissl.engine.checkpoint import first_line, save_checkpoint
 from cissl.engine.data import TrainingData
 from cissl.engine.diagnostics import PseudoLabelStats
-from cissl.engine.launch import average_buffers, check_ranks_agree
+from cissl.engine.launch import ReplicatedModel, average_buffers, check_ranks_agree
 from cissl.engine.logging import MetricWindow, RunLogger
 from cissl.engine.precision import resolve_device
 from cissl.engine.stop import StopSignals, TrainingStopped
@@ -55,6 +55,7 @@ class Trainer:
         self.periodic = self.algorithm.periodic()
         self.pool_each_epoch = type(self.algorithm).pool_each_epoch(self.config.algorithm)
         self.validation_every = type(self.algorithm).validation_every(self.config.algorithm)
+        self.stage_iterations = set(self.algorithm.stage_iterations())
         self.frozen_backbone = not type(self.algorithm).trains_backbone(self.config.algorithm)
         self.generation_length = generation_length(self.config)
         self.pseudo_stats = PseudoLabelStats(self.data.num_classes, self.device)
@@ -91,7 +92,11 @@ class Trainer:
             for buffer, saved in zip(self.model.buffers(), buffers):
                 buffer.copy_(saved)
         else:
-            out.loss.backward()
+            loss = out.loss
+            if isinstance(self.parts.step_model, ReplicatedModel):  # DDP: every head's logits reach the loss
+                zero = self.parts.step_model.untouched_heads_term()
+                loss = loss if zero is None else loss + zero
+            loss.backward()
             self.optimizer.step()
         self.parts.scheduler.step()
         if self.average_bn:
@@ -104,6 +109,8 @@ class Trainer:
             self.algorithm.on_epoch_pool((t + 1) // epoch_length - 1, self.pool_predictions())
         if self.validation_every and (t + 1) % self.validation_every == 0:
             self.algorithm.on_validation(t, self.validation_predictions())
+        if t in self.stage_iterations:
+            self.start_stage(t)
         self.iteration = t + 1
         if not skip:
             self.window.add({"loss": out.loss.detach(), **out.metrics})
@@ -133,6 +140,25 @@ class Trainer:
         logits, features = predict_with_features(self.ema.model, self.data.unlabeled.images,
                                                  self.config.train.eval_batch_size, self.parts.policy)
         return PoolPredictions(logits, features)
+
+    def start_stage(self, iteration: int) -> None:
+        """The method's stage hook (after step ``iteration``, -1: before the first): it sees the EMA
+        model's predictions on the labeled images and the pool; the head weights it returns are loaded
+        into the network and its EMA."""
+        logits, features = predict_with_features(self.ema.model, self.data.labeled.images,
+                                                 self.config.train.eval_batch_size, self.parts.policy)
+        labeled = LabeledPredictions(logits, features, self.data.labeled.labels.cpu())
+        for update in self.algorithm.on_stage(iteration, labeled, self.pool_predictions()):
+            head = self.model.heads[update.head]
+            with torch.no_grad():
+                head.load_state_dict(update.weights)
+                self.ema.model.heads[update.head].load_state_dict(update.ema_weights)
+            for param in head.parameters():  # new weights start without the old ones' momentum
+                self.optimizer.state.pop(param, None)
+        if self.logger:
+            self.logger.message(f"stage of {self.config.algorithm.name} after iteration {iteration}: EMA model's "
+                                f"predictions on {len(labeled.labels)} labeled and {len(self.data.unlabeled)} "
+                                f"unlabeled images")
 
     def validation_predictions(self) -> ValidationPredictions:
         """The EMA model's logits on the validation split (eval mode, no augmentation), with its labels."""
@@ -241,6 +267,8 @@ class Trainer:
             self.logger.start(self.iteration)
         start = time.perf_counter()
         elapsed_before = self.elapsed
+        if self.iteration == 0 and -1 in self.stage_iterations:
+            self.start_stage(-1)
         with StopSignals() as signals:
             while self.iteration < total:
                 self._fit_step(tc, total, start, elapsed_before)

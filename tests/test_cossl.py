@@ -1,0 +1,203 @@
+"""CoSSL (cissl.algorithms.cossl): parity with its authors' code, hand-checked pieces, the engine's
+class-balanced labeled view and stage hook, a run that resumes bit for bit.
+
+The fixture (tests/reference/fixtures/cossl.json) was written by tests/reference/make_fixtures.py, which
+executes the authors' weight imprinting, TFE and classifier training (utils/tfe_init.py) and the
+co-learning block of train_cifar_fix_cossl.py on fixed embeddings, recording their random draws.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import tiny_config
+from test_training import assert_same_state
+
+from cissl.algorithms.components.pseudo_label import threshold_pseudo_labels
+from cissl.algorithms.cossl import (
+    beta_draws,
+    default_linear,
+    imprinted_probabilities,
+    tfe_features,
+    tfe_mix,
+    train_classifier,
+    warmup_batches,
+)
+from cissl.engine.checkpoint import load_checkpoint
+from cissl.engine.data import prepare_data
+from cissl.engine.run import resume_run, start_run
+from cissl.engine.trainer import Trainer
+
+FIXTURE = json.loads((Path(__file__).parent / "reference/fixtures/cossl.json").read_text())
+
+
+def tensor(key, dtype=torch.float32):
+    return torch.tensor(FIXTURE[key], dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- parity with the authors' code
+def test_imprinted_probabilities_match_the_authors_weight_imprint():
+    labeled, labels, pool = tensor("labeled_features"), tensor("labels", torch.long), tensor("pool_features")
+    k = len(FIXTURE["counts"])
+    assert imprinted_probabilities(labeled, labels, labeled, k).numpy() == pytest.approx(
+        tensor("imprinted_labeled").numpy(), abs=1e-6)
+    assert imprinted_probabilities(labeled, labels, pool, k).numpy() == pytest.approx(
+        tensor("imprinted_pool").numpy(), abs=1e-6)
+
+
+def test_tfe_features_match_the_authors_tfe_given_their_draws():
+    counts = FIXTURE["counts"]
+    short = [c for c, n in enumerate(counts) if n < max(counts)]  # the classes TFE fills up, in order
+    draws = {c: (torch.tensor(FIXTURE["choices"][i]), torch.tensor(FIXTURE["lambdas"][i], dtype=torch.float64))
+             for i, c in enumerate(short)}
+    features, labels = tfe_features(tensor("labeled_features"), tensor("labels", torch.long), tensor("pool_features"),
+                                    tensor("imprinted_labeled"), tensor("imprinted_pool"), draws)
+    assert labels.tolist() == FIXTURE["tfe_labels"]
+    assert features.numpy() == pytest.approx(tensor("tfe_features").numpy(), abs=1e-6)
+    # every class now has N_max embeddings
+    assert torch.bincount(labels).tolist() == [max(counts)] * len(counts)
+
+
+def test_classifier_training_matches_the_authors_adam_and_average():
+    initial = {name: torch.tensor(value) for name, value in FIXTURE["initial"].items()}
+    batches = [torch.tensor(rows) for rows in FIXTURE["batches"]]
+    weights, average = train_classifier(tensor("tfe_features"), torch.tensor(FIXTURE["tfe_labels"]), initial,
+                                        batches, FIXTURE["lr"], FIXTURE["weight_decay"], FIXTURE["ema_decay"])
+    for name in ("weight", "bias"):
+        assert weights[name].numpy() == pytest.approx(torch.tensor(FIXTURE["trained"][name]).numpy(), abs=1e-6)
+        assert average[name].numpy() == pytest.approx(torch.tensor(FIXTURE["trained_ema"][name]).numpy(), abs=1e-6)
+    assert not torch.allclose(weights["weight"], initial["weight"])  # it learned
+
+
+def test_colearning_pseudo_labels_tfe_and_teacher_loss_match_the_authors_step():
+    b = len(FIXTURE["step_labels"])
+    table = tensor("step_features")
+    teacher = torch.nn.Linear(table.shape[1], len(FIXTURE["counts"]))
+    teacher.load_state_dict({name: torch.tensor(value) for name, value in FIXTURE["teacher"].items()})
+    with torch.no_grad():
+        _, labels, mask = threshold_pseudo_labels(torch.softmax(teacher(table[:b]), dim=1), FIXTURE["tau"])
+    assert labels.tolist() == FIXTURE["pseudo_labels"] and mask.float().tolist() == FIXTURE["mask"]
+    step_labels = torch.tensor(FIXTURE["step_labels"])
+    mix_prob = torch.tensor(FIXTURE["mix_prob"])
+    draws = torch.tensor(FIXTURE["random"])
+    uniform = iter(value[0] for value in FIXTURE["uniform"])  # drawn only for the rows that mix
+    lams = torch.tensor([next(uniform) if float(d) < float(mix_prob[y]) else 1.0 for d, y in zip(draws, step_labels)])
+    assert len(FIXTURE["uniform"]) > 0 and next(uniform, None) is None
+    mixed = tfe_mix(table[b:2 * b], step_labels, table[2 * b:], mix_prob, draws, lams)
+    assert mixed.numpy() == pytest.approx(tensor("mixed_features").numpy(), abs=1e-6)
+    loss = F.cross_entropy(teacher(mixed), step_labels)
+    assert float(loss.detach()) == pytest.approx(FIXTURE["teacher_loss"], rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- hand-checked pieces
+def test_tfe_mix_by_hand():
+    fx, fu = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    mixed = tfe_mix(fx, torch.tensor([0, 1]), fu, torch.tensor([0.0, 0.5]), torch.tensor([0.1, 0.1]),
+                    torch.tensor([0.7, 0.7]))
+    # class 0 never mixes (probability 0); class 1 mixes since 0.1 < 0.5: 0.7 fx + 0.3 fu
+    assert mixed[0].tolist() == [1.0, 0.0] and mixed[1].tolist() == pytest.approx([0.7, 0.3])
+
+
+def test_imprinting_is_the_normalised_class_mean():
+    labeled = torch.tensor([[3.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    labels = torch.tensor([0, 0, 1])
+    probs = imprinted_probabilities(labeled, labels, torch.tensor([[1.0, 1.0], [2.0, 0.0]]), 2)
+    # W = [[1, 0], [0, 1]]: the logits are the embeddings themselves
+    assert probs[0].tolist() == pytest.approx([0.5, 0.5])
+    assert probs[1, 0].item() == pytest.approx(math.exp(2) / (math.exp(2) + 1))
+
+
+def test_beta_draws_have_the_beta_moments_and_follow_the_generator():
+    draws = beta_draws(0.75, 40000, torch.Generator().manual_seed(0))
+    assert draws.min() >= 0 and draws.max() <= 1
+    assert draws.mean().item() == pytest.approx(0.5, abs=0.01)
+    assert draws.var().item() == pytest.approx(1 / (4 * (2 * 0.75 + 1)), abs=0.004)  # 1 / (4 (2 alpha + 1)) = 0.1
+    again = beta_draws(0.75, 40000, torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)
+
+
+def test_warmup_batches_walk_a_fresh_permutation_each_epoch():
+    batches = warmup_batches(10, 4, epochs=2, steps_per_epoch=3, generator=torch.Generator().manual_seed(1))
+    assert len(batches) == 6 and all(len(b) == 4 for b in batches)
+    for epoch in (batches[:3], batches[3:]):
+        assert len(set(torch.cat(epoch[:2]).tolist())) == 8  # the first two batches: one permutation, no repeat
+
+
+def test_default_linear_is_uniform_within_one_over_root_d():
+    weights = default_linear(16, 3, torch.Generator().manual_seed(0))
+    assert weights["weight"].shape == (3, 16) and weights["bias"].shape == (3,)
+    assert weights["weight"].abs().max() <= 0.25 and weights["bias"].abs().max() <= 0.25
+
+
+# ----------------------------------------------------------------------------- the engine's parts
+def test_the_balanced_labeled_view_draws_classes_equally_with_a_strong_view():
+    config = tiny_config(algorithm="fixmatch_cossl")
+    data = prepare_data(config, torch.device("cpu"))
+    trainer = Trainer.from_config(config, data)
+    drawn = torch.cat([trainer.batches.next()[0].y_balanced for _ in range(60)])
+    shares = torch.bincount(drawn, minlength=10).double() / len(drawn)
+    assert torch.allclose(shares, torch.full((10,), 0.1, dtype=torch.float64), atol=0.035)
+    batch, _ = trainer.batches.next()
+    assert batch.x_balanced.shape == batch.x.shape and batch.y_balanced.shape == batch.y.shape
+    state = trainer.batches.state_dict()
+    ahead = trainer.batches.next()[0].y_balanced
+    trainer.batches.load_state_dict(state)
+    assert torch.equal(trainer.batches.next()[0].y_balanced, ahead)
+
+
+OVERRIDES = ["train.iterations=12", "train.epoch_length=4", "train.eval_every=4", "train.checkpoint_every=4",
+             "train.keep_checkpoints=3",
+             "algorithm.pretrain_fraction=0.5", "algorithm.warmup_epochs=2", "algorithm.threshold=0.5"]
+
+
+def test_the_stage_loads_the_warmed_up_teacher_and_evaluation_reports_it(tmp_path):
+    config = tiny_config(*OVERRIDES, algorithm="fixmatch_cossl")
+    start_run(config, tmp_path / "run", quiet=True)
+    before = load_checkpoint(tmp_path / "run/checkpoints/ckpt_00000004.pt")
+    after = load_checkpoint(tmp_path / "run/checkpoints/ckpt_00000008.pt")
+    assert not before["algorithm"]["teacher_ready"] and after["algorithm"]["teacher_ready"]
+    # the warm-up ran at the stage (after iteration 5, 0-based) from the EMA network of step 6
+    data = prepare_data(config, torch.device("cpu"))
+    trainer = Trainer.from_config(config, data)
+    trainer.load_state_dict(before)
+    for _ in range(2):
+        trainer.train_step()
+    teacher = dict(trainer.model.heads["teacher"].state_dict())
+    ema_teacher = dict(trainer.ema.model.heads["teacher"].state_dict())
+    assert trainer.algorithm.teacher_ready and not torch.equal(teacher["weight"], ema_teacher["weight"])
+    assert not torch.equal(before["model"]["heads.teacher.weight"], teacher["weight"])
+    results = json.loads((tmp_path / "run/results.json").read_text())
+    assert results["reported_head"] == "teacher" and set(results["heads"]) == {"main", "teacher"}
+
+
+def test_evaluation_scores_the_main_head_under_the_teachers_name_until_the_stage():
+    config = tiny_config(algorithm="fixmatch_cossl")
+    trainer = Trainer.from_config(config, prepare_data(config, torch.device("cpu")))
+    main, teacher = torch.zeros(2, 10), torch.ones(2, 10)
+    assert trainer.algorithm.evaluation_logits({"main": main, "teacher": teacher})["teacher"] is main
+    trainer.algorithm.teacher_ready = True
+    assert trainer.algorithm.evaluation_logits({"main": main, "teacher": teacher})["teacher"] is teacher
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one_across_the_stage(tmp_path):
+    config = tiny_config(*OVERRIDES, algorithm="fixmatch_cossl")
+    start_run(config, tmp_path / "whole", quiet=True)
+    start_run(config, tmp_path / "cut", quiet=True)
+    for step in (8, 12):  # as if stopped after iteration 4, before the stage
+        (tmp_path / f"cut/checkpoints/ckpt_{step:08d}.pt").unlink()
+    (tmp_path / "cut/results.json").unlink()
+    resume_run(tmp_path / "cut", quiet=True)
+    assert_same_state(load_checkpoint(tmp_path / "whole/checkpoints/ckpt_00000012.pt"),
+                      load_checkpoint(tmp_path / "cut/checkpoints/ckpt_00000012.pt"))
+
+
+def test_pretrain_fraction_zero_warms_up_before_the_first_step(tmp_path):
+    config = tiny_config("train.iterations=4", "train.checkpoint_every=4", "train.eval_every=4",
+                         "algorithm.pretrain_fraction=0", "algorithm.warmup_epochs=1", algorithm="fixmatch_cossl")
+    start_run(config, tmp_path / "run", quiet=True)
+    assert load_checkpoint(tmp_path / "run/checkpoints/ckpt_00000004.pt")["algorithm"]["teacher_ready"]
