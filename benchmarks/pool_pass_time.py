@@ -1,7 +1,8 @@
 """Time the passes a method makes between steps against the training steps they come between, on a
 setting's network and split sizes: the per-epoch pool pass of SAW and ADSH (the EMA model predicts every
 unlabeled image once an epoch), or SEVAL's fit (the EMA model predicts the validation split, then the
-offsets and thresholds are fitted on it, every ``algorithm.fit_every`` steps).
+offsets and thresholds are fitted on it, every ``algorithm.fit_every`` steps), or CoSSL's stage (the EMA
+model predicts the labeled images and the pool, then the teacher head is warmed up; once a run).
 
     python benchmarks/pool_pass_time.py --config CONFIG [--algorithm fixmatch_saw] [--steps 4] [key=value ...]
 
@@ -11,7 +12,7 @@ the logits: random images give a model that predicts one class, so its fit here 
 Prints the pool (or validation split) size, the seconds of one pass (the engine's own
 ``pool_predictions`` / ``validation_predictions``, and for SEVAL the fit), the median seconds of a
 training step (``--steps`` after one warm-up step) and the pass as a share of the steps between two
-passes (``train.epoch_length``, or the method's ``validation_every``).
+passes (``train.epoch_length``, the method's ``validation_every``, or for a stage the whole run).
 """
 
 from __future__ import annotations
@@ -46,7 +47,14 @@ def main() -> None:
         steps.append(time.perf_counter() - start)
     step = statistics.median(steps)
     every = trainer.validation_every
-    if every:  # SEVAL: the validation pass, then the fit on it
+    stages = sorted(trainer.stage_iterations)
+    if stages:  # CoSSL: the EMA network on the labeled images and the pool, then the classifier warm-up
+        start = time.perf_counter()
+        trainer.start_stage(stages[0])
+        seconds = time.perf_counter() - start
+        every = config.train.iterations
+        what = f"stage (labeled + pool pass, classifier warm-up) {seconds:.1f} s, once"
+    elif every:  # SEVAL: the validation pass, then the fit on it
         start = time.perf_counter()
         predictions = trainer.validation_predictions()
         predict_s = time.perf_counter() - start

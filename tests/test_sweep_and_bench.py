@@ -298,3 +298,20 @@ def test_ctrl_c_on_a_sweep_with_workers_checkpoints_every_running_run(tmp_path):
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert finished.returncode == 0, finished.stderr
     assert all((run / "results.json").is_file() for run in runs)
+
+
+def test_pass_benchmark_times_cossls_stage():
+    """The same script for CoSSL: its one stage (the EMA network on the labeled images and the pool, then
+    the teacher's warm-up), against the whole run."""
+    from conftest import REPO
+
+    script = REPO / "benchmarks" / "pool_pass_time.py"
+    setting = CONFIGS / "cifar10_lt/consistent_n500_m4000_g100.yaml"
+    out = subprocess.run([sys.executable, str(script), "--config", str(setting), "--algorithm", "fixmatch_cossl",
+                          "--steps", "1", "model.depth=10", "model.widen=1", "train.batch_size=4", "train.device=cpu",
+                          "data.labeled_head=100", "data.unlabeled_head=100", "algorithm.warmup_epochs=1",
+                          "train.epoch_length=20"],
+                         capture_output=True, text=True, check=True).stdout
+    line = out.splitlines()[-1]
+    assert "fixmatch_cossl: stage (labeled + pool pass, classifier warm-up) " in line and " s, once; step " in line
+    assert "; 250000 steps " in line and line.rstrip().endswith("% to them")

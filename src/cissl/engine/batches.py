@@ -85,11 +85,10 @@ class BatchSource:
     def images_per_step(self) -> int:
         """Images one step pushes through this process's network."""
         per_rank = self.batch_size // self.shard.world
-        labeled = per_rank * (2 if self.balanced_stream is not None else 1)
-        if not self.spec.unlabeled:
-            return labeled
+        if not self.spec.unlabeled:  # (CoSSL's class-balanced batch only passes its EMA network, as DASO's
+            return per_rank           # queue batch: not counted)
         unlabeled = self.unlabeled_stream.batch_size // self.shard.world
-        return labeled + unlabeled * (int(self.spec.weak) + self.strong_views)
+        return per_rank + unlabeled * (int(self.spec.weak) + self.strong_views)
 
     def _view(self, kind: str, images: torch.Tensor, copies: int = 1) -> torch.Tensor:
         """The weak or strong view of this rank's images: the draws of the global batch, this rank's share."""
