@@ -133,12 +133,20 @@ def test_resume_on_cuda_restores_generators_and_continues(tmp_path, deterministi
 
 
 
+# the passes between steps read predictions back to the host by design (SEVAL's fit, CoSSL's stage): the
+# checked steps 6-9 fall between them here (SEVAL fits every 1000 steps; CoSSL's stage is after step 4)
+BETWEEN_PASSES = {"fixmatch_seval": ["algorithm.fit_every=1000"],
+                  "fixmatch_cossl": ["algorithm.pretrain_fraction=0.25"]}
+
+
 @pytest.mark.parametrize("algorithm", ["supervised_la", "fixmatch", "semi", "fixmatch_darp", "fixmatch_daso",
-                                       "fixmatch_abc", "fixmatch_abc_daso", "fixmatch_la_crest_plus", "acr"])
+                                       "fixmatch_abc", "fixmatch_abc_daso", "fixmatch_la_crest_plus", "acr",
+                                       "fixmatch_debiaspl", "fixmatch_tras", "fixmatch_seval", "fixmatch_cossl"])
 def test_a_training_step_never_waits_for_the_device(tmp_path, algorithm):
     """A step that synchronises with the GPU (``.item()``, a blocking copy, boolean indexing) stalls
     the host until the device is idle, so the next step's launches cannot overlap this step's work."""
     extra = ACTIVE_TERMS.get(algorithm, []) + (["algorithm.generations=1"] if "crest" in algorithm else [])
+    extra += BETWEEN_PASSES.get(algorithm, [])
     trainer = cuda_trainer(tmp_path, "train.epoch_length=2", *extra, algorithm=algorithm)
     for _ in range(6):  # past the warm-up (every SeMi term active) and every graph capture
         trainer.train_step()
