@@ -58,3 +58,20 @@ def id_images(ids, size=2):
     x = torch.zeros(len(ids), 1, size, size)
     x[:, 0, 0, 0] = torch.as_tensor(ids, dtype=torch.float32)
     return x
+
+
+def uninterrupted_and_resumed(config, folder, last: int, dropped=None) -> tuple[dict, dict]:
+    """The final checkpoints (iteration ``last``) of a run straight through and of the same run cut short
+    (its checkpoints at ``dropped`` iterations, default just ``last``, and results.json removed, as if it
+    had stopped after the one before) and resumed."""
+    from cissl.engine.checkpoint import load_checkpoint
+    from cissl.engine.run import resume_run, start_run
+
+    start_run(config, folder / "whole", quiet=True)
+    start_run(config, folder / "cut", quiet=True)
+    for step in dropped or (last,):
+        (folder / f"cut/checkpoints/ckpt_{step:08d}.pt").unlink()
+    (folder / "cut/results.json").unlink()
+    resume_run(folder / "cut", quiet=True)
+    return (load_checkpoint(folder / f"whole/checkpoints/ckpt_{last:08d}.pt"),
+            load_checkpoint(folder / f"cut/checkpoints/ckpt_{last:08d}.pt"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import tiny_config
+from helpers import tiny_config, uninterrupted_and_resumed
 from test_training import assert_same_state
 
 from cissl.algorithms.components.pseudo_label import threshold_pseudo_labels
@@ -30,7 +30,7 @@ from cissl.algorithms.cossl import (
 )
 from cissl.engine.checkpoint import load_checkpoint
 from cissl.engine.data import prepare_data
-from cissl.engine.run import resume_run, start_run
+from cissl.engine.run import start_run
 from cissl.engine.trainer import Trainer
 
 FIXTURE = json.loads((Path(__file__).parent / "reference/fixtures/cossl.json").read_text())
@@ -186,14 +186,8 @@ def test_evaluation_scores_the_main_head_under_the_teachers_name_until_the_stage
 
 def test_a_resumed_run_equals_an_uninterrupted_one_across_the_stage(tmp_path):
     config = tiny_config(*OVERRIDES, algorithm="fixmatch_cossl")
-    start_run(config, tmp_path / "whole", quiet=True)
-    start_run(config, tmp_path / "cut", quiet=True)
-    for step in (8, 12):  # as if stopped after iteration 4, before the stage
-        (tmp_path / f"cut/checkpoints/ckpt_{step:08d}.pt").unlink()
-    (tmp_path / "cut/results.json").unlink()
-    resume_run(tmp_path / "cut", quiet=True)
-    assert_same_state(load_checkpoint(tmp_path / "whole/checkpoints/ckpt_00000012.pt"),
-                      load_checkpoint(tmp_path / "cut/checkpoints/ckpt_00000012.pt"))
+    whole, resumed = uninterrupted_and_resumed(config, tmp_path, 12, dropped=(8, 12))  # cut before the stage
+    assert_same_state(whole, resumed)
 
 
 def test_pretrain_fraction_zero_warms_up_before_the_first_step(tmp_path):

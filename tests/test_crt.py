@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import tiny_config, uninterrupted_and_resumed
 from test_training import assert_same_state
 
 from cissl.algorithms import ViewSpec
@@ -14,7 +14,7 @@ from cissl.algorithms.crt import Crt
 from cissl.config import load_config
 from cissl.data.stream import ClassBalancedStream
 from cissl.engine.checkpoint import load_checkpoint
-from cissl.engine.run import evaluate_run, resume_run, start_run
+from cissl.engine.run import evaluate_run, start_run
 from cissl.errors import CheckpointError, ConfigError
 
 PARENT = ("train.iterations=8", "train.eval_every=4", "train.checkpoint_every=4", "train.keep_checkpoints=4")
@@ -84,14 +84,8 @@ def test_training_weights_of_the_parent_on_request(tmp_path, parent):
 
 
 def test_a_resumed_crt_stage_equals_an_uninterrupted_one(tmp_path, parent):
-    config = crt_config(parent)
-    start_run(config, tmp_path / "straight", quiet=True)
-    start_run(config, tmp_path / "cut", quiet=True)
-    (tmp_path / "cut/checkpoints/ckpt_00000012.pt").unlink()  # as if stopped after iteration 6
-    (tmp_path / "cut/results.json").unlink()
-    resume_run(tmp_path / "cut", quiet=True)
-    assert_same_state(load_checkpoint(tmp_path / "straight/checkpoints/ckpt_00000012.pt"),
-                      load_checkpoint(tmp_path / "cut/checkpoints/ckpt_00000012.pt"))
+    whole, resumed = uninterrupted_and_resumed(crt_config(parent), tmp_path, 12)  # cut after iteration 6
+    assert_same_state(whole, resumed)
     assert json.loads((tmp_path / "cut/results.json").read_text())["algorithm"] == "fixmatch+crt"
 
 

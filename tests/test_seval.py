@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import tiny_config, uninterrupted_and_resumed
 from test_training import assert_same_state
 
 from cissl.algorithms import AlgorithmContext, ValidationPredictions
@@ -28,8 +28,6 @@ from cissl.algorithms.seval import (
     weighted_precision,
 )
 from cissl.config import algorithm_defaults
-from cissl.engine.checkpoint import load_checkpoint
-from cissl.engine.run import resume_run, start_run
 from cissl.errors import ConfigError
 
 FIXTURE = json.loads((Path(__file__).parent / "reference/fixtures/seval.json").read_text())
@@ -203,14 +201,7 @@ def test_a_run_fits_on_the_validation_split_and_resumes_exactly(tmp_path):
                  "algorithm.threshold_decay=0.5", "algorithm.threshold=0.5", "train.iterations=12",
                  "train.checkpoint_every=4", "train.eval_every=4"]
     config = tiny_config(*overrides, algorithm="fixmatch_seval")
-    start_run(config, tmp_path / "whole", quiet=True)
-    state = load_checkpoint(tmp_path / "whole/checkpoints/ckpt_00000012.pt")["algorithm"]
-    assert not torch.equal(state["offset"], torch.ones(10))  # three fits happened
-    assert not torch.equal(state["thresholds"], torch.full((10,), 0.5, dtype=torch.float64))
-
-    start_run(config, tmp_path / "cut", quiet=True)
-    (tmp_path / "cut/checkpoints/ckpt_00000012.pt").unlink()  # as if stopped after iteration 8
-    (tmp_path / "cut/results.json").unlink()
-    resume_run(tmp_path / "cut", quiet=True)
-    assert_same_state(load_checkpoint(tmp_path / "whole/checkpoints/ckpt_00000012.pt"),
-                      load_checkpoint(tmp_path / "cut/checkpoints/ckpt_00000012.pt"))
+    whole, resumed = uninterrupted_and_resumed(config, tmp_path, 12)  # cut after iteration 8
+    assert not torch.equal(whole["algorithm"]["offset"], torch.ones(10))  # three fits happened
+    assert not torch.equal(whole["algorithm"]["thresholds"], torch.full((10,), 0.5, dtype=torch.float64))
+    assert_same_state(whole, resumed)
