@@ -126,12 +126,21 @@ def test_warmup_batches_walk_a_fresh_permutation_each_epoch():
     assert len(batches) == 6 and all(len(b) == 4 for b in batches)
     for epoch in (batches[:3], batches[3:]):
         assert len(set(torch.cat(epoch[:2]).tolist())) == 8  # the first two batches: one permutation, no repeat
+    # a permutation is used to its last full batch: 8 rows in batches of 4 give one permutation of all 8
+    exact = warmup_batches(8, 4, epochs=1, steps_per_epoch=2, generator=torch.Generator().manual_seed(2))
+    assert sorted(torch.cat(exact).tolist()) == list(range(8))
+    again = warmup_batches(10, 4, epochs=2, steps_per_epoch=3, generator=torch.Generator().manual_seed(1))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))  # from the generator alone
 
 
 def test_default_linear_is_uniform_within_one_over_root_d():
     weights = default_linear(16, 3, torch.Generator().manual_seed(0))
     assert weights["weight"].shape == (3, 16) and weights["bias"].shape == (3,)
     assert weights["weight"].abs().max() <= 0.25 and weights["bias"].abs().max() <= 0.25
+    wide = default_linear(16, 400, torch.Generator().manual_seed(0))  # U(-1/4, 1/4): mean 0, variance 1/48
+    for values in (wide["weight"], wide["bias"]):
+        assert values.min() < -0.2 and values.max() > 0.2 and abs(values.mean().item()) < 0.02
+    assert wide["weight"].var().item() == pytest.approx(1 / 48, rel=0.05)
 
 
 # ----------------------------------------------------------------------------- the engine's parts
