@@ -127,12 +127,10 @@ class PoolPredictions:
 
 
 @dataclass
-class LabeledPredictions:
-    """The EMA model's predictions on the labeled images (no augmentation, eval mode): every head's logits
-    and the embeddings as float32 CPU tensors, and the labels, row for row."""
+class LabeledPredictions(PoolPredictions):
+    """The EMA model's predictions on the labeled images (as :class:`PoolPredictions`), with their labels
+    (int64, CPU), row for row."""
 
-    logits: dict[str, torch.Tensor]
-    features: torch.Tensor
     labels: torch.Tensor
 
 
