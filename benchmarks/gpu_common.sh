@@ -1,4 +1,4 @@
-# Shared by benchmarks/gpu_check.sh and benchmarks/gpu_overlap_check.sh (sourced, not run): the
+# Shared by benchmarks/gpu_check.sh, gpu_overlap_check.sh and gpu_ddp_check.sh (sourced, not run): the
 # setting they measure, the environment record and the throughput bench of one configuration.
 # Expects OUT (the output folder) to be set; SRC picks the package tree a bench runs (default: src/).
 export PYTHONUNBUFFERED=1
@@ -12,9 +12,10 @@ record_environment() {
 }
 
 bench() {  # name, limit in seconds, overrides...: OUT/bench_NAME.json and a one-line summary
+    # LAUNCH runs the module (default "$PY -m"; e.g. "$PY -m torch.distributed.run --nproc_per_node 1 -m")
     local name=$1 limit=$2; shift 2
-    echo "== bench $name"
-    PYTHONPATH="${SRC:-$PWD/src}" timeout "$limit" $PY -m cissl bench throughput --config $C --synthetic \
+    echo "== bench $name${LAUNCH:+ ($LAUNCH)}"
+    PYTHONPATH="${SRC:-$PWD/src}" timeout "$limit" ${LAUNCH:-$PY -m} cissl bench throughput --config $C --synthetic \
         --device cuda --steps "${STEPS:-60}" --warmup 10 --rounds 3 --json "$@" \
         > "$OUT/bench_$name.json" 2> "$OUT/bench_$name.err" || echo "FAILED ($?): $(tail -n 3 "$OUT/bench_$name.err")"
     $PY -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"  {r['it_per_s']:.1f} it/s, step {1e3*r['step_s']:.2f} ms, floor {1e3*r['floor_s']:.2f} ms, ratio {r['ratio']:.3f}\")" "$OUT/bench_$name.json" 2>/dev/null

@@ -18,17 +18,10 @@ echo "== NCCL test (torchrun, one rank)"
 timeout 300 $PY -m pytest -q -s -p no:cacheprovider -p no:warnings tests/test_cuda.py -k torchrun 2>&1 \
     | tee "$OUT/tests.log" | tail -n 5
 
-ddp_bench() {  # name, limit in seconds, overrides...: the same bench as gpu_common.sh's, one torchrun rank
-    local name=$1 limit=$2; shift 2
-    echo "== bench $name (torchrun, 1 rank)"
-    timeout "$limit" $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m cissl bench throughput \
-        --config $C --synthetic --device cuda --steps "${STEPS:-60}" --warmup 10 --rounds 3 --json "$@" \
-        > "$OUT/bench_$name.json" 2> "$OUT/bench_$name.err" || echo "FAILED ($?): $(tail -n 3 "$OUT/bench_$name.err")"
-    $PY -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"  {r['it_per_s']:.1f} it/s, ratio {r['ratio']:.3f}, ranks {r['ddp_ranks']}\")" "$OUT/bench_$name.json" 2>/dev/null
-}
+TORCHRUN="$PY -m torch.distributed.run --standalone --nproc_per_node 1 -m"  # the same bench, one torchrun rank
 
 for A in semi fixmatch; do
     X=""; [ "$A" = semi ] && X="$SEMI"
     bench "${A}_plain" 150 --algorithm $A $X
-    ddp_bench "${A}_ddp1" 150 --algorithm $A $X
+    LAUNCH="$TORCHRUN" bench "${A}_ddp1" 150 --algorithm $A $X
 done

@@ -54,7 +54,7 @@ from cissl.algorithms.base import Algorithm, Batch, HeadWeights, StepOutput, Vie
 from cissl.algorithms.components.consistency import consistency_loss
 from cissl.algorithms.components.pseudo_label import threshold_pseudo_labels
 from cissl.algorithms.registry import register
-from cissl.distributed import gather_rows, local_rows
+from cissl.distributed import local_rows, world_size
 from cissl.schema import AlgorithmConfig, option
 
 
@@ -243,7 +243,7 @@ class Cossl(Algorithm):
             mu = len(batch.u_strong[0]) // len(batch.x)
             features_u = self.ema_model.embed(batch.u_strong[0][::mu])  # one partner per labeled row
             # the draws of the global batch, this rank's rows (as one process draws them)
-            count = len(gather_rows(batch.y_balanced))
+            count = len(batch.y_balanced) * world_size()  # rows of the global batch (equal on every rank)
             draws_mix = local_rows(torch.rand(count, generator=self.generator, device=features_x.device))
             lams = local_rows(self.config.max_lam + (1 - self.config.max_lam)
                               * torch.rand(count, generator=self.generator, device=features_x.device))
