@@ -85,6 +85,10 @@ class Trainer:
         buffers = [b.detach().clone() for b in self.model.buffers()] if guard else None  # BN statistics
         with self.parts.policy.autocast():
             out = self.algorithm.step(self.parts.step_model, batch, t)
+        loss = out.loss
+        if isinstance(self.parts.step_model, ReplicatedModel):  # DDP: every head's logits reach the loss
+            zero = self.parts.step_model.untouched_heads_term()  # (taken every step: it forgets the outputs)
+            loss = loss if zero is None else loss + zero
         self.optimizer.zero_grad(set_to_none=True)
         skip = guard and distributed.agree_any(not bool(torch.isfinite(out.loss.detach())))
         if skip:  # weights, BN statistics and EMA as before the step; the method's state of this step stays
@@ -92,10 +96,6 @@ class Trainer:
             for buffer, saved in zip(self.model.buffers(), buffers):
                 buffer.copy_(saved)
         else:
-            loss = out.loss
-            if isinstance(self.parts.step_model, ReplicatedModel):  # DDP: every head's logits reach the loss
-                zero = self.parts.step_model.untouched_heads_term()
-                loss = loss if zero is None else loss + zero
             loss.backward()
             self.optimizer.step()
         self.parts.scheduler.step()
