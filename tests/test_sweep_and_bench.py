@@ -276,7 +276,9 @@ def test_ctrl_c_on_a_sweep_with_workers_checkpoints_every_running_run(tmp_path):
 
     from cissl.engine.checkpoint import latest_checkpoint, load_checkpoint
 
-    long = ["train.iterations=400", "train.eval_every=200", "train.checkpoint_every=200", "train.log_every=1",
+    # long enough (about 20 s a run here) that neither run can finish before the other has started, even
+    # on a loaded machine (with 400 iterations one run once finished first and the check below failed)
+    long = ["train.iterations=2000", "train.eval_every=1000", "train.checkpoint_every=1000", "train.log_every=1",
             "model.depth=10", "model.widen=1", "train.batch_size=8", "train.report_last=1", "train.device=cpu"]
     command = [sys.executable, "-m", "cissl", "sweep", "--configs", str(CONFIGS / "quickstart.yaml"), "--algorithms",
                "supervised", "--seeds", "0", "1", "--workers", "2", "--out", str(tmp_path), *long]
@@ -292,7 +294,7 @@ def test_ctrl_c_on_a_sweep_with_workers_checkpoints_every_running_run(tmp_path):
     assert process.returncode == 130, err
     assert "waiting for 2 running run(s) to checkpoint and stop" in out
     for run in runs:
-        assert 20 <= load_checkpoint(latest_checkpoint(run / "checkpoints"))["iteration"] < 400
+        assert 20 <= load_checkpoint(latest_checkpoint(run / "checkpoints"))["iteration"] < 2000
         assert "SIGINT: stopped after iteration" in run.with_name(run.name + ".log").read_text()
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
