@@ -135,10 +135,10 @@ class Trainer:
             self.logger.message(f"generation {generation} ended at iteration {self.iteration}: {added} pseudo-labeled "
                                 f"images join the labeled set ({time.perf_counter() - start:.1f} s)")
 
-    def pool_predictions(self, pool=None) -> PoolPredictions:
-        """The EMA model's logits and embeddings on the whole unlabeled pool, or on ``pool`` (eval mode,
+    def pool_predictions(self, images=None) -> PoolPredictions:
+        """The EMA model's logits and embeddings on the whole unlabeled pool, or on ``images`` (eval mode,
         no augmentation)."""
-        images = (self.data.unlabeled if pool is None else pool).images
+        images = self.data.unlabeled.images if images is None else images
         logits, features = predict_with_features(self.ema.model, images, self.config.train.eval_batch_size,
                                                  self.parts.policy)
         return PoolPredictions(logits, features)
@@ -147,8 +147,8 @@ class Trainer:
         """The method's stage hook (after step ``iteration``, -1: before the first): it sees the EMA
         model's predictions on the labeled images and the pool; the head weights it returns are loaded
         into the network and its EMA."""
-        labeled = self.pool_predictions(self.data.labeled)
-        labeled = LabeledPredictions(labeled.logits, labeled.features, self.data.labeled.labels.cpu())
+        predicted = self.pool_predictions(self.data.labeled.images)
+        labeled = LabeledPredictions(predicted.logits, predicted.features, self.data.labeled.labels.cpu())
         for update in self.algorithm.on_stage(iteration, labeled, self.pool_predictions()):
             head = self.model.heads[update.head]
             with torch.no_grad():
