@@ -160,6 +160,8 @@ def test_digits_protocol_holds_the_values_chosen_on_validation(setting):
     path = CONFIGS / "digits_lt" / f"{setting}_n20_m90_g10.yaml"
     assert load_config(path, None, "supervised_la").algorithm.la_tau == 0.5
     assert load_config(path, None, "fixmatch_la").algorithm.la_tau == 2.0
+    for composed in ("fixmatch_la_darp", "fixmatch_la_daso", "fixmatch_la_crest_plus"):
+        assert load_config(path, None, composed).algorithm.la_tau == 2.0, composed
     semi = load_config(path)
     assert semi.algorithm.balanced.tau2 == 2.0 and semi.data.val_per_class == 10
     assert semi.train.evaluate_on == "test"
