@@ -11,7 +11,7 @@ from helpers import tiny_config
 
 from cissl.bench.throughput import format_table, measure
 from cissl.errors import CisslError, ConfigError
-from cissl.evaluation.report import aggregate, to_csv, to_markdown
+from cissl.evaluation.report import aggregate, method_label, to_csv, to_markdown, write_report
 from cissl.sweep import plan, run_sweep
 
 TINY = ["model.depth=10", "model.widen=1", "train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2",
@@ -79,6 +79,47 @@ def test_single_seed_row_has_no_spread():
     assert "| 50.00 |" in table and "±" not in table
     parsed = next(csv.DictReader(io.StringIO(to_csv([row]))))
     assert float(parsed["top1_mean"]) == 0.5 and parsed["top1_std"] == ""
+
+
+def _write_result(path, algorithm, seed, balanced):
+    path.mkdir(parents=True)
+    keys = ("top1", "balanced_accuracy", "many_accuracy", "medium_accuracy", "few_accuracy", "mean_last_top1")
+    result = {"setting": "s", "algorithm": algorithm, "seed": seed, "wall_time_s": 60.0, **dict.fromkeys(keys, balanced)}
+    (path / "results.json").write_text(json.dumps(result))
+
+
+def test_method_label_is_the_folder_of_a_variant_and_the_algorithm_otherwise(tmp_path):
+    assert method_label("fixmatch_darp", tmp_path / "s" / "fixmatch_darp_estimated" / "seed3") == "fixmatch_darp_estimated"
+    assert method_label("fixmatch_darp", tmp_path / "s" / "fixmatch_darp" / "seed3") == "fixmatch_darp"
+    assert method_label("semi", tmp_path / "s" / "semi" / "algorithm.tau2=0.5" / "seed0") == "semi"  # a grid point
+    assert method_label("semi", tmp_path / "runs" / "quickstart-semi-seed0") == "semi"  # cissl train's default
+
+
+def test_report_keeps_a_variant_of_an_algorithm_in_its_own_row_and_pairs_it(tmp_path, capsys):
+    """A jobs file's variant (fixmatch_darp with another target, in its own folder) is neither averaged with
+    the plain runs nor paired under their name."""
+    for seed, (plain, variant, base) in enumerate([(0.80, 0.90, 0.85), (0.70, 0.95, 0.75)]):
+        _write_result(tmp_path / "s" / "fixmatch_darp" / f"seed{seed}", "fixmatch_darp", seed, plain)
+        _write_result(tmp_path / "s" / "fixmatch_darp_estimated" / f"seed{seed}", "fixmatch_darp", seed, variant)
+        _write_result(tmp_path / "s" / "fixmatch" / f"seed{seed}", "fixmatch", seed, base)
+    rows = {row["algorithm"]: row for row in write_report(tmp_path, pair_with="fixmatch")}
+    assert rows["fixmatch_darp"]["seeds"] == [0, 1] and rows["fixmatch_darp_estimated"]["seeds"] == [0, 1]
+    assert rows["fixmatch_darp"]["balanced_accuracy"][0] == pytest.approx(0.75)
+    assert rows["fixmatch_darp_estimated"]["balanced_accuracy"][0] == pytest.approx(0.925)
+    paired = (tmp_path / "paired.md").read_text()
+    assert "| s | fixmatch_darp | 0 1 | 5.00 ± 0.00 |" in paired           # 0.85 - 0.80, 0.75 - 0.70
+    assert "| s | fixmatch_darp_estimated | 0 1 | -12.50 ± 10.61 |" in paired  # -0.05, -0.20
+    assert "two runs of the same seed" not in capsys.readouterr().err
+
+
+def test_report_names_two_runs_of_one_seed_in_one_row(tmp_path, capsys):
+    _write_result(tmp_path / "a" / "semi" / "seed0", "semi", 0, 0.8)
+    _write_result(tmp_path / "b" / "semi" / "seed0", "semi", 0, 0.6)
+    write_report(tmp_path)
+    err = capsys.readouterr().err
+    assert "one row holds two runs of the same seed: s / semi: seed 0 in " in err
+    assert str(tmp_path / "a" / "semi" / "seed0") in err and str(tmp_path / "b" / "semi" / "seed0") in err
+    assert "Rows that hold two runs of the same seed" in (tmp_path / "results.md").read_text()
 
 
 @pytest.mark.parametrize("algorithm", ["fixmatch", "semi"])

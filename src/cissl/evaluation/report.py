@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -25,9 +26,21 @@ COLUMNS = [  # (results.json key, column title)
 VALIDATION_SUFFIX = " (validation)"  # the setting cell of runs evaluated on the validation split
 
 
+def method_label(algorithm: str, run_dir: Path) -> str:
+    """The name a run's row goes by: its algorithm, or the folder that holds its ``seed<k>`` directory
+    when that folder is named otherwise (a jobs file's variant, e.g. OUT/<setting>/fixmatch_darp_estimated/
+    seed0), so that runs of one algorithm with other settings never share a row. A grid's runs
+    (OUT/<setting>/<algorithm>/<key=value>/seed<k>) keep the algorithm: their setting names the values."""
+    run_dir = Path(run_dir)
+    if re.fullmatch(r"seed\d+", run_dir.name) and algorithm not in (run_dir.parent.name, run_dir.parent.parent.name):
+        return run_dir.parent.name
+    return algorithm
+
+
 def collect_results(root: Path, unreadable: list[str] | None = None) -> list[dict]:
-    """Every ``results.json`` below ``root`` (with its run directory); the path and reason of each one
-    that cannot be read go to ``unreadable`` (the tables say so instead of quietly holding fewer seeds)."""
+    """Every ``results.json`` below ``root`` (with its run directory and its row's name, ``method``); the
+    path and reason of each one that cannot be read go to ``unreadable`` (the tables say so instead of
+    quietly holding fewer seeds)."""
     if not Path(root).is_dir():
         raise CisslError(f"no such folder: {root}")
     runs = []
@@ -41,6 +54,7 @@ def collect_results(root: Path, unreadable: list[str] | None = None) -> list[dic
                 unreadable.append(f"{path} ({exc})")
             continue
         result["run_dir"] = str(path.parent)
+        result["method"] = method_label(str(result["algorithm"]), path.parent)
         runs.append(result)
     return runs
 
@@ -52,14 +66,31 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return mean, std
 
 
+def table_setting(run: dict) -> str:
+    """The setting cell of a run's row: runs evaluated on the validation split are never averaged with
+    test-set numbers."""
+    return run.get("setting", "") + (VALIDATION_SUFFIX if run.get("evaluated_on", "test") == "val" else "")
+
+
+def _row_name(run: dict) -> str:
+    return run.get("method", run["algorithm"])
+
+
+def duplicate_seeds(runs: list[dict]) -> list[str]:
+    """A line for each seed that more than one run directory brings to the same row (setting, method):
+    such a row averages runs that are not repeats of one another."""
+    where: dict[tuple[str, str, int], list[str]] = {}
+    for run in runs:
+        where.setdefault((table_setting(run), _row_name(run), run["seed"]), []).append(run.get("run_dir", "?"))
+    return [f"{setting} / {name}: seed {seed} in {', '.join(dirs)}"
+            for (setting, name, seed), dirs in sorted(where.items()) if len(dirs) > 1]
+
+
 def aggregate(runs: list[dict]) -> list[dict]:
-    """One row per (setting, algorithm): seeds, mean and sample std (n - 1) of each column, wall time."""
+    """One row per (setting, method): seeds, mean and sample std (n - 1) of each column, wall time."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for run in runs:
-        setting = run.get("setting", "")
-        if run.get("evaluated_on", "test") == "val":  # never averaged with test-set numbers
-            setting += VALIDATION_SUFFIX
-        groups.setdefault((setting, run["algorithm"]), []).append(run)
+        groups.setdefault((table_setting(run), _row_name(run)), []).append(run)
     rows = []
     for (setting, algorithm), members in sorted(groups.items()):
         row = {"setting": setting, "algorithm": algorithm, "seeds": sorted(r["seed"] for r in members),
@@ -109,9 +140,8 @@ def paired_differences(runs: list[dict], reference: str, key: str = "balanced_ac
     streams): the seeds both ran, the mean difference and its sample std (None for one seed)."""
     by_cell: dict[tuple[str, str], dict[int, float]] = {}
     for run in runs:
-        setting = run.get("setting", "") + (VALIDATION_SUFFIX if run.get("evaluated_on", "test") == "val" else "")
         if run.get(key) is not None:
-            by_cell.setdefault((setting, run["algorithm"]), {})[run["seed"]] = run[key]
+            by_cell.setdefault((table_setting(run), _row_name(run)), {})[run["seed"]] = run[key]
     rows = []
     for (setting, algorithm), values in sorted(by_cell.items()):
         own = by_cell.get((setting, reference))
@@ -140,6 +170,9 @@ def write_report(root: Path, pair_with: str | None = None) -> list[dict]:
     runs = collect_results(root, unreadable)
     for line in unreadable:
         print(f"cissl: warning: left out of the tables, unreadable: {line}", file=sys.stderr)
+    duplicates = duplicate_seeds(runs)
+    for line in duplicates:
+        print(f"cissl: warning: one row holds two runs of the same seed: {line}", file=sys.stderr)
     if pair_with is not None:
         note = (f"{pair_with} minus each algorithm, balanced accuracy, per seed on the same split; mean ± sample "
                 f"std over the seeds both ran, in points.\n\n")
@@ -151,6 +184,9 @@ def write_report(root: Path, pair_with: str | None = None) -> list[dict]:
             "evaluations of a run.\n\n")
     if unreadable:
         note += "Left out, unreadable:\n" + "".join(f"- {line}\n" for line in unreadable) + "\n"
+    if duplicates:
+        note += ("Rows that hold two runs of the same seed (they average runs that are not repeats; give each "
+                 "variant its own folder):\n" + "".join(f"- {line}\n" for line in duplicates) + "\n")
     atomic_write_text(root / "results.md", note + to_markdown(rows))
     atomic_write_text(root / "results.csv", to_csv(rows))
     return rows

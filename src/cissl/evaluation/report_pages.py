@@ -22,7 +22,7 @@ import numpy as np
 
 from cissl.errors import CisslError
 from cissl.evaluation.plots import _pyplot, read_evaluations
-from cissl.evaluation.report import COLUMNS, VALIDATION_SUFFIX, _cell, aggregate, collect_results
+from cissl.evaluation.report import COLUMNS, _cell, aggregate, collect_results, table_setting
 from cissl.rundir import atomic_write_text
 
 MANY_CLASSES = 20  # beyond this, per-class figures drop their tick labels and class legends
@@ -48,8 +48,7 @@ def _groups(runs: list[dict]) -> dict[str, dict[str, list[dict]]]:
     """setting -> algorithm -> runs (sorted by seed)."""
     out: dict[str, dict[str, list[dict]]] = {}
     for run in runs:
-        setting = run.get("setting", "") + (VALIDATION_SUFFIX if run.get("evaluated_on", "test") == "val" else "")
-        out.setdefault(setting, {}).setdefault(run["algorithm"], []).append(run)
+        out.setdefault(table_setting(run), {}).setdefault(run["method"], []).append(run)
     for algorithms in out.values():
         for members in algorithms.values():
             members.sort(key=lambda r: r["seed"])
@@ -229,7 +228,7 @@ def _tsne(run: dict, path: Path, plt, max_points: int = 2000) -> Path:
         fig.colorbar(scatter, ax=ax, label="class")
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(f"t-SNE of test features: {run['algorithm']} seed {run['seed']}", fontsize=9)
+    ax.set_title(f"t-SNE of test features: {run['method']} seed {run['seed']}", fontsize=9)
     return _save(fig, path, plt)
 
 
