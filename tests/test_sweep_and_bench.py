@@ -84,12 +84,14 @@ def test_single_seed_row_has_no_spread():
 def _write_result(path, algorithm, seed, balanced):
     path.mkdir(parents=True)
     keys = ("top1", "balanced_accuracy", "many_accuracy", "medium_accuracy", "few_accuracy", "mean_last_top1")
-    result = {"setting": "s", "algorithm": algorithm, "seed": seed, "wall_time_s": 60.0, **dict.fromkeys(keys, balanced)}
+    result = {"setting": "s", "algorithm": algorithm, "seed": seed, "wall_time_s": 60.0,
+              **dict.fromkeys(keys, balanced)}
     (path / "results.json").write_text(json.dumps(result))
 
 
 def test_method_label_is_the_folder_of_a_variant_and_the_algorithm_otherwise(tmp_path):
-    assert method_label("fixmatch_darp", tmp_path / "s" / "fixmatch_darp_estimated" / "seed3") == "fixmatch_darp_estimated"
+    variant = tmp_path / "s" / "fixmatch_darp_estimated" / "seed3"
+    assert method_label("fixmatch_darp", variant) == "fixmatch_darp_estimated"
     assert method_label("fixmatch_darp", tmp_path / "s" / "fixmatch_darp" / "seed3") == "fixmatch_darp"
     assert method_label("semi", tmp_path / "s" / "semi" / "algorithm.tau2=0.5" / "seed0") == "semi"  # a grid point
     assert method_label("semi", tmp_path / "runs" / "quickstart-semi-seed0") == "semi"  # cissl train's default
