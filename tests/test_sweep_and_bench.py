@@ -325,8 +325,11 @@ def test_ctrl_c_on_a_sweep_with_workers_checkpoints_every_running_run(tmp_path):
             "model.depth=10", "model.widen=1", "train.batch_size=8", "train.report_last=1", "train.device=cpu"]
     command = [sys.executable, "-m", "cissl", "sweep", "--configs", str(CONFIGS / "quickstart.yaml"), "--algorithms",
                "supervised", "--seeds", "0", "1", "--workers", "2", "--out", str(tmp_path), *long]
+    # a terminal's sweep has Python's Ctrl-C handler; a shell that starts pytest in the background leaves
+    # SIGINT ignored, which the sweep would inherit (Python then installs no handler): restore the default
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                               text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     runs = [tmp_path / f"quickstart/supervised/seed{s}" for s in (0, 1)]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not all(
