@@ -3,8 +3,9 @@
 The digests were taken from the code before the engine was split into parts (contract v2), on
 this project's CI kind of machine: CPU PyTorch 2.13.0, AVX512 kernels, 2 threads. Floating-point
 results depend on all three, so elsewhere the test is skipped with the reason. They also depend on
-the processor beyond its instruction set (oneDNN picks its blocking from the caches): a second kind
-of machine with the same three gives other bits for the same code, so each kind's digests are kept,
+the processor beyond these: a second kind of machine with the same three gives other bits for the same
+code (capping oneDNN's or MKL's instruction set there does not bring the first kind's bits back; why
+it differs is not known), so each kind's digests are kept,
 and a run must match those of one kind. No code change reproduces another machine's 64-bit digest,
 so either set still catches any change of a number.
 """

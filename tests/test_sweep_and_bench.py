@@ -2,6 +2,7 @@ import csv
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -311,10 +312,11 @@ def test_a_run_that_fails_does_not_stop_the_sweep(tmp_path, capsys):
     assert (tmp_path / "quickstart/supervised/seed1/results.json").is_file()
 
 
-def test_ctrl_c_on_a_sweep_with_workers_checkpoints_every_running_run(tmp_path):
-    """SIGINT to the sweep's process group (a terminal's Ctrl-C): each worker writes a checkpoint of its
-    last step and stops, the sweep waits for them and exits 130; the same sweep then finishes both runs."""
-    import signal
+@pytest.mark.parametrize("inherited", [signal.SIG_DFL, signal.SIG_IGN], ids=["terminal", "started_ignoring_sigint"])
+def test_ctrl_c_on_a_sweep_with_workers_checkpoints_every_running_run(tmp_path, inherited):
+    """SIGINT to the sweep's process group (a terminal's Ctrl-C, or kill -INT of a sweep started in the
+    background, which inherits SIGINT ignored): each worker writes a checkpoint of its last step and stops,
+    the sweep waits for them and exits 130; the same sweep then finishes both runs."""
     import time
 
     from cissl.engine.checkpoint import latest_checkpoint, load_checkpoint
@@ -325,11 +327,11 @@ def test_ctrl_c_on_a_sweep_with_workers_checkpoints_every_running_run(tmp_path):
             "model.depth=10", "model.widen=1", "train.batch_size=8", "train.report_last=1", "train.device=cpu"]
     command = [sys.executable, "-m", "cissl", "sweep", "--configs", str(CONFIGS / "quickstart.yaml"), "--algorithms",
                "supervised", "--seeds", "0", "1", "--workers", "2", "--out", str(tmp_path), *long]
-    # a terminal's sweep has Python's Ctrl-C handler; a shell that starts pytest in the background leaves
-    # SIGINT ignored, which the sweep would inherit (Python then installs no handler): restore the default
+    # a terminal's sweep starts with SIGINT's default; a shell's background job starts with SIGINT ignored
+    # (and so would this sweep, whatever pytest itself inherited): the sweep must stop on it either way
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, inherited))
     runs = [tmp_path / f"quickstart/supervised/seed{s}" for s in (0, 1)]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not all(

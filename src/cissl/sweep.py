@@ -8,10 +8,12 @@ import json
 import multiprocessing
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 import traceback
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import NamedTuple
 
@@ -185,10 +187,26 @@ def _child(job: Job, log_path: Path, threads: int) -> None:
             sys.exit(1)
 
 
+@contextmanager
+def _ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt here even where the sweep was started with SIGINT ignored (a
+    background job of a shell): its workers' runs handle SIGINT themselves, and the sweep must stop with
+    them rather than start the next jobs."""
+    if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _run_side_by_side(todo, workers: int, deadline: float | None, stream) -> list[str]:
     running: dict = {}
     try:
-        return _side_by_side_loop(todo, workers, deadline, stream, running)
+        with _ctrl_c_raises():
+            return _side_by_side_loop(todo, workers, deadline, stream, running)
     except KeyboardInterrupt:  # Ctrl-C reached the workers too: let them write their checkpoints first
         print(f"interrupted: waiting for {len(running)} running run(s) to checkpoint and stop", file=stream,
               flush=True)
