@@ -197,6 +197,36 @@ def test_estimate_recovers_known_counts_by_hand():
         estimate_class_counts(val[:2], torch.tensor([0, 0]), pool)
 
 
+MEAN = json.loads((REPO / "tests" / "reference" / "fixtures" / "darp_estimate_mean.json").read_text())
+
+
+def test_mean_of_accepted_estimates_matches_the_daso_framework():
+    """Four evaluations (accepted, a negative count, an ill-conditioned confusion matrix, accepted)
+    through DARP_ESTIM.evaluate; the framework's final estimate is the mean of the accepted two."""
+    from cissl.evaluation.distribution import average_accepted, estimate_class_counts
+
+    labels = torch.tensor(MEAN["val_labels"]).long()
+    estimates = [estimate_class_counts(torch.tensor(e["val_probs"]), labels, torch.tensor(e["pool_probs"]),
+                                       MEAN["max_condition"]) for e in MEAN["evaluations"]]
+    assert [e.accepted for e in estimates] == [e["accepted"] for e in MEAN["evaluations"]] == [True, False, False, True]
+    negative, ill = estimates[1], estimates[2]
+    assert (negative.counts < 0).any() and negative.condition < MEAN["max_condition"]
+    assert (ill.counts >= 0).all() and ill.condition > MEAN["max_condition"]  # rejected for its condition alone
+    assert sum(e.accepted for e in estimates) == MEAN["n_infer"]
+    assert torch.allclose(average_accepted(estimates), torch.tensor(MEAN["final_q"], dtype=torch.float64), atol=1e-4)
+
+
+def test_average_accepted_by_hand():
+    from cissl.evaluation.distribution import DistributionEstimate, average_accepted
+
+    def estimate(counts, accepted):
+        return DistributionEstimate(torch.tensor(counts, dtype=torch.float64), 1.0, accepted)
+
+    mean = average_accepted([estimate([1.0, 3.0], True), estimate([5.0, 5.0], False), estimate([3.0, 1.0], True)])
+    assert torch.equal(mean, torch.tensor([2.0, 2.0], dtype=torch.float64))
+    assert average_accepted([estimate([1.0, 3.0], False)]) is None
+
+
 def test_estimate_distribution_command(tmp_path, capsys):
     from conftest import run_cli
     from helpers import tiny_config
@@ -209,12 +239,46 @@ def test_estimate_distribution_command(tmp_path, capsys):
     start_run(tiny_config("data.val_per_class=3", algorithm="supervised"), tmp_path / "run", quiet=True)
     code, out, _ = run_cli(["estimate-distribution", tmp_path / "run"], capsys)
     saved = json.loads((tmp_path / "run" / "unlabeled_distribution.json").read_text())
-    assert len(saved["counts"]) == 10 and saved["pool_size"] == 323 and saved["head"] == "main"
+    assert len(saved["estimates"][0]["counts"]) == 10 and saved["pool_size"] == 323 and saved["head"] == "main"
     assert code == (0 if saved["accepted"] else 1)
     assert ("algorithm.refiner.target=given" in out) == saved["accepted"]
     code, out, _ = run_cli(["estimate-distribution", tmp_path / "run", "--max-condition", "1e12"], capsys)
     again = json.loads((tmp_path / "run" / "unlabeled_distribution.json").read_text())
-    assert again["accepted"] == bool(min(again["counts"]) >= 0) and again["max_condition"] == 1e12
+    (only,) = again["estimates"]
+    assert again["accepted"] == bool(min(only["counts"]) >= 0) and again["max_condition"] == 1e12
+    assert only["checkpoint"].endswith("ckpt_00000020.pt")  # the newest
+    assert again["counts"] == (only["counts"] if again["accepted"] else None)
+
+
+def test_estimate_distribution_over_several_checkpoints(tmp_path, capsys):
+    """Each checkpoint's estimate is that checkpoint's alone (its weights are loaded in turn), and the
+    written counts are the mean of the accepted ones."""
+    from conftest import run_cli
+    from helpers import tiny_config
+
+    from cissl.engine.checkpoint import list_checkpoints
+    from cissl.engine.run import estimate_run_distribution, start_run
+
+    start_run(tiny_config("data.val_per_class=3", "train.checkpoint_every=5", "train.keep_checkpoints=4",
+                          algorithm="supervised"), tmp_path / "run", quiet=True)
+    checkpoints = list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert len(checkpoints) == 4
+    alone = [estimate_run_distribution(tmp_path / "run", [c], 1e12)["estimates"][0] for c in checkpoints]
+    assert len({tuple(e["counts"]) for e in alone}) == 4  # the weights differ from checkpoint to checkpoint
+    code, out, _ = run_cli(["estimate-distribution", tmp_path / "run", "--all-checkpoints", "--max-condition", "1e12"],
+                           capsys)
+    every = json.loads((tmp_path / "run" / "unlabeled_distribution.json").read_text())
+    assert every["estimates"] == alone
+    accepted = [e["counts"] for e in alone if e["accepted"]]
+    assert every["accepted_estimates"] == len(accepted) and code == (0 if accepted else 1)
+    if accepted:
+        assert torch.allclose(torch.tensor(every["counts"]), torch.tensor(accepted).mean(0))
+        assert f"mean of the {len(accepted)} accepted estimates" in out and "DARP toward it" in out
+    reverse = estimate_run_distribution(tmp_path / "run", checkpoints[::-1] + checkpoints[:1], 1e12)
+    assert reverse["estimates"] == alone[::-1] + alone[:1]
+    code, _, err = run_cli(["estimate-distribution", tmp_path / "run", "--all-checkpoints",
+                            "--checkpoint", str(checkpoints[0])], capsys)
+    assert code == 2 and "not both" in err and len(err.strip().splitlines()) == 1
 
 
 # ----------------------------------------------------------------------------- the root finder, step for step

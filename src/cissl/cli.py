@@ -85,15 +85,23 @@ def cmd_train(args) -> int:
 def cmd_estimate_distribution(args) -> int:
     from cissl.engine.run import estimate_run_distribution
 
-    result = estimate_run_distribution(Path(args.run_dir), args.checkpoint, args.max_condition)
-    counts = ", ".join(f"{c:.1f}" for c in result["counts"])
-    verdict = "accepted" if result["accepted"] else "rejected (a negative count or an ill-conditioned confusion matrix)"
-    print(f"estimated class counts of the {result['pool_size']} unlabeled images ({result['head']} head): [{counts}]")
-    print(f"condition number {result['condition_number']:.1f} (limit {result['max_condition']:g}): {verdict}")
-    if result["accepted"]:
-        weights = ",".join(f"{max(c, 0.0):.4g}" for c in result["counts"])
-        print(f"DARP toward it: algorithm.refiner.target=given algorithm.refiner.target_distribution=[{weights}]")
-    return 0 if result["accepted"] else 1
+    result = estimate_run_distribution(Path(args.run_dir), args.checkpoint, args.max_condition, args.all_checkpoints)
+    print(f"estimated class counts of the {result['pool_size']} unlabeled images ({result['head']} head), "
+          f"condition number limit {result['max_condition']:g}:")
+    for estimate in result["estimates"]:
+        verdict = "accepted" if estimate["accepted"] else "rejected (a negative count or an ill-conditioned confusion matrix)"
+        counts = ", ".join(f"{c:.1f}" for c in estimate["counts"])
+        print(f"  {Path(estimate['checkpoint']).name}: [{counts}], condition number "
+              f"{estimate['condition_number']:.1f}: {verdict}")
+    if not result["accepted"]:
+        print("no estimate accepted")
+        return 1
+    if len(result["estimates"]) > 1:
+        counts = ", ".join(f"{c:.1f}" for c in result["counts"])
+        print(f"mean of the {result['accepted_estimates']} accepted estimates: [{counts}]")
+    weights = ",".join(f"{max(c, 0.0):.4g}" for c in result["counts"])
+    print(f"DARP toward it: algorithm.refiner.target=given algorithm.refiner.target_distribution=[{weights}]")
+    return 0
 
 
 def cmd_evaluate(args) -> int:
@@ -272,7 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     estimate = sub.add_parser("estimate-distribution",
                               help="estimate the unlabeled pool's class distribution with a run's model (BBSE)")
     estimate.add_argument("run_dir", help="a run with data.val_per_class >= 1 (e.g. a supervised run)")
-    estimate.add_argument("--checkpoint", help="checkpoint file (default: the run's newest)")
+    estimate.add_argument("--checkpoint", action="append",
+                          help="checkpoint file (default: the run's newest); repeat it to average the accepted "
+                               "estimates of several, as the DASO framework does over a run's evaluations")
+    estimate.add_argument("--all-checkpoints", action="store_true",
+                          help="one estimate from each checkpoint the run keeps (train.keep_checkpoints), averaged")
     estimate.add_argument("--max-condition", type=float, default=100.0,
                           help="largest condition number of the confusion matrix accepted (DASO's: 100)")
     estimate.set_defaults(func=cmd_estimate_distribution)

@@ -35,6 +35,10 @@ tests check those departures on their own):
 - darp_estimate.json: the DASO framework's estimate of the unlabeled class counts for DARP
   (``lib/algorithm/darp_estim.py``: ``confusion`` and ``estimate_q_y``, executed on fixed soft
   predictions through a stand-in model).
+- darp_estimate_mean.json: the DASO framework's combination of a run's estimates: ``DARP_ESTIM.evaluate``
+  (its acceptance rule and running sum) executed on a stand-in trainer over four evaluations of
+  different stand-in models (one accepted, one with a negative count, one ill-conditioned, one
+  accepted), then ``final_q / n_infer`` as its ``train`` ends.
 - abc.json: USB's ABC loss for given Bernoulli masks (the project draws them from its own
   generator). USB's unlabeled ABC loss uses hard pseudo-labels; ABC's authors (and the project, by
   default) soft ones: the fixture holds both inputs, the hard-label value is compared with
@@ -367,6 +371,66 @@ def darp_estimate_fixture() -> None:
     write("darp_estimate", {"val_probs": torch.softmax(val_logits, 1), "val_labels": val_labels.tolist(),
                             "pool_probs": torch.softmax(pool_logits, 1), "counts": estimate,
                             "condition": float(condition)})
+
+
+def darp_estimate_mean_fixture() -> None:
+    import ast
+    import collections
+    import os
+
+    import numpy.linalg
+
+    source = (Path(os.environ["DASO_REPO"]) / "lib" / "algorithm" / "darp_estim.py").read_text()
+    tree = ast.parse(source)
+    functions = [node for node in tree.body
+                 if isinstance(node, ast.FunctionDef) and node.name in ("confusion", "estimate_q_y")]
+    cls = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "DARP_ESTIM")
+    functions += [node for node in cls.body if isinstance(node, ast.FunctionDef) and node.name == "evaluate"]
+    namespace = {"torch": torch, "np": np, "cond": numpy.linalg.cond, "inv": numpy.linalg.inv,
+                 "get_last_n_median": lambda values, n=20: float(np.median(np.asarray(values)[-n:]))}
+    exec(compile(ast.Module(body=functions, type_ignores=[]), "darp_estim.py", "exec"), namespace)
+
+    class Lookup(torch.nn.Module):  # "images" are row numbers into a table of logits
+        def __init__(self, table):
+            super().__init__()
+            self.table = table
+
+        def forward(self, x):
+            return self.table[x.long()]
+
+    gen = torch.Generator().manual_seed(11)
+    k, per_class, pool = 3, 4, 30
+    val_labels = torch.arange(k).repeat(per_class)
+    sharp = torch.eye(k).repeat(per_class, 1)
+    evaluations = []
+    for kind in ("accepted", "negative", "ill-conditioned", "accepted"):
+        scale = {"accepted": 3.0, "negative": 3.0, "ill-conditioned": 0.01}[kind]
+        val_logits = torch.randn(k * per_class, k, generator=gen) * (0.002 if kind == "ill-conditioned" else 0.5)
+        val_logits += sharp * scale
+        pool_logits = torch.randn(pool, k, generator=gen) * 2
+        if kind == "negative":  # the whole pool predicted as class 0 more surely than any validation image
+            pool_logits[:, 0] += 20.0
+        if kind == "ill-conditioned":  # validation rows again, so the counts come out non-negative
+            pool_logits = val_logits.repeat(3, 1)[:pool]
+        evaluations.append((kind, val_logits, pool_logits))
+
+    trainer = types.SimpleNamespace(
+        th_cond=100.0, ul_samples_per_class=None, n_infer=0, final_q=torch.zeros(k), best_acc=0.0,
+        num_classes=k, device="cpu", test_loader=None, cfg=types.SimpleNamespace(EVAL_ON_TEST_SET=False),
+        eval_history=collections.defaultdict(list), meters=types.SimpleNamespace(put_scalars=lambda metrics: None),
+        valid_loader=[(torch.arange(k * per_class), val_labels, None)],
+        ul_loader=[(torch.arange(k * per_class, k * per_class + pool), torch.full((pool,), -1), None)])
+    trainer.eval_loop = lambda model, loader, prefix="": {"top1": 50.0}
+    records = []
+    for kind, val_logits, pool_logits in evaluations:
+        trainer.model = Lookup(torch.cat([val_logits, pool_logits]))
+        before = trainer.n_infer
+        namespace["evaluate"](trainer, trainer.model)
+        records.append({"kind": kind, "val_probs": lists(torch.softmax(val_logits, 1)),
+                        "pool_probs": lists(torch.softmax(pool_logits, 1)), "accepted": trainer.n_infer > before})
+    write("darp_estimate_mean", {"val_labels": val_labels.tolist(), "max_condition": trainer.th_cond,
+                                 "evaluations": records, "n_infer": trainer.n_infer,
+                                 "final_q": trainer.final_q / trainer.n_infer})  # DARP_ESTIM.train's last lines
 
 
 def debiaspl_fixture() -> None:
@@ -832,7 +896,8 @@ def cossl_fixture() -> None:
 
 
 FIXTURES = {"darp": darp_fixture, "daso": daso_fixture, "abc": abc_fixture, "crest": crest_fixture,
-            "acr": acr_fixture, "darp_estimate": darp_estimate_fixture, "debiaspl": debiaspl_fixture,
+            "acr": acr_fixture, "darp_estimate": darp_estimate_fixture,
+            "darp_estimate_mean": darp_estimate_mean_fixture, "debiaspl": debiaspl_fixture,
             "saw": saw_fixture, "adsh": adsh_fixture, "tras": tras_fixture, "seval": seval_fixture,
             "cossl": cossl_fixture}
 

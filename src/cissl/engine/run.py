@@ -20,6 +20,7 @@ from cissl.engine.checkpoint import (
     check_checkpoint_belongs,
     first_line,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     load_newest_readable,
 )
@@ -30,7 +31,7 @@ from cissl.engine.logging import RunLogger, truncate_jsonl
 from cissl.engine.precision import resolve_device
 from cissl.engine.trainer import Trainer
 from cissl.errors import CheckpointError, CisslError, ConfigError
-from cissl.evaluation.distribution import estimate_class_counts
+from cissl.evaluation.distribution import average_accepted, estimate_class_counts
 from cissl.evaluation.evaluate import evaluate_model, predict
 from cissl.evaluation.summary import summarize_run
 from cissl.rundir import LOCK, RunDir, atomic_write_json
@@ -191,12 +192,17 @@ def load_trained_run(run: RunDir, config: Config, checkpoint: Path | None, purpo
     device = resolve_device(config.train.device)
     data = prepare_data(config, device, Split.load(run.split))
     model, algorithm, policy = build_evaluation(config, data, device)
+    _load_evaluation_state(model, algorithm, state, checkpoint)
+    return TrainedRun(config, checkpoint, state, data, model, algorithm, policy, device)
+
+
+def _load_evaluation_state(model, algorithm, state: dict, checkpoint: Path) -> None:
+    """A checkpoint's EMA weights into the network and its method state into the method."""
     try:
         model.load_state_dict(state["ema"])
         algorithm.load_state_dict(state["algorithm"])
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {checkpoint} does not match this run's config: {first_line(exc)}") from None
-    return TrainedRun(config, checkpoint, state, data, model, algorithm, policy, device)
 
 
 def load_run(run_dir: Path, checkpoint: Path | None = None) -> TrainedRun:
@@ -205,26 +211,50 @@ def load_run(run_dir: Path, checkpoint: Path | None = None) -> TrainedRun:
     return load_trained_run(run, read_run_config(run.path), checkpoint, "load")
 
 
-def estimate_run_distribution(run_dir: Path, checkpoint: Path | None = None, max_condition: float = 100.0) -> dict:
+def estimate_run_distribution(run_dir: Path, checkpoints: list[Path] | None = None, max_condition: float = 100.0,
+                              every_checkpoint: bool = False) -> dict:
     """The unlabeled pool's class distribution estimated with a run's EMA model (its validation images
-    give the confusion matrix; ``cissl.evaluation.distribution``), written to the run directory."""
+    give the confusion matrix; ``cissl.evaluation.distribution``), written to the run directory.
+
+    One estimate per checkpoint (default: the newest; ``every_checkpoint``: each one the run keeps); the
+    result's ``counts`` are the mean of the accepted ones, as the DASO framework combines the estimates
+    of a run's evaluations, or None when none was accepted."""
     run = RunDir(run_dir)
     config = read_run_config(run.path)
     if config.data.val_per_class < 1:
         raise ConfigError(f"{run} holds out no validation images (data.val_per_class = 0): the estimate needs them")
-    trained = load_trained_run(run, config, checkpoint, "estimate with")
-    data, algorithm, head = trained.data, trained.algorithm, trained.algorithm.reported_head
+    if every_checkpoint:
+        if checkpoints:
+            raise CisslError("name checkpoints or ask for every checkpoint of the run, not both")
+        checkpoints = list_checkpoints(run.checkpoints)
+    queue = [Path(c) for c in checkpoints or []] or [None]
+    trained = load_trained_run(run, config, queue[0], "estimate with")
+    estimates, records = [], []
+    for index, checkpoint in enumerate([trained.checkpoint, *queue[1:]]):
+        if index:  # the first one is loaded already
+            state = load_checkpoint(checkpoint)
+            check_checkpoint_belongs(state, config, checkpoint)
+            _load_evaluation_state(trained.model, trained.algorithm, state, checkpoint)
+        estimates.append(_estimate_with(run, trained, max_condition))
+        records.append({"checkpoint": str(checkpoint), **estimates[-1].as_dict()})
+    mean = average_accepted(estimates)
+    result = {"counts": None if mean is None else mean.tolist(), "accepted": mean is not None,
+              "accepted_estimates": sum(e.accepted for e in estimates), "estimates": records,
+              "head": trained.algorithm.reported_head, "pool_size": len(trained.data.unlabeled),
+              "max_condition": max_condition}
+    atomic_write_json(run.unlabeled_distribution, result)
+    return result
+
+
+def _estimate_with(run: RunDir, trained: TrainedRun, max_condition: float):
+    data, algorithm, head, config = trained.data, trained.algorithm, trained.algorithm.reported_head, trained.config
     probs = {name: torch.softmax(algorithm.evaluation_logits(
         predict(trained.model, pool.images, config.train.eval_batch_size, trained.policy))[head], dim=1)
         for name, pool in (("val", data.val), ("unlabeled", data.unlabeled))}
     try:
-        estimate = estimate_class_counts(probs["val"], data.val.labels.cpu(), probs["unlabeled"], max_condition)
+        return estimate_class_counts(probs["val"], data.val.labels.cpu(), probs["unlabeled"], max_condition)
     except ValueError as exc:
         raise ConfigError(f"{run}: {exc}") from None
-    result = {**estimate.as_dict(), "head": head, "checkpoint": str(trained.checkpoint),
-              "pool_size": len(data.unlabeled), "max_condition": max_condition}
-    atomic_write_json(run.unlabeled_distribution, result)
-    return result
 
 
 def evaluate_run(run_dir: Path, checkpoint: Path | None = None, stream=None) -> dict:

@@ -4,12 +4,15 @@
 With C[j, k] = mean over validation images of class k of the model's probability of class j, and
 q_j the sum over the pool of the model's probability of class j, the pool's class counts n solve
 C n = q. As the DASO framework's ``darp_estim``: soft predictions, an exact inverse, and an estimate
-accepted only if no count is negative and C's condition number is below a limit (100 there).
+accepted only if no count is negative and C's condition number is below a limit (100 there). The
+framework estimates at every evaluation of a run and uses the mean of the accepted estimates
+(``average_accepted``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -43,3 +46,10 @@ def estimate_class_counts(val_probs: torch.Tensor, val_labels: torch.Tensor, poo
     condition = float(torch.linalg.cond(confusion))
     counts = torch.linalg.inv(confusion) @ pool_probs.double().sum(0)
     return DistributionEstimate(counts, condition, bool((counts >= 0).all()) and condition < max_condition)
+
+
+def average_accepted(estimates: Sequence[DistributionEstimate]) -> torch.Tensor | None:
+    """The mean counts of the accepted estimates (None if none was accepted): the DASO framework's
+    ``darp_estim`` adds each evaluation's accepted estimate to a sum and divides by their number."""
+    accepted = [estimate.counts for estimate in estimates if estimate.accepted]
+    return torch.stack(accepted).mean(0) if accepted else None
