@@ -338,6 +338,17 @@ def acr_fixture() -> None:
                   "epoch_length": steps_per_epoch, "steps": steps})
 
 
+class LogitLookup(torch.nn.Module):
+    """A stand-in model: its "images" are row numbers into a table of logits."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+
+    def forward(self, x):
+        return self.table[x.long()]
+
+
 def darp_estimate_fixture() -> None:
     import ast
     import os
@@ -356,15 +367,7 @@ def darp_estimate_fixture() -> None:
     val_labels = torch.arange(k).repeat(4)
     pool_logits = torch.randn(30, k, generator=gen) * 2
 
-    class Lookup(torch.nn.Module):  # "images" are row numbers into a table of logits
-        def __init__(self, table):
-            super().__init__()
-            self.table = table
-
-        def forward(self, x):
-            return self.table[x.long()]
-
-    model = Lookup(torch.cat([val_logits, pool_logits]))  # rows 0-11 validation, 12-41 the pool
+    model = LogitLookup(torch.cat([val_logits, pool_logits]))  # rows 0-11 validation, 12-41 the pool
     val_loader = [(torch.arange(12), val_labels, None)]
     pool_loader = [(torch.arange(12, 42), torch.full((30,), -1), None)]
     estimate, condition = namespace["estimate_q_y"](val_loader, pool_loader, model, k, "cpu")
@@ -389,14 +392,6 @@ def darp_estimate_mean_fixture() -> None:
     namespace = {"torch": torch, "np": np, "cond": numpy.linalg.cond, "inv": numpy.linalg.inv,
                  "get_last_n_median": lambda values, n=20: float(np.median(np.asarray(values)[-n:]))}
     exec(compile(ast.Module(body=functions, type_ignores=[]), "darp_estim.py", "exec"), namespace)
-
-    class Lookup(torch.nn.Module):  # "images" are row numbers into a table of logits
-        def __init__(self, table):
-            super().__init__()
-            self.table = table
-
-        def forward(self, x):
-            return self.table[x.long()]
 
     gen = torch.Generator().manual_seed(11)
     k, per_class, pool = 3, 4, 30
@@ -423,7 +418,7 @@ def darp_estimate_mean_fixture() -> None:
     trainer.eval_loop = lambda model, loader, prefix="": {"top1": 50.0}
     records = []
     for kind, val_logits, pool_logits in evaluations:
-        trainer.model = Lookup(torch.cat([val_logits, pool_logits]))
+        trainer.model = LogitLookup(torch.cat([val_logits, pool_logits]))
         before = trainer.n_infer
         namespace["evaluate"](trainer, trainer.model)
         records.append({"kind": kind, "val_probs": lists(torch.softmax(val_logits, 1)),
