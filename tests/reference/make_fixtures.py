@@ -38,7 +38,9 @@ tests check those departures on their own):
 - darp_estimate_mean.json: the DASO framework's combination of a run's estimates: ``DARP_ESTIM.evaluate``
   (its acceptance rule and running sum) executed on a stand-in trainer over four evaluations of
   different stand-in models (one accepted, one with a negative count, one ill-conditioned, one
-  accepted), then ``final_q / n_infer`` as its ``train`` ends.
+  accepted), then ``final_q / n_infer`` as its ``train`` ends. Written with torch 2.13.0 (the project's),
+  not the venv's 2.14.1: DASO's code here needs only torch and numpy; the two differ in the last float32
+  bit at most (darp_estimate.json regenerated under 2.13.0 moves one count by 1e-6).
 - abc.json: USB's ABC loss for given Bernoulli masks (the project draws them from its own
   generator). USB's unlabeled ABC loss uses hard pseudo-labels; ABC's authors (and the project, by
   default) soft ones: the fixture holds both inputs, the hard-label value is compared with
