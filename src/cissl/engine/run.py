@@ -227,19 +227,19 @@ def estimate_run_distribution(run_dir: Path, checkpoints: list[Path] | None = No
         if checkpoints:
             raise CisslError("name checkpoints or ask for every checkpoint of the run, not both")
         checkpoints = list_checkpoints(run.checkpoints)
-    queue = [Path(c) for c in checkpoints or []] or [None]
-    trained = load_trained_run(run, config, queue[0], "estimate with")
-    estimates, records = [], []
-    for index, checkpoint in enumerate([trained.checkpoint, *queue[1:]]):
-        if index:  # the first one is loaded already
-            state = load_checkpoint(checkpoint)
-            check_checkpoint_belongs(state, config, checkpoint)
-            _load_evaluation_state(trained.model, trained.algorithm, state, checkpoint)
+    first, *others = [Path(c) for c in checkpoints or []] or [None]
+    trained = load_trained_run(run, config, first, "estimate with")  # network, method and data, built once
+    used, estimates = [trained.checkpoint], [_estimate_with(run, trained, max_condition)]
+    for checkpoint in others:
+        state = load_checkpoint(checkpoint)
+        check_checkpoint_belongs(state, config, checkpoint)
+        _load_evaluation_state(trained.model, trained.algorithm, state, checkpoint)
+        used.append(checkpoint)
         estimates.append(_estimate_with(run, trained, max_condition))
-        records.append({"checkpoint": str(checkpoint), **estimates[-1].as_dict()})
     mean = average_accepted(estimates)
     result = {"counts": None if mean is None else mean.tolist(), "accepted": mean is not None,
-              "accepted_estimates": sum(e.accepted for e in estimates), "estimates": records,
+              "accepted_estimates": sum(e.accepted for e in estimates),
+              "estimates": [{"checkpoint": str(c), **e.as_dict()} for c, e in zip(used, estimates)],
               "head": trained.algorithm.reported_head, "pool_size": len(trained.data.unlabeled),
               "max_condition": max_condition}
     atomic_write_json(run.unlabeled_distribution, result)
@@ -247,9 +247,10 @@ def estimate_run_distribution(run_dir: Path, checkpoints: list[Path] | None = No
 
 
 def _estimate_with(run: RunDir, trained: TrainedRun, max_condition: float):
-    data, algorithm, head, config = trained.data, trained.algorithm, trained.algorithm.reported_head, trained.config
+    """The estimate of the weights loaded in ``trained`` now."""
+    data, algorithm, head = trained.data, trained.algorithm, trained.algorithm.reported_head
     probs = {name: torch.softmax(algorithm.evaluation_logits(
-        predict(trained.model, pool.images, config.train.eval_batch_size, trained.policy))[head], dim=1)
+        predict(trained.model, pool.images, trained.config.train.eval_batch_size, trained.policy))[head], dim=1)
         for name, pool in (("val", data.val), ("unlabeled", data.unlabeled))}
     try:
         return estimate_class_counts(probs["val"], data.val.labels.cpu(), probs["unlabeled"], max_condition)
