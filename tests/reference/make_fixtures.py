@@ -351,17 +351,28 @@ class LogitLookup(torch.nn.Module):
         return self.table[x.long()]
 
 
-def darp_estimate_fixture() -> None:
+def daso_darp_estim(*methods: str) -> dict:
+    """The DASO framework's ``confusion`` and ``estimate_q_y`` (lib/algorithm/darp_estim.py), and the named
+    methods of its ``DARP_ESTIM`` as plain functions, executed without the framework's imports."""
     import ast
     import os
 
     import numpy.linalg
 
-    source = (Path(os.environ["DASO_REPO"]) / "lib" / "algorithm" / "darp_estim.py").read_text()
-    functions = [node for node in ast.parse(source).body
+    tree = ast.parse((Path(os.environ["DASO_REPO"]) / "lib" / "algorithm" / "darp_estim.py").read_text())
+    functions = [node for node in tree.body
                  if isinstance(node, ast.FunctionDef) and node.name in ("confusion", "estimate_q_y")]
-    namespace = {"torch": torch, "np": np, "cond": numpy.linalg.cond, "inv": numpy.linalg.inv}
+    if methods:
+        cls = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "DARP_ESTIM")
+        functions += [node for node in cls.body if isinstance(node, ast.FunctionDef) and node.name in methods]
+    namespace = {"torch": torch, "np": np, "cond": numpy.linalg.cond, "inv": numpy.linalg.inv,
+                 "get_last_n_median": lambda values, n=20: float(np.median(np.asarray(values)[-n:]))}
     exec(compile(ast.Module(body=functions, type_ignores=[]), "darp_estim.py", "exec"), namespace)
+    return namespace
+
+
+def darp_estimate_fixture() -> None:
+    namespace = daso_darp_estim()
 
     gen = torch.Generator().manual_seed(5)
     k = 3
@@ -379,21 +390,9 @@ def darp_estimate_fixture() -> None:
 
 
 def darp_estimate_mean_fixture() -> None:
-    import ast
     import collections
-    import os
 
-    import numpy.linalg
-
-    source = (Path(os.environ["DASO_REPO"]) / "lib" / "algorithm" / "darp_estim.py").read_text()
-    tree = ast.parse(source)
-    functions = [node for node in tree.body
-                 if isinstance(node, ast.FunctionDef) and node.name in ("confusion", "estimate_q_y")]
-    cls = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "DARP_ESTIM")
-    functions += [node for node in cls.body if isinstance(node, ast.FunctionDef) and node.name == "evaluate"]
-    namespace = {"torch": torch, "np": np, "cond": numpy.linalg.cond, "inv": numpy.linalg.inv,
-                 "get_last_n_median": lambda values, n=20: float(np.median(np.asarray(values)[-n:]))}
-    exec(compile(ast.Module(body=functions, type_ignores=[]), "darp_estim.py", "exec"), namespace)
+    namespace = daso_darp_estim("evaluate")
 
     gen = torch.Generator().manual_seed(11)
     k, per_class, pool = 3, 4, 30
