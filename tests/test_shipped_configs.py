@@ -78,15 +78,17 @@ ABLATIONS = {"wo_bank": ("bank", "mode", "fifo"), "wo_oheml": (None, "use_oheml"
              "wo_bc": (None, "use_balanced_head", False)}
 
 
-@pytest.mark.parametrize("folder, cell", [("cifar10_lt", "consistent_n500_m4000_g100"), ("stl10_lt", "n150_g10"),
-                                          ("fashion_lt", "consistent_n1500_m3000_g100"),
-                                          ("digits_lt", "consistent_n20_m90_g10")])
+@pytest.mark.parametrize("folder, cell, ablations", [("cifar10_lt", "consistent_n500_m4000_g100", "ablation"),
+                                                     ("stl10_lt", "n150_g10", "ablation"),
+                                                     ("fashion_lt", "consistent_n1500_m3000_g100", "ablation"),
+                                                     ("fashion_lt", "consistent_n100_m1000_g10", "ablation_n100"),
+                                                     ("digits_lt", "consistent_n20_m90_g10", "ablation")])
 @pytest.mark.parametrize("row", sorted(ABLATIONS))
-def test_table5_ablations_switch_exactly_one_component(folder, cell, row):
+def test_table5_ablations_switch_exactly_one_component(folder, cell, ablations, row):
     import dataclasses
 
     full = load_config(CONFIGS / folder / f"{cell}.yaml")
-    ablated = load_config(CONFIGS / folder / "ablation" / f"{row}.yaml")
+    ablated = load_config(CONFIGS / folder / ablations / f"{row}.yaml")
     sub, key, value = ABLATIONS[row]
     target = getattr(ablated.algorithm, sub) if sub else ablated.algorithm
     assert getattr(target, key) == value
