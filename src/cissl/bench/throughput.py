@@ -14,7 +14,6 @@ machines.
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 
@@ -30,6 +29,7 @@ from cissl.engine.data import TrainingData, prepare_data
 from cissl.engine.optim import build_optimizer
 from cissl.engine.precision import resolve_device
 from cissl.engine.trainer import Trainer
+from cissl.environment import device_name
 from cissl.errors import ConfigError
 
 
@@ -61,21 +61,6 @@ def synthetic_data(config, device: torch.device, max_pool: int = 20_000) -> Trai
     mean, std = (0.5,) * channels, (0.25,) * channels
     return TrainingData("synthetic", [str(i) for i in range(k)], channels, size, mean, std, split, labeled,
                         unlabeled, pool(256, rng.integers(0, k, 256)), val)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{name}, {torch.get_num_threads()} threads"
 
 
 class _Timer:

@@ -279,7 +279,7 @@ def _evaluate_locked(run: RunDir, config: Config, trained: TrainedRun) -> dict:
     final.update(evaluate_model(model, algorithm, data, policy, config.train.eval_batch_size, full=True))
     results = summarize_run(config, history, final, algorithm.reported_head, data.split.labeled_counts,
                             int(state["iteration"]), float(state["elapsed"]), str(device),
-                            state.get("parent_algorithm"))
+                            state.get("parent_algorithm"), state.get("environments", []))
     results["checkpoint"] = str(checkpoint)
     atomic_write_json(run.results, results)
     return results

@@ -31,6 +31,7 @@ from cissl.engine.precision import resolve_device
 from cissl.engine.stop import StopSignals, TrainingStopped
 from cissl.errors import CheckpointError, CisslError
 from cissl.evaluation.evaluate import evaluate_model, predict, predict_with_features
+from cissl.environment import describe_environment
 from cissl.evaluation.summary import summarize_run
 from cissl.rundir import RunDir, atomic_write_json
 
@@ -65,6 +66,7 @@ class Trainer:
         self.elapsed = 0.0
         self.skipped_steps = 0  # steps whose loss was not finite, skipped (train.skip_nonfinite_steps)
         self.parent_algorithm: str | None = None  # the method of the run train.init_from started this one from
+        self.environments: list[dict] = []  # where the run has trained, in order (a resume elsewhere adds one)
         self.ranks = distributed.world_size()  # > 1 under torchrun: only rank 0 writes
         self.average_bn = self.ranks > 1 and not self.config.train.sync_batchnorm
 
@@ -207,6 +209,7 @@ class Trainer:
             "history": json.dumps(self.history),
             "elapsed": self.elapsed,
             "world_size": self.ranks,  # processes that trained it (any number can resume it)
+            "environments": self.environments,
         }
         if self.parent_algorithm is not None:
             state["parent_algorithm"] = self.parent_algorithm
@@ -238,6 +241,7 @@ class Trainer:
         self.iteration = int(state["iteration"])
         self.elapsed = float(state["elapsed"])
         self.parent_algorithm = state.get("parent_algorithm")
+        self.environments = list(state.get("environments", []))  # not recorded before 2026-12-02
 
     def save(self) -> Path | None:
         """Rank 0 writes the checkpoint (under DDP every rank first checks that all hold the same state,
@@ -266,6 +270,9 @@ class Trainer:
         total = tc.iterations
         if self.logger:
             self.logger.start(self.iteration)
+        here = describe_environment(self.device)
+        if not self.environments or self.environments[-1] != here:
+            self.environments.append(here)
         start = time.perf_counter()
         elapsed_before = self.elapsed
         if self.iteration == 0 and -1 in self.stage_iterations:
@@ -312,4 +319,4 @@ class Trainer:
         final = self.evaluate(full=True)
         return summarize_run(self.config, self.history, final, self.algorithm.reported_head,
                              self.data.split.labeled_counts, self.iteration, self.elapsed, str(self.device),
-                             self.parent_algorithm)
+                             self.parent_algorithm, self.environments)

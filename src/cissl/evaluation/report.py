@@ -10,6 +10,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from cissl.environment import code_of, machine_of
 from cissl.errors import CisslError
 from cissl.rundir import RESULTS, atomic_write_text
 
@@ -84,6 +85,27 @@ def duplicate_seeds(runs: list[dict]) -> list[str]:
         where.setdefault((table_setting(run), _row_name(run), run["seed"]), []).append(run.get("run_dir", "?"))
     return [f"{setting} / {name}: seed {seed} in {', '.join(dirs)}"
             for (setting, name, seed), dirs in sorted(where.items()) if len(dirs) > 1]
+
+
+NOT_RECORDED = "not recorded (runs from before 2026-12-02)"
+MIXED_TITLE = ("The runs come from more than one machine or version of the code (runs repeat bit for bit only on "
+               "one kind of machine with one code; compare and pair runs of one):")
+
+
+def mixed_environments(runs: list[dict]) -> list[str]:
+    """A line for each machine and each code version when the runs come from more than one of either
+    (``environments`` of results.json; a run resumed elsewhere counts for each): one thread on one kind of
+    processor repeats a run bit for bit, another kind or other code gives other last bits, so a paired
+    difference between such runs holds more than the method's effect."""
+    lines = []
+    for what, describe in (("machine", machine_of), ("code", code_of)):
+        count: dict[str, int] = {}
+        for run in runs:
+            for name in {describe(e) for e in run.get("environments") or []} or {NOT_RECORDED}:
+                count[name] = count.get(name, 0) + 1
+        if len(count) > 1:
+            lines += [f"{what}: {name}: {n} run(s)" for name, n in sorted(count.items())]
+    return lines
 
 
 def aggregate(runs: list[dict]) -> list[dict]:
@@ -173,9 +195,13 @@ def write_report(root: Path, pair_with: str | None = None) -> list[dict]:
     duplicates = duplicate_seeds(runs)
     for line in duplicates:
         print(f"cissl: warning: one row holds two runs of the same seed: {line}", file=sys.stderr)
+    mixed = mixed_environments(runs)
+    for line in mixed:
+        print(f"cissl: warning: the runs come from more than one {line}", file=sys.stderr)
+    mixed_note = (MIXED_TITLE + "\n" + "".join(f"- {line}\n" for line in mixed) + "\n") if mixed else ""
     if pair_with is not None:
         note = (f"{pair_with} minus each algorithm, balanced accuracy, per seed on the same split; mean ± sample "
-                f"std over the seeds both ran, in points.\n\n")
+                f"std over the seeds both ran, in points.\n\n") + mixed_note
         atomic_write_text(root / "paired.md", note + paired_markdown(paired_differences(runs, pair_with), pair_with))
     rows = aggregate(runs)
     note = ("Mean ± sample std over seeds (no ± where one seed ran), in %; final EMA model on the test set, "
@@ -187,6 +213,7 @@ def write_report(root: Path, pair_with: str | None = None) -> list[dict]:
     if duplicates:
         note += ("Rows that hold two runs of the same seed (they average runs that are not repeats; give each "
                  "variant its own folder):\n" + "".join(f"- {line}\n" for line in duplicates) + "\n")
+    note += mixed_note
     atomic_write_text(root / "results.md", note + to_markdown(rows))
     atomic_write_text(root / "results.csv", to_csv(rows))
     return rows

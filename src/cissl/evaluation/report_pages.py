@@ -22,7 +22,9 @@ import numpy as np
 
 from cissl.errors import CisslError
 from cissl.evaluation.plots import _pyplot, read_evaluations
-from cissl.evaluation.report import COLUMNS, _cell, aggregate, collect_results, table_setting
+from cissl.evaluation.report import (
+    COLUMNS, MIXED_TITLE, _cell, aggregate, collect_results, mixed_environments, table_setting,
+)
 from cissl.rundir import atomic_write_text
 
 MANY_CLASSES = 20  # beyond this, per-class figures drop their tick labels and class legends
@@ -261,8 +263,10 @@ def write_report_pages(roots: list[Path], out: Path, tsne: bool = False) -> list
           "model on the test set, the method's reported head, in %. The last column is the SeMi paper's own number "
           "for the same cell (its Tables 1-3, mean ± std of 3 runs, DASO's protocol for the baselines), where the "
           "setting is one of the paper's: the paper's, not ours.", ""]
-    if unreadable:
-        md += ["Left out, unreadable:", *[f"- {line}" for line in unreadable], ""]
+    lists = [(title, lines) for title, lines in (("Left out, unreadable:", unreadable),
+                                                 (MIXED_TITLE, mixed_environments(runs))) if lines]
+    for title, lines in lists:
+        md += [title, *[f"- {line}" for line in lines], ""]
     sections = []
     written = []
     for setting, algorithms in _groups(runs).items():
@@ -283,11 +287,11 @@ def write_report_pages(roots: list[Path], out: Path, tsne: bool = False) -> list
                "|" + "---|" * len(header), *["| " + " | ".join(cells) + " |" for cells in body], ""]
         md += [f"![{title}](figures/{path.name})" for title, path in figures] + [""]
     atomic_write_text(out / "report.md", "\n".join(md))
-    atomic_write_text(out / "report.html", _html(md[2], unreadable, sections))
+    atomic_write_text(out / "report.html", _html(md[2], lists, sections))
     return [out / "report.md", out / "report.html", *written]
 
 
-def _html(intro: str, unreadable: list[str], sections) -> str:
+def _html(intro: str, lists: list[tuple[str, list[str]]], sections) -> str:
     def image(path: Path) -> str:
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
@@ -298,8 +302,8 @@ def _html(intro: str, unreadable: list[str], sections) -> str:
              "text-align:right}td:first-child,th:first-child{text-align:left}th:last-child,td:last-child"
              "{background:#f4f4f4}img{max-width:100%;margin:0.5em 0}</style></head><body>",
              "<h1>cissl report</h1>", f"<p>{html.escape(intro)}</p>"]
-    if unreadable:
-        parts.append("<p>Left out, unreadable:</p><ul>" + "".join(f"<li>{html.escape(u)}</li>" for u in unreadable)
+    for title, lines in lists:
+        parts.append(f"<p>{html.escape(title)}</p><ul>" + "".join(f"<li>{html.escape(u)}</li>" for u in lines)
                      + "</ul>")
     for setting, header, body, figures in sections:
         parts.append(f"<h2>{html.escape(setting or '(no setting name)')}</h2><table><tr>"

@@ -16,10 +16,12 @@ def row_name(config, parent_algorithm: str | None) -> str:
 
 
 def summarize_run(config, history: list[dict], final: dict, reported_head: str, labeled_counts, iterations: int,
-                  wall_time_s: float, device: str, parent_algorithm: str | None = None) -> dict:
+                  wall_time_s: float, device: str, parent_algorithm: str | None = None,
+                  environments: list[dict] | None = None) -> dict:
     """Final EMA metrics of the reported head and of every head, median / mean of the last
     ``train.report_last`` evaluations, best-on-test under its own key (labelled as selected on test).
-    ``parent_algorithm``: the method of the run ``train.init_from`` started this one from (:func:`row_name`)."""
+    ``parent_algorithm``: the method of the run ``train.init_from`` started this one from (:func:`row_name`);
+    ``environments``: the code and machines it trained on (:mod:`cissl.environment`), in order."""
     tc = config.train
     head = reported_head
     report = final["test"][head]
@@ -48,6 +50,7 @@ def summarize_run(config, history: list[dict], final: dict, reported_head: str, 
             else "selected on the validation split"},
         "wall_time_s": wall_time_s,
         "device": device,
+        "environments": list(environments or []),
     }
     if "val" in final:
         results["val"] = final["val"]

@@ -1,0 +1,148 @@
+"""A run records the code and machine it trained on, and the report says when a table mixes them."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import torch
+from conftest import run_cli
+from helpers import tiny_config
+
+import cissl.engine.trainer
+from cissl.engine.checkpoint import load_checkpoint
+from cissl.engine.run import resume_run, start_run
+from cissl.environment import code_of, describe_environment, machine_of, processor_name, source_commit
+from cissl.evaluation.report import NOT_RECORDED, mixed_environments, write_report
+
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 167
+model name\t: Intel(R) Xeon(R) Processor
+stepping\t: 1
+cache size\t: 491520 KB
+
+processor\t: 1
+model name\t: Some Other Core
+model\t\t: 85
+"""
+
+
+def test_processor_name_is_the_first_cores_model_with_family_model_stepping_and_cache():
+    assert processor_name(CPUINFO) == ("Intel(R) Xeon(R) Processor (cpu family 6, model 167, stepping 1, "
+                                       "cache size 491520 KB)")
+    assert processor_name("model name\t: Bare\n") == "Bare"
+
+
+def test_environment_names_this_process():
+    here = describe_environment(torch.device("cpu"))
+    assert here["torch"] == torch.__version__ and here["threads"] == torch.get_num_threads()
+    assert here["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and here["gpu"] is None
+    assert here["processor"] == processor_name() and here["cissl"] == cissl.__version__
+    assert f"threads {here['threads']}" in machine_of(here) and "gpu" not in machine_of(here)
+    assert code_of({"code": None, "cissl": "0.1.0"}) == "cissl 0.1.0" and code_of({"code": "abc"}) == "abc"
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_source_commit_of_a_checkout_is_its_head_and_says_when_the_package_differs(tmp_path):
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    package = tmp_path / "src" / "pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("x = 1\n")
+    (tmp_path / ".gitignore").write_text("venv/\n")
+    assert source_commit(package) is None  # not a repository
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "one")
+    head = git("rev-parse", "--short=12", "HEAD")
+    assert source_commit(package) == head
+    (tmp_path / "notes.md").write_text("outside the package\n")
+    assert source_commit(package) == head
+    (package / "new.py").write_text("y = 2\n")
+    assert source_commit(package) == f"{head}+dirty"
+    (package / "new.py").unlink()
+    (package / "__init__.py").write_text("x = 2\n")
+    assert source_commit(package) == f"{head}+dirty"
+    installed = tmp_path / "venv" / "pkg"  # an install inside a project's repository is not its checkout
+    installed.mkdir(parents=True)
+    (installed / "__init__.py").write_text("x = 1\n")
+    assert source_commit(installed) is None
+
+
+def test_results_name_where_the_run_trained_and_a_resume_elsewhere_adds_the_machine(tmp_path, monkeypatch, capsys):
+    config = tiny_config("train.iterations=4", "train.checkpoint_every=2", "train.eval_every=2",
+                         algorithm="supervised")
+    here = describe_environment(torch.device("cpu"))
+    start_run(config, tmp_path / "run", quiet=True)
+    assert json.loads((tmp_path / "run/results.json").read_text())["environments"] == [here]
+
+    (tmp_path / "run/checkpoints/ckpt_00000004.pt").unlink()  # as if stopped after iteration 2
+    (tmp_path / "run/results.json").unlink()
+    elsewhere = {**here, "processor": "another processor"}
+    monkeypatch.setattr(cissl.engine.trainer, "describe_environment", lambda device: elsewhere)
+    resume_run(tmp_path / "run", quiet=True)
+    assert json.loads((tmp_path / "run/results.json").read_text())["environments"] == [here, elsewhere]
+    assert load_checkpoint(tmp_path / "run/checkpoints/ckpt_00000004.pt")["environments"] == [here, elsewhere]
+
+    code, _, _ = run_cli(["evaluate", tmp_path / "run"], capsys)  # re-evaluation keeps where it trained
+    assert code == 0
+    assert json.loads((tmp_path / "run/results.json").read_text())["environments"] == [here, elsewhere]
+
+
+def _result(path, seed, environments):
+    path.mkdir(parents=True)
+    result = {"setting": "s", "algorithm": path.parent.name, "seed": seed, "balanced_accuracy": 0.8,
+              "per_class_accuracy": [0.7, 0.9], "confusion_matrix": [[7, 3], [1, 9]]}
+    if environments is not None:
+        result["environments"] = environments
+    (path / "results.json").write_text(json.dumps(result))
+
+
+A = {"cissl": "0.1.0", "code": "aaa", "torch": "2.13.0+cpu", "processor": "Xeon (model 167)",
+     "cpu_capability": "AVX512", "threads": 1, "gpu": None}
+
+
+def test_report_says_when_runs_come_from_other_machines_or_code(tmp_path, capsys):
+    _result(tmp_path / "one" / "semi" / "seed0", 0, [A])
+    _result(tmp_path / "one" / "fixmatch" / "seed0", 0, [A])
+    write_report(tmp_path / "one", pair_with="semi")
+    assert "more than one" not in capsys.readouterr().err + (tmp_path / "one/results.md").read_text()
+
+    other_machine, other_code = {**A, "processor": "Xeon (model 85)"}, {**A, "code": "bbb+dirty"}
+    _result(tmp_path / "two" / "semi" / "seed0", 0, [A])
+    _result(tmp_path / "two" / "semi" / "seed1", 1, [A, other_machine])  # resumed on another machine
+    _result(tmp_path / "two" / "fixmatch" / "seed0", 0, [other_code])
+    _result(tmp_path / "two" / "fixmatch" / "seed1", 1, None)
+    write_report(tmp_path / "two", pair_with="semi")
+    err = capsys.readouterr().err
+    assert f"the runs come from more than one machine: {machine_of(other_machine)}: 1 run(s)" in err
+    assert f"more than one machine: {machine_of(A)}: 3 run(s)" in err
+    assert f"more than one machine: {NOT_RECORDED}: 1 run(s)" in err
+    assert "more than one code: aaa: 2 run(s)" in err and "more than one code: bbb+dirty: 1 run(s)" in err
+    for name in ("results.md", "paired.md"):
+        assert f"- code: bbb+dirty: 1 run(s)" in (tmp_path / "two" / name).read_text()
+
+
+def test_runs_recorded_nowhere_or_all_alike_raise_nothing():
+    assert mixed_environments([{"seed": 0}, {"seed": 1}]) == []
+    assert mixed_environments([{"environments": [A]}, {"environments": [dict(A)]}]) == []
+    assert mixed_environments([{"environments": [A]}, {"environments": [{**A, "threads": 2}]}]) == [
+        f"machine: {machine_of(A)}: 1 run(s)", f"machine: {machine_of({**A, 'threads': 2})}: 1 run(s)"]
+
+
+
+def test_report_pages_say_so_too(tmp_path):
+    pytest.importorskip("matplotlib")
+    from cissl.evaluation.report import MIXED_TITLE
+    from cissl.evaluation.report_pages import write_report_pages
+
+    _result(tmp_path / "semi" / "seed0", 0, [A])
+    _result(tmp_path / "semi" / "seed1", 1, [{**A, "code": "bbb"}])
+    write_report_pages([tmp_path], tmp_path / "pages")
+    md, page = (tmp_path / "pages/report.md").read_text(), (tmp_path / "pages/report.html").read_text()
+    assert f"{MIXED_TITLE}\n- code: aaa: 1 run(s)\n- code: bbb: 1 run(s)" in md
+    assert "<li>code: bbb: 1 run(s)</li>" in page
