@@ -278,6 +278,27 @@ def test_paired_differences_by_seed():
     assert "| s | fixmatch | 0 1 | 12.00 ± 2.83 |" in paired_markdown([row], "semi")
 
 
+def test_one_row_pairs_with_every_setting_that_shares_its_split(tmp_path, capsys):
+    """SETTING:ALGORITHM: s/semi minus the ablations' rows (other settings) and s/fixmatch, by seed:
+    wo_ea 0.80 - 0.78, 0.90 - 0.86 -> 3.00 ± 1.41 points; wo_bc 0.80 - 0.70 (seed 0 only); the row itself is
+    left out; an unknown row is one line naming the rows."""
+    for setting, algorithm, values in [("s", "semi", (0.80, 0.90)), ("s", "fixmatch", (0.75, 0.95)),
+                                       ("s/wo_ea", "semi", (0.78, 0.86)), ("s/wo_bc", "semi", (0.70,))]:
+        for seed, value in enumerate(values):
+            path = tmp_path / setting / algorithm / f"seed{seed}"
+            path.mkdir(parents=True)
+            (path / "results.json").write_text(json.dumps({"setting": setting, "algorithm": algorithm, "seed": seed,
+                                                           "balanced_accuracy": value}))
+    code, out, _ = run_cli(["report", tmp_path, "--pair", "s:semi"], capsys)
+    assert code == 0
+    paired = (tmp_path / "paired.md").read_text()
+    assert "| s | fixmatch | 0 1 | 0.00 ± 7.07 |" in paired
+    assert "| s/wo_ea | semi | 0 1 | 3.00 ± 1.41 |" in paired and "| s/wo_bc | semi | 0 | 10.00 |" in paired
+    assert "| s | semi |" not in paired
+    code, _, err = run_cli(["report", tmp_path, "--pair", "t:semi"], capsys)
+    assert code == 2 and "--pair t:semi: no such row with balanced_accuracy; the rows are s:fixmatch, s:semi" in err
+
+
 def test_a_sweep_refuses_a_finished_run_of_other_settings(tmp_path):
     """Restarting a sweep with another override must not count the old runs as the new ones."""
     config = str(CONFIGS / "quickstart.yaml")

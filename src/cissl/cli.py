@@ -339,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "ours)")
     report.add_argument("--tsne", action="store_true", help="with --out: a t-SNE of each method's test features")
     report.add_argument("--pair", metavar="ALGORITHM",
-                        help="also write paired.md: ALGORITHM minus every other, paired by seed (e.g. semi)")
+                        help="also write paired.md: ALGORITHM minus every other of its setting, paired by seed "
+                             "(e.g. semi); SETTING:ALGORITHM pairs that row with every row of every setting "
+                             "(settings sharing its split, e.g. Table-5 ablations)")
     report.set_defaults(func=cmd_report)
 
     plot = sub.add_parser("plot", help="figures of a run (needs the plots extra)")

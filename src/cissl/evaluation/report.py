@@ -158,16 +158,22 @@ def to_csv(rows: list[dict]) -> str:
 
 
 def paired_differences(runs: list[dict], reference: str, key: str = "balanced_accuracy") -> list[dict]:
-    """Per setting, ``reference`` minus each other algorithm, paired by seed (the same split and
-    streams): the seeds both ran, the mean difference and its sample std (None for one seed)."""
+    """``reference`` minus each other row, paired by seed: the seeds both ran, the mean difference and its
+    sample std (None for one seed). ``reference`` is an algorithm, paired with the others of its own setting
+    (the same split and streams), or ``SETTING:ALGORITHM``, one row paired with every row of every setting
+    (for settings that share its split: a Table-5 ablation, a grid point)."""
     by_cell: dict[tuple[str, str], dict[int, float]] = {}
     for run in runs:
         if run.get(key) is not None:
             by_cell.setdefault((table_setting(run), _row_name(run)), {})[run["seed"]] = run[key]
+    fixed = tuple(reference.rsplit(":", 1)) if ":" in reference else None
+    if fixed is not None and fixed not in by_cell:
+        rows_here = ", ".join(f"{s}:{a}" for s, a in sorted(by_cell)) or "none"
+        raise CisslError(f"--pair {reference}: no such row with {key}; the rows are {rows_here}")
     rows = []
     for (setting, algorithm), values in sorted(by_cell.items()):
-        own = by_cell.get((setting, reference))
-        if algorithm == reference or own is None:
+        own = by_cell[fixed] if fixed is not None else by_cell.get((setting, reference))
+        if (setting, algorithm) == (fixed or (setting, reference)) or own is None:
             continue
         seeds = sorted(set(own) & set(values))
         if seeds:
