@@ -333,11 +333,16 @@ def test_a_run_that_fails_does_not_stop_the_sweep(tmp_path, capsys):
     assert (tmp_path / "quickstart/supervised/seed1/results.json").is_file()
 
 
-@pytest.mark.parametrize("inherited", [signal.SIG_DFL, signal.SIG_IGN], ids=["terminal", "started_ignoring_sigint"])
-def test_ctrl_c_on_a_sweep_with_workers_checkpoints_every_running_run(tmp_path, inherited):
+@pytest.mark.parametrize("inherited, to_group, number", [(signal.SIG_DFL, True, signal.SIGINT),
+                                                         (signal.SIG_IGN, True, signal.SIGINT),
+                                                         (signal.SIG_DFL, False, signal.SIGTERM)],
+                         ids=["terminal", "started_ignoring_sigint", "sigterm_to_the_sweep_alone"])
+def test_ctrl_c_on_a_sweep_with_workers_checkpoints_every_running_run(tmp_path, inherited, to_group, number):
     """SIGINT to the sweep's process group (a terminal's Ctrl-C, or kill -INT of a sweep started in the
-    background, which inherits SIGINT ignored): each worker writes a checkpoint of its last step and stops,
-    the sweep waits for them and exits 130; the same sweep then finishes both runs."""
+    background, which inherits SIGINT ignored), or SIGTERM to the sweep's process alone (a scheduler;
+    before, its workers never heard of it and ran on): each worker gets the signal once, writes a
+    checkpoint of its last step and stops, the sweep waits for them and exits 128 + the signal; the same
+    sweep then finishes both runs."""
     import time
 
     from cissl.engine.checkpoint import latest_checkpoint, load_checkpoint
@@ -358,13 +363,13 @@ def test_ctrl_c_on_a_sweep_with_workers_checkpoints_every_running_run(tmp_path, 
     while time.monotonic() < deadline and not all(
             (r / "metrics.jsonl").is_file() and (r / "metrics.jsonl").read_text().count("\n") >= 20 for r in runs):
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGINT)
+    (os.killpg if to_group else os.kill)(process.pid, number)
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err
+    assert process.returncode == 128 + number, err
     assert "waiting for 2 running run(s) to checkpoint and stop" in out
     for run in runs:
         assert 20 <= load_checkpoint(latest_checkpoint(run / "checkpoints"))["iteration"] < 2000
-        assert "SIGINT: stopped after iteration" in run.with_name(run.name + ".log").read_text()
+        assert f"{signal.Signals(number).name}: stopped after iteration" in run.with_name(run.name + ".log").read_text()
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert finished.returncode == 0, finished.stderr

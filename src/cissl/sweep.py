@@ -169,9 +169,13 @@ def run_sweep(configs, algorithms, seeds, out: Path, overrides=None, quiet: bool
 
 
 def _child(job: Job, log_path: Path, threads: int) -> None:
-    """One job in a worker process: its share of threads, its output in its log."""
+    """One job in a worker process: its share of threads, its output in its log. In a process group of its
+    own, so that a signal reaches it once, from the sweep (:func:`_run_side_by_side`), whether it was sent
+    to the terminal's whole group (Ctrl-C) or to the sweep alone (``kill``, a scheduler)."""
     import torch
 
+    if hasattr(os, "setpgid"):
+        os.setpgid(0, 0)
     torch.set_num_threads(threads)
     with open(log_path, "a", encoding="utf-8") as log, redirect_stdout(log), redirect_stderr(log):
         try:
@@ -187,34 +191,61 @@ def _child(job: Job, log_path: Path, threads: int) -> None:
             sys.exit(1)
 
 
+class _Signalled(Exception):
+    def __init__(self, number: int):
+        super().__init__(number)
+        self.number = number
+
+
 @contextmanager
-def _ctrl_c_raises():
-    """SIGINT raises KeyboardInterrupt here even where the sweep was started with SIGINT ignored (a
-    background job of a shell): its workers' runs handle SIGINT themselves, and the sweep must stop with
-    them rather than start the next jobs."""
+def _stop_signals_raise():
+    """SIGINT and SIGTERM raise :class:`_Signalled` here, whatever the sweep inherited (a shell's background
+    job starts with SIGINT ignored): the sweep must pass them to its workers and stop with them rather than
+    start the next jobs, or die and leave them running."""
     if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread only
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def handle(number, frame):
+        raise _Signalled(number)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run_side_by_side(todo, workers: int, deadline: float | None, stream) -> list[str]:
     running: dict = {}
     try:
-        with _ctrl_c_raises():
+        with _stop_signals_raise():
             return _side_by_side_loop(todo, workers, deadline, stream, running)
-    except KeyboardInterrupt:  # Ctrl-C reached the workers too: let them write their checkpoints first
-        print(f"interrupted: waiting for {len(running)} running run(s) to checkpoint and stop", file=stream,
+    except _Signalled as exc:  # each worker gets the signal once, writes a checkpoint of its step and stops
+        name = signal.Signals(exc.number).name
+        alive = [process for process, *_ in running.values() if process.is_alive()]
+        print(f"interrupted ({name}): waiting for {len(alive)} running run(s) to checkpoint and stop", file=stream,
               flush=True)
-        for process, *_ in running.values():
-            process.join(timeout=600)
-            if process.is_alive():
-                process.kill()
-        raise
+        _stop_workers(alive, exc.number, grace=600)
+        raise TrainingStopped(exc.number, f"sweep stopped on {name}; the same sweep command resumes its runs "
+                                          f"from their checkpoints") from None
+
+
+def _stop_workers(processes, number: int, grace: float) -> None:
+    """Send each worker ``number`` (its run checkpoints its step and exits), wait up to ``grace`` seconds for
+    them all, then kill what is left."""
+    for process in processes:
+        try:
+            os.kill(process.pid, number)
+        except ProcessLookupError:  # it has just finished
+            pass
+    end = time.monotonic() + grace
+    for process in processes:
+        process.join(timeout=max(0.0, end - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def _side_by_side_loop(todo, workers: int, deadline: float | None, stream, running: dict) -> list[str]:
@@ -233,11 +264,12 @@ def _side_by_side_loop(todo, workers: int, deadline: float | None, stream, runni
             print(f"{label}: started (log {log_path})", file=stream, flush=True)
         time.sleep(0.2)
         late = deadline is not None and time.monotonic() - start > deadline
+        if late:  # SIGTERM, as a scheduler's: each run checkpoints its step, so the same sweep resumes it there
+            _stop_workers([process for process, *_ in running.values() if process.is_alive()], signal.SIGTERM,
+                          grace=120)
         for label, (process, job, log_path, began) in list(running.items()):
-            if process.is_alive() and not late:
-                continue
             if process.is_alive():
-                process.kill()
+                continue
             process.join()
             del running[label]
             results = RunDir(job.run_dir).results
