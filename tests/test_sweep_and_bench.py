@@ -333,16 +333,16 @@ def test_a_run_that_fails_does_not_stop_the_sweep(tmp_path, capsys):
     assert (tmp_path / "quickstart/supervised/seed1/results.json").is_file()
 
 
-@pytest.mark.parametrize("inherited, to_group, number", [(signal.SIG_DFL, True, signal.SIGINT),
-                                                         (signal.SIG_IGN, True, signal.SIGINT),
-                                                         (signal.SIG_DFL, False, signal.SIGTERM)],
-                         ids=["terminal", "started_ignoring_sigint", "sigterm_to_the_sweep_alone"])
-def test_ctrl_c_on_a_sweep_with_workers_checkpoints_every_running_run(tmp_path, inherited, to_group, number):
+@pytest.mark.parametrize("inherited, to_group, number, finish", [
+    (signal.SIG_DFL, True, signal.SIGINT, True), (signal.SIG_IGN, True, signal.SIGINT, True),
+    (signal.SIG_DFL, False, signal.SIGTERM, False), (signal.SIG_DFL, False, signal.SIGHUP, False)],
+    ids=["terminal", "started_ignoring_sigint", "sigterm_to_the_sweep_alone", "hangup"])
+def test_ctrl_c_on_a_sweep_with_workers_checkpoints_every_running_run(tmp_path, inherited, to_group, number, finish):
     """SIGINT to the sweep's process group (a terminal's Ctrl-C, or kill -INT of a sweep started in the
-    background, which inherits SIGINT ignored), or SIGTERM to the sweep's process alone (a scheduler;
-    before, its workers never heard of it and ran on): each worker gets the signal once, writes a
-    checkpoint of its last step and stops, the sweep waits for them and exits 128 + the signal; the same
-    sweep then finishes both runs."""
+    background, which inherits SIGINT ignored), SIGTERM to the sweep's process alone (a scheduler; before,
+    its workers never heard of it and ran on) or SIGHUP (a closed terminal; the workers get SIGTERM): each
+    worker gets a signal once, writes a checkpoint of its last step and stops, the sweep waits for them and
+    exits 128 + the signal; the same sweep then finishes both runs."""
     import time
 
     from cissl.engine.checkpoint import latest_checkpoint, load_checkpoint
@@ -357,7 +357,8 @@ def test_ctrl_c_on_a_sweep_with_workers_checkpoints_every_running_run(tmp_path, 
     # (and so would this sweep, whatever pytest itself inherited): the sweep must stop on it either way
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, inherited))
+                               preexec_fn=lambda: (signal.signal(signal.SIGINT, inherited),
+                                                   signal.signal(signal.SIGHUP, signal.SIG_DFL)))  # not nohup's
     runs = [tmp_path / f"quickstart/supervised/seed{s}" for s in (0, 1)]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not all(
@@ -369,7 +370,10 @@ def test_ctrl_c_on_a_sweep_with_workers_checkpoints_every_running_run(tmp_path, 
     assert "waiting for 2 running run(s) to checkpoint and stop" in out
     for run in runs:
         assert 20 <= load_checkpoint(latest_checkpoint(run / "checkpoints"))["iteration"] < 2000
-        assert f"{signal.Signals(number).name}: stopped after iteration" in run.with_name(run.name + ".log").read_text()
+        passed_on = signal.Signals(signal.SIGTERM if number == signal.SIGHUP else number).name
+        assert f"{passed_on}: stopped after iteration" in run.with_name(run.name + ".log").read_text()
+    if not finish:
+        return
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert finished.returncode == 0, finished.stderr

@@ -89,7 +89,8 @@ def cmd_estimate_distribution(args) -> int:
     print(f"estimated class counts of the {result['pool_size']} unlabeled images ({result['head']} head), "
           f"condition number limit {result['max_condition']:g}:")
     for estimate in result["estimates"]:
-        verdict = "accepted" if estimate["accepted"] else "rejected (a negative count or an ill-conditioned confusion matrix)"
+        verdict = ("accepted" if estimate["accepted"]
+                   else "rejected (a negative count or an ill-conditioned confusion matrix)")
         counts = ", ".join(f"{c:.1f}" for c in estimate["counts"])
         print(f"  {Path(estimate['checkpoint']).name}: [{counts}], condition number "
               f"{estimate['condition_number']:.1f}: {verdict}")

@@ -201,7 +201,8 @@ class _Signalled(Exception):
 def _stop_signals_raise():
     """SIGINT and SIGTERM raise :class:`_Signalled` here, whatever the sweep inherited (a shell's background
     job starts with SIGINT ignored): the sweep must pass them to its workers and stop with them rather than
-    start the next jobs, or die and leave them running."""
+    start the next jobs, or die and leave them running. So does SIGHUP (its workers, in groups of their own,
+    would not hear a closed terminal), unless the sweep was started ignoring it (nohup)."""
     if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread only
         yield
         return
@@ -209,7 +210,10 @@ def _stop_signals_raise():
     def handle(number, frame):
         raise _Signalled(number)
 
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    hangup = getattr(signal, "SIGHUP", None)  # a closed terminal; left alone under nohup, which ignores it
+    watched = [signal.SIGINT, signal.SIGTERM] + ([hangup] if hangup and signal.getsignal(hangup) != signal.SIG_IGN
+                                                 else [])
+    previous = {sig: signal.signal(sig, handle) for sig in watched}
     try:
         yield
     finally:
@@ -227,7 +231,8 @@ def _run_side_by_side(todo, workers: int, deadline: float | None, stream) -> lis
         alive = [process for process, *_ in running.values() if process.is_alive()]
         print(f"interrupted ({name}): waiting for {len(alive)} running run(s) to checkpoint and stop", file=stream,
               flush=True)
-        _stop_workers(alive, exc.number, grace=600)
+        _stop_workers(alive, signal.SIGTERM if exc.number == getattr(signal, "SIGHUP", None) else exc.number,
+                      grace=600)
         raise TrainingStopped(exc.number, f"sweep stopped on {name}; the same sweep command resumes its runs "
                                           f"from their checkpoints") from None
 
