@@ -62,6 +62,9 @@ def test_source_commit_of_a_checkout_is_its_head_and_says_when_the_package_diffe
     assert source_commit(package) == head
     (tmp_path / "notes.md").write_text("outside the package\n")
     assert source_commit(package) == head
+    git("add", "notes.md")
+    git("commit", "-q", "-m", "docs only")
+    assert source_commit(package) == head != git("rev-parse", "--short=12", "HEAD")  # the package's last change
     (package / "new.py").write_text("y = 2\n")
     assert source_commit(package) == f"{head}+dirty"
     (package / "new.py").unlink()

@@ -47,8 +47,9 @@ def device_name(device: torch.device) -> str:
 
 
 def source_commit(package_dir: Path | None = None) -> str | None:
-    """The git commit the package was imported from (``+dirty`` when tracked files differ from it), or
-    None when it is not a git checkout (an installed wheel: then the version names the code)."""
+    """The git commit that last changed the package's files in the checkout it was imported from (``+dirty``
+    when its files differ from that commit; commits that touch only other files, such as documentation, do
+    not change it), or None when it is not a git checkout (an installed wheel: then the version names it)."""
     package_dir = Path(package_dir or Path(cissl.__file__).parent)
     try:
         def git(*args: str) -> str:
@@ -57,7 +58,7 @@ def source_commit(package_dir: Path | None = None) -> str | None:
 
         if not git("ls-files", "--", "__init__.py"):
             return None  # inside some repository that does not track this package (e.g. a venv in a project)
-        commit = git("rev-parse", "--short=12", "HEAD")
+        commit = git("log", "-1", "--format=%h", "--abbrev=12", "--", ".")  # its last change, not HEAD's docs
         dirty = git("status", "--porcelain", "--untracked-files=normal", "--", ".")
     except (OSError, subprocess.SubprocessError):
         return None
