@@ -149,3 +149,10 @@ def test_report_pages_say_so_too(tmp_path):
     md, page = (tmp_path / "pages/report.md").read_text(), (tmp_path / "pages/report.html").read_text()
     assert f"{MIXED_TITLE}\n- code: aaa: 1 run(s)\n- code: bbb: 1 run(s)" in md
     assert "<li>code: bbb: 1 run(s)</li>" in page
+
+
+def test_the_report_reads_environments_without_loading_pytorch():
+    import sys
+
+    code = "import sys, cissl.evaluation.report; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

@@ -11,10 +11,12 @@ from __future__ import annotations
 import platform
 import subprocess
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 import cissl
+
+if TYPE_CHECKING:
+    import torch
 
 CPUINFO_FIELDS = ("model name", "cpu family", "model", "stepping", "cache size")
 
@@ -41,6 +43,8 @@ def processor_name(cpuinfo: str | None = None) -> str:
 
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's (:func:`processor_name`) with the number of PyTorch threads."""
+    import torch  # here, not above: cissl report reads environments without loading PyTorch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{processor_name()}, {torch.get_num_threads()} threads"
@@ -67,6 +71,8 @@ def source_commit(package_dir: Path | None = None) -> str | None:
 
 def describe_environment(device: torch.device) -> dict:
     """The code, libraries and machine a run computes on now (a ``results.json`` ``environments`` entry)."""
+    import torch
+
     return {
         "cissl": cissl.__version__,
         "code": source_commit(),

@@ -29,9 +29,9 @@ from cissl.engine.launch import ReplicatedModel, average_buffers, check_ranks_ag
 from cissl.engine.logging import MetricWindow, RunLogger
 from cissl.engine.precision import resolve_device
 from cissl.engine.stop import StopSignals, TrainingStopped
+from cissl.environment import describe_environment
 from cissl.errors import CheckpointError, CisslError
 from cissl.evaluation.evaluate import evaluate_model, predict, predict_with_features
-from cissl.environment import describe_environment
 from cissl.evaluation.summary import summarize_run
 from cissl.rundir import RunDir, atomic_write_json
 
