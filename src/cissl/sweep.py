@@ -20,7 +20,7 @@ from typing import NamedTuple
 from cissl.config import flat_keys, load_config
 from cissl.engine.checkpoint import latest_checkpoint
 from cissl.engine.run import resume_run, start_run
-from cissl.engine.stop import TrainingStopped
+from cissl.engine.stop import StopSignals, TrainingStopped
 from cissl.errors import CisslError, ConfigError
 from cissl.evaluation.report import write_report
 from cissl.rundir import RunDir
@@ -231,8 +231,8 @@ def _run_side_by_side(todo, workers: int, deadline: float | None, stream) -> lis
         alive = [process for process, *_ in running.values() if process.is_alive()]
         print(f"interrupted ({name}): waiting for {len(alive)} running run(s) to checkpoint and stop", file=stream,
               flush=True)
-        _stop_workers(alive, signal.SIGTERM if exc.number == getattr(signal, "SIGHUP", None) else exc.number,
-                      grace=600)
+        # a run stops with a checkpoint on the signals StopSignals catches; any other (SIGHUP) goes on as SIGTERM
+        _stop_workers(alive, exc.number if exc.number in StopSignals.SIGNALS else signal.SIGTERM, grace=600)
         raise TrainingStopped(exc.number, f"sweep stopped on {name}; the same sweep command resumes its runs "
                                           f"from their checkpoints") from None
 
