@@ -380,6 +380,103 @@ def test_ctrl_c_on_a_sweep_with_workers_checkpoints_every_running_run(tmp_path, 
     assert all((run / "results.json").is_file() for run in runs)
 
 
+class _FakeWorker:
+    """A worker process as ``_side_by_side_loop`` sees it, with no process behind it: ``on_start`` and
+    ``on_join`` may raise a signal in this (the sweep's) process at that moment; a signal sent to it stops it."""
+
+    sent: list = []
+
+    def __init__(self, target, args, daemon, on_start=None, on_join=None):
+        self.pid, self.alive, self.exitcode = 10 ** 7 + len(self.sent), False, None
+        self.on_start, self.on_join = on_start, on_join
+
+    def start(self):
+        self.alive = True
+        if self.on_start:
+            signal.raise_signal(self.on_start)
+
+    def is_alive(self):
+        return self.alive
+
+    def join(self, timeout=None):
+        if self.on_join and self.alive:
+            number, self.on_join = self.on_join, None
+            signal.raise_signal(number)
+        self.alive = self.alive and not any(pid == self.pid for pid, _ in self.sent)
+
+    def kill(self):
+        self.alive = False
+
+
+def _fake_workers(monkeypatch, **events):
+    import multiprocessing
+
+    import cissl.sweep as sweep
+
+    sent = []
+    monkeypatch.setattr(_FakeWorker, "sent", sent)
+    monkeypatch.setattr(sweep.os, "kill", lambda pid, number: sent.append((pid, number)))
+
+    class Context:
+        @staticmethod
+        def Process(target, args, daemon):
+            return _FakeWorker(target, args, daemon, **events)
+
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method: Context)
+    return sent
+
+
+def test_a_signal_as_a_worker_starts_still_reaches_that_worker(tmp_path, monkeypatch):
+    """SIGTERM arrives while the sweep's worker is starting, before it is in the list of running ones: it
+    waits until the worker is listed, so the worker gets it and the sweep stops with 128 + 15 (before, the
+    sweep stopped and left that worker to run on alone)."""
+    from cissl.engine.stop import TrainingStopped
+    from cissl.sweep import Job, _run_side_by_side
+
+    sent = _fake_workers(monkeypatch, on_start=signal.SIGTERM)
+    job = Job(None, tmp_path / "setting/algorithm/seed0")
+    with pytest.raises(TrainingStopped) as stopped:
+        _run_side_by_side([("[1/1] seed0", job)], 2, None, io.StringIO())
+    assert stopped.value.signal_number == signal.SIGTERM
+    assert sent == [(10 ** 7, signal.SIGTERM)]
+
+
+def test_a_ctrl_c_during_the_deadlines_grace_is_not_a_second_signal_to_the_workers(tmp_path, monkeypatch):
+    """The deadline has sent SIGTERM and the sweep waits for the worker's checkpoint when Ctrl-C comes: the
+    worker must not get SIGINT too (a second signal stops a run at once, without the checkpoint of its
+    step); the sweep waits for it and stops with 128 + 2."""
+    from cissl.engine.stop import TrainingStopped
+    from cissl.sweep import Job, _run_side_by_side
+
+    sent = _fake_workers(monkeypatch, on_join=signal.SIGINT)
+    job = Job(None, tmp_path / "setting/algorithm/seed0")
+    with pytest.raises(TrainingStopped) as stopped:
+        _run_side_by_side([("[1/1] seed0", job)], 2, 0, io.StringIO())
+    assert stopped.value.signal_number == signal.SIGINT
+    assert sent == [(10 ** 7, signal.SIGTERM)]
+
+
+def test_a_signal_that_reaches_a_worker_as_it_starts_stops_it_with_one_line(tmp_path):
+    """A worker started under the held signals, as the sweep starts them, is sent SIGINT at once, while it
+    may still be importing (as a terminal's Ctrl-C reaches it before it has its own process group): the
+    signal waits until the worker can take it, then stops it before its run began: exit 130, one line in its
+    log, no traceback (before, a KeyboardInterrupt traceback on the sweep's terminal)."""
+    import multiprocessing
+
+    from cissl.sweep import Job, _child, _signals_held
+
+    log = tmp_path / "seed0.log"
+    process = multiprocessing.get_context("spawn").Process(
+        target=_child, args=(Job(None, tmp_path / "seed0"), log, 1), daemon=True)
+    with _signals_held():
+        process.start()
+        os.kill(process.pid, signal.SIGINT)
+    process.join(timeout=120)
+    assert process.exitcode == 128 + signal.SIGINT
+    assert log.read_text() == ("cissl: SIGINT: stopped before its run began; the same sweep command starts it "
+                               "again\n")
+
+
 def test_pass_benchmark_times_cossls_stage():
     """The same script for CoSSL: its one stage (the EMA network on the labeled images and the pool, then
     the teacher's warm-up), against the whole run."""

@@ -171,7 +171,8 @@ def run_sweep(configs, algorithms, seeds, out: Path, overrides=None, quiet: bool
 def _child(job: Job, log_path: Path, threads: int) -> None:
     """One job in a worker process: its share of threads, its output in its log. In a process group of its
     own, so that a signal reaches it once, from the sweep (:func:`_run_side_by_side`), whether it was sent
-    to the terminal's whole group (Ctrl-C) or to the sweep alone (``kill``, a scheduler)."""
+    to the terminal's whole group (Ctrl-C) or to the sweep alone (``kill``, a scheduler). It starts with the
+    stop signals held (:func:`_signals_held`) and takes them only once it is in that group."""
     import torch
 
     if hasattr(os, "setpgid"):
@@ -179,6 +180,7 @@ def _child(job: Job, log_path: Path, threads: int) -> None:
     torch.set_num_threads(threads)
     with open(log_path, "a", encoding="utf-8") as log, redirect_stdout(log), redirect_stderr(log):
         try:
+            _take_held_signals()
             _run_job(job, quiet=False)
         except CisslError as exc:  # bad input: one line, as the command line gives it
             print(f"cissl: error: {exc}")
@@ -189,6 +191,50 @@ def _child(job: Job, log_path: Path, threads: int) -> None:
         except BaseException:  # the log keeps the whole story; the parent reports the exit status
             traceback.print_exc()
             sys.exit(1)
+
+
+# SIGHUP only where the system has it; held even when ignored (nohup), where it is then simply dropped
+_HELD = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
+
+
+@contextmanager
+def _signals_held():
+    """Hold the stop signals (they wait; none is lost) while a worker starts and is registered: arriving in
+    between, a signal would stop the sweep without reaching the worker it had just started, which would then
+    run on alone. The worker inherits them held through its start-up, so a terminal's Ctrl-C that reaches it
+    while it still imports in the sweep's process group waits too (:func:`_take_held_signals`)."""
+    if not hasattr(signal, "pthread_sigmask"):  # not on Windows
+        yield
+        return
+    # multiprocessing starts its resource tracker with the first worker and then *unblocks* SIGINT and SIGTERM,
+    # which would let them through here and into that worker's start-up: start it before holding them
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    try:
+        yield
+    finally:  # a signal that waited is handled here, once the worker is in ``running``
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _take_held_signals() -> None:
+    """In a worker, now in its own process group: a stop signal that waited since its start (the sweep's, or
+    a Ctrl-C that reached it while it started) stops it here, before its run began, with one line in its log
+    and exit status 128 + the signal; later ones reach the run as usual (:class:`StopSignals`)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return
+
+    def stop(number, frame):
+        raise TrainingStopped(number, f"{signal.Signals(number).name}: stopped before its run began; the same "
+                                      f"sweep command starts it again")
+
+    previous = {sig: signal.signal(sig, stop) for sig in _HELD}
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)  # a waiting signal's handler runs within this call
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class _Signalled(Exception):
@@ -223,24 +269,28 @@ def _stop_signals_raise():
 
 def _run_side_by_side(todo, workers: int, deadline: float | None, stream) -> list[str]:
     running: dict = {}
+    signalled: set = set()  # the workers already sent a signal: a second one would stop them without a checkpoint
     try:
         with _stop_signals_raise():
-            return _side_by_side_loop(todo, workers, deadline, stream, running)
+            return _side_by_side_loop(todo, workers, deadline, stream, running, signalled)
     except _Signalled as exc:  # each worker gets the signal once, writes a checkpoint of its step and stops
         name = signal.Signals(exc.number).name
         alive = [process for process, *_ in running.values() if process.is_alive()]
         print(f"interrupted ({name}): waiting for {len(alive)} running run(s) to checkpoint and stop", file=stream,
               flush=True)
         # a run stops with a checkpoint on the signals StopSignals catches; any other (SIGHUP) goes on as SIGTERM
-        _stop_workers(alive, exc.number if exc.number in StopSignals.SIGNALS else signal.SIGTERM, grace=600)
+        _stop_workers(alive, exc.number if exc.number in StopSignals.SIGNALS else signal.SIGTERM, 600, signalled)
         raise TrainingStopped(exc.number, f"sweep stopped on {name}; the same sweep command resumes its runs "
                                           f"from their checkpoints") from None
 
 
-def _stop_workers(processes, number: int, grace: float) -> None:
-    """Send each worker ``number`` (its run checkpoints its step and exits), wait up to ``grace`` seconds for
-    them all, then kill what is left."""
+def _stop_workers(processes, number: int, grace: float, signalled: set) -> None:
+    """Send each worker not in ``signalled`` ``number`` (its run checkpoints its step and exits), wait up to
+    ``grace`` seconds for them all, then kill what is left."""
     for process in processes:
+        if process in signalled:  # e.g. a Ctrl-C while the deadline's SIGTERM is being obeyed
+            continue
+        signalled.add(process)
         try:
             os.kill(process.pid, number)
         except ProcessLookupError:  # it has just finished
@@ -253,7 +303,8 @@ def _stop_workers(processes, number: int, grace: float) -> None:
             process.join()
 
 
-def _side_by_side_loop(todo, workers: int, deadline: float | None, stream, running: dict) -> list[str]:
+def _side_by_side_loop(todo, workers: int, deadline: float | None, stream, running: dict,
+                       signalled: set) -> list[str]:
     threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # a clean interpreter per run: no inherited torch state
     start, pending, failed = time.monotonic(), list(todo), []
@@ -264,14 +315,15 @@ def _side_by_side_loop(todo, workers: int, deadline: float | None, stream, runni
             log_path = job.run_dir.with_name(job.run_dir.name + ".log")
             log_path.parent.mkdir(parents=True, exist_ok=True)
             process = context.Process(target=_child, args=(job, log_path, threads), daemon=True)
-            process.start()
-            running[label] = (process, job, log_path, time.monotonic())
+            with _signals_held():
+                process.start()
+                running[label] = (process, job, log_path, time.monotonic())
             print(f"{label}: started (log {log_path})", file=stream, flush=True)
         time.sleep(0.2)
         late = deadline is not None and time.monotonic() - start > deadline
         if late:  # SIGTERM, as a scheduler's: each run checkpoints its step, so the same sweep resumes it there
             _stop_workers([process for process, *_ in running.values() if process.is_alive()], signal.SIGTERM,
-                          grace=120)
+                          120, signalled)
         for label, (process, job, log_path, began) in list(running.items()):
             if process.is_alive():
                 continue
