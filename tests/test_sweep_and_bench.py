@@ -387,7 +387,7 @@ class _FakeWorker:
     sent: list = []
 
     def __init__(self, target, args, daemon, on_start=None, on_join=None):
-        self.pid, self.alive, self.exitcode = 10 ** 7 + len(self.sent), False, None
+        self.pid, self.alive, self.exitcode = 10 ** 7, False, None  # no such process: os.kill is replaced
         self.on_start, self.on_join = on_start, on_join
 
     def start(self):
