@@ -256,9 +256,8 @@ def _stop_signals_raise():
     def handle(number, frame):
         raise _Signalled(number)
 
-    hangup = getattr(signal, "SIGHUP", None)  # a closed terminal; left alone under nohup, which ignores it
-    watched = [signal.SIGINT, signal.SIGTERM] + ([hangup] if hangup and signal.getsignal(hangup) != signal.SIG_IGN
-                                                 else [])
+    # the stop signals the workers are held from; SIGHUP (a closed terminal) left alone under nohup, which ignores it
+    watched = [sig for sig in _HELD if sig in StopSignals.SIGNALS or signal.getsignal(sig) != signal.SIG_IGN]
     previous = {sig: signal.signal(sig, handle) for sig in watched}
     try:
         yield
