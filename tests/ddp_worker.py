@@ -5,8 +5,8 @@ process) and saves what each rank holds, for tests/test_distributed.py to compar
 
 Per method it writes OUT/METHOD/rank{R}.pt: the global mean loss of every step, the network, the EMA,
 the method's state, the streams' state and the pseudo-label statistics. ``check_config`` as the method
-list gives every rank another seed (a launch with mismatched configs) and prints the error; ``diverge``
-trains DARP with its cross-rank gather removed, and prints the error the checkpoint check gives.
+list gives every rank another seed (a launch with mismatched configs) and prints the error; ``leave``
+keeps rank 1 two seconds longer in the process group and writes when each rank left it; ``diverge`` trains DARP with its cross-rank gather removed, and prints the error the checkpoint check gives.
 """
 
 from __future__ import annotations
@@ -58,6 +58,17 @@ def main(argv: list[str]) -> int:
         except CisslError as exc:
             print(f"error: {exc}")
             return 2
+        return 0
+    if methods == ["leave"]:  # rank 1 stays 2 s longer in the group: when does each rank leave it?
+        import json
+        import os
+        import time
+
+        with launched(tiny_config(*overrides)):
+            if distributed.rank() == 1:
+                time.sleep(2.0)
+            body_end = time.time()
+        (out / f"leave{os.environ['RANK']}.json").write_text(json.dumps({"body_end": body_end, "left": time.time()}))
         return 0
     if methods == ["diverge"]:  # DARP as if it kept only its own rows' predictions: the ranks drift apart
         import cissl.algorithms.darp as darp

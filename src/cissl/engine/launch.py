@@ -91,6 +91,9 @@ def launched(config):
     try:
         check_consistent_launch(config)
         yield device
+        # on a normal end, every rank waits for the others before any tears the groups down: one rank's gloo
+        # threads were seen once (not reproduced) to abort at exit while a peer was leaving the group
+        dist.barrier(group=distributed.control_group())
     finally:
         distributed.set_control_group(None)
         dist.destroy_process_group()
