@@ -473,8 +473,51 @@ def test_a_signal_that_reaches_a_worker_as_it_starts_stops_it_with_one_line(tmp_
         os.kill(process.pid, signal.SIGINT)
     process.join(timeout=120)
     assert process.exitcode == 128 + signal.SIGINT
-    assert log.read_text() == ("cissl: SIGINT: stopped before its run began; the same sweep command starts it "
-                               "again\n")
+    assert log.read_text() == STOPPED_BETWEEN_CHECKPOINTS.format("SIGINT")
+
+
+STOPPED_BETWEEN_CHECKPOINTS = ("cissl: {}: stopped between checkpoints; the same sweep command resumes it from its "
+                               "last one (or starts it again)\n")
+
+
+def _child_signalled_in_its_job(job, log, number, ignored):
+    """A sweep worker whose job, while it loads (before the training loop's own handlers), is sent ``number``."""
+    import time
+
+    import cissl.sweep as sweep
+
+    def job_sent_a_signal(job, quiet):
+        os.kill(os.getpid(), number)
+        time.sleep(2.0)  # the signal is handled long before this ends
+
+    sweep._run_job = job_sent_a_signal
+    if ignored:  # as SIGHUP under nohup
+        signal.signal(number, signal.SIG_IGN)
+    sweep._child(job, log, 1)
+
+
+@pytest.mark.parametrize("name, ignored, status, line", [
+    ("SIGINT", False, 128 + signal.SIGINT, STOPPED_BETWEEN_CHECKPOINTS.format("SIGINT")),
+    ("SIGTERM", False, 128 + signal.SIGTERM, STOPPED_BETWEEN_CHECKPOINTS.format("SIGTERM")),
+    ("SIGHUP", True, 0, ""),
+])
+def test_a_signal_while_a_worker_loads_its_run_stops_it_with_one_line(tmp_path, name, ignored, status, line):
+    """After its start-up, while its job loads data and builds its model (before the training loop's own
+    handling, which checkpoints the step), a worker sent SIGINT or SIGTERM stops with one line and exit
+    128 + n (before, a KeyboardInterrupt traceback, exit 1, or a silent kill); a signal it inherited as
+    ignored stays ignored and the job ends as usual."""
+    import multiprocessing
+
+    from cissl.sweep import Job
+
+    log = tmp_path / "seed0.log"
+    number = getattr(signal, name)
+    process = multiprocessing.get_context("spawn").Process(
+        target=_child_signalled_in_its_job, args=(Job(None, tmp_path / "seed0"), log, number, ignored), daemon=True)
+    process.start()
+    process.join(timeout=120)
+    assert process.exitcode == status
+    assert log.read_text() == line
 
 
 def test_pass_benchmark_times_cossls_stage():

@@ -172,7 +172,8 @@ def _child(job: Job, log_path: Path, threads: int) -> None:
     """One job in a worker process: its share of threads, its output in its log. In a process group of its
     own, so that a signal reaches it once, from the sweep (:func:`_run_side_by_side`), whether it was sent
     to the terminal's whole group (Ctrl-C) or to the sweep alone (``kill``, a scheduler). It starts with the
-    stop signals held (:func:`_signals_held`) and takes them only once it is in that group."""
+    stop signals held (:func:`_signals_held`) and takes them only once it is in that group
+    (:func:`_one_line_stop`)."""
     import torch
 
     if hasattr(os, "setpgid"):
@@ -180,8 +181,8 @@ def _child(job: Job, log_path: Path, threads: int) -> None:
     torch.set_num_threads(threads)
     with open(log_path, "a", encoding="utf-8") as log, redirect_stdout(log), redirect_stderr(log):
         try:
-            _take_held_signals()
-            _run_job(job, quiet=False)
+            with _one_line_stop():
+                _run_job(job, quiet=False)
         except CisslError as exc:  # bad input: one line, as the command line gives it
             print(f"cissl: error: {exc}")
             sys.exit(2)
@@ -202,7 +203,7 @@ def _signals_held():
     """Hold the stop signals (they wait; none is lost) while a worker starts and is registered: arriving in
     between, a signal would stop the sweep without reaching the worker it had just started, which would then
     run on alone. The worker inherits them held through its start-up, so a terminal's Ctrl-C that reaches it
-    while it still imports in the sweep's process group waits too (:func:`_take_held_signals`)."""
+    while it still imports in the sweep's process group waits too (:func:`_one_line_stop`)."""
     if not hasattr(signal, "pthread_sigmask"):  # not on Windows
         yield
         return
@@ -218,20 +219,27 @@ def _signals_held():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _take_held_signals() -> None:
-    """In a worker, now in its own process group: a stop signal that waited since its start (the sweep's, or
-    a Ctrl-C that reached it while it started) stops it here, before its run began, with one line in its log
-    and exit status 128 + the signal; later ones reach the run as usual (:class:`StopSignals`)."""
+@contextmanager
+def _one_line_stop():
+    """In a worker, now in its own process group, for the whole of its job: a stop signal that waited since
+    its start (the sweep's, or a Ctrl-C that reached it while it started) is taken here, and one outside the
+    training loop's own handling (:class:`StopSignals`: a checkpoint of the step, then the stop) stops the
+    job with one line in its log and exit status 128 + the signal: while it loads its data and builds its
+    model, during its final evaluation, or a second signal. Nothing of the run is lost that a checkpoint had
+    kept: the same sweep command resumes it. A signal the worker inherited as ignored (SIGHUP under nohup)
+    stays ignored."""
     if not hasattr(signal, "pthread_sigmask"):
+        yield
         return
 
     def stop(number, frame):
-        raise TrainingStopped(number, f"{signal.Signals(number).name}: stopped before its run began; the same "
-                                      f"sweep command starts it again")
+        raise TrainingStopped(number, f"{signal.Signals(number).name}: stopped between checkpoints; the same "
+                                      f"sweep command resumes it from its last one (or starts it again)")
 
-    previous = {sig: signal.signal(sig, stop) for sig in _HELD}
+    previous = {sig: signal.signal(sig, stop) for sig in _HELD if signal.getsignal(sig) != signal.SIG_IGN}
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)  # a waiting signal's handler runs within this call
+        yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
