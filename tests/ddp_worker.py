@@ -6,12 +6,16 @@ process) and saves what each rank holds, for tests/test_distributed.py to compar
 Per method it writes OUT/METHOD/rank{R}.pt: the global mean loss of every step, the network, the EMA,
 the method's state, the streams' state and the pseudo-label statistics. ``check_config`` as the method
 list gives every rank another seed (a launch with mismatched configs) and prints the error; ``leave``
-keeps rank 1 two seconds longer in the process group and writes when each rank left it; ``diverge`` trains DARP with its cross-rank gather removed, and prints the error the checkpoint check gives.
+keeps rank 1 two seconds longer in the process group and writes when each rank left it; ``diverge``
+trains DARP with its cross-rank gather removed, and prints the error the checkpoint check gives.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -49,8 +53,6 @@ def main(argv: list[str]) -> int:
     out, steps, methods, overrides = Path(argv[0]), int(argv[1]), argv[2].split(","), argv[3:]
     torch.set_num_threads(1)
     if methods == ["check_config"]:
-        import os
-
         config = tiny_config(f"train.seed={os.environ.get('RANK', '0')}", *overrides)
         try:
             with launched(config):
@@ -60,10 +62,6 @@ def main(argv: list[str]) -> int:
             return 2
         return 0
     if methods == ["leave"]:  # rank 1 stays 2 s longer in the group: when does each rank leave it?
-        import json
-        import os
-        import time
-
         with launched(tiny_config(*overrides)):
             if distributed.rank() == 1:
                 time.sleep(2.0)

@@ -456,6 +456,10 @@ def test_a_ctrl_c_during_the_deadlines_grace_is_not_a_second_signal_to_the_worke
     assert sent == [(10 ** 7, signal.SIGTERM)]
 
 
+STOPPED_BETWEEN_CHECKPOINTS = ("cissl: {}: stopped between checkpoints; the same sweep command resumes it from its "
+                               "last one (or starts it again)\n")
+
+
 def test_a_signal_that_reaches_a_worker_as_it_starts_stops_it_with_one_line(tmp_path):
     """A worker started under the held signals, as the sweep starts them, is sent SIGINT at once, while it
     may still be importing (as a terminal's Ctrl-C reaches it before it has its own process group): the
@@ -474,10 +478,6 @@ def test_a_signal_that_reaches_a_worker_as_it_starts_stops_it_with_one_line(tmp_
     process.join(timeout=120)
     assert process.exitcode == 128 + signal.SIGINT
     assert log.read_text() == STOPPED_BETWEEN_CHECKPOINTS.format("SIGINT")
-
-
-STOPPED_BETWEEN_CHECKPOINTS = ("cissl: {}: stopped between checkpoints; the same sweep command resumes it from its "
-                               "last one (or starts it again)\n")
 
 
 def _child_signalled_in_its_job(job, log, number, ignored):
