@@ -1,4 +1,5 @@
 import csv
+import contextlib
 import io
 import json
 import os
@@ -460,6 +461,18 @@ STOPPED_BETWEEN_CHECKPOINTS = ("cissl: {}: stopped between checkpoints; the same
                                "last one (or starts it again)\n")
 
 
+@contextlib.contextmanager
+def _sigint_not_ignored():
+    """Workers started as from a terminal, whatever launched the tests: a shell without job control starts a
+    background command (``pytest &``) with SIGINT ignored, which its spawned workers would inherit, and an
+    inherited SIG_IGN is, on purpose, left alone (the SIGHUP-under-nohup case below)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_a_signal_that_reaches_a_worker_as_it_starts_stops_it_with_one_line(tmp_path):
     """A worker started under the held signals, as the sweep starts them, is sent SIGINT at once, while it
     may still be importing (as a terminal's Ctrl-C reaches it before it has its own process group): the
@@ -472,7 +485,7 @@ def test_a_signal_that_reaches_a_worker_as_it_starts_stops_it_with_one_line(tmp_
     log = tmp_path / "seed0.log"
     process = multiprocessing.get_context("spawn").Process(
         target=_child, args=(Job(None, tmp_path / "seed0"), log, 1), daemon=True)
-    with _signals_held():
+    with _sigint_not_ignored(), _signals_held():
         process.start()
         os.kill(process.pid, signal.SIGINT)
     process.join(timeout=120)
@@ -514,7 +527,8 @@ def test_a_signal_while_a_worker_loads_its_run_stops_it_with_one_line(tmp_path, 
     number = getattr(signal, name)
     process = multiprocessing.get_context("spawn").Process(
         target=_child_signalled_in_its_job, args=(Job(None, tmp_path / "seed0"), log, number, ignored), daemon=True)
-    process.start()
+    with _sigint_not_ignored():
+        process.start()
     process.join(timeout=120)
     assert process.exitcode == status
     assert log.read_text() == line
