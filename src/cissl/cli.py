@@ -221,6 +221,8 @@ def cmd_sweep(args) -> int:
 def cmd_report(args) -> int:
     from cissl.evaluation.report import to_markdown, write_report
 
+    if args.out and args.per_seed:
+        raise CisslError("--per-seed writes DIR/per_seed.md of one folder: leave out --out")
     if args.out:
         from cissl.evaluation.report_pages import write_report_pages
 
@@ -236,6 +238,10 @@ def cmd_report(args) -> int:
     print(to_markdown(rows))
     if args.pair:
         print((Path(root) / "paired.md").read_text(encoding="utf-8"))
+    if args.per_seed:
+        from cissl.evaluation.per_seed import write_per_seed
+
+        print(write_per_seed(Path(root), args.pair))
     return 0
 
 
@@ -343,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write paired.md: ALGORITHM minus every other of its setting, paired by seed "
                              "(e.g. semi); SETTING:ALGORITHM pairs that row with every row of every setting "
                              "(settings sharing its split, e.g. Table-5 ablations)")
+    report.add_argument("--per-seed", action="store_true",
+                        help="also write per_seed.md: each row's balanced accuracy by seed and, with --pair, "
+                             "ALGORITHM minus each row by seed, overall and for the many / medium / few thirds")
     report.set_defaults(func=cmd_report)
 
     plot = sub.add_parser("plot", help="figures of a run (needs the plots extra)")

@@ -157,24 +157,35 @@ def to_csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def paired_differences(runs: list[dict], reference: str, key: str = "balanced_accuracy") -> list[dict]:
-    """``reference`` minus each other row, paired by seed: the seeds both ran, the mean difference and its
-    sample std (None for one seed). ``reference`` is an algorithm, paired with the others of its own setting
-    (the same split and streams), or ``SETTING:ALGORITHM``, one row paired with every row of every setting
-    (for settings that share its split: a Table-5 ablation, a grid point)."""
-    by_cell: dict[tuple[str, str], dict[int, float]] = {}
+def values_by_row(runs: list[dict], key: str) -> dict[tuple[str, str], dict[int, float]]:
+    """``key``'s value of each run by (setting cell, row name) and seed; runs without it are left out."""
+    by_row: dict[tuple[str, str], dict[int, float]] = {}
     for run in runs:
         if run.get(key) is not None:
-            by_cell.setdefault((table_setting(run), _row_name(run)), {})[run["seed"]] = run[key]
+            by_row.setdefault((table_setting(run), _row_name(run)), {})[run["seed"]] = run[key]
+    return by_row
+
+
+def pairs(by_row: dict[tuple[str, str], dict[int, float]], reference: str, key: str = "balanced_accuracy"):
+    """(setting, row name, reference's values, the row's values) for each row that ``reference`` pairs
+    with: an algorithm pairs with the other rows of its own setting (the same split and streams);
+    ``SETTING:ALGORITHM`` is one row paired with every row of every setting (for settings that share its
+    split: a Table-5 ablation, a grid point). An unknown ``SETTING:ALGORITHM`` is one line naming the rows."""
     fixed = tuple(reference.rsplit(":", 1)) if ":" in reference else None
-    if fixed is not None and fixed not in by_cell:
-        rows_here = ", ".join(f"{s}:{a}" for s, a in sorted(by_cell)) or "none"
+    if fixed is not None and fixed not in by_row:
+        rows_here = ", ".join(f"{s}:{a}" for s, a in sorted(by_row)) or "none"
         raise CisslError(f"--pair {reference}: no such row with {key}; the rows are {rows_here}")
+    for (setting, algorithm), values in sorted(by_row.items()):
+        own = by_row[fixed] if fixed is not None else by_row.get((setting, reference))
+        if (setting, algorithm) != (fixed or (setting, reference)) and own is not None:
+            yield setting, algorithm, own, values
+
+
+def paired_differences(runs: list[dict], reference: str, key: str = "balanced_accuracy") -> list[dict]:
+    """``reference`` minus each other row (see ``pairs``), paired by seed: the seeds both ran, the mean
+    difference and its sample std (None for one seed)."""
     rows = []
-    for (setting, algorithm), values in sorted(by_cell.items()):
-        own = by_cell[fixed] if fixed is not None else by_cell.get((setting, reference))
-        if (setting, algorithm) == (fixed or (setting, reference)) or own is None:
-            continue
+    for setting, algorithm, own, values in pairs(values_by_row(runs, key), reference, key):
         seeds = sorted(set(own) & set(values))
         if seeds:
             mean, std = _mean_std([own[s] - values[s] for s in seeds])

@@ -1,0 +1,77 @@
+"""`cissl report --per-seed`: each row's value by seed, and the --pair row minus each row by seed and third."""
+
+import json
+
+from conftest import run_cli
+
+from cissl.evaluation.per_seed import per_seed_markdown
+
+# setting s: semi at seeds 0-1, fixmatch at seeds 0-2; setting t: fixmatch only. Thirds as given; None: not
+# recorded (a run without class groups).
+RUNS = [
+    ("s", "semi", 0, 0.80, (0.60, 0.50, 0.90)), ("s", "semi", 1, 0.86, (0.70, 0.50, 0.90)),
+    ("s", "fixmatch", 0, 0.70, (0.80, 0.40, None)), ("s", "fixmatch", 1, 0.80, (0.80, 0.40, None)),
+    ("s", "fixmatch", 2, 0.90, (0.90, 0.80, None)), ("t", "fixmatch", 0, 0.50, (0.5, 0.5, 0.5)),
+]
+
+
+def _runs():
+    return [{"setting": setting, "algorithm": algorithm, "seed": seed, "balanced_accuracy": balanced,
+             "many_accuracy": many, "medium_accuracy": medium, "few_accuracy": few}
+            for setting, algorithm, seed, balanced, (many, medium, few) in RUNS]
+
+
+def _write(root):
+    for run in _runs():
+        path = root / run["setting"] / run["algorithm"] / f"seed{run['seed']}"
+        path.mkdir(parents=True)
+        (path / "results.json").write_text(json.dumps(run))
+
+
+def test_values_by_seed_with_mean_and_sample_std():
+    """fixmatch 70, 80, 90 -> 80.00 ± 10.00; semi 80, 86 and no seed 2 -> 83.00 ± 4.24 (sqrt 18); setting t
+    lists its own seeds."""
+    text = per_seed_markdown(_runs())
+    assert "| algorithm | seed 0 | seed 1 | seed 2 | mean ± std |" in text
+    assert "| fixmatch | 70.00 | 80.00 | 90.00 | 80.00 ± 10.00 |" in text
+    assert "| semi | 80.00 | 86.00 | - | 83.00 ± 4.24 |" in text
+    section_t = text.split("### t")[1]  # its own seeds (0 only), one run: no spread
+    assert "| algorithm | seed 0 | mean ± std |" in section_t and "| fixmatch | 50.00 | 50.00 |" in section_t
+    assert "minus" not in text  # no --pair, no differences
+
+
+def test_reference_minus_each_row_by_seed_and_third():
+    """semi − fixmatch: balanced +10, +6 -> +8.00 ± 2.83; many -20, -10 -> -15.00 ± 7.07; medium +10, +10
+    -> +10.00 ± 0.00; few not recorded for fixmatch: no line; seed 2 (fixmatch only): '-'. Setting t has no
+    semi: no differences there."""
+    text = per_seed_markdown(_runs(), "semi")
+    section_s, section_t = text.split("### t")
+    assert "| fixmatch | balanced acc. | +10.00 | +6.00 | - | +8.00 ± 2.83 |" in section_s
+    assert "| fixmatch | many | -20.00 | -10.00 | - | -15.00 ± 7.07 |" in section_s
+    assert "| fixmatch | medium | +10.00 | +10.00 | - | +10.00 ± 0.00 |" in section_s
+    assert "| fixmatch | few |" not in section_s
+    assert "| semi | balanced acc. |" not in section_s
+    assert "minus" not in section_t
+
+
+def test_cli_writes_per_seed_md_beside_paired_md_with_the_same_mean(tmp_path, capsys):
+    _write(tmp_path)
+    code, out, _ = run_cli(["report", tmp_path, "--pair", "semi", "--per-seed"], capsys)
+    assert code == 0
+    per_seed = (tmp_path / "per_seed.md").read_text()
+    assert per_seed in out
+    assert "| s | fixmatch | 0 1 | 8.00 ± 2.83 |" in (tmp_path / "paired.md").read_text()
+    assert "| fixmatch | balanced acc. | +10.00 | +6.00 | - | +8.00 ± 2.83 |" in per_seed
+
+
+def test_fixed_reference_pairs_across_settings():
+    """s:semi minus t's fixmatch: seed 0 only, 80 - 50 = +30.00 (one seed: no spread)."""
+    text = per_seed_markdown(_runs(), "s:semi")
+    assert "| fixmatch | balanced acc. | +30.00 | +30.00 |" in text.split("### t")[1]
+
+
+def test_per_seed_with_out_is_one_line_error(tmp_path, capsys):
+    _write(tmp_path)
+    code, _, err = run_cli(["report", tmp_path, "--per-seed", "--out", tmp_path / "pages"], capsys)
+    assert code == 2 and "--per-seed" in err and "--out" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "per_seed.md").exists()
