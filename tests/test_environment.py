@@ -127,7 +127,7 @@ def test_report_says_when_runs_come_from_other_machines_or_code(tmp_path, capsys
     assert f"more than one machine: {NOT_RECORDED}: 1 run(s)" in err
     assert "more than one code: aaa: 2 run(s)" in err and "more than one code: bbb+dirty: 1 run(s)" in err
     for name in ("results.md", "paired.md"):
-        assert f"- code: bbb+dirty: 1 run(s)" in (tmp_path / "two" / name).read_text()
+        assert "- code: bbb+dirty: 1 run(s)" in (tmp_path / "two" / name).read_text()
 
 
 def test_runs_recorded_nowhere_or_all_alike_raise_nothing():

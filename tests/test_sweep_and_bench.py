@@ -1,5 +1,5 @@
-import csv
 import contextlib
+import csv
 import io
 import json
 import os

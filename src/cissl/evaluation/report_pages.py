@@ -23,7 +23,13 @@ import numpy as np
 from cissl.errors import CisslError
 from cissl.evaluation.plots import _pyplot, read_evaluations
 from cissl.evaluation.report import (
-    COLUMNS, MIXED_TITLE, _cell, aggregate, collect_results, mixed_environments, table_setting,
+    COLUMNS,
+    MIXED_TITLE,
+    _cell,
+    aggregate,
+    collect_results,
+    mixed_environments,
+    table_setting,
 )
 from cissl.rundir import atomic_write_text
 
