@@ -60,6 +60,11 @@ def test_sweep_runs_skips_and_resumes(tmp_path, capsys):
     fixmatch = [json.loads((tmp_path / f"quickstart/fixmatch/seed{s}/results.json").read_text()) for s in (0, 1)]
     gap = sum(f["balanced_accuracy"] - r["balanced_accuracy"] for f, r in zip(fixmatch, runs)) / 2
     assert f"| quickstart | supervised | 0 1 | {100 * gap:.2f} ± " in (tmp_path / "paired.md").read_text()
+    # --by-seed reaches the plan: both algorithms' seed 0, then seed 1 (all finished: skipped, nothing re-run)
+    code, out, _ = run_cli(["sweep", "--configs", config, "--algorithms", "supervised", "fixmatch", "--seeds", "0",
+                            "1", "--by-seed", "--out", tmp_path, *TINY], capsys)
+    order = [line.split("quickstart/")[1].split(":")[0] for line in out.splitlines() if "finished, skipped" in line]
+    assert code == 0 and order == ["supervised/seed0", "fixmatch/seed0", "supervised/seed1", "fixmatch/seed1"]
 
 
 def test_aggregate_mean_and_sample_std():
@@ -195,6 +200,19 @@ def test_jobs_file_runs_side_by_side_and_reports_a_failed_run(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- grids, jobs files, workers
+def test_plan_by_seed_runs_whole_seeds_first_in_the_same_order(tmp_path):
+    """Seeds 2 then 0 (the order given) of two configs x two algorithms: every seed-2 job before any seed-0 job,
+    and within a seed the default order (config, then algorithm); the run directories are the default's."""
+    configs = [str(CONFIGS / "quickstart.yaml"), str(CONFIGS / "fashion_lt/consistent_n100_m1000_g10.yaml")]
+    default = plan(configs, ["semi", "fixmatch"], [2, 0], tmp_path)
+    by_seed = plan(configs, ["semi", "fixmatch"], [2, 0], tmp_path, by_seed=True)
+    assert [job.config.train.seed for job in by_seed] == [2, 2, 2, 2, 0, 0, 0, 0]
+    assert [job.run_dir for job in by_seed] == [job.run_dir for job in default if job.config.train.seed == 2] + [
+        job.run_dir for job in default if job.config.train.seed == 0]
+    assert by_seed[0].run_dir == tmp_path / "quickstart/semi/seed2" and by_seed[1].run_dir.parts[-2:] == (
+        "fixmatch", "seed2")
+
+
 def test_grid_points_are_every_combination():
     from cissl.sweep import grid_points
 

@@ -212,7 +212,8 @@ def cmd_sweep(args) -> int:
     if not args.configs and not args.jobs:
         raise CisslError("sweep needs --configs FILE ... or --jobs FILE")
     rows = run_sweep(args.configs, args.algorithms, args.seeds, Path(args.out), args.overrides, quiet=not args.verbose,
-                     grid=args.grid, jobs_file=args.jobs, workers=args.workers, deadline=args.deadline)
+                     grid=args.grid, jobs_file=args.jobs, workers=args.workers, deadline=args.deadline,
+                     by_seed=args.by_seed)
     print(to_markdown(rows))
     print(f"tables: {Path(args.out) / 'results.md'}, {Path(args.out) / 'results.csv'}")
     return 0
@@ -335,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  " per line, in OUT/name")
     sweep.add_argument("--workers", type=int, default=1, help="runs side by side, each in its own process (default 1)")
     sweep.add_argument("--deadline", type=float, help="seconds: stop the running jobs then (a later sweep resumes)")
+    sweep.add_argument("--by-seed", action="store_true",
+                       help="run every config's and algorithm's seed-0 job first, then seed 1's, ... (default: "
+                            "config by config): a sweep stopped early then holds whole seeds, the pairs")
     sweep.add_argument("--out", required=True, help="root folder of the runs and tables")
     sweep.add_argument("--verbose", action="store_true", help="progress lines of every run")
     sweep.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every run")

@@ -45,8 +45,10 @@ def grid_points(grid: list[str] | None) -> list[list[str]]:
 
 
 def plan(configs: list[str], algorithms: list[str] | None, seeds: list[int], out: Path,
-         overrides: list[str] | None = None, grid: list[str] | None = None) -> list[Job]:
-    """A job for every cell of the grid, validated before anything runs.
+         overrides: list[str] | None = None, grid: list[str] | None = None, by_seed: bool = False) -> list[Job]:
+    """A job for every cell of the grid, validated before anything runs: config by config, algorithm by
+    algorithm, seed by seed; ``by_seed`` puts every job of the first seed first, then the next seed's
+    (otherwise in the same order), so that a sweep stopped early holds whole seeds of every row.
 
     An algorithm equal to the config's own keeps the config's hyperparameters; any other runs with
     its defaults (and the config's ``methods`` options for it). Run directories:
@@ -68,6 +70,8 @@ def plan(configs: list[str], algorithms: list[str] | None, seeds: list[int], out
                         config = config.replace({"name": f"{setting} [{label}]"})
                         folder = folder / label
                     jobs.append(Job(config, folder / f"seed{seed}"))
+    if by_seed:
+        jobs.sort(key=lambda job: seeds.index(job.config.train.seed))  # stable: the order within a seed stays
     return jobs
 
 
@@ -124,15 +128,16 @@ def _summary(results: dict, seconds: float) -> str:
 
 def run_sweep(configs, algorithms, seeds, out: Path, overrides=None, quiet: bool = True, stream=None,
               grid: list[str] | None = None, jobs_file: Path | None = None, workers: int = 1,
-              deadline: float | None = None) -> list[dict]:
+              deadline: float | None = None, by_seed: bool = False) -> list[dict]:
     """Run every job (``plan`` of the grid, then the jobs file's), write OUT/results.md and .csv, and
     return the table's rows. ``workers`` > 1 runs that many jobs at once, each in its own process with
     its share of the CPU threads and its console output in ``<run dir>.log``; ``deadline`` (seconds)
-    stops the running ones (a later sweep resumes them from their last checkpoint)."""
+    stops the running ones (a later sweep resumes them from their last checkpoint); ``by_seed``: see
+    ``plan``."""
     stream = stream or sys.stdout
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
-    jobs = plan(configs, algorithms, seeds, out, overrides, grid) if configs else []
+    jobs = plan(configs, algorithms, seeds, out, overrides, grid, by_seed) if configs else []
     if jobs_file is not None:
         jobs += read_jobs_file(jobs_file, out, overrides)
     for job in jobs:
