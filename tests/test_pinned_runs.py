@@ -37,6 +37,8 @@ DIGESTS = {  # machine kind -> algorithm -> digest of the final model and EMA we
                             "semi": "c642270c427e9967"},
     # an AMD EPYC with AVX2 kernels and an 8 MiB L3 (2026-12-02), from 9189476, whose run code is that of
     # 01c5c5c, which gives kind B's digests on kind B; the same digests twice, with the other core busy
+    # (also on an AMD EPYC of cpu family 25, model 1, 32 MiB L3, 2026-12-03, from 5f7c209, where whole
+    # Fashion-LT runs gave kind C's printed values back as well)
     "kind C (2026-12-02)": {"supervised_la": "0b8e0301ea698a21", "fixmatch": "d817be7d75974cd4",
                             "semi": "05c371d1b28b08d9"},
 }
