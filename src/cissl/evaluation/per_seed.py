@@ -9,16 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cissl.evaluation.report import _mean_std, collect_results, pairs, values_by_row
+from cissl.evaluation.report import COLUMNS, _mean_std, collect_results, pairs, values_by_row
 from cissl.rundir import atomic_write_text
 
 PER_SEED = "per_seed.md"
-METRICS = [  # (results.json key, title)
-    ("balanced_accuracy", "balanced acc."),
-    ("many_accuracy", "many"),
-    ("medium_accuracy", "medium"),
-    ("few_accuracy", "few"),
-]
+METRICS = [(key, title) for key, title in COLUMNS if key.endswith("_accuracy")]  # balanced, many, medium, few
 MISSING = "-"
 
 
