@@ -265,6 +265,15 @@ def test_workers_run_side_by_side_and_a_deadline_leaves_runs_to_resume(tmp_path,
     assert rows[0]["seeds"] == [0, 1]
 
 
+def test_a_deadline_already_past_is_refused_before_any_run_starts(tmp_path):
+    """A negative --deadline (a clock time already past: `date -d 01:50` taken before midnight is today's)
+    would start every run only to stop it at once: refused with one line, before anything is written."""
+    config = str(CONFIGS / "quickstart.yaml")
+    with pytest.raises(ConfigError, match=r"--deadline must be 0 or more seconds, got -5 "):
+        run_sweep([config], ["fixmatch"], [0], tmp_path / "d", TINY, workers=2, deadline=-5)
+    assert not (tmp_path / "d").exists()
+
+
 def test_runs_evaluated_on_validation_never_see_the_test_set(tmp_path):
     from cissl.engine.data import prepare_data
 

@@ -137,6 +137,8 @@ def run_sweep(configs, algorithms, seeds, out: Path, overrides=None, quiet: bool
     stream = stream or sys.stdout
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if deadline is not None and deadline < 0:
+        raise ConfigError(f"--deadline must be 0 or more seconds, got {deadline:g} (a clock time already past?)")
     jobs = plan(configs, algorithms, seeds, out, overrides, grid, by_seed) if configs else []
     if jobs_file is not None:
         jobs += read_jobs_file(jobs_file, out, overrides)
