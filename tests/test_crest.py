@@ -15,7 +15,8 @@ from cissl.algorithms.crest import select_pseudo_labeled, selection_rates
 from cissl.algorithms.dist_align import DistAlign, DistAlignConfig, RunningMean, align, alignment_temperature
 from cissl.config import load_config
 from cissl.engine.checkpoint import load_checkpoint
-from cissl.engine.run import resume_run, start_run
+from cissl.engine.run import evaluate_run, resume_run, start_run
+from cissl.evaluation.summary import summarize_run
 
 FIXTURE = json.loads((REPO / "tests" / "reference" / "fixtures" / "crest.json").read_text())
 
@@ -119,6 +120,38 @@ def test_crest_plus_resumes_mid_generation_bit_for_bit(tmp_path):
     (run / "results.json").unlink()
     resume_run(run, quiet=True)
     assert_same_state(reference, load_checkpoint(run / "checkpoints/ckpt_00000012.pt"))
+
+
+def test_last_k_window_holds_only_the_last_generation():
+    """Evaluations at 2, 4, ..., 12; the last generation starts after 8: of report_last = 3, only 10 and 12
+    count (8 is the previous generation's network): mean and median (0.7 + 0.9) / 2 = 0.8. With one
+    generation the window is the tail 8, 10, 12: mean (0.2 + 0.7 + 0.9) / 3 = 0.6, median 0.7."""
+    config = load_config(None, ["train.iterations=12", "train.eval_every=2", "train.report_last=3"])
+    history = [{"iteration": t, "test": {"main": {"top1": top1, "balanced_accuracy": top1 - 0.1}}}
+               for t, top1 in ((2, 0.5), (4, 0.6), (6, 0.5), (8, 0.2), (10, 0.7), (12, 0.9))]
+    final = {"test": {"main": {"top1": 0.9, "balanced_accuracy": 0.8}}}
+    summary = summarize_run(config, history, final, "main", [6, 2], 12, 1.0, "cpu", last_generation_start=8)
+    assert summary["last_k"] == 2
+    assert summary["mean_last_top1"] == pytest.approx(0.8) and summary["median_last_top1"] == pytest.approx(0.8)
+    assert summary["mean_last_balanced_accuracy"] == pytest.approx(0.7)
+    whole = summarize_run(config, history, final, "main", [6, 2], 12, 1.0, "cpu")
+    assert whole["last_k"] == 3 and whole["mean_last_top1"] == pytest.approx(0.6)
+    assert whole["median_last_top1"] == pytest.approx(0.7)
+    assert whole["mean_last_balanced_accuracy"] == pytest.approx(0.5)
+
+
+def test_crest_run_reports_the_last_generation_window_in_training_and_in_evaluate(tmp_path):
+    """12 steps in 3 generations of 4, evaluations every 2: report_last = 3 would reach back to iteration 8,
+    the second generation's network; the window holds 10 and 12, after training and after `cissl evaluate`."""
+    config = tiny_config("train.iterations=12", "train.eval_every=2", "train.checkpoint_every=12",
+                         "train.report_last=3", "algorithm.generations=3", algorithm="fixmatch_crest")
+    run = tmp_path / "run"
+    results = start_run(config, run, quiet=True)
+    evaluations = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+    tail = [r["test"]["main"]["top1"] for r in evaluations if r["iteration"] in (10, 12)]
+    assert results["last_k"] == 2 and results["mean_last_top1"] == pytest.approx(sum(tail) / 2)
+    again = evaluate_run(run)
+    assert again["last_k"] == 2 and again["mean_last_top1"] == pytest.approx(sum(tail) / 2)
 
 
 def test_running_mean_is_the_mean_of_the_last_window_batch_means():

@@ -178,7 +178,7 @@ class TrainConfig:
                               help="images every evaluation scores: val = the held-out validation split "
                                    "(data.val_per_class), for choosing hyperparameters without the test set")
     report_last: int = option(20, min=1, help="median / mean over the last this many evaluations (at most half "
-                                              "of the run's evaluations)")
+                                              "of the run's evaluations; with generations, of the last one's)")
     skip_nonfinite_steps: bool = option(False, help="skip the update of a step whose loss is not finite and count "
                                                     "it (costs one device sync per step); off: such a run stops")
     tensorboard: bool = option(False, help="also log to TensorBoard (needs the tensorboard extra)")

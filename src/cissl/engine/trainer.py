@@ -319,4 +319,5 @@ class Trainer:
         final = self.evaluate(full=True)
         return summarize_run(self.config, self.history, final, self.algorithm.reported_head,
                              self.data.split.labeled_counts, self.iteration, self.elapsed, str(self.device),
-                             self.parent_algorithm, self.environments)
+                             self.parent_algorithm, self.environments,
+                             last_generation_start=self.config.train.iterations - self.generation_length)

@@ -17,17 +17,22 @@ def row_name(config, parent_algorithm: str | None) -> str:
 
 def summarize_run(config, history: list[dict], final: dict, reported_head: str, labeled_counts, iterations: int,
                   wall_time_s: float, device: str, parent_algorithm: str | None = None,
-                  environments: list[dict] | None = None) -> dict:
+                  environments: list[dict] | None = None, last_generation_start: int = 0) -> dict:
     """Final EMA metrics of the reported head and of every head, median / mean of the last
     ``train.report_last`` evaluations, best-on-test under its own key (labelled as selected on test).
     ``parent_algorithm``: the method of the run ``train.init_from`` started this one from (:func:`row_name`);
-    ``environments``: the code and machines it trained on (:mod:`cissl.environment`), in order."""
+    ``environments``: the code and machines it trained on (:mod:`cissl.environment`), in order;
+    ``last_generation_start``: for a method with generations (CReST), the iteration its last generation
+    starts from: the last-k window holds only evaluations after it (a network that an earlier generation
+    trained, or the last one's fresh restart, is not the run's result), so ``last_k`` can be less than
+    ``train.report_last``."""
     tc = config.train
     head = reported_head
     report = final["test"][head]
     curve = [r["test"][head]["top1"] for r in history]
     curve_bal = [r["test"][head]["balanced_accuracy"] for r in history]
-    last, last_bal = curve[-tc.report_last:], curve_bal[-tc.report_last:]
+    window = [i for i, r in enumerate(history) if r["iteration"] > last_generation_start][-tc.report_last:]
+    last, last_bal = [curve[i] for i in window], [curve_bal[i] for i in window]
     best = int(np.argmax(curve)) if curve else None
     results = {
         "setting": config.name,
