@@ -15,6 +15,7 @@ from cissl.algorithms.crest import select_pseudo_labeled, selection_rates
 from cissl.algorithms.dist_align import DistAlign, DistAlignConfig, RunningMean, align, alignment_temperature
 from cissl.config import load_config
 from cissl.engine.checkpoint import load_checkpoint
+from cissl.engine.data import prepare_data
 from cissl.engine.run import evaluate_run, resume_run, start_run
 from cissl.evaluation.summary import summarize_run
 
@@ -140,18 +141,27 @@ def test_last_k_window_holds_only_the_last_generation():
     assert whole["mean_last_balanced_accuracy"] == pytest.approx(0.5)
 
 
-def test_crest_run_reports_the_last_generation_window_in_training_and_in_evaluate(tmp_path):
+def test_crest_run_reports_the_last_generation_window_and_each_generations_additions(tmp_path):
     """12 steps in 3 generations of 4, evaluations every 2: report_last = 3 would reach back to iteration 8,
-    the second generation's network; the window holds 10 and 12, after training and after `cissl evaluate`."""
+    the second generation's network; the window holds 10 and 12, after training and after `cissl evaluate`.
+    metrics.jsonl has one record per generation's end: the images added and how many carry their true label
+    (checked against the last generation's additions in the final checkpoint and the pool's labels)."""
     config = tiny_config("train.iterations=12", "train.eval_every=2", "train.checkpoint_every=12",
                          "train.report_last=3", "algorithm.generations=3", algorithm="fixmatch_crest")
     run = tmp_path / "run"
     results = start_run(config, run, quiet=True)
-    evaluations = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
-    tail = [r["test"]["main"]["top1"] for r in evaluations if r["iteration"] in (10, 12)]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    tail = [r["test"]["main"]["top1"] for r in records if r["kind"] == "eval" and r["iteration"] in (10, 12)]
     assert results["last_k"] == 2 and results["mean_last_top1"] == pytest.approx(sum(tail) / 2)
     again = evaluate_run(run)
     assert again["last_k"] == 2 and again["mean_last_top1"] == pytest.approx(sum(tail) / 2)
+
+    ends = [r for r in records if r["kind"] == "generation"]
+    assert [(r["generation"], r["iteration"]) for r in ends] == [(0, 4), (1, 8)]
+    additions = load_checkpoint(run / "checkpoints/ckpt_00000012.pt")["batches"]["additions"]
+    truth = prepare_data(config, torch.device("cpu")).unlabeled.labels[torch.as_tensor(additions["indices"])]
+    assert ends[-1]["added"] == len(additions["indices"]) > 0
+    assert ends[-1]["added_correct"] == int((truth == torch.as_tensor(additions["labels"])).sum())
 
 
 def test_running_mean_is_the_mean_of_the_last_window_batch_means():

@@ -157,6 +157,16 @@ class RunLogger:
                  for head, m in record["test"].items()]
         self.message(f"eval it {record['iteration']}: " + " | ".join(parts))
 
+    def log_generation(self, record: dict) -> None:
+        """A generation's end (CReST): how many pseudo-labeled images join the labeled set and, where the
+        pool's labels are known, how many of them carry their true label."""
+        self._write({"kind": "generation", **record})
+        added, correct = record["added"], record.get("added_correct")
+        precision = "" if correct is None or not added else \
+            f", {correct} ({100 * correct / added:.1f} %) with their true label"
+        self.message(f"generation {record['generation']} ended at iteration {record['iteration']}: {added} "
+                     f"pseudo-labeled images join the labeled set{precision} ({record['seconds']:.1f} s)")
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()

@@ -133,9 +133,14 @@ class Trainer:
                 self.parts.reinitialize_model(generation + 1)
         self.parts.restart_schedule()
         if self.logger:
-            added = 0 if update is None else len(update.labels)
-            self.logger.message(f"generation {generation} ended at iteration {self.iteration}: {added} pseudo-labeled "
-                                f"images join the labeled set ({time.perf_counter() - start:.1f} s)")
+            record = {"iteration": self.iteration, "generation": generation,
+                      "added": 0 if update is None else len(update.labels),
+                      "seconds": time.perf_counter() - start}
+            truth = self.data.unlabeled.labels  # known on the benchmarks, not on a user's own pool
+            if update is not None and truth is not None:
+                chosen = truth.cpu()[update.labeled_indices.cpu()]
+                record["added_correct"] = int((chosen == update.labels.cpu()).sum())
+            self.logger.log_generation(record)
 
     def pool_predictions(self, images=None) -> PoolPredictions:
         """The EMA model's logits and embeddings on the whole unlabeled pool, or on ``images`` (eval mode,
