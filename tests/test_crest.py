@@ -123,19 +123,24 @@ def test_crest_plus_resumes_mid_generation_bit_for_bit(tmp_path):
     assert_same_state(reference, load_checkpoint(run / "checkpoints/ckpt_00000012.pt"))
 
 
-def test_last_k_window_holds_only_the_last_generation():
-    """Evaluations at 2, 4, ..., 12; the last generation starts after 8: of report_last = 3, only 10 and 12
-    count (8 is the previous generation's network): mean and median (0.7 + 0.9) / 2 = 0.8. With one
-    generation the window is the tail 8, 10, 12: mean (0.2 + 0.7 + 0.9) / 3 = 0.6, median 0.7."""
+def test_last_k_window_is_the_later_half_of_the_last_generation():
+    """Evaluations at 2, 4, ..., 12 (top-1 0.5, 0.6, 0.5, 0.2, 0.7, 0.9), report_last = 3.
+    Last generation from 4: its evaluations are 6..12, the later half 10, 12: mean and median 0.8.
+    Last generation from 8: 10 and 12, the later half 12 alone: 0.9.
+    One generation: the run's tail 8, 10, 12 (the config keeps report_last within half): mean 0.6, median 0.7."""
     config = load_config(None, ["train.iterations=12", "train.eval_every=2", "train.report_last=3"])
     history = [{"iteration": t, "test": {"main": {"top1": top1, "balanced_accuracy": top1 - 0.1}}}
                for t, top1 in ((2, 0.5), (4, 0.6), (6, 0.5), (8, 0.2), (10, 0.7), (12, 0.9))]
     final = {"test": {"main": {"top1": 0.9, "balanced_accuracy": 0.8}}}
-    summary = summarize_run(config, history, final, "main", [6, 2], 12, 1.0, "cpu", last_generation_start=8)
-    assert summary["last_k"] == 2
-    assert summary["mean_last_top1"] == pytest.approx(0.8) and summary["median_last_top1"] == pytest.approx(0.8)
-    assert summary["mean_last_balanced_accuracy"] == pytest.approx(0.7)
-    whole = summarize_run(config, history, final, "main", [6, 2], 12, 1.0, "cpu")
+
+    def summary(start):
+        return summarize_run(config, history, final, "main", [6, 2], 12, 1.0, "cpu", last_generation_start=start)
+
+    from4, from8, whole = summary(4), summary(8), summary(0)
+    assert from4["last_k"] == 2 and from4["mean_last_top1"] == pytest.approx(0.8)
+    assert from4["median_last_top1"] == pytest.approx(0.8)
+    assert from4["mean_last_balanced_accuracy"] == pytest.approx(0.7)
+    assert from8["last_k"] == 1 and from8["mean_last_top1"] == pytest.approx(0.9)
     assert whole["last_k"] == 3 and whole["mean_last_top1"] == pytest.approx(0.6)
     assert whole["median_last_top1"] == pytest.approx(0.7)
     assert whole["mean_last_balanced_accuracy"] == pytest.approx(0.5)
@@ -143,7 +148,8 @@ def test_last_k_window_holds_only_the_last_generation():
 
 def test_crest_run_reports_the_last_generation_window_and_each_generations_additions(tmp_path):
     """12 steps in 3 generations of 4, evaluations every 2: report_last = 3 would reach back to iteration 8,
-    the second generation's network; the window holds 10 and 12, after training and after `cissl evaluate`.
+    the second generation's network; the window is the later half of the last generation's evaluations (10
+    and 12): 12 alone, after training and after `cissl evaluate`.
     metrics.jsonl has one record per generation's end: the images added and how many carry their true label
     (checked against the last generation's additions in the final checkpoint and the pool's labels)."""
     config = tiny_config("train.iterations=12", "train.eval_every=2", "train.checkpoint_every=12",
@@ -151,10 +157,10 @@ def test_crest_run_reports_the_last_generation_window_and_each_generations_addit
     run = tmp_path / "run"
     results = start_run(config, run, quiet=True)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    tail = [r["test"]["main"]["top1"] for r in records if r["kind"] == "eval" and r["iteration"] in (10, 12)]
-    assert results["last_k"] == 2 and results["mean_last_top1"] == pytest.approx(sum(tail) / 2)
+    last = [r["test"]["main"]["top1"] for r in records if r["kind"] == "eval" and r["iteration"] == 12]
+    assert results["last_k"] == 1 and results["mean_last_top1"] == pytest.approx(last[0])
     again = evaluate_run(run)
-    assert again["last_k"] == 2 and again["mean_last_top1"] == pytest.approx(sum(tail) / 2)
+    assert again["last_k"] == 1 and again["mean_last_top1"] == pytest.approx(last[0])
 
     ends = [r for r in records if r["kind"] == "generation"]
     assert [(r["generation"], r["iteration"]) for r in ends] == [(0, 4), (1, 8)]

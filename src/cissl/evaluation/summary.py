@@ -23,15 +23,17 @@ def summarize_run(config, history: list[dict], final: dict, reported_head: str, 
     ``parent_algorithm``: the method of the run ``train.init_from`` started this one from (:func:`row_name`);
     ``environments``: the code and machines it trained on (:mod:`cissl.environment`), in order;
     ``last_generation_start``: for a method with generations (CReST), the iteration its last generation
-    starts from: the last-k window holds only evaluations after it (a network that an earlier generation
-    trained, or the last one's fresh restart, is not the run's result), so ``last_k`` can be less than
-    ``train.report_last``."""
+    starts from. The last-k window is the tail of the evaluations after it, at most half of them (as the
+    config allows at most half of a run's): a network an earlier generation trained is not the run's
+    result, and the last generation's first evaluations score a network that has just restarted from fresh
+    weights. So ``last_k`` can be less than ``train.report_last``."""
     tc = config.train
     head = reported_head
     report = final["test"][head]
     curve = [r["test"][head]["top1"] for r in history]
     curve_bal = [r["test"][head]["balanced_accuracy"] for r in history]
-    window = [i for i, r in enumerate(history) if r["iteration"] > last_generation_start][-tc.report_last:]
+    candidates = [i for i, r in enumerate(history) if r["iteration"] > last_generation_start]
+    window = candidates[-min(tc.report_last, max(1, len(candidates) // 2)):] if candidates else []
     last, last_bal = [curve[i] for i in window], [curve_bal[i] for i in window]
     best = int(np.argmax(curve)) if curve else None
     results = {
