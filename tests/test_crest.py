@@ -127,7 +127,8 @@ def test_last_k_window_is_the_later_half_of_the_last_generation():
     """Evaluations at 2, 4, ..., 12 (top-1 0.5, 0.6, 0.5, 0.2, 0.7, 0.9), report_last = 3.
     Last generation from 4: its evaluations are 6..12, the later half 10, 12: mean and median 0.8.
     Last generation from 8: 10 and 12, the later half 12 alone: 0.9.
-    One generation: the run's tail 8, 10, 12 (the config keeps report_last within half): mean 0.6, median 0.7."""
+    One generation: the run's tail 8, 10, 12 (the config keeps report_last within half): mean 0.6, median 0.7;
+    a checkpoint's shorter history (2..8, `cissl evaluate --checkpoint`) keeps report_last: 4, 6, 8."""
     config = load_config(None, ["train.iterations=12", "train.eval_every=2", "train.report_last=3"])
     history = [{"iteration": t, "test": {"main": {"top1": top1, "balanced_accuracy": top1 - 0.1}}}
                for t, top1 in ((2, 0.5), (4, 0.6), (6, 0.5), (8, 0.2), (10, 0.7), (12, 0.9))]
@@ -144,6 +145,8 @@ def test_last_k_window_is_the_later_half_of_the_last_generation():
     assert whole["last_k"] == 3 and whole["mean_last_top1"] == pytest.approx(0.6)
     assert whole["median_last_top1"] == pytest.approx(0.7)
     assert whole["mean_last_balanced_accuracy"] == pytest.approx(0.5)
+    early = summarize_run(config, history[:4], final, "main", [6, 2], 8, 1.0, "cpu")
+    assert early["last_k"] == 3 and early["mean_last_top1"] == pytest.approx((0.6 + 0.5 + 0.2) / 3)
 
 
 def test_crest_run_reports_the_last_generation_window_and_each_generations_additions(tmp_path):

@@ -23,8 +23,8 @@ def summarize_run(config, history: list[dict], final: dict, reported_head: str, 
     ``parent_algorithm``: the method of the run ``train.init_from`` started this one from (:func:`row_name`);
     ``environments``: the code and machines it trained on (:mod:`cissl.environment`), in order;
     ``last_generation_start``: for a method with generations (CReST), the iteration its last generation
-    starts from. The last-k window is the tail of the evaluations after it, at most half of them (as the
-    config allows at most half of a run's): a network an earlier generation trained is not the run's
+    starts from. The last-k window is then the tail of the evaluations after it, at most half of them (as
+    the config allows at most half of a run's): a network an earlier generation trained is not the run's
     result, and the last generation's first evaluations score a network that has just restarted from fresh
     weights. So ``last_k`` can be less than ``train.report_last``."""
     tc = config.train
@@ -33,7 +33,8 @@ def summarize_run(config, history: list[dict], final: dict, reported_head: str, 
     curve = [r["test"][head]["top1"] for r in history]
     curve_bal = [r["test"][head]["balanced_accuracy"] for r in history]
     candidates = [i for i, r in enumerate(history) if r["iteration"] > last_generation_start]
-    window = candidates[-min(tc.report_last, max(1, len(candidates) // 2)):] if candidates else []
+    k = tc.report_last if last_generation_start == 0 else min(tc.report_last, max(1, len(candidates) // 2))
+    window = candidates[-k:] if candidates else []
     last, last_bal = [curve[i] for i in window], [curve_bal[i] for i in window]
     best = int(np.argmax(curve)) if curve else None
     results = {
