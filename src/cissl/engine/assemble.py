@@ -50,6 +50,11 @@ def generation_length(config: Config) -> int:
     return config.train.iterations // method_class(config).generations(config.algorithm)
 
 
+def last_generation_start(config: Config) -> int:
+    """The iteration the last generation starts from (0 for methods without generations)."""
+    return config.train.iterations - generation_length(config)
+
+
 @dataclass
 class RunParts:
     """Everything a training loop needs, built from one config."""

@@ -14,7 +14,7 @@ import torch
 from cissl import distributed
 from cissl.config import Config, load_config, save_config
 from cissl.data.protocol import Split
-from cissl.engine.assemble import build_evaluation, generation_length
+from cissl.engine.assemble import build_evaluation, last_generation_start
 from cissl.engine.batches import global_batch_size
 from cissl.engine.checkpoint import (
     check_checkpoint_belongs,
@@ -280,7 +280,7 @@ def _evaluate_locked(run: RunDir, config: Config, trained: TrainedRun) -> dict:
     results = summarize_run(config, history, final, algorithm.reported_head, data.split.labeled_counts,
                             int(state["iteration"]), float(state["elapsed"]), str(device),
                             state.get("parent_algorithm"), state.get("environments", []),
-                            last_generation_start=config.train.iterations - generation_length(config))
+                            last_generation_start=last_generation_start(config))
     results["checkpoint"] = str(checkpoint)
     atomic_write_json(run.results, results)
     return results

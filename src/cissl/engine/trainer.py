@@ -21,7 +21,7 @@ from cissl import distributed
 from cissl.algorithms import LabeledPredictions, PoolPredictions, StepOutput, ValidationPredictions
 from cissl.algorithms.base import run_hooks
 from cissl.config import Config
-from cissl.engine.assemble import RunParts, build_training, generation_length
+from cissl.engine.assemble import RunParts, build_training, generation_length, last_generation_start
 from cissl.engine.checkpoint import first_line, save_checkpoint
 from cissl.engine.data import TrainingData
 from cissl.engine.diagnostics import PseudoLabelStats
@@ -138,7 +138,7 @@ class Trainer:
                       "seconds": time.perf_counter() - start}
             truth = self.data.unlabeled.labels  # known on the benchmarks, not on a user's own pool
             if update is not None and truth is not None:
-                chosen = truth.cpu()[update.labeled_indices.cpu()]
+                chosen = truth[update.labeled_indices.to(truth.device)].cpu()
                 record["added_correct"] = int((chosen == update.labels.cpu()).sum())
             self.logger.log_generation(record)
 
@@ -325,4 +325,4 @@ class Trainer:
         return summarize_run(self.config, self.history, final, self.algorithm.reported_head,
                              self.data.split.labeled_counts, self.iteration, self.elapsed, str(self.device),
                              self.parent_algorithm, self.environments,
-                             last_generation_start=self.config.train.iterations - self.generation_length)
+                             last_generation_start=last_generation_start(self.config))
