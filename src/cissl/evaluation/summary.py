@@ -34,7 +34,7 @@ def summarize_run(config, history: list[dict], final: dict, reported_head: str, 
     curve_bal = [r["test"][head]["balanced_accuracy"] for r in history]
     candidates = [i for i, r in enumerate(history) if r["iteration"] > last_generation_start]
     k = tc.report_last if last_generation_start == 0 else min(tc.report_last, max(1, len(candidates) // 2))
-    window = candidates[-k:] if candidates else []
+    window = candidates[-k:]  # k >= 1, so an empty history gives an empty window
     last, last_bal = [curve[i] for i in window], [curve_bal[i] for i in window]
     best = int(np.argmax(curve)) if curve else None
     results = {
