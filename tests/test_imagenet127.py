@@ -175,7 +175,7 @@ def test_a_few_semi_steps_with_resnet50_at_64_px_run_on_cpu(tmp_path):
     synthetic_source(tmp_path / "src", 64, {c: 6 for c in range(127)}, ids_per_class=1, val_per_id=1)
     build_imagenet127(tmp_path / "src", 64, tmp_path / "built", partial=True)
     config = load_config(CONFIGS / "imagenet127" / "64px.yaml", [
-        f"data.root={tmp_path / 'built'}", "data.stream_images=always", "train.iterations=2", "train.batch_size=4",
+        f"data.root={tmp_path / 'built'}", "data.stream_images=always", "train.iterations=2", "train.batch_size=2",
         "train.eval_every=2",
         "train.log_every=1", "train.checkpoint_every=2", "train.report_last=1", "train.eval_batch_size=64",
         "train.device=cpu", "algorithm.warmup_epochs=0"])

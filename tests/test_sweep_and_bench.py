@@ -362,7 +362,7 @@ def test_a_run_that_fails_does_not_stop_the_sweep(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("inherited, to_group, number, finish", [
-    (signal.SIG_DFL, True, signal.SIGINT, True), (signal.SIG_IGN, True, signal.SIGINT, True),
+    (signal.SIG_DFL, True, signal.SIGINT, True), (signal.SIG_IGN, True, signal.SIGINT, False),
     (signal.SIG_DFL, False, signal.SIGTERM, False), (signal.SIG_DFL, False, signal.SIGHUP, False)],
     ids=["terminal", "started_ignoring_sigint", "sigterm_to_the_sweep_alone", "hangup"])
 def test_ctrl_c_on_a_sweep_with_workers_checkpoints_every_running_run(tmp_path, inherited, to_group, number, finish):
@@ -370,7 +370,8 @@ def test_ctrl_c_on_a_sweep_with_workers_checkpoints_every_running_run(tmp_path, 
     background, which inherits SIGINT ignored), SIGTERM to the sweep's process alone (a scheduler; before,
     its workers never heard of it and ran on) or SIGHUP (a closed terminal; the workers get SIGTERM): each
     worker gets a signal once, writes a checkpoint of its last step and stops, the sweep waits for them and
-    exits 128 + the signal; the same sweep then finishes both runs."""
+    exits 128 + the signal; the same sweep then finishes both runs (checked once, after the terminal's Ctrl-C:
+    how a sweep stopped does not change how it resumes, and each finish takes ~30 s of the suite)."""
     import time
 
     from cissl.engine.checkpoint import latest_checkpoint, load_checkpoint

@@ -13,6 +13,7 @@ from helpers import tiny_config
 from cissl.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from cissl.engine.run import resume_run, start_run
 from cissl.errors import CheckpointError
+from cissl.evaluation.evaluate import brief, evaluate_model
 
 RESULT_KEYS = {"top1", "balanced_accuracy", "per_class_accuracy", "many_accuracy", "medium_accuracy",
                "few_accuracy", "geometric_mean", "confusion_matrix", "median_last_top1", "mean_last_top1",
@@ -99,6 +100,47 @@ def test_train_writes_run_directory_and_results(tmp_path, capsys):
     # a second train into the same directory refuses instead of overwriting
     code, _, err = run_cli(["train", "--config", CONFIGS / "quickstart.yaml", "--out", out], capsys)
     assert code == 2 and "already holds a run" in err
+
+
+def test_the_last_steps_evaluation_is_the_final_one_made_in_one_pass(tmp_path, monkeypatch):
+    """At the last iteration the EMA model is evaluated once, in full: metrics.jsonl's last record is its
+    brief form and results.json its full form (no second pass over the pools); a finished run resumed
+    without its results.json evaluates afresh and writes the same numbers."""
+    import cissl.engine.trainer as trainer
+
+    passes = []
+
+    def counted(model, algorithm, data, policy, batch_size, full=False):
+        passes.append(full)
+        return evaluate_model(model, algorithm, data, policy, batch_size, full)
+
+    monkeypatch.setattr(trainer, "evaluate_model", counted)
+    config = tiny_config("train.iterations=5", "train.eval_every=2", "train.checkpoint_every=5",
+                         "data.val_per_class=3")
+    results = start_run(config, tmp_path / "run", quiet=True)
+    assert passes == [False, False, True]  # iterations 2, 4 and the last, 5
+    last = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "eval"][-1]
+    assert last["iteration"] == 5 and set(last["test"]["main"]) == {"top1", "balanced_accuracy"}
+    assert last["test"]["main"]["top1"] == results["top1"] and last["val"]["main"] == {
+        k: results["val"]["main"][k] for k in ("top1", "balanced_accuracy")}
+    assert "confusion_matrix" in results["val"]["main"]
+
+    (tmp_path / "run" / "results.json").unlink()
+    passes.clear()
+    again = resume_run(tmp_path / "run", quiet=True)
+    assert passes == [True] and again["confusion_matrix"] == results["confusion_matrix"]
+    assert again["val"] == results["val"]
+
+
+def test_brief_keeps_each_heads_periodic_numbers_and_the_other_entries():
+    record = {"iteration": 7, "test": {"main": {"top1": 0.5, "balanced_accuracy": 0.4, "geometric_mean": 0.3}},
+              "val": {"main": {"top1": 0.6, "balanced_accuracy": 0.55, "confusion_matrix": [[1]]},
+                      "aux": {"top1": 0.1, "balanced_accuracy": 0.2, "many_accuracy": 0.9}}}
+    assert brief(record) == {"iteration": 7, "test": {"main": {"top1": 0.5, "balanced_accuracy": 0.4}},
+                             "val": {"main": {"top1": 0.6, "balanced_accuracy": 0.55},
+                                     "aux": {"top1": 0.1, "balanced_accuracy": 0.2}}}
+    assert record["test"]["main"]["geometric_mean"] == 0.3  # the full record is left as it was
 
 
 def test_broken_checkpoint_is_a_one_line_error(tmp_path, capsys):

@@ -31,7 +31,7 @@ from cissl.engine.precision import resolve_device
 from cissl.engine.stop import StopSignals, TrainingStopped
 from cissl.environment import describe_environment
 from cissl.errors import CheckpointError, CisslError
-from cissl.evaluation.evaluate import evaluate_model, predict, predict_with_features
+from cissl.evaluation.evaluate import brief, evaluate_model, predict, predict_with_features
 from cissl.evaluation.summary import summarize_run
 from cissl.rundir import RunDir, atomic_write_json
 
@@ -63,6 +63,7 @@ class Trainer:
         self.window = MetricWindow(self.device)
         self.iteration = 0
         self.history: list[dict] = []
+        self.final_evaluation: dict | None = None  # the last step's full evaluation, reused by results()
         self.elapsed = 0.0
         self.skipped_steps = 0  # steps whose loss was not finite, skipped (train.skip_nonfinite_steps)
         self.parent_algorithm: str | None = None  # the method of the run train.init_from started this one from
@@ -306,7 +307,11 @@ class Trainer:
         if t % tc.log_every == 0 or t == total:
             self._flush_window()
         if t % tc.eval_every == 0 or t == total:
-            record = self.evaluate()
+            if t == total:  # the run's final full evaluation (results()) and its last periodic one: one pass
+                self.final_evaluation = self.evaluate(full=True)
+                record = brief(self.final_evaluation)
+            else:
+                record = self.evaluate()
             if self.uses_unlabeled and self.data.unlabeled.labels is not None:
                 record["pseudo_labels"] = self.pseudo_stats.summary()
                 self.pseudo_stats.reset()
@@ -321,7 +326,9 @@ class Trainer:
 
     def results(self) -> dict:
         """The run's summary (results.json), from a final full evaluation of the EMA model."""
-        final = self.evaluate(full=True)
+        final = self.final_evaluation
+        if final is None or final["iteration"] != self.iteration:  # e.g. a finished run resumed to write it
+            final = self.evaluate(full=True)
         return summarize_run(self.config, self.history, final, self.algorithm.reported_head,
                              self.data.split.labeled_counts, self.iteration, self.elapsed, str(self.device),
                              self.parent_algorithm, self.environments,

@@ -42,6 +42,16 @@ def predict_with_features(model, images: torch.Tensor, batch_size: int, policy, 
     return logits, distributed.gather_shards(torch.cat(embeddings), count) if features else None
 
 
+BRIEF_KEYS = ("top1", "balanced_accuracy")  # what a periodic evaluation records of each head's report
+
+
+def brief(record: dict) -> dict:
+    """An :func:`evaluate_model` record cut to the periodic one: each split's heads keep ``BRIEF_KEYS``;
+    other entries (e.g. ``iteration``) are kept as they are."""
+    return {key: {head: {k: report[k] for k in BRIEF_KEYS} for head, report in value.items()}
+            if key in ("test", "val") else value for key, value in record.items()}
+
+
 def evaluate_logits(logits: dict[str, torch.Tensor], labels, num_classes: int, labeled_counts,
                     full: bool = False) -> dict[str, dict]:
     """Per head: top-1 and balanced accuracy (the full report with ``full``)."""
@@ -50,9 +60,7 @@ def evaluate_logits(logits: dict[str, torch.Tensor], labels, num_classes: int, l
     for name, head_logits in logits.items():
         conf = confusion_matrix(head_logits.argmax(dim=1).numpy(), labels, num_classes)
         report = summarize_confusion(conf, labeled_counts)
-        if not full:
-            report = {k: report[k] for k in ("top1", "balanced_accuracy")}
-        result[name] = report
+        result[name] = report if full else {k: report[k] for k in BRIEF_KEYS}
     return result
 
 
