@@ -43,13 +43,18 @@ def predict_with_features(model, images: torch.Tensor, batch_size: int, policy, 
 
 
 BRIEF_KEYS = ("top1", "balanced_accuracy")  # what a periodic evaluation records of each head's report
+SPLITS = ("test", "val")  # the pools evaluate_model scores, and its record's keys
+
+
+def _brief_report(report: dict) -> dict:
+    return {k: report[k] for k in BRIEF_KEYS}
 
 
 def brief(record: dict) -> dict:
     """An :func:`evaluate_model` record cut to the periodic one: each split's heads keep ``BRIEF_KEYS``;
     other entries (e.g. ``iteration``) are kept as they are."""
-    return {key: {head: {k: report[k] for k in BRIEF_KEYS} for head, report in value.items()}
-            if key in ("test", "val") else value for key, value in record.items()}
+    return {key: {head: _brief_report(report) for head, report in value.items()} if key in SPLITS else value
+            for key, value in record.items()}
 
 
 def evaluate_logits(logits: dict[str, torch.Tensor], labels, num_classes: int, labeled_counts,
@@ -60,7 +65,7 @@ def evaluate_logits(logits: dict[str, torch.Tensor], labels, num_classes: int, l
     for name, head_logits in logits.items():
         conf = confusion_matrix(head_logits.argmax(dim=1).numpy(), labels, num_classes)
         report = summarize_confusion(conf, labeled_counts)
-        result[name] = report if full else {k: report[k] for k in BRIEF_KEYS}
+        result[name] = report if full else _brief_report(report)
     return result
 
 
@@ -69,7 +74,7 @@ def evaluate_model(model, algorithm, data, policy, batch_size: int, full: bool =
     the method's ``evaluation_logits`` returns, scored; keyed ``test`` / ``val``. Under
     ``train.evaluate_on: val`` the test pool is the validation split, scored once, under ``test``."""
     record = {}
-    for split_name, pool in (("test", data.test), ("val", data.val)):
+    for split_name, pool in zip(SPLITS, (data.test, data.val)):
         if pool is None or (split_name == "val" and pool is data.test):
             continue
         logits = algorithm.evaluation_logits(predict(model, pool.images, batch_size, policy))
