@@ -24,7 +24,9 @@ from cissl.algorithms.seval import (
     Seval,
     balanced_nll,
     fit_thresholds,
+    log_softmax,
     mean_recall,
+    softmax,
     weighted_precision,
 )
 from cissl.config import algorithm_defaults
@@ -148,6 +150,42 @@ def test_thresholds_zero_when_precise_fitted_when_not_and_rare_classes():
     kept = [i for i in range(len(labels)) if logits[i].argmax() == 1 and
             np.exp(above[i]) / np.exp(logits[i]).sum() > fits[1]]
     assert all(labels[i] == 1 for i in kept) and len(kept) == 12 and low < fits[1] < high
+
+
+def test_thresholds_weigh_each_image_by_the_inverse_share_of_its_class():
+    """Validation with 20 images of class 0 and 10 of class 1: weights max share / share = (1, 2). Class 0
+    is predicted for its 20 (confident) and for 2 images of class 1 (not): precision 20 / 22 = 0.909
+    unweighted, 20 / (20 + 2 * 2) = 0.833 weighted, so against a target of 0.95 it needs a threshold, one
+    between the wrong and the right confidences. Class 1's 8 other images are all right: no threshold."""
+    rows = [(0, 0, 4.0)] * 20 + [(1, 0, 0.5)] * 2 + [(1, 1, 4.0)] * 8
+    logits = np.zeros((len(rows), 2), dtype=np.float32)
+    for i, (_, predicted, logit) in enumerate(rows):
+        logits[i, predicted] = logit
+    labels = np.array([label for label, _, _ in rows])
+    fits, rare = fit_thresholds(logits, labels, target=0.95, groups=0)
+    low, high = 1 / (1 + math.exp(-0.5)), 1 / (1 + math.exp(-4.0))
+    assert rare == [] and fits[1] == 0.0
+    assert low < fits[0] < high
+
+
+@pytest.mark.parametrize("predicted_as_1, rare", [(2, [1]), (3, [])])
+def test_a_group_is_rare_at_a_tenth_of_its_share_of_the_validation_mass(predicted_as_1, rare):
+    """22 validation images a class (weights 1): a group's minimum mass is 44 / 2 groups / 10 = 2.2. Class 1
+    predicted for 2 images (mass 2 + 1e-6) is rare; for 3, it is not (class 0 takes the rest)."""
+    labels = np.array([0] * 22 + [1] * 22)
+    predicted = np.zeros(44, dtype=np.int64)
+    predicted[22:22 + predicted_as_1] = 1
+    logits = np.eye(2, dtype=np.float32)[predicted] * 3.0
+    assert fit_thresholds(logits, labels, target=0.5, groups=0)[1] == rare
+
+
+def test_softmax_and_log_softmax_are_stable_row_by_row():
+    """Each row shifted by its own maximum: logits of 1000 do not overflow, and a row far below another's
+    maximum does not underflow to 0 / 0."""
+    z = np.array([[1000.0, 999.0], [0.0, -1.0]])
+    share = 1 / (1 + math.exp(-1.0))
+    assert softmax(z) == pytest.approx(np.array([[share, 1 - share]] * 2))
+    assert log_softmax(z) == pytest.approx(np.log(np.array([[share, 1 - share]] * 2)))
 
 
 def test_threshold_groups_share_one_fit():
