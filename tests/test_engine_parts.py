@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from cissl.config import load_config
-from cissl.data.stream import IndexStream
+from cissl.data.stream import ImagePool, IndexStream
 from cissl.engine.ema import EMA
-from cissl.engine.optim import build_optimizer, lr_factor
+from cissl.engine.optim import build_optimizer, build_scheduler, lr_factor
 from cissl.evaluation.metrics import class_groups, confusion_matrix, geometric_mean, summarize_confusion
 
 
@@ -36,11 +36,56 @@ def test_index_stream_smaller_pool_than_batch():
     assert len(batch) == 8 and set(batch.tolist()) == {0, 1, 2}
 
 
+def test_a_streamed_pool_extends_with_rows_of_its_own_file_only():
+    """CReST's additions to a streamed labeled pool: the unlabeled pool's rows at the given positions join
+    it (read from the same file); images of another array, or in memory, are refused."""
+    array = np.arange(5 * 4, dtype=np.uint8).reshape(5, 1, 2, 2)
+    labeled = ImagePool.streamed(array, [0, 1], [0, 1], "cpu")
+    unlabeled = ImagePool.streamed(array, [2, 3, 4], None, "cpu")
+    extended = labeled.extended(unlabeled, torch.tensor([2, 0]), torch.tensor([1, 0]))
+    images, labels, _ = extended.take(torch.arange(4))
+    assert torch.equal(images, torch.from_numpy(array[[0, 1, 4, 2]])) and labels.tolist() == [0, 1, 1, 0]
+    assert extended.images.shape == (4, 1, 2, 2) and extended.images.dtype == torch.uint8 and len(extended) == 4
+    assert torch.equal(extended.images[1:3], torch.from_numpy(array[[1, 4]]))  # a slice reads those rows
+    for other in (ImagePool.streamed(array.copy(), [2, 3, 4], None, "cpu"), ImagePool(array[2:])):
+        with pytest.raises(ValueError, match="a streamed pool extends only with images of its own file"):
+            labeled.extended(other, torch.tensor([0]), torch.tensor([1]))
+
+
+def test_index_stream_uses_a_permutation_that_divides_exactly_to_its_end():
+    """Pool 12, batch 4: three batches are one permutation (the last full batch is not dropped), the fourth
+    starts the next."""
+    stream = IndexStream(12, 4, seed=0)
+    batches = [stream.next() for _ in range(3)]
+    assert sorted(torch.cat(batches).tolist()) == list(range(12)) and stream.pos == 12
+    stream.next()
+    assert stream.pos == 4
+
+
+def test_index_stream_small_pool_fills_the_batch_exactly():
+    """Pool 3, batch 7: two whole permutations and one index of a third."""
+    batch = IndexStream(3, 7, seed=0).next()
+    assert len(batch) == 7 and sorted(batch[:3].tolist()) == sorted(batch[3:6].tolist()) == [0, 1, 2]
+
+
 def test_cosine_schedule_matches_fixmatch():
     assert lr_factor(0, 1000, "cosine", 7 / 16) == 1.0
     assert lr_factor(500, 1000, "cosine", 7 / 16) == pytest.approx(math.cos(7 * math.pi * 500 / 16000))
     assert lr_factor(250_000, 250_000, "cosine", 7 / 16) == pytest.approx(0.19509, abs=1e-4)
     assert lr_factor(10, 1000, "constant", 7 / 16) == 1.0
+
+
+@pytest.mark.parametrize("schedule, factor", [("constant", 1.0), ("cosine", math.cos(math.pi * 0.5 * 3 / 10))])
+def test_scheduler_follows_the_configured_schedule(schedule, factor):
+    from types import SimpleNamespace
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    scheduler = build_scheduler(optimizer, SimpleNamespace(schedule=schedule, cosine_fraction=0.5), 10)
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * factor)
 
 
 def test_weight_decay_only_on_conv_and_linear_weights():
@@ -51,6 +96,15 @@ def test_weight_decay_only_on_conv_and_linear_weights():
     assert decayed["weight_decay"] == 5e-4 and plain["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim == 1 for p in plain["params"])
     assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
+    assert [group["lr"] for group in opt.param_groups] == [0.03, 0.03]  # the configured LR, not SGD's default
+
+
+@pytest.mark.parametrize("nesterov, momentum, expected", [(False, 0.9, False), (True, 0.0, False)])
+def test_nesterov_only_when_asked_and_with_momentum(nesterov, momentum, expected):
+    """Nesterov needs momentum: optim.nesterov with momentum 0 builds plain SGD rather than failing."""
+    cfg = load_config(None, [f"optim.nesterov={str(nesterov).lower()}", f"optim.momentum={momentum}"]).optim
+    opt = build_optimizer(torch.nn.Linear(2, 3), cfg)
+    assert opt.defaults["nesterov"] is expected and opt.defaults["momentum"] == momentum
 
 
 def test_fused_sgd_gives_the_same_updates_up_to_rounding():
@@ -103,8 +157,50 @@ def test_confusion_and_summary_by_hand():
     assert (report["many_accuracy"], report["medium_accuracy"], report["few_accuracy"]) == (0.75, 0.5, 1.0)
 
 
+def test_summary_leaves_out_classes_without_test_images_only():
+    """Class 0: 3 images, 2 right; class 1: one image, right (counts, recall 1); class 2: no test image (left
+    out of the means, per-class 0); class 3: one image, wrong (counts, recall 0)."""
+    conf = confusion_matrix([0, 0, 1, 1, 0], [0, 0, 0, 1, 3], 4)
+    report = summarize_confusion(conf, labeled_counts=[4, 3, 2, 1])  # groups: many [0, 1], medium [2], few [3]
+    assert report["per_class_accuracy"] == pytest.approx([2 / 3, 1.0, 0.0, 0.0])
+    assert report["balanced_accuracy"] == pytest.approx((2 / 3 + 1.0 + 0.0) / 3)
+    assert report["top1"] == pytest.approx(3 / 5) and report["geometric_mean"] == 0.0
+    assert report["many_accuracy"] == pytest.approx(5 / 6) and report["few_accuracy"] == 0.0
+    assert report["medium_accuracy"] == 0.0  # no test image in the group: 0, not a mean over nothing
+    assert report["confusion_matrix"] == conf.tolist()
+    empty = summarize_confusion(np.zeros((2, 2), dtype=np.int64), labeled_counts=[2, 1])
+    assert (empty["top1"], empty["balanced_accuracy"], empty["geometric_mean"]) == (0.0, 0.0, 0.0)
+    assert (empty["many_accuracy"], empty["few_accuracy"]) == (0.0, 0.0)
+
+
+def test_geometric_mean_by_hand():
+    assert geometric_mean([0.25, 1.0]) == pytest.approx(0.5)
+    assert geometric_mean([0.25]) == pytest.approx(0.25)
+    assert geometric_mean([]) == 0.0
+
+
 def test_class_groups_thirds():
     groups = class_groups([500, 299, 179, 107, 64, 38, 23, 13, 8, 5])
     assert groups == {"many": [0, 1, 2, 3], "medium": [4, 5, 6], "few": [7, 8, 9]}
     assert class_groups([1, 5, 3])["many"] == [1]
     assert geometric_mean(np.array([0.5, 0.0])) == 0.0
+
+
+def test_labeled_additions_extend_the_pool_and_refuse_mismatched_rows():
+    """CReST's additions: pool positions and their labels, one each; the labeled pool grows by them."""
+    from helpers import tiny_config
+
+    from cissl.engine.assemble import method_class
+    from cissl.engine.batches import BatchSource
+    from cissl.engine.data import prepare_data
+    from cissl.engine.precision import ComputePolicy
+
+    config = tiny_config(algorithm="fixmatch")
+    data = prepare_data(config, torch.device("cpu"))
+    spec = method_class(config).views(config.algorithm)
+    source = BatchSource(data, config.train, config.augment, spec, ComputePolicy(torch.device("cpu")), 0)
+    source.set_labeled_additions(torch.tensor([4, 0]), torch.tensor([1, 2]), generation=1)
+    assert len(source.labeled) == len(data.labeled) + 2 and source.labeled.labels[-2:].tolist() == [1, 2]
+    for indices, labels in ((torch.tensor([4, 0]), torch.tensor([1])), (torch.tensor([[4]]), torch.tensor([[1]]))):
+        with pytest.raises(ValueError, match=r"labeled additions: \(\d+(, \d+)?,?\) indices for"):
+            source.set_labeled_additions(indices, labels, generation=2)

@@ -1,8 +1,10 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
 from cissl.config import DataConfig
-from cissl.data.protocol import Split, build_split, long_tailed_counts, split_counts
+from cissl.data.protocol import Split, build_given_split, build_split, long_tailed_counts, split_counts
 from cissl.errors import DataError
 
 # Spec section 1.1 (golden vectors; truncation, float64)
@@ -135,3 +137,82 @@ def test_split_saved_and_loaded(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(DataError, match="bad.json"):
         Split.load(tmp_path / "bad.json")
+
+
+def test_own_data_split_holds_out_a_fraction_of_what_validation_leaves():
+    """Class 0: 20 images, 2 to validation, floor(0.25 * 18) = 4 to test, 14 labeled. Class 1: 3 images, 2
+    to validation, floor(0.25 * 1) = 0 to test, the last one labeled (one is enough)."""
+    labels = np.array([0] * 20 + [1] * 3)
+    cfg = DataConfig(dataset="folder", val_per_class=2, test_fraction=0.25)
+    split = build_given_split(labels, 2, cfg, seed=5, unlabeled_pool_size=7, has_test=False)
+    assert split.labeled_counts == [14, 1]
+    assert np.bincount(labels[split.val_indices], minlength=2).tolist() == [2, 2]
+    assert np.bincount(labels[split.test_indices], minlength=2).tolist() == [4, 0]
+    parts = [split.labeled_indices, split.val_indices, split.test_indices]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(23))  # disjoint, every image used once
+    assert split.unlabeled_indices.tolist() == list(range(7)) and split.unlabeled_counts is None
+    assert split.seed == 5 and split.class_order == [0, 1] and split.unlabeled_source == "unlabeled"
+    assert split.settings == {"dataset": "folder", "val_per_class": 2,
+                              "test": "held out: test_fraction 0.25 of each class"}
+    given = build_given_split(labels, 2, cfg, seed=5, unlabeled_pool_size=7, has_test=True)
+    assert given.labeled_counts == [18, 1] and len(given.test_indices) == 0 and given.settings["test"] == "given"
+
+
+def test_own_data_class_with_nothing_left_to_train_names_it():
+    labels = np.array([0] * 20 + [1] * 2)
+    cfg = DataConfig(dataset="folder", val_per_class=2, test_fraction=0.25)
+    with pytest.raises(DataError, match="class 1 has 2 labeled images: none is left for training after 2 "
+                                        "validation and 0 test images"):
+        build_given_split(labels, 2, cfg, seed=0, unlabeled_pool_size=7, has_test=False)
+
+
+def assert_same_split(a, b):
+    for key in ("labeled_indices", "unlabeled_indices", "val_indices", "test_indices"):
+        assert getattr(a, key).dtype == np.int64 and np.array_equal(getattr(a, key), getattr(b, key)), key
+    for key in ("labeled_counts", "unlabeled_counts", "unlabeled_source", "seed", "settings", "class_order"):
+        assert getattr(a, key) == getattr(b, key), key
+
+
+def test_every_field_of_a_split_survives_its_file(tmp_path):
+    protocol = build_split(_labels(), 4, small_cfg(val_per_class=2), seed=3, class_order=[2, 0, 1, 3])
+    own = build_given_split(np.array([0] * 20 + [1] * 6), 2, DataConfig(dataset="folder", val_per_class=1,
+                                                                       test_fraction=0.5),
+                            seed=1, unlabeled_pool_size=5, has_test=False)
+    for split in (protocol, own):
+        split.save(tmp_path / "split.json")
+        assert_same_split(Split.load(tmp_path / "split.json"), split)
+    assert len(own.test_indices) > 0 and own.unlabeled_counts is None and protocol.unlabeled_counts is not None
+
+
+def test_a_split_file_from_before_test_indices_class_order_and_settings_loads():
+    """split.json of earlier versions lacks these keys: no test images, order unknown, no settings."""
+    data = build_split(_labels(), 4, small_cfg(), seed=0).to_json()
+    for key in ("test_indices", "class_order", "settings"):
+        del data[key]
+    split = Split.from_json(data)
+    assert split.test_indices.dtype == np.int64 and len(split.test_indices) == 0
+    assert split.class_order is None and split.settings == {}
+
+
+def test_a_split_that_uses_every_image_of_a_class_fits():
+    """Class 0 has 60 images: validation 5 + N_0 15 + M_0 40 = 60 is accepted; the images come from the
+    training set."""
+    split = build_split(_labels(), 4, small_cfg(labeled_head=15, unlabeled_head=40, val_per_class=5), seed=0)
+    assert split.labeled_counts[0] == 15 and split.unlabeled_counts[0] == 40 and split.unlabeled_source == "train"
+
+
+def test_unknown_split_errors_name_what_is_missing():
+    cfg = DataConfig(dataset="stl10", labeled_head=58, unlabeled_head=None, imbalance_ratio=4.0,
+                     unlabeled_distribution="unknown", val_per_class=2)
+    assert build_split(_labels(), 4, cfg, 0, unlabeled_pool_size=3).labeled_counts[0] == 58  # 2 + 58 = 60 fits
+    with pytest.raises(DataError, match=r"needs 61 \(validation 3 \+ labeled N_k 58 \+ unlabeled M_k 0\)"):
+        build_split(_labels(), 4, dataclasses.replace(cfg, val_per_class=3), 0, unlabeled_pool_size=3)
+    with pytest.raises(DataError, match="data.unlabeled_distribution 'unknown' needs the data set's unlabeled split"):
+        build_split(_labels(), 4, cfg, 0)
+
+
+def test_long_tailed_counts_of_one_and_two_classes():
+    assert long_tailed_counts(50, 10.0, 1) == [50]
+    assert long_tailed_counts(50, 10.0, 2) == [50, 5]
+    with pytest.raises(ValueError, match="num_classes must be >= 1"):
+        long_tailed_counts(50, 10.0, 0)
