@@ -145,6 +145,9 @@ def test_last_k_window_is_the_later_half_of_the_last_generation():
     assert whole["last_k"] == 3 and whole["mean_last_top1"] == pytest.approx(0.6)
     assert whole["median_last_top1"] == pytest.approx(0.7)
     assert whole["mean_last_balanced_accuracy"] == pytest.approx(0.5)
+    assert whole["median_last_balanced_accuracy"] == pytest.approx(0.6)  # of 0.1, 0.6, 0.8
+    best = whole["best_on_test_top1"]  # the highest top-1 of the history, labelled as chosen on test
+    assert (best["value"], best["iteration"]) == (0.9, 12) and best["note"].startswith("selected on the test set")
     early = summarize_run(config, history[:4], final, "main", [6, 2], 8, 1.0, "cpu")
     assert early["last_k"] == 3 and early["mean_last_top1"] == pytest.approx((0.6 + 0.5 + 0.2) / 3)
 
