@@ -5,6 +5,7 @@ import json
 from conftest import run_cli
 
 from cissl.evaluation.per_seed import per_seed_markdown
+from cissl.evaluation.report import aggregate, paired_differences, paired_markdown, to_markdown
 
 # setting s: semi at seeds 0-1, fixmatch at seeds 0-2; setting t: fixmatch only. Thirds as given; None: not
 # recorded (a run without class groups).
@@ -46,6 +47,7 @@ def test_reference_minus_each_row_by_seed_and_third():
     semi: no differences there."""
     text = per_seed_markdown(_runs(), "semi")
     section_s, section_t = text.split("### t")
+    assert "| semi minus | metric | seed 0 | seed 1 | seed 2 | mean ± std |" in section_s
     assert "| fixmatch | balanced acc. | +10.00 | +6.00 | - | +8.00 ± 2.83 |" in section_s
     assert "| fixmatch | many | -20.00 | -10.00 | - | -15.00 ± 7.07 |" in section_s
     assert "| fixmatch | medium | +10.00 | +10.00 | - | +10.00 ± 0.00 |" in section_s
@@ -60,7 +62,9 @@ def test_cli_writes_per_seed_md_beside_paired_md_with_the_same_mean(tmp_path, ca
     assert code == 0
     per_seed = (tmp_path / "per_seed.md").read_text()
     assert per_seed in out
-    assert "| s | fixmatch | 0 1 | 8.00 ± 2.83 |" in (tmp_path / "paired.md").read_text()
+    paired = (tmp_path / "paired.md").read_text()
+    assert "| setting | semi minus | seeds | balanced_accuracy difference (points) |" in paired
+    assert "| s | fixmatch | 0 1 | 8.00 ± 2.83 |" in paired
     assert "| fixmatch | balanced acc. | +10.00 | +6.00 | - | +8.00 ± 2.83 |" in per_seed
 
 
@@ -75,3 +79,37 @@ def test_per_seed_with_out_is_one_line_error(tmp_path, capsys):
     code, _, err = run_cli(["report", tmp_path, "--per-seed", "--out", tmp_path / "pages"], capsys)
     assert code == 2 and "--per-seed" in err and "--out" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "per_seed.md").exists()
+
+
+def assert_tables_well_formed(text: str) -> int:
+    """Every markdown table (a block of lines starting with '|') has a header, a separator row of as many
+    '---' cells, and rows of as many cells; returns the number of tables."""
+    blocks, block = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            block.append(line)
+        elif block:
+            blocks.append(block)
+            block = []
+    for table in blocks:
+        widths = [line.count("|") for line in table]
+        assert len(table) >= 2 and len(set(widths)) == 1, table
+        assert set(table[1].strip("|").split("|")) == {"---"}, table[1]
+    return len(blocks)
+
+
+def test_every_table_of_the_reports_is_well_formed():
+    """The per-seed tables (values and differences, two settings with other seeds), results.md's and
+    paired.md's, each with as many cells in every row as in its header."""
+    runs = _runs()
+    assert assert_tables_well_formed(per_seed_markdown(runs, "semi")) == 3
+    assert assert_tables_well_formed(to_markdown(aggregate(runs))) == 1
+    assert assert_tables_well_formed(paired_markdown(paired_differences(runs, "semi"), "semi")) == 1
+
+
+def test_a_row_without_a_seed_in_common_with_the_reference_has_no_differences():
+    """In setting u, semi ran seed 0 and fixmatch seed 1 only: nothing to pair, no line (and no error)."""
+    runs = _runs() + [{"setting": "u", "algorithm": "semi", "seed": 0, "balanced_accuracy": 0.7},
+                      {"setting": "u", "algorithm": "fixmatch", "seed": 1, "balanced_accuracy": 0.6}]
+    section_u = per_seed_markdown(runs, "semi").split("### u")[1]
+    assert "| fixmatch | - | 60.00 | 60.00 |" in section_u and "minus" not in section_u

@@ -74,7 +74,9 @@ def test_aggregate_mean_and_sample_std():
     (row,) = aggregate(runs)
     assert row["top1"][0] == pytest.approx(0.6) and row["top1"][1] == pytest.approx(0.1414213, rel=1e-5)
     assert "60.00 ± 14.14" in __import__("cissl.evaluation.report", fromlist=["to_markdown"]).to_markdown([row])
-    assert "0.6" in to_csv([row])
+    parsed = next(csv.DictReader(io.StringIO(to_csv([row]))))
+    assert float(parsed["top1_mean"]) == pytest.approx(0.6) and float(parsed["top1_std"]) == pytest.approx(0.1414213)
+    assert parsed["seeds"] == "0 1" and parsed["reported_head"] == "main" and parsed["wall_time_s"] == "60.0"
 
 
 def test_single_seed_row_has_no_spread():
@@ -128,7 +130,8 @@ def test_report_names_two_runs_of_one_seed_in_one_row(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "one row holds two runs of the same seed: s / semi: seed 0 in " in err
     assert str(tmp_path / "a" / "semi" / "seed0") in err and str(tmp_path / "b" / "semi" / "seed0") in err
-    assert "Rows that hold two runs of the same seed" in (tmp_path / "results.md").read_text()
+    table = (tmp_path / "results.md").read_text()
+    assert "Rows that hold two runs of the same seed" in table and table.startswith("Mean ± sample std over seeds")
 
 
 @pytest.mark.parametrize("algorithm", ["fixmatch", "semi"])
@@ -342,9 +345,26 @@ def test_report_names_unreadable_results_and_refuses_a_missing_folder(tmp_path, 
     code, out, err = run_cli(["report", tmp_path], capsys)
     assert code == 0 and "| quickstart | supervised | 0 |" in out
     assert "left out of the tables, unreadable" in err and "seed1/results.json" in err
-    assert "seed1/results.json" in (tmp_path / "results.md").read_text()
+    table = (tmp_path / "results.md").read_text()
+    assert "seed1/results.json" in table and table.startswith("Mean ± sample std over seeds")  # the note stays
     code, _, err = run_cli(["report", tmp_path / "nothing_here"], capsys)
     assert code == 2 and "no such folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_results_files_of_another_shape_are_named_not_read(tmp_path):
+    """A results.json that is JSON but not a cissl result (a list; a dict without algorithm and seed) is
+    left out and named, as a truncated one is."""
+    from cissl.evaluation.report import collect_results
+
+    for name, content in (("good", {"algorithm": "semi", "seed": 0, "balanced_accuracy": 0.5}),
+                          ("a_list", [1, 2]), ("other_tool", {"accuracy": 0.9})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(content))
+    unreadable = []
+    runs = collect_results(tmp_path, unreadable)
+    assert [run["algorithm"] for run in runs] == ["semi"]
+    assert len(unreadable) == 2 and all("not a cissl results file" in line for line in unreadable)
+    assert any("a_list" in line for line in unreadable) and any("other_tool" in line for line in unreadable)
 
 
 def test_a_run_that_fails_does_not_stop_the_sweep(tmp_path, capsys):
