@@ -81,9 +81,10 @@ def test_aggregate_mean_and_sample_std():
 
 def test_single_seed_row_has_no_spread():
     run = {"setting": "s", "algorithm": "a", "seed": 0, "top1": 0.5, "balanced_accuracy": 0.5, "many_accuracy": 0.5,
-           "medium_accuracy": 0.5, "few_accuracy": 0.5, "mean_last_top1": 0.5, "wall_time_s": 60.0}
+           "medium_accuracy": 0.5, "few_accuracy": 0.5, "mean_last_top1": 0.5, "wall_time_s": 60.0,
+           "reported_head": "balanced"}
     (row,) = aggregate([run])
-    assert row["top1"] == (0.5, None)
+    assert row["top1"] == (0.5, None) and row["reported_head"] == "balanced"
     table = to_markdown([row])
     assert "| 50.00 |" in table and "±" not in table
     parsed = next(csv.DictReader(io.StringIO(to_csv([row]))))
