@@ -2,8 +2,10 @@
 
 import json
 
+import pytest
 from conftest import run_cli
 
+from cissl.errors import CisslError
 from cissl.evaluation.per_seed import per_seed_markdown
 from cissl.evaluation.report import aggregate, paired_differences, paired_markdown, to_markdown
 
@@ -113,3 +115,23 @@ def test_a_row_without_a_seed_in_common_with_the_reference_has_no_differences():
                       {"setting": "u", "algorithm": "fixmatch", "seed": 1, "balanced_accuracy": 0.6}]
     section_u = per_seed_markdown(runs, "semi").split("### u")[1]
     assert "| fixmatch | - | 60.00 | 60.00 |" in section_u and "minus" not in section_u
+
+
+def test_a_fixed_reference_whose_setting_name_holds_a_colon():
+    """SETTING:ALGORITHM splits at the last ':' (algorithm names have none; a setting name may)."""
+    runs = [{"setting": "grid:a", "algorithm": "semi", "seed": 0, "balanced_accuracy": 0.8},
+            {"setting": "grid:a", "algorithm": "fixmatch", "seed": 0, "balanced_accuracy": 0.7}]
+    assert "| fixmatch | balanced acc. | +10.00 | +10.00 |" in per_seed_markdown(runs, "grid:a:semi")
+
+
+def test_a_fixed_reference_without_a_third_pairs_the_metrics_it_has():
+    """t:fixmatch-like reference whose runs recorded no 'few' (results from before the thirds): the other
+    metrics pair, 'few' has no line; a reference row that does not exist is still the one-line error."""
+    runs = [{"setting": "s", "algorithm": "semi", "seed": 0, "balanced_accuracy": 0.8, "many_accuracy": 0.9,
+             "few_accuracy": 0.7},
+            {"setting": "s", "algorithm": "fixmatch", "seed": 0, "balanced_accuracy": 0.7, "many_accuracy": 0.6}]
+    text = per_seed_markdown(runs, "s:fixmatch")
+    assert "| semi | balanced acc. | -10.00 | -10.00 |" in text and "| semi | many | -30.00 | -30.00 |" in text
+    assert "| semi | few |" not in text
+    with pytest.raises(CisslError, match="--pair s:supervised: no such row with balanced_accuracy"):
+        per_seed_markdown(runs, "s:supervised")

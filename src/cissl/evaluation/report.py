@@ -166,12 +166,18 @@ def values_by_row(runs: list[dict], key: str) -> dict[tuple[str, str], dict[int,
     return by_row
 
 
+def reference_row(reference: str) -> tuple[str, str] | None:
+    """``SETTING:ALGORITHM`` as (setting, algorithm), split at the last ':' (a setting name may hold one, an
+    algorithm name does not); None for a bare algorithm."""
+    return tuple(reference.rsplit(":", 1)) if ":" in reference else None
+
+
 def pairs(by_row: dict[tuple[str, str], dict[int, float]], reference: str, key: str = "balanced_accuracy"):
     """(setting, row name, reference's values, the row's values) for each row that ``reference`` pairs
     with: an algorithm pairs with the other rows of its own setting (the same split and streams);
     ``SETTING:ALGORITHM`` is one row paired with every row of every setting (for settings that share its
     split: a Table-5 ablation, a grid point). An unknown ``SETTING:ALGORITHM`` is one line naming the rows."""
-    fixed = tuple(reference.rsplit(":", 1)) if ":" in reference else None
+    fixed = reference_row(reference)
     if fixed is not None and fixed not in by_row:
         rows_here = ", ".join(f"{s}:{a}" for s, a in sorted(by_row)) or "none"
         raise CisslError(f"--pair {reference}: no such row with {key}; the rows are {rows_here}")
