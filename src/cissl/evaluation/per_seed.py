@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cissl.evaluation.report import COLUMNS, _mean_std, collect_results, pairs, reference_row, values_by_row
+from cissl.evaluation.report import COLUMNS, _mean_std, check_reference, collect_results, pairs, values_by_row
 from cissl.rundir import atomic_write_text
 
 PER_SEED = "per_seed.md"
@@ -53,12 +53,9 @@ def per_seed_markdown(runs: list[dict], reference: str | None = None) -> str:
     by_row = values_by_row(runs, "balanced_accuracy")
     per_metric: dict[tuple[str, str], dict[str, tuple[dict, dict]]] = {}
     if reference is not None:
-        fixed = reference_row(reference)
+        check_reference(by_row, reference)  # a third the reference's runs did not record pairs with nothing
         for key, title in METRICS:
-            metric_rows = values_by_row(runs, key)
-            if fixed is not None and fixed not in metric_rows and key != "balanced_accuracy":
-                continue  # the reference's runs did not record this third: nothing to pair (as for an algorithm)
-            for setting, algorithm, own, values in pairs(metric_rows, reference, key):
+            for setting, algorithm, own, values in pairs(values_by_row(runs, key), reference):
                 if set(own) & set(values):
                     per_metric.setdefault((setting, algorithm), {})[title] = (own, values)
     sections = []

@@ -172,17 +172,24 @@ def reference_row(reference: str) -> tuple[str, str] | None:
     return tuple(reference.rsplit(":", 1)) if ":" in reference else None
 
 
-def pairs(by_row: dict[tuple[str, str], dict[int, float]], reference: str, key: str = "balanced_accuracy"):
-    """(setting, row name, reference's values, the row's values) for each row that ``reference`` pairs
-    with: an algorithm pairs with the other rows of its own setting (the same split and streams);
-    ``SETTING:ALGORITHM`` is one row paired with every row of every setting (for settings that share its
-    split: a Table-5 ablation, a grid point). An unknown ``SETTING:ALGORITHM`` is one line naming the rows."""
+def check_reference(by_row: dict[tuple[str, str], dict[int, float]], reference: str,
+                    key: str = "balanced_accuracy") -> None:
+    """An unknown ``SETTING:ALGORITHM`` (no row with ``key``) is one line naming the rows there are."""
     fixed = reference_row(reference)
     if fixed is not None and fixed not in by_row:
         rows_here = ", ".join(f"{s}:{a}" for s, a in sorted(by_row)) or "none"
         raise CisslError(f"--pair {reference}: no such row with {key}; the rows are {rows_here}")
+
+
+def pairs(by_row: dict[tuple[str, str], dict[int, float]], reference: str):
+    """(setting, row name, reference's values, the row's values) for each row that ``reference`` pairs
+    with: an algorithm pairs with the other rows of its own setting (the same split and streams);
+    ``SETTING:ALGORITHM`` is one row paired with every row of every setting (for settings that share its
+    split: a Table-5 ablation, a grid point). A reference without values in ``by_row`` pairs with nothing
+    (:func:`check_reference` says when it names no row at all)."""
+    fixed = reference_row(reference)
     for (setting, algorithm), values in sorted(by_row.items()):
-        own = by_row[fixed] if fixed is not None else by_row.get((setting, reference))
+        own = by_row.get(fixed) if fixed is not None else by_row.get((setting, reference))
         if (setting, algorithm) != (fixed or (setting, reference)) and own is not None:
             yield setting, algorithm, own, values
 
@@ -190,8 +197,10 @@ def pairs(by_row: dict[tuple[str, str], dict[int, float]], reference: str, key: 
 def paired_differences(runs: list[dict], reference: str, key: str = "balanced_accuracy") -> list[dict]:
     """``reference`` minus each other row (see ``pairs``), paired by seed: the seeds both ran, the mean
     difference and its sample std (None for one seed)."""
+    by_row = values_by_row(runs, key)
+    check_reference(by_row, reference, key)
     rows = []
-    for setting, algorithm, own, values in pairs(values_by_row(runs, key), reference, key):
+    for setting, algorithm, own, values in pairs(by_row, reference):
         seeds = sorted(set(own) & set(values))
         if seeds:
             mean, std = _mean_std([own[s] - values[s] for s in seeds])
