@@ -1,13 +1,19 @@
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_config
 
 from cissl.config import load_config
 from cissl.data.stream import ImagePool, IndexStream
+from cissl.engine.assemble import method_class
+from cissl.engine.batches import BatchSource
+from cissl.engine.data import prepare_data
 from cissl.engine.ema import EMA
 from cissl.engine.optim import build_optimizer, build_scheduler, lr_factor
+from cissl.engine.precision import ComputePolicy
 from cissl.evaluation.metrics import class_groups, confusion_matrix, geometric_mean, summarize_confusion
 
 
@@ -77,8 +83,6 @@ def test_cosine_schedule_matches_fixmatch():
 
 @pytest.mark.parametrize("schedule, factor", [("constant", 1.0), ("cosine", math.cos(math.pi * 0.5 * 3 / 10))])
 def test_scheduler_follows_the_configured_schedule(schedule, factor):
-    from types import SimpleNamespace
-
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=0.1)
     scheduler = build_scheduler(optimizer, SimpleNamespace(schedule=schedule, cosine_fraction=0.5), 10)
@@ -188,13 +192,6 @@ def test_class_groups_thirds():
 
 def test_labeled_additions_extend_the_pool_and_refuse_mismatched_rows():
     """CReST's additions: pool positions and their labels, one each; the labeled pool grows by them."""
-    from helpers import tiny_config
-
-    from cissl.engine.assemble import method_class
-    from cissl.engine.batches import BatchSource
-    from cissl.engine.data import prepare_data
-    from cissl.engine.precision import ComputePolicy
-
     config = tiny_config(algorithm="fixmatch")
     data = prepare_data(config, torch.device("cpu"))
     spec = method_class(config).views(config.algorithm)

@@ -125,8 +125,8 @@ def test_a_fixed_reference_whose_setting_name_holds_a_colon():
 
 
 def test_a_fixed_reference_without_a_third_pairs_the_metrics_it_has():
-    """t:fixmatch-like reference whose runs recorded no 'few' (results from before the thirds): the other
-    metrics pair, 'few' has no line; a reference row that does not exist is still the one-line error."""
+    """Reference s:fixmatch, whose run recorded no 'few' (results from before the thirds): the other metrics
+    pair, 'few' has no line; a reference row that does not exist is still the one-line error."""
     runs = [{"setting": "s", "algorithm": "semi", "seed": 0, "balanced_accuracy": 0.8, "many_accuracy": 0.9,
              "few_accuracy": 0.7},
             {"setting": "s", "algorithm": "fixmatch", "seed": 0, "balanced_accuracy": 0.7, "many_accuracy": 0.6}]

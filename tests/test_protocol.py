@@ -128,17 +128,6 @@ def test_unknown_uses_whole_unlabeled_pool():
     assert split.unlabeled_source == "unlabeled" and split.unlabeled_indices.tolist() == list(range(17))
 
 
-def test_split_saved_and_loaded(tmp_path):
-    split = build_split(_labels(), 4, small_cfg(), seed=3)
-    split.save(tmp_path / "split.json")
-    back = Split.load(tmp_path / "split.json")
-    assert np.array_equal(back.labeled_indices, split.labeled_indices)
-    assert back.labeled_counts == split.labeled_counts and back.seed == 3
-    (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(DataError, match="bad.json"):
-        Split.load(tmp_path / "bad.json")
-
-
 def test_own_data_split_holds_out_a_fraction_of_what_validation_leaves():
     """Class 0: 20 images, 2 to validation, floor(0.25 * 18) = 4 to test, 14 labeled. Class 1: 3 images, 2
     to validation, floor(0.25 * 1) = 0 to test, the last one labeled (one is enough)."""
@@ -173,15 +162,24 @@ def assert_same_split(a, b):
         assert getattr(a, key) == getattr(b, key), key
 
 
-def test_every_field_of_a_split_survives_its_file(tmp_path):
-    protocol = build_split(_labels(), 4, small_cfg(val_per_class=2), seed=3, class_order=[2, 0, 1, 3])
+def test_split_saved_and_loaded(tmp_path):
+    """Every field of a protocol split and of an own-data split (test images, no M_k) survives its file; a
+    file that does not parse is one error naming it."""
+    split = build_split(_labels(), 4, small_cfg(val_per_class=2), seed=3, class_order=[2, 0, 1, 3])
     own = build_given_split(np.array([0] * 20 + [1] * 6), 2, DataConfig(dataset="folder", val_per_class=1,
                                                                        test_fraction=0.5),
                             seed=1, unlabeled_pool_size=5, has_test=False)
-    for split in (protocol, own):
-        split.save(tmp_path / "split.json")
-        assert_same_split(Split.load(tmp_path / "split.json"), split)
-    assert len(own.test_indices) > 0 and own.unlabeled_counts is None and protocol.unlabeled_counts is not None
+    for saved in (split, own):
+        saved.save(tmp_path / "split.json")
+        assert_same_split(Split.load(tmp_path / "split.json"), saved)
+    assert len(own.test_indices) > 0 and own.unlabeled_counts is None and split.unlabeled_counts is not None
+    split.save(tmp_path / "split.json")
+    back = Split.load(tmp_path / "split.json")
+    assert np.array_equal(back.labeled_indices, split.labeled_indices)
+    assert back.labeled_counts == split.labeled_counts and back.seed == 3
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(DataError, match="bad.json"):
+        Split.load(tmp_path / "bad.json")
 
 
 def test_a_split_file_from_before_test_indices_class_order_and_settings_loads():

@@ -13,7 +13,7 @@ from helpers import tiny_config
 
 from cissl.bench.throughput import format_table, measure
 from cissl.errors import CisslError, ConfigError
-from cissl.evaluation.report import aggregate, method_label, to_csv, to_markdown, write_report
+from cissl.evaluation.report import aggregate, collect_results, method_label, to_csv, to_markdown, write_report
 from cissl.sweep import plan, run_sweep
 
 TINY = ["model.depth=10", "model.widen=1", "train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2",
@@ -73,7 +73,7 @@ def test_aggregate_mean_and_sample_std():
              "wall_time_s": 60.0} for i, v in enumerate([0.5, 0.7])]
     (row,) = aggregate(runs)
     assert row["top1"][0] == pytest.approx(0.6) and row["top1"][1] == pytest.approx(0.1414213, rel=1e-5)
-    assert "60.00 ± 14.14" in __import__("cissl.evaluation.report", fromlist=["to_markdown"]).to_markdown([row])
+    assert "60.00 ± 14.14" in to_markdown([row])
     parsed = next(csv.DictReader(io.StringIO(to_csv([row]))))
     assert float(parsed["top1_mean"]) == pytest.approx(0.6) and float(parsed["top1_std"]) == pytest.approx(0.1414213)
     assert parsed["seeds"] == "0 1" and parsed["reported_head"] == "main" and parsed["wall_time_s"] == "60.0"
@@ -355,8 +355,6 @@ def test_report_names_unreadable_results_and_refuses_a_missing_folder(tmp_path, 
 def test_results_files_of_another_shape_are_named_not_read(tmp_path):
     """A results.json that is JSON but not a cissl result (a list; a dict without algorithm and seed) is
     left out and named, as a truncated one is."""
-    from cissl.evaluation.report import collect_results
-
     for name, content in (("good", {"algorithm": "semi", "seed": 0, "balanced_accuracy": 0.5}),
                           ("a_list", [1, 2]), ("other_tool", {"accuracy": 0.9})):
         (tmp_path / name).mkdir()
