@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -14,25 +15,56 @@ def md5(path: Path) -> str:
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
+def python2_pickle(value) -> bytes:
+    """``value`` pickled as Python 2's cPickle (protocol 2) wrote the official CIFAR files: text as
+    Python-2 ``str`` (SHORT_BINSTRING / BINSTRING: bytes a Python-3 reader must decode), numpy arrays
+    through ``numpy.core.multiarray._reconstruct`` with their raw buffer as such a string. Handles what
+    those files hold: dict, list, str, int, uint8 ndarray."""
+
+    def text(raw: bytes) -> bytes:
+        return b"U" + bytes([len(raw)]) + raw if len(raw) < 256 else b"T" + struct.pack("<i", len(raw)) + raw
+
+    def body(item) -> bytes:
+        if isinstance(item, dict):
+            return b"}(" + b"".join(body(k) + body(v) for k, v in item.items()) + b"u"
+        if isinstance(item, list):
+            return b"](" + b"".join(body(v) for v in item) + b"e"
+        if isinstance(item, str):
+            return text(item.encode("latin1"))
+        if isinstance(item, (int, np.integer)):
+            return b"J" + struct.pack("<i", int(item))
+        if isinstance(item, np.ndarray) and item.dtype == np.uint8:
+            shape = b"(" + b"".join(b"J" + struct.pack("<i", d) for d in item.shape) + b"t"
+            dtype = (b"cnumpy\ndtype\n" + text(b"u1") + b"K\x00K\x01\x87R"  # dtype('u1', 0, 1)
+                     + b"(K\x03" + text(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
+            return (b"cnumpy.core.multiarray\n_reconstruct\n" + b"cnumpy\nndarray\n" + b"K\x00\x85" + text(b"b")
+                    + b"\x87R" + b"(K\x01" + shape + dtype + b"\x89" + text(item.tobytes()) + b"tb")
+        raise TypeError(f"python2_pickle: {type(item).__name__}")
+
+    return b"\x80\x02" + body(value) + b"."
+
+
 def write_cifar10(root: Path, per_batch: int = 12, test: int = 10, seed: int = 0, bytes_keys=False) -> dict:
-    """cifar-10-batches-py with 5 train batches, a test batch and batches.meta (python-2 style pickles)."""
+    """cifar-10-batches-py with 5 train batches, a test batch and batches.meta, pickled by Python 2 as the
+    official files are; ``bytes_keys``: by Python 3 instead, with bytes keys (as a re-packed copy may be)."""
     rng = np.random.default_rng(seed)
     folder = Path(root) / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
     key = (lambda k: k.encode()) if bytes_keys else (lambda k: k)
+
+    def dump(value, path):
+        path.write_bytes(pickle.dumps(value, protocol=2) if bytes_keys else python2_pickle(value))
     truth = {}
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for name in names:
         n = test if name == "test_batch" else per_batch
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         labels = rng.integers(0, 10, n).tolist()
-        with open(folder / name, "wb") as handle:
-            pickle.dump({key("batch_label"): f"{name}", key("labels"): labels, key("data"): data,
-                         key("filenames"): [f"img{i}.png" for i in range(n)]}, handle, protocol=2)
+        dump({key("batch_label"): f"{name}", key("labels"): labels, key("data"): data,
+              key("filenames"): [f"img{i}.png" for i in range(n)]}, folder / name)
         truth[name] = (data, labels)
-    with open(folder / "batches.meta", "wb") as handle:
-        pickle.dump({key("label_names"): ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                                          "horse", "ship", "truck"], key("num_vis"): 3072}, handle, protocol=2)
+    dump({key("label_names"): ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                               "truck"], key("num_vis"): 3072}, folder / "batches.meta")
     truth["checksums"] = {p.name: md5(p) for p in folder.iterdir()}
     return truth
 
@@ -45,13 +77,11 @@ def write_cifar100(root: Path, train: int = 30, test: int = 10, seed: int = 0) -
     for name, n in (("train", train), ("test", test)):
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         fine = rng.integers(0, 100, n).tolist()
-        with open(folder / name, "wb") as handle:
-            pickle.dump({"filenames": [], "batch_label": name, "fine_labels": fine,
-                         "coarse_labels": [f // 5 for f in fine], "data": data}, handle, protocol=2)
+        (folder / name).write_bytes(python2_pickle({"filenames": [], "batch_label": name, "fine_labels": fine,
+                                                    "coarse_labels": [f // 5 for f in fine], "data": data}))
         truth[name] = (data, fine)
-    with open(folder / "meta", "wb") as handle:
-        pickle.dump({"fine_label_names": [f"class{i}" for i in range(100)],
-                     "coarse_label_names": [f"super{i}" for i in range(20)]}, handle, protocol=2)
+    (folder / "meta").write_bytes(python2_pickle({"fine_label_names": [f"class{i}" for i in range(100)],
+                                                  "coarse_label_names": [f"super{i}" for i in range(20)]}))
     truth["checksums"] = {p.name: md5(p) for p in folder.iterdir()}
     return truth
 

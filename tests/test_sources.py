@@ -1,10 +1,22 @@
 import gzip
+import shutil
+import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic_data import write_cifar10, write_cifar100, write_fashion, write_stl10
+from synthetic_data import md5, python2_pickle, write_cifar10, write_cifar100, write_fashion, write_stl10
 
-from cissl.data.sources import load_cifar10, load_cifar100, load_digits_source, load_fashion_mnist, load_stl10
+from cissl.data.sources import (
+    cifar,
+    fashion,
+    load_cifar10,
+    load_cifar100,
+    load_digits_source,
+    load_fashion_mnist,
+    load_stl10,
+    stl10,
+)
 from cissl.data.sources.fashion import SYSTEM_DIR
 from cissl.errors import DataError
 
@@ -186,3 +198,133 @@ def test_an_unreadable_data_file_is_one_line_naming_it(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="cifar10: cannot read .*data_batch_1 \\(Permission denied\\); check data.root"):
         load_source(config.data)
     assert batch.is_file()
+
+
+def _serve_as_archive(built: Path, folder: str, remote: Path) -> Path:
+    """``built/folder`` packed as the official tar.gz is (one top folder), in a folder standing for the server."""
+    remote.mkdir(parents=True)
+    archive = remote / f"{folder}.tar.gz"
+    with tarfile.open(archive, "w:gz") as handle:
+        handle.add(built / folder, arcname=folder)
+    return archive
+
+
+ARCHIVED = {  # data set -> (its spec dict, writer, folder, reader)
+    "cifar10": (cifar.CIFAR10, write_cifar10, "cifar-10-batches-py",
+                lambda root, sums, download: load_cifar10(root, download, sums)),
+    "cifar100": (cifar.CIFAR100, write_cifar100, "cifar-100-python",
+                 lambda root, sums, download: load_cifar100(root, download, sums)),
+    "stl10": (stl10.STL10, write_stl10, "stl10_binary",
+              lambda root, sums, download: load_stl10(root, None, download, sums)),
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(ARCHIVED))
+def test_download_fetches_checks_and_extracts_the_archive_then_reuses_it(tmp_path, monkeypatch, capsys, dataset):
+    """data.download=true end to end (the server is a file:// URL): the archive is fetched into data.root,
+    md5-checked and extracted, and the files read are the archive's; a second run with the folder gone
+    extracts the kept archive again without fetching (the server is gone too)."""
+    spec, write, folder, load = ARCHIVED[dataset]
+    truth = write(tmp_path / "built")
+    archive = _serve_as_archive(tmp_path / "built", folder, tmp_path / "server")
+    monkeypatch.setitem(spec, "url", archive.as_uri())
+    monkeypatch.setitem(spec, "archive_md5", md5(archive))
+    root = tmp_path / "data"
+    with pytest.raises(DataError, match=f"{folder}.*data.download=true"):
+        load(root, truth["checksums"], False)
+    source = load(root, truth["checksums"], True)
+    assert f"downloading {dataset} from {archive.as_uri()}" in capsys.readouterr().out
+    assert (root / archive.name).is_file() and (root / folder).is_dir()
+    reference = load(tmp_path / "built", truth["checksums"], False)
+    assert np.array_equal(source.train.images, reference.train.images)
+    assert np.array_equal(source.test.labels, reference.test.labels)
+    shutil.rmtree(root / folder)
+    archive.unlink()
+    again = load(root, truth["checksums"], True)
+    assert "downloading" not in capsys.readouterr().out
+    assert np.array_equal(again.train.images, reference.train.images)
+
+
+def test_download_refuses_an_archive_with_the_wrong_md5(tmp_path, monkeypatch):
+    truth = write_cifar10(tmp_path / "built")
+    archive = _serve_as_archive(tmp_path / "built", "cifar-10-batches-py", tmp_path / "server")
+    monkeypatch.setitem(cifar.CIFAR10, "url", archive.as_uri())
+    monkeypatch.setitem(cifar.CIFAR10, "archive_md5", "0" * 32)
+    with pytest.raises(DataError, match=r"cifar-10-batches-py.tar.gz is corrupt \(md5 .*, expected 0{32}\)"):
+        load_cifar10(tmp_path / "data", True, truth["checksums"])
+    assert not (tmp_path / "data" / "cifar-10-batches-py").exists()  # nothing extracted from it
+
+
+def test_download_is_skipped_when_the_files_are_there(tmp_path, monkeypatch):
+    truth = write_stl10(tmp_path)
+    monkeypatch.setitem(stl10.STL10, "url", (tmp_path / "no_such_server" / "x.tar.gz").as_uri())
+    source = load_stl10(tmp_path, None, True, truth["checksums"])
+    assert np.array_equal(source.unlabeled.images, truth["unlabeled"][0])
+
+
+def test_fashion_download_fetches_each_file_into_data_root(tmp_path, monkeypatch, capsys):
+    truth = write_fashion(tmp_path / "server")
+    monkeypatch.setattr(fashion, "URL", (tmp_path / "server").as_uri() + "/")
+    source = load_fashion_mnist(tmp_path / "data", download=True, checksums=truth["checksums"], search_system=False)
+    assert capsys.readouterr().out.count("downloading fashion_mnist") == 4
+    assert sorted(p.name for p in (tmp_path / "data" / "fashion_mnist").iterdir()) == sorted(
+        p.name for p in (tmp_path / "server").iterdir())
+    assert np.array_equal(source.train.images[:, 0], truth["train"][0])
+    assert source.test.labels.tolist() == truth["t10k"][1].tolist()
+
+
+def test_stl10_resize_is_pils_antialiased_bilinear_whatever_the_chunk():
+    """STL-10's 96 px images at 32 px: within one grey level of PIL's BILINEAR resize (which antialiases
+    when it shrinks), and the same whether the images go through in one chunk or several."""
+    from PIL import Image
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 3, 96, 96), dtype=np.uint8)
+    ours = stl10.resize_uint8(images, 32)
+    pil = np.stack([np.stack([np.asarray(Image.fromarray(images[i, c]).resize((32, 32), Image.BILINEAR))
+                              for c in range(3)]) for i in range(3)])
+    assert ours.shape == (3, 3, 32, 32) and ours.dtype == np.uint8
+    assert np.abs(ours.astype(int) - pil.astype(int)).max() <= 1
+    assert np.array_equal(stl10.resize_uint8(images, 32, chunk=2), ours)
+    column_major = images.transpose(0, 1, 3, 2)  # as read from the file: already 96 px, not contiguous
+    same = stl10.resize_uint8(column_major, 96)
+    assert same.flags["C_CONTIGUOUS"] and np.array_equal(same, column_major)
+
+
+@pytest.mark.parametrize("content, message", [
+    ([1, 2, 3], "data_batch_2 does not hold a CIFAR batch dictionary"),
+    ({"labels": [0] * 12}, r"data_batch_2 is not a CIFAR batch \('data'\)"),
+    ({"labels": [0] * 11, "data": np.zeros((12, 3072), np.uint8)}, "data_batch_2 has 12 images and 11 labels"),
+    ({"labels": [0] * 11 + [10], "data": np.zeros((12, 3072), np.uint8)}, r"cifar10: train labels outside 0\.\.9"),
+    ({"labels": [0] * 11 + [-1], "data": np.zeros((12, 3072), np.uint8)}, r"cifar10: train labels outside 0\.\.9"),
+])
+def test_cifar_batch_that_is_not_one_is_named(tmp_path, content, message):
+    """A batch file with the right name and a wrong content (checked after its md5: sums given by the
+    test) stops the run with a line naming the file and what is wrong; labels 0 and 9 are in range."""
+    truth = write_cifar10(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(python2_pickle(content))
+    with pytest.raises(DataError, match=message):
+        load_cifar10(tmp_path, checksums=dict(truth["checksums"], data_batch_2=None))
+    batch.write_bytes(python2_pickle({"labels": [0] * 11 + [9], "data": np.zeros((12, 3072), np.uint8)}))
+    assert load_cifar10(tmp_path, checksums=dict(truth["checksums"], data_batch_2=None)).train.labels.max() == 9
+
+
+@pytest.mark.parametrize("on_disk, fine", [(0, False), (11, False), (1, True), (10, True)])
+def test_stl10_labels_are_1_to_10_on_disk(tmp_path, on_disk, fine):
+    truth = write_stl10(tmp_path)
+    labels = tmp_path / "stl10_binary" / "train_y.bin"
+    np.array([5] * 7 + [on_disk], dtype=np.uint8).tofile(labels)
+    sums = dict(truth["checksums"], **{"train_y.bin": None})
+    if fine:
+        assert load_stl10(tmp_path, None, checksums=sums).train.labels[-1] == on_disk - 1
+    else:
+        with pytest.raises(DataError, match=r"stl10: .*train_y.bin holds labels outside 1\.\.10"):
+            load_stl10(tmp_path, None, checksums=sums)
+
+
+def test_stl10_image_file_of_a_partial_image_is_named(tmp_path):
+    truth = write_stl10(tmp_path)
+    images = tmp_path / "stl10_binary" / "test_X.bin"
+    images.write_bytes(images.read_bytes()[:-1])
+    with pytest.raises(DataError, match=r"test_X.bin has 165887 bytes, not a whole number of 3x96x96 images"):
+        load_stl10(tmp_path, None, checksums=dict(truth["checksums"], **{"test_X.bin": None}))
