@@ -1,0 +1,86 @@
+"""The commands the docs show are commands cissl takes: every ``cissl ...`` line in a code block of the
+README, docs/ and benchmarks/RESULTS.md parses with the CLI's parser, and where it names config files,
+the configs with its algorithm, grid and overrides validate (as the command would check them before
+running anything)."""
+
+import re
+import shlex
+
+import pytest
+from conftest import REPO
+
+from cissl.cli import build_parser
+from cissl.config import load_config
+from cissl.errors import CisslError
+from cissl.sweep import plan
+
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "benchmarks" / "RESULTS.md"]
+COMMAND = re.compile(r"(?:^|\s)(?:cissl|-m cissl)\s+(.*)")
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(file, command line) of every cissl command in a fenced code block, continuation lines joined;
+    left out: lines with a shell variable or a ``[optional]`` synopsis (not runnable as written)."""
+    found = []
+    for path in DOCS:
+        for block in re.findall(r"```[a-z]*\n(.*?)```", path.read_text(encoding="utf-8"), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                for part in re.split(r"&&|;|\|", line.split(" #")[0]):
+                    part = part.strip().strip("()").strip()
+                    match = COMMAND.search(part)
+                    if match and not part.startswith("#") and "$" not in part and " [" not in part:
+                        found.append((path.relative_to(REPO).as_posix(), match.group(1)))
+    return found
+
+
+def check_command(argv: list[str]) -> str | None:
+    """What is wrong with ``cissl argv`` (None: nothing): the parser's verdict, then the configs'."""
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except SystemExit:
+        return "the CLI's parser refuses it"
+    overrides = [*(getattr(args, "overrides", None) or []), *extra]
+    if any("=" not in item or item.startswith("-") for item in extra):
+        return f"unrecognized arguments {extra}"
+    try:
+        if getattr(args, "configs", None):  # cissl sweep: every job of the grid is validated up front
+            plan(args.configs, args.algorithms, args.seeds, REPO / "unused", overrides, args.grid)
+        elif (getattr(args, "config", None) or "").endswith(".yaml"):  # not a placeholder such as FILE
+            load_config(args.config, overrides, args.algorithm)
+    except CisslError as exc:
+        return str(exc)
+    return None
+
+
+def test_every_documented_command_parses_and_its_configs_validate(monkeypatch):
+    monkeypatch.chdir(REPO)  # the docs' config paths are relative to the checkout
+    commands = documented_commands()
+    assert len(commands) >= 60, f"only {len(commands)} commands found: the extraction broke"
+    assert any(argv.startswith("sweep --configs") for _, argv in commands)
+    wrong = [f"{path}: cissl {argv} -> {why}" for path, argv in commands
+             if (why := check_command(shlex.split(argv))) is not None]
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("argv, why", [
+    ("train --config configs/quickstart.yaml --algorithm no_such_method", "no_such_method"),
+    ("train --config configs/quickstart.yaml optim.lrr=0.1", "optim.lrr"),
+    ("report runs --per-seeds", "unrecognized arguments"),
+    ("report", "refuses"),
+    ("sweep --configs configs/quickstart.yaml --grid optim.lr=0.1,fast --out x", "optim.lr"),
+    ("split --config configs/quickstart.yaml --counts-only", None),
+])
+def test_a_wrong_command_is_caught(monkeypatch, argv, why):
+    monkeypatch.chdir(REPO)
+    verdict = check_command(shlex.split(argv))
+    assert (verdict is None) if why is None else (why in verdict)
+
+
+def test_every_extra_is_named_in_the_readme():
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    paragraph = readme[readme.index("Optional extras:"):].split("\n\n")[0]
+    assert sorted(e for e in extras if f"`{e}`" not in paragraph) == []
