@@ -8,6 +8,7 @@ from conftest import CONFIGS, run_cli
 
 from cissl.config import load_config
 from cissl.data.sources import load_digits_source
+from cissl.data.sources.own import load_arrays_source
 from cissl.engine.data import prepare_data
 from cissl.engine.run import start_run
 from cissl.errors import ConfigError, DataError
@@ -157,3 +158,87 @@ def test_the_example_runs_the_whole_path(tmp_path):
     assert "balanced accuracy on the test folder" in result.stdout and "| own_data | semi | 0 |" in result.stdout
     assert "digit_9 test images predicted as" in result.stdout
     assert (tmp_path / "runs/semi/seed0/results.json").is_file()
+
+
+def small_arrays(rng, n=6, size=8, colour=False, labels=(0, 1, 2, 0, 1, 2)):
+    shape = (n, size, size, 3) if colour else (n, size, size)
+    return rng.integers(0, 256, shape, dtype=np.uint8), np.array(labels[:n])
+
+
+@pytest.mark.parametrize("layout", ["grey", "grey_last", "colour_last"])
+def test_arrays_reader_takes_channels_last_images(tmp_path, layout):
+    """(N, H, W) and (N, H, W, 1) are grey, (N, H, W, 3) colour; each image comes out (C, H, W) with its
+    own pixels (channel c of image i at (y, x) is the file's [i, y, x, c])."""
+    rng = np.random.default_rng(0)
+    x, y = small_arrays(rng, colour=layout == "colour_last")
+    u, _ = small_arrays(rng, n=4, colour=layout == "colour_last")
+    if layout == "grey_last":
+        x, u = x[..., None], u[..., None]
+    np.savez(tmp_path / "d.npz", x_labeled=x, y_labeled=y, x_unlabeled=u)
+    source = load_arrays_source(tmp_path / "d.npz", None)
+    channels = 3 if layout == "colour_last" else 1
+    assert source.train.images.shape == (6, channels, 8, 8) and source.unlabeled.images.shape == (4, channels, 8, 8)
+    assert source.train.images.flags["C_CONTIGUOUS"]
+    expected = x.transpose(0, 3, 1, 2) if x.ndim == 4 else x[:, None]
+    assert np.array_equal(source.train.images, expected) and source.test is None
+    pixels = np.concatenate([expected, u.transpose(0, 3, 1, 2) if u.ndim == 4 else u[:, None]]) / 255.0
+    assert np.allclose(source.mean, pixels.mean(axis=(0, 2, 3))) and np.allclose(source.std, pixels.std(axis=(0, 2, 3)))
+
+
+def test_arrays_reader_class_names_and_test_split(tmp_path):
+    """Class names are the file's, else 0..K-1 with K from the largest label of the labeled and test
+    labels; the statistics come from the labeled and unlabeled images only; a constant image set's std is
+    floored (no division by zero when normalising)."""
+    rng = np.random.default_rng(1)
+    x, y = small_arrays(rng)
+    u = np.full((3, 8, 8), 40, np.uint8)
+    t = np.full((2, 8, 8), 255, np.uint8)
+    np.savez(tmp_path / "d.npz", x_labeled=np.full_like(x, 40), y_labeled=y, x_unlabeled=u, x_test=t,
+             y_test=np.array([3, 0]))
+    source = load_arrays_source(tmp_path / "d.npz", None)
+    assert source.class_names == ["0", "1", "2", "3"] and source.test.labels.tolist() == [3, 0]
+    assert np.array_equal(source.test.images, t[:, None])
+    assert source.mean == pytest.approx((40 / 255,)) and source.std == (1e-3,)
+    np.savez(tmp_path / "n.npz", x_labeled=x, y_labeled=y, x_unlabeled=u, class_names=np.array(["a", "b", "c"]))
+    assert load_arrays_source(tmp_path / "n.npz", None).class_names == ["a", "b", "c"]
+    np.savez(tmp_path / "m.npz", x_labeled=x, y_labeled=y, x_unlabeled=u, class_names=np.array(["a", "b"]))
+    with pytest.raises(DataError, match="labels go up to 2 but class_names lists 2 names"):
+        load_arrays_source(tmp_path / "m.npz", None)
+
+
+def test_arrays_reader_sizes_and_resizing(tmp_path):
+    rng = np.random.default_rng(2)
+    x, y = small_arrays(rng, size=8)
+    u, _ = small_arrays(rng, n=3, size=12)
+    np.savez(tmp_path / "d.npz", x_labeled=x, y_labeled=y, x_unlabeled=u)
+    with pytest.raises(DataError, match=r"holds images of sizes \[\(8, 8\), \(12, 12\)\]; set data.image_size"):
+        load_arrays_source(tmp_path / "d.npz", None)
+    source = load_arrays_source(tmp_path / "d.npz", 16)
+    assert source.train.images.shape == (6, 1, 16, 16) and source.unlabeled.images.shape == (3, 1, 16, 16)
+    from cissl.data.sources.stl10 import resize_uint8
+
+    assert np.array_equal(source.unlabeled.images, resize_uint8(u[:, None], 16))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(x_unlabeled=np.zeros((3, 8, 8, 3), np.uint8)), r"mixes grey and colour images \(\[1, 3\] channels\)"),
+    (dict(x_unlabeled=np.zeros((3, 8, 8, 2), np.uint8)), r"x_unlabeled in .* must be \(N, H, W\) or \(N, H, W, 1\|3\)"),
+    (dict(x_unlabeled=np.zeros((3, 3, 8, 8), np.uint8)), r"1\|3\), got \(3, 3, 8, 8\)"),
+    (dict(x_unlabeled=np.zeros((3, 8, 6), np.uint8)), "x_unlabeled in .* holds 8x6 images, not square"),
+    (dict(x_unlabeled=np.zeros((0, 8, 8), np.uint8)), "x_unlabeled in .* is empty"),
+    (dict(y_labeled=np.array([0, 1, 2, 0, 1, -1])), r"y_labeled in .* must be non-negative integers \(N,\)"),
+    (dict(y_labeled=np.zeros((6, 1), np.int64)), r"y_labeled .* integers \(N,\), got int64 \(6, 1\)"),
+    (dict(y_labeled=np.zeros(6, np.float32)), "y_labeled in .* must be non-negative integers"),
+    (dict(x_test=np.zeros((2, 8, 8), np.uint8)), r"missing \['x_test or y_test'\]"),
+    (dict(x_test=np.zeros((2, 8, 8), np.uint8), y_test=np.array([0])), "has 2 x_test images but 1 y_test labels"),
+    (dict(class_names=np.array(["a", "b", "c"], dtype=object)), "cannot read .*allow_pickle"),
+])
+def test_bad_arrays_are_named(tmp_path, change, message):
+    """Each wrong part of an .npz is one line naming the key and what is allowed; object arrays are not
+    unpickled (an .npz from elsewhere must not run code)."""
+    rng = np.random.default_rng(3)
+    x, y = small_arrays(rng)
+    np.savez(tmp_path / "d.npz", **{**dict(x_labeled=x, y_labeled=y, x_unlabeled=np.zeros((3, 8, 8), np.uint8)),
+                                    **change})
+    with pytest.raises(DataError, match=message):
+        load_arrays_source(tmp_path / "d.npz", None)
