@@ -1,5 +1,6 @@
 """A user's own data: a folder of images or an .npz of arrays, trained end to end (no mocks)."""
 
+import io
 import json
 
 import numpy as np
@@ -8,7 +9,7 @@ from conftest import CONFIGS, run_cli
 
 from cissl.config import load_config
 from cissl.data.sources import load_digits_source
-from cissl.data.sources.own import load_arrays_source
+from cissl.data.sources.own import load_arrays_source, load_folder_source
 from cissl.engine.data import prepare_data
 from cissl.engine.run import start_run
 from cissl.errors import ConfigError, DataError
@@ -242,3 +243,49 @@ def test_bad_arrays_are_named(tmp_path, change, message):
                                     **change})
     with pytest.raises(DataError, match=message):
         load_arrays_source(tmp_path / "d.npz", None)
+
+
+def test_folder_of_colour_images_reads_each_pixel_and_resizes_as_pil(tmp_path):
+    """The folder source on colour images (every other test uses grey digits): RGB files come out
+    (3, H, W) with their own pixels; a grey image beside them is read as RGB (its level in every
+    channel); data.image_size resizes with PIL's bilinear filter; files that are not images (notes,
+    a folder named like one) are passed over."""
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    colour = {name: rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for name in ("cat/a", "cat/b", "dog/c")}
+    for name, pixels in colour.items():
+        (tmp_path / "labeled" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(tmp_path / "labeled" / f"{name}.png")
+    (tmp_path / "unlabeled" / "more.png").mkdir(parents=True)  # a folder, not an image
+    grey = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "unlabeled" / "g.png")
+    (tmp_path / "unlabeled" / "notes.txt").write_text("not an image")
+    source = load_folder_source(tmp_path, None)
+    assert source.class_names == ["cat", "dog"] and source.train.labels.tolist() == [0, 0, 1]
+    expected = np.stack([colour[n] for n in ("cat/a", "cat/b", "dog/c")]).transpose(0, 3, 1, 2)
+    assert np.array_equal(source.train.images, expected)
+    assert source.unlabeled.images.shape == (1, 3, 8, 8)
+    assert all(np.array_equal(source.unlabeled.images[0, c], grey) for c in range(3))
+    resized = load_folder_source(tmp_path, 5)
+    pil = np.asarray(Image.fromarray(colour["dog/c"]).resize((5, 5), Image.BILINEAR)).transpose(2, 0, 1)
+    assert np.array_equal(resized.train.images[2], pil)
+
+
+def test_folder_images_not_square_and_progress(tmp_path):
+    from PIL import Image
+
+    from cissl.data.sources.own import read_images
+
+    files = []
+    for i in range(1001):
+        files.append(tmp_path / f"{i:04d}.png")
+        Image.fromarray(np.full((2, 2), i % 256, np.uint8)).save(files[-1])
+    stream = io.StringIO()
+    images = read_images(files, None, grey=True, stream=stream)
+    assert stream.getvalue() == "[cissl] read 1000/1001 images\n"
+    assert images.shape == (1001, 1, 2, 2) and images[1000, 0, 0, 0] == 1000 % 256
+    Image.fromarray(np.zeros((4, 6), np.uint8)).save(tmp_path / "wide.png")
+    with pytest.raises(DataError, match=r"the images are 4x6, not square; set data.image_size"):
+        read_images([tmp_path / "wide.png"], None, grey=True)
+    assert read_images([tmp_path / "wide.png"], 3, grey=False).shape == (1, 3, 3, 3)
