@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic_data import md5, python2_pickle, write_cifar10, write_cifar100, write_fashion, write_stl10
+from synthetic_data import idx_bytes, md5, python2_pickle, write_cifar10, write_cifar100, write_fashion, write_stl10
 
 from cissl.data.sources import (
     cifar,
@@ -328,3 +328,34 @@ def test_stl10_image_file_of_a_partial_image_is_named(tmp_path):
     images.write_bytes(images.read_bytes()[:-1])
     with pytest.raises(DataError, match=r"test_X.bin has 165887 bytes, not a whole number of 3x96x96 images"):
         load_stl10(tmp_path, None, checksums=dict(truth["checksums"], **{"test_X.bin": None}))
+
+
+@pytest.mark.parametrize("header, message", [
+    (b"\x00\x00\x08", "is not a uint8 IDX file"),  # shorter than the 4-byte magic
+    (b"\x01\x00\x08\x01" + bytes(8), "is not a uint8 IDX file"),
+    (b"\x00\x01\x08\x01" + bytes(8), "is not a uint8 IDX file"),
+    (b"\x00\x00\x09\x01" + bytes(8), "is not a uint8 IDX file"),  # 0x09: int8
+    (b"\x00\x00\x08\x03" + bytes(8), "has 3 dimensions, expected 1"),
+])
+def test_idx_header_is_checked(header, message):
+    with pytest.raises(DataError, match=f"fashion_mnist: f.idx {message}"):
+        fashion.parse_idx(header, "f.idx", 1)
+
+
+def test_idx_dimensions_are_big_endian():
+    labels = np.arange(300) % 10  # 300 = 0x012C: read little-endian it would be 0x2C010000
+    assert fashion.parse_idx(idx_bytes(labels), "l.idx", 1).tolist() == labels.tolist()
+    images = np.arange(2 * 3 * 260, dtype=np.int64).reshape(2, 3, 260) % 256
+    assert np.array_equal(fashion.parse_idx(idx_bytes(images), "i.idx", 3), images)
+
+
+def test_fashion_size_limit_holds_for_raw_files_at_its_edge(tmp_path, monkeypatch):
+    """The limit against a file that is not Fashion-MNIST applies to uncompressed IDX files too: a file
+    of exactly MAX_IDX_BYTES is read, one byte more is refused without reading it."""
+    truth = write_fashion(tmp_path / "fashion_mnist", compress=False)
+    biggest = max(p.stat().st_size for p in (tmp_path / "fashion_mnist").iterdir())
+    monkeypatch.setattr(fashion, "MAX_IDX_BYTES", biggest)
+    load_fashion_mnist(tmp_path, checksums=truth["checksums"], search_system=False)
+    monkeypatch.setattr(fashion, "MAX_IDX_BYTES", biggest - 1)
+    with pytest.raises(DataError, match="train-images-idx3-ubyte holds more than 0 MB: not a Fashion-MNIST file"):
+        load_fashion_mnist(tmp_path, checksums=truth["checksums"], search_system=False)
