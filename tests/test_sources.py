@@ -359,3 +359,41 @@ def test_fashion_size_limit_holds_for_raw_files_at_its_edge(tmp_path, monkeypatc
     monkeypatch.setattr(fashion, "MAX_IDX_BYTES", biggest - 1)
     with pytest.raises(DataError, match="train-images-idx3-ubyte holds more than 0 MB: not a Fashion-MNIST file"):
         load_fashion_mnist(tmp_path, checksums=truth["checksums"], search_system=False)
+
+
+def test_stl10_through_the_registry_reads_its_unlabeled_split_only_when_the_pool_is_unknown(tmp_path, monkeypatch):
+    """A config's STL-10: the 100k unlabeled images are read (and resized to data.image_size) only for
+    data.unlabeled_distribution=unknown; the long-tailed protocols draw their pool from the training
+    images and run without unlabeled_X.bin."""
+    from cissl.config import load_config
+    from cissl.data.sources import load_source
+
+    truth = write_stl10(tmp_path)
+    monkeypatch.setitem(stl10.STL10, "files", truth["checksums"])
+    common = ["data.dataset=stl10", f"data.root={tmp_path}", "data.image_size=32", "data.labeled_head=2",
+              "data.imbalance_ratio=2"]
+    unknown = load_source(load_config(None, [*common, "data.unlabeled_distribution=unknown",
+                                             "data.unlabeled_head=null"]).data)
+    assert unknown.unlabeled.images.shape == (5, 3, 32, 32) and unknown.train.images.shape == (8, 3, 32, 32)
+    assert np.array_equal(unknown.unlabeled.images, stl10.resize_uint8(truth["unlabeled"][0], 32))
+    (tmp_path / "stl10_binary" / "unlabeled_X.bin").unlink()
+    consistent = load_source(load_config(None, [*common, "data.unlabeled_head=2"]).data)
+    assert consistent.unlabeled is None and consistent.test.images.shape == (6, 3, 32, 32)
+
+
+def test_registry_resizes_a_drawn_data_set_to_data_image_size(tmp_path, monkeypatch):
+    from cissl.config import load_config
+    from cissl.data.sources import load_source
+
+    truth = write_cifar10(tmp_path)
+    sums = truth["checksums"]
+    monkeypatch.setitem(cifar.CIFAR10, "train", {name: sums[name] for name in cifar.CIFAR10["train"]})
+    monkeypatch.setitem(cifar.CIFAR10, "test", {"test_batch": sums["test_batch"]})
+    monkeypatch.setitem(cifar.CIFAR10, "meta", ("batches.meta", sums["batches.meta"], "label_names"))
+    config = load_config(None, ["data.dataset=cifar10", f"data.root={tmp_path}", "data.labeled_head=4",
+                                "data.unlabeled_head=1", "data.imbalance_ratio=2", "data.image_size=16"])
+    source = load_source(config.data)
+    original = load_cifar10(tmp_path, checksums=sums)
+    assert source.train.images.shape == (60, 3, 16, 16) and source.test.images.shape == (10, 3, 16, 16)
+    assert np.array_equal(source.test.images, stl10.resize_uint8(original.test.images, 16))
+    assert np.array_equal(source.train.labels, original.train.labels)
