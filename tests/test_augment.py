@@ -10,9 +10,12 @@ from cissl.data.augment_pil import from_pil, pil_cutout, pil_flip_crop, pil_op, 
 
 
 def random_images(n, channels, size=32, seed=0):
-    """Half noise, half smooth gradients (so histogram ops see both flat and spread images)."""
+    """Half noise, half smooth gradients (so histogram ops see both flat and spread images); the first
+    quarter's noise holds a black and a white block (so every clamp at 0 and 255 is reached)."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, channels, size, size)).astype(np.uint8)
+    images[: n // 4, :, 2:12, 2:12] = 0
+    images[: n // 4, :, 18:28, 18:28] = 255
     ramp = np.linspace(-60, 60, size)[None, None, :, None] * rng.normal(1, 0.5, (n // 2, 1, 1, 1))
     images[n // 2:] = np.clip(rng.normal(128, 40, (n // 2, channels, 1, 1)) + ramp, 0, 255).astype(np.uint8)
     return images
