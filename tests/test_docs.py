@@ -101,3 +101,30 @@ def test_every_markdown_table_of_the_docs_is_well_formed():
             assert all(re.fullmatch(r"\s*:?-{3,}:?\s*", cell) for cell in separator), f"{path.name}: {rows[:2]}"
             tables += 1
     assert tables >= 60
+
+
+def test_every_module_and_name_the_docs_cite_exists():
+    """`cissl.a.b.Name` and `src/cissl/...` paths quoted in the README and docs/ name what is there."""
+    import importlib
+
+    missing, cited = [], 0
+    for path in DOCS[:-1]:  # RESULTS.md quotes the code of earlier commits
+        text = path.read_text(encoding="utf-8")
+        for name in sorted(set(re.findall(r"`(cissl(?:\.\w+)+)`", text))):
+            cited += 1
+            parts = name.split(".")
+            for cut in range(len(parts), 0, -1):
+                try:
+                    target = importlib.import_module(".".join(parts[:cut]))
+                    break
+                except ImportError:
+                    continue
+            for attribute in parts[cut:]:
+                target = getattr(target, attribute, None)
+            if target is None:
+                missing.append(f"{path.name}: {name}")
+        for file in sorted(set(re.findall(r"`(src/cissl/[\w/.]+)`", text))):
+            cited += 1
+            if not (REPO / file).exists():
+                missing.append(f"{path.name}: {file}")
+    assert cited >= 10 and not missing, missing
