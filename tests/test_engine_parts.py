@@ -201,3 +201,37 @@ def test_labeled_additions_extend_the_pool_and_refuse_mismatched_rows():
     for indices, labels in ((torch.tensor([4, 0]), torch.tensor([1])), (torch.tensor([[4]]), torch.tensor([[1]]))):
         with pytest.raises(ValueError, match=r"labeled additions: \(\d+(, \d+)?,?\) indices for"):
             source.set_labeled_additions(indices, labels, generation=2)
+
+
+@pytest.mark.parametrize("algorithm", ["fixmatch", "fixmatch_cossl"])
+def test_every_view_row_is_a_view_of_its_own_image(algorithm):
+    """Row i of the weak view and of every strong view is pool image u_index[i] (the authors' SeMi code
+    misaligns such rows); the labeled rows (and CoSSL's class-balanced rows) are images of their labels.
+    Augmentation reduced to flips (no crop padding, RandAugment or Cutout), so each row must equal its
+    image or that image mirrored; the strong views are independent draws."""
+    config = tiny_config("augment.crop_padding=0", "augment.randaugment_ops=0", "augment.cutout=0", "train.mu=2",
+                         algorithm=algorithm)
+    data = prepare_data(config, torch.device("cpu"))
+    spec = method_class(config).views(config.algorithm)
+    source = BatchSource(data, config.train, config.augment, spec, ComputePolicy(torch.device("cpu")), 0)
+
+    def is_view_of(row, image):
+        image = image.float() / 255
+        return torch.equal(row, image) or torch.equal(row, image.flip(-1))
+
+    for _ in range(2):
+        batch, truth = source.next()
+        pool = data.unlabeled.images[batch.u_index]
+        assert all(is_view_of(batch.u_weak[i], pool[i]) for i in range(len(pool)))
+        for view in batch.u_strong:
+            assert all(is_view_of(view[i], pool[i]) for i in range(len(pool)))
+        kept = [[torch.equal(view[i], pool[i].float() / 255) for i in range(len(pool))] for view in batch.u_strong]
+        assert kept[0] != kept[1]  # flipped apart
+        assert torch.equal(truth, data.unlabeled.labels[batch.u_index])
+        for rows, labels in ((batch.x, batch.y), (batch.x_balanced, batch.y_balanced)):
+            if rows is None:
+                continue
+            for row, label in zip(rows, labels):
+                candidates = data.labeled.images[data.labeled.labels == label]
+                assert any(is_view_of(row, image) for image in candidates)
+    assert (batch.x_balanced is not None) == (algorithm == "fixmatch_cossl")
