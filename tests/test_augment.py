@@ -11,13 +11,17 @@ from cissl.data.augment_pil import from_pil, pil_cutout, pil_flip_crop, pil_op, 
 
 def random_images(n, channels, size=32, seed=0):
     """Half noise, half smooth gradients (so histogram ops see both flat and spread images); the first
-    quarter's noise holds a black and a white block (so every clamp at 0 and 255 is reached)."""
+    quarter's noise holds a black and a white block (so every clamp at 0 and 255 is reached), the first
+    image's top row colours whose grey level sits on PIL's rounding edge, the last image one flat grey."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, channels, size, size)).astype(np.uint8)
     images[: n // 4, :, 2:12, 2:12] = 0
     images[: n // 4, :, 18:28, 18:28] = 255
     ramp = np.linspace(-60, 60, size)[None, None, :, None] * rng.normal(1, 0.5, (n // 2, 1, 1, 1))
     images[n // 2:] = np.clip(rng.normal(128, 40, (n // 2, channels, 1, 1)) + ramp, 0, 255).astype(np.uint8)
+    if channels == 3:  # 19595 r + 38470 g + 7471 b = 32767 (mod 65536): one more in the rounding moves the level
+        images[0, :, 0, :] = np.tile([[0, 0, 1], [62, 183, 63], [229, 27, 230]], size)[:, :size]  # (r, g, b) columns
+    images[-1] = 77
     return images
 
 
