@@ -154,3 +154,36 @@ def test_graphed_views_need_a_cuda_device():
 
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         GraphedViews(BatchAugment(32))
+
+
+@pytest.mark.parametrize("cutout_size, channels", [(16, 3), (5, 1), (1, 3), (0, 3)])
+def test_whole_views_match_the_per_image_reference(cutout_size, channels):
+    """BatchAugment's weak and strong views end to end, from its own draws, against the per-image
+    reference: flip and crop, then (strong) the drawn RandAugment ops and FixMatch's CutoutAbs at the
+    drawn centre (x0 = centre x width - size / 2, floored at 0), scaled to [0, 1]. Cutout sizes 1 and 0:
+    a 2x2 square, and none (no centre drawn)."""
+    def scaled(uint8_image):  # the views' [0, 1] scale, in their float32
+        return torch.from_numpy(np.array(uint8_image)).float().div(255.0).numpy()
+
+    images = random_images(24, channels, seed=5)
+    aug = BatchAugment(32, cutout=cutout_size, generator=torch.Generator().manual_seed(2))
+    weak_params = aug.draw_weak(24)
+    weak = aug.apply_weak(torch.from_numpy(images), weak_params).numpy()
+    params = aug.draw_strong(24)
+    assert ("cutout_centre" in params) == (cutout_size > 0)
+    strong = aug.apply_strong(torch.from_numpy(images), params).numpy()
+    for i, image in enumerate(images):
+        offset = weak_params["offset"][:, i]
+        reference = pil_flip_crop(image, bool(weak_params["flip"][i]), int(offset[0]), int(offset[1]), 4)
+        assert np.array_equal(weak[i], scaled(reference)), i
+        offset = params["offset"][:, i]
+        img = to_pil(np.ascontiguousarray(pil_flip_crop(image, bool(params["flip"][i]), int(offset[0]),
+                                                        int(offset[1]), 4)))
+        for slot in range(2):
+            if params["applied"][slot, i]:
+                img = pil_op(img, OPS[params["op"][slot, i]], int(params["level"][slot, i]),
+                             bool(params["negative"][slot, i]))
+        if cutout_size:
+            centre = params["cutout_centre"][:, i]
+            img = pil_cutout(img, float(centre[0]) * 32, float(centre[1]) * 32, cutout_size)
+        assert np.array_equal(strong[i], scaled(from_pil(img))), i
