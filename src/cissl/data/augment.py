@@ -277,14 +277,13 @@ class BatchAugment:
             "negative": self._uniform(k * n).view(k, n) < 0.5,
         }
 
-    def randaugment(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Apply RandAugmentMC slot by slot.
+    def randaugment(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Apply RandAugmentMC slot by slot, with the draws of :meth:`draw_randaugment`.
 
         On CPU (``gather``) the samples that drew an op are gathered and processed together; on
         accelerators every op runs on the whole batch and is kept where drawn (no host
         synchronisation, which gathering would need). Both give the same images.
         """
-        params = params if params is not None else self.draw_randaugment(x.shape[0])
         for slot in range(params["op"].shape[0]):
             for op_id, op in enumerate(OPS):
                 if op == "Identity":
