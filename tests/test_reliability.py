@@ -356,3 +356,54 @@ def test_save_config_replaces_the_file_whole_or_not_at_all(tmp_path, monkeypatch
     with pytest.raises(CisslError, match="config.yaml: No space left on device"):
         save_config(load_config(CONFIGS / "quickstart.yaml"), path)
     assert path.read_text() == before and not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda state: state.update(version=1), "checkpoint format version 1 is not this cissl's (2); resume it with the "
+                                            "cissl release that wrote it"),
+    (lambda state: state.pop("batches"), "checkpoint does not match this run's config: 'batches'"),
+])
+def test_a_checkpoint_resume_cannot_use_is_one_line_and_the_run_keeps_its_files(tmp_path, capsys, damage, message):
+    """A checkpoint of another format version, or one without a part the run restores (the config it
+    records matches, so the identity check lets it through): one line naming what is wrong; the run's
+    checkpoint, metrics and split stay as they were."""
+    import torch
+
+    run = tmp_path / "run"
+    start_run(tiny_config("train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2"), run, quiet=True)
+    (run / "results.json").unlink()  # as if stopped after its checkpoint
+    checkpoint = run / "checkpoints/ckpt_00000002.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    damage(state)
+    torch.save(state, checkpoint)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    code, _, err = run_cli(["train", "--resume", run, "--quiet"], capsys)
+    assert code == 2 and err.strip().splitlines() == [f"cissl: error: {message}"]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
+def test_evaluate_names_a_missing_or_foreign_checkpoint(tmp_path, capsys):
+    import torch
+
+    run = tmp_path / "run"
+    start_run(tiny_config("train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2"), run, quiet=True)
+    code, _, err = run_cli(["evaluate", run, "--checkpoint", tmp_path / "nope.pt"], capsys)
+    assert code == 2 and f"checkpoint not found: {tmp_path / 'nope.pt'}" in err
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    code, _, err = run_cli(["evaluate", run, "--checkpoint", tmp_path / "other.pt"], capsys)
+    assert code == 2 and "other.pt is not a cissl checkpoint (no model / iteration)" in err
+    state = torch.load(run / "checkpoints/ckpt_00000002.pt", weights_only=True)
+    del state["history"]
+    torch.save(state, tmp_path / "no_history.pt")
+    code, _, err = run_cli(["evaluate", run, "--checkpoint", tmp_path / "no_history.pt"], capsys)
+    assert code == 2 and "no_history.pt does not match this run's config: 'history'" in err
+    (run / "checkpoints/ckpt_00000002.pt").unlink()
+    code, _, err = run_cli(["evaluate", run], capsys)
+    assert code == 2 and f"{run} has no checkpoint to evaluate" in err
+
+
+def test_out_naming_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "taken").write_text("mine")
+    code, _, err = run_cli(["train", "--config", CONFIGS / "quickstart.yaml", "--out", tmp_path / "taken"], capsys)
+    assert code == 2 and "a file of that name exists; choose a folder" in err
+    assert (tmp_path / "taken").read_text() == "mine"
