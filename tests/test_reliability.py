@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from conftest import CONFIGS, run_cli
+from conftest import CONFIGS, REPO, run_cli
 from helpers import tiny_config
 
 from cissl.config import load_config
@@ -407,3 +407,41 @@ def test_out_naming_a_file_is_refused(tmp_path, capsys):
     code, _, err = run_cli(["train", "--config", CONFIGS / "quickstart.yaml", "--out", tmp_path / "taken"], capsys)
     assert code == 2 and "a file of that name exists; choose a folder" in err
     assert (tmp_path / "taken").read_text() == "mine"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--resume", "runs/x", "optim.lr=0.1"], "--resume continues a run with its saved config.yaml; drop "
+                                                       "--config / --algorithm / overrides"),
+    (["train"], "train needs --config FILE (or --resume RUN_DIR)"),
+    (["predict", "runs/x", "--images", "x.png", "--top-k", "0"], "--top-k must be at least 1, got 0"),
+    (["split", "--config", "examples/own_data.yaml", "--counts-only"],
+     "data.dataset=folder: the counts come from the data; drop --counts-only"),
+    (["sweep", "--out", "x"], "sweep needs --configs FILE ... or --jobs FILE"),
+    (["split", "--config", "Q", "--counts-only", "data.unlabeled_head=null"],
+     "'data.unlabeled_head': required unless data.unlabeled_distribution is 'unknown'"),
+    (["split", "--config", "Q", "--counts-only", "data.unlabeled_distribution=uniform",
+      "data.unlabeled_imbalance_ratio=10"], "'data.unlabeled_imbalance_ratio': must be null or 1 when "
+                                           "data.unlabeled_distribution is 'uniform'"),
+    (["split", "--config", "Q", "--counts-only", "optim..lr=1"], "override 'optim..lr=1': malformed key"),
+    (["split", "--config", "Q", "--counts-only", "algorithm.refiner=5", "--algorithm", "fixmatch"],
+     "config key 'algorithm.refiner': expected a name or a mapping, got 5"),
+    (["split", "--config", "Q", "--counts-only", "--algorithm", "fixmatch_darp",
+      "algorithm.refiner.target_distribution=0.5"],
+     "'algorithm.refiner.target_distribution': expected a list, got 0.5"),
+])
+def test_each_command_line_mistake_is_one_line(tmp_path, capsys, argv, message):
+    argv = [str(CONFIGS / "quickstart.yaml") if a == "Q" else str(REPO / a) if a.endswith(".yaml") else a
+            for a in argv]
+    code, out, err = run_cli(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1 and lines[0].startswith("cissl: error: ") and message in err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("- data\n- model\n", "expected a mapping of sections"),
+    ("data:\n  dataset: digits\nmethods: [semi]\n", "config key 'methods': expected a mapping of algorithm names"),
+])
+def test_a_config_file_of_the_wrong_shape_is_one_line(tmp_path, text, message):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path / "c.yaml")
