@@ -107,6 +107,32 @@ def test_randaugment_draw_frequencies():
     per_view = torch.stack([(applied_ops == k).any(dim=0) for k in range(14)]).float().mean(dim=1)
     expected = 1 - (1 - 0.5 / 14) ** 2
     assert torch.all((per_view - expected).abs() < 0.01)
+    assert abs(params["negative"].float().mean().item() - 0.5) < 0.01  # each op's sign: either, w.p. 1/2
+
+
+@pytest.mark.parametrize("padding", [None, 2])
+def test_weak_draw_frequencies(padding):
+    """Flipped w.p. 1/2; crop offsets uniform over 0 .. 2 x padding in each direction (padding: image
+    size / 8 by default), the two directions drawn apart."""
+    aug = BatchAugment(32, crop_padding=padding, generator=torch.Generator().manual_seed(7))
+    params = aug.draw_weak(20_000)
+    assert abs(params["flip"].float().mean().item() - 0.5) < 0.01
+    pad = 4 if padding is None else padding
+    assert params["offset"].shape == (2, 20_000) and int(params["offset"].min()) == 0
+    for offsets in params["offset"]:
+        counts = torch.bincount(offsets, minlength=2 * pad + 1).numpy()
+        assert len(counts) == 2 * pad + 1 and chisquare(counts).pvalue > 0.001
+    assert not torch.equal(params["offset"][0], params["offset"][1])
+
+
+def test_the_crop_padding_mode_reaches_the_views():
+    """augment.padding_mode=constant pads with zeros (FixMatch's default, reflect, mirrors the border)."""
+    images = torch.full((4, 1, 8, 8), 200, dtype=torch.uint8)
+    for mode, border in (("constant", 0.0), ("reflect", 200 / 255)):
+        aug = BatchAugment(8, crop_padding=2, padding_mode=mode, generator=torch.Generator().manual_seed(0))
+        params = {"flip": torch.zeros(4, dtype=torch.bool), "offset": torch.zeros(2, 4, dtype=torch.long)}
+        view = aug.apply_weak(images, params)  # offset 0: the top two rows and left two columns are padding
+        assert torch.all(view[:, :, :2, :] == border) and torch.all(view[:, :, 2:, 2:] == 200 / 255)
 
 
 def test_views_shapes_ranges_and_independence():
