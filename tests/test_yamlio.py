@@ -51,6 +51,16 @@ def test_scalars_follow_yaml_1_2():
     ("a: &anchor 1\n", "not supported"),
     ("a: 1\n  b: 2\n", "indentation"),
     ("- a: 1\n", "mappings inside sequences"),
+    ('a: "abc\n', "f.yaml:1: unterminated double-quoted string"),
+    ("a: 'abc\n", "f.yaml:1: unterminated single-quoted string"),
+    ('a: "x\\q"\n', "f.yaml:1: unsupported escape in"),
+    ('a: "x"y"\n', "f.yaml:1: unescaped quote inside"),
+    ("a: [[1], 2]\n", "f.yaml:1: nested flow collections are not supported"),
+    ('a: ["x, 1]\n', "f.yaml:1: unterminated string in flow sequence"),
+    (": 1\n", "f.yaml:1: empty key"),
+    ("a: 1\nb\n", "f.yaml:2: expected 'key: value', got 'b'"),
+    ("abc\nd: 1\n", "f.yaml:1: expected 'key: value', got 'abc'"),
+    ("a:\n  - 1\n    - 2\n", "f.yaml:3: only scalars are supported as sequence items"),
 ])
 def test_rejects_what_it_does_not_support(bad, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -64,6 +74,22 @@ def test_dump_round_trips_through_both_parsers():
     text = yamlio.dumps(data)
     assert yamlio.loads(text) == data
     assert yaml.safe_load(text) == data
+
+
+def test_a_key_without_value_is_null_as_in_yaml():
+    assert yamlio.loads("a:\nb: 1\n") == yaml.safe_load("a:\nb: 1\n") == {"a": None, "b": 1}
+
+
+def test_non_finite_numbers_are_written_as_yaml_reads_them():
+    assert [yamlio.format_scalar(v) for v in (math.inf, -math.inf)] == [".inf", "-.inf"]
+    assert yamlio.format_scalar(math.nan) == ".nan" and math.isnan(yaml.safe_load(yamlio.format_scalar(math.nan)))
+    assert yamlio.loads(yamlio.dumps({"a": -math.inf})) == yaml.safe_load(yamlio.dumps({"a": -math.inf}))
+
+
+def test_a_file_that_is_not_text_names_it(tmp_path):
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00a: 1")
+    with pytest.raises(ConfigError, match="cannot read config file .*binary.yaml"):
+        yamlio.load(tmp_path / "binary.yaml")
 
 
 def test_missing_file_names_it(tmp_path):
