@@ -235,3 +235,29 @@ def test_every_view_row_is_a_view_of_its_own_image(algorithm):
                 candidates = data.labeled.images[data.labeled.labels == label]
                 assert any(is_view_of(row, image) for image in candidates)
     assert (batch.x_balanced is not None) == (algorithm == "fixmatch_cossl")
+
+
+def test_truncate_jsonl_keeps_the_records_up_to_the_checkpoint(tmp_path):
+    """A resumed run rewrites what came after its checkpoint: later records and a line cut short by a
+    crash go; a file that is not there stays absent."""
+    from cissl.engine.logging import truncate_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    truncate_jsonl(path, 10)
+    assert not path.exists()
+    path.write_text('{"iteration": 5, "loss": 1}\n{"iteration": 10}\n{"note": "no iteration"}\n'
+                    '{"iteration": 11}\n{"iteration": 15, "lo')
+    truncate_jsonl(path, 10)
+    assert path.read_text() == '{"iteration": 5, "loss": 1}\n{"iteration": 10}\n{"note": "no iteration"}\n'
+
+
+def test_train_without_out_writes_runs_setting_algorithm_seed(tmp_path, monkeypatch, capsys):
+    from conftest import CONFIGS, run_cli
+
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["train", "--config", CONFIGS / "quickstart.yaml", "--quiet", "--algorithm", "fixmatch",
+                            "name=digits/lt", "train.seed=3", "train.iterations=2", "train.eval_every=2",
+                            "train.checkpoint_every=2", "train.report_last=1", "model.depth=10", "model.widen=1"],
+                           capsys)
+    assert code == 0, err
+    assert (tmp_path / "runs/digits_lt-fixmatch-seed3/results.json").is_file()
