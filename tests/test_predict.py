@@ -111,3 +111,31 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys
     out = capsys.readouterr().out
     assert "balanced accuracy" in out and "torch.Size([5, 10])" in out
     assert (tmp_path / "runs/api_example/results.json").is_file()
+
+
+def test_one_image_file_an_empty_folder_and_a_cut_image(trained_run, tmp_path, capsys):
+    """--images names one file: one CSV row, the same prediction as for that file among others; a folder
+    without image files and an image whose data is cut short (its header reads, so only decoding fails)
+    are one line each."""
+    from PIL import Image
+
+    write_test_images(trained_run, tmp_path / "images")
+    code, out, _ = run_cli(["predict", trained_run, "--images", tmp_path / "images", "--top-k", "1"], capsys)
+    rows = list(csv.DictReader(io.StringIO(out[out.index("file,"):])))
+    code, one, _ = run_cli(["predict", trained_run, "--images", tmp_path / "images/0003.png", "--top-k", "1"], capsys)
+    single = list(csv.DictReader(io.StringIO(one[one.index("file,"):])))
+    assert code == 0 and len(single) == 1 and single[0]["class1"] == rows[3]["class1"]
+    assert float(single[0]["prob1"]) == pytest.approx(float(rows[3]["prob1"]), abs=1e-6)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty/notes.txt").write_text("no images here")
+    code, _, err = run_cli(["predict", trained_run, "--images", tmp_path / "empty"], capsys)
+    assert code == 2 and f"--images {tmp_path / 'empty'}: no image files" in err
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / "cut.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "cut.png").read_bytes()[:-30])
+    code, _, err = run_cli(["predict", trained_run, "--images", tmp_path / "cut.png"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and f"cannot read image {tmp_path / 'cut.png'}" in err
+
+
+def test_a_grey_tensor_without_channel_axis_is_read_as_one_channel():
+    images = torch.arange(2 * 8 * 8, dtype=torch.uint8).view(2, 8, 8)
+    assert torch.equal(as_run_images(images, 1, 8), images[:, None])
