@@ -253,3 +253,33 @@ def test_a_full_source_must_have_ilsvrcs_totals_and_50_validation_images_per_syn
     with pytest.raises(DataError, match="1,281,166 training and 50,000 validation images, ILSVRC-2012 has 1,281,167"):
         check_counts(short, val_ids, partial=False)
     check_counts(short, val_ids, partial=True)  # --partial: built anyway
+
+
+def test_builder_refuses_a_size_and_labels_imagenet_does_not_have(tmp_path):
+    src = tmp_path / "src"
+    synthetic_source(src, 32, {3: 10})
+    with pytest.raises(DataError, match="--size must be 32 or 64 .*, got 48"):
+        build_imagenet127(src, 48, tmp_path / "a", partial=True)
+    for labels, shown in (([0] + [5] * 11, "12 labels"), ([1001] + [5] * 11, "12 labels"), ([5] * 11, "11 labels")):
+        with open(src / TEST_FILE, "wb") as handle:
+            pickle.dump({"data": np.zeros((12, 3 * 32 * 32), np.uint8), "labels": labels}, handle)
+        with pytest.raises(DataError, match=f"val_data has 12 images and {shown}, which must be ILSVRC ids 1..1000"):
+            build_imagenet127(src, 32, tmp_path / "b", partial=True)
+    assert not (tmp_path / "b" / "meta.json").exists()
+
+
+def test_reader_names_a_damaged_or_foreign_build(tmp_path):
+    synthetic_source(tmp_path / "src", 32, {3: 10, 4: 6})
+    build_imagenet127(tmp_path / "src", 32, tmp_path / "out", partial=True)
+    meta = tmp_path / "out" / "meta.json"
+    good = meta.read_text()
+    meta.write_text(good[:-20])
+    with pytest.raises(DataError, match=r"meta.json is damaged \(.*\); build again"):
+        load_imagenet127(tmp_path / "out")
+    meta.write_text(json.dumps({**json.loads(good), "format": "something else"}))
+    with pytest.raises(DataError, match="meta.json is not a .* build"):
+        load_imagenet127(tmp_path / "out")
+    meta.write_text(good)
+    np.save(tmp_path / "out" / "test_labels.npy", np.load(tmp_path / "out" / "test_labels.npy")[:-1])
+    with pytest.raises(DataError, match=r"test_labels.npy has \d+ labels for \d+ images; build again"):
+        load_imagenet127(tmp_path / "out")
