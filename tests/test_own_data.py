@@ -2,6 +2,7 @@
 
 import io
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -289,3 +290,21 @@ def test_folder_images_not_square_and_progress(tmp_path):
     with pytest.raises(DataError, match=r"the images are 4x6, not square; set data.image_size"):
         read_images([tmp_path / "wide.png"], None, grey=True)
     assert read_images([tmp_path / "wide.png"], 3, grey=False).shape == (1, 3, 3, 3)
+
+
+def test_a_folder_missing_a_part_is_named(tmp_path, monkeypatch):
+    from PIL import Image
+
+    with pytest.raises(DataError, match=r"folder data: .*labeled is missing \(data.root must hold labeled/<class>/"):
+        load_folder_source(tmp_path, None)
+    (tmp_path / "labeled").mkdir()
+    (tmp_path / "unlabeled").mkdir()
+    with pytest.raises(DataError, match=r"labeled holds no class folders: put each class's images in .*/<class>/"):
+        load_folder_source(tmp_path, None)
+    (tmp_path / "labeled" / "a").mkdir()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "labeled" / "a" / "x.png")
+    with pytest.raises(DataError, match="folder data: .*unlabeled holds no image files"):
+        load_folder_source(tmp_path, None)
+    monkeypatch.setitem(sys.modules, "PIL", None)  # as without the images extra
+    with pytest.raises(DataError, match=r"data.dataset=folder reads images with Pillow: pip install 'cissl\[images\]'"):
+        load_folder_source(tmp_path, None)

@@ -139,3 +139,13 @@ def test_one_image_file_an_empty_folder_and_a_cut_image(trained_run, tmp_path, c
 def test_a_grey_tensor_without_channel_axis_is_read_as_one_channel():
     images = torch.arange(2 * 8 * 8, dtype=torch.uint8).view(2, 8, 8)
     assert torch.equal(as_run_images(images, 1, 8), images[:, None])
+
+
+def test_reading_image_files_without_pillow_says_which_extra(tmp_path, monkeypatch):
+    import sys
+
+    from cissl.evaluation.predict import read_image_files
+
+    monkeypatch.setitem(sys.modules, "PIL", None)  # as without the images extra
+    with pytest.raises(DataError, match=r"reading image files needs Pillow: pip install 'cissl\[images\]'"):
+        read_image_files([tmp_path / "a.png"])
