@@ -261,3 +261,18 @@ def test_train_without_out_writes_runs_setting_algorithm_seed(tmp_path, monkeypa
                            capsys)
     assert code == 0, err
     assert (tmp_path / "runs/digits_lt-fixmatch-seed3/results.json").is_file()
+
+
+def test_saving_a_checkpoint_clears_what_a_killed_save_left_and_keeps_the_newest(tmp_path):
+    """A save killed mid-write (SIGKILL, power) leaves its temporary file; the next save removes it, and
+    only the newest train.keep_checkpoints checkpoints stay."""
+    from cissl.engine.checkpoint import list_checkpoints, save_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / ".ckpt_00000004.pt.tmp4242").write_bytes(b"half a checkpoint")
+    (folder / "notes.txt").write_text("the user's")
+    for iteration in (2, 4, 6):
+        save_checkpoint({"iteration": iteration}, folder, iteration, keep=2)
+    assert [p.name for p in list_checkpoints(folder)] == ["ckpt_00000004.pt", "ckpt_00000006.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["ckpt_00000004.pt", "ckpt_00000006.pt", "notes.txt"]
