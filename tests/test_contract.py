@@ -516,3 +516,11 @@ def test_every_method_lists_its_keys_even_one_that_needs_a_parent_run(capsys):
         assert code == 0 and f"algorithm.* keys of {name}:" in out_text, name
     code, out_text, _ = run_cli(["list", "--algorithm", "crt"], capsys)
     assert "algorithm.sampler_beta" in out_text
+
+
+def test_a_name_registered_twice_is_refused_and_the_first_kept():
+    """A second method under a taken name (a plugin's typo, say) fails at import, not by replacing it."""
+    original = ALGORITHMS.entry("fixmatch").target
+    with pytest.raises(ValueError, match="algorithm 'fixmatch' registered twice"):
+        ALGORITHMS.register("fixmatch", FixMatchConfig)(OneStrongView)
+    assert ALGORITHMS.entry("fixmatch").target is original
