@@ -128,3 +128,25 @@ def test_every_module_and_name_the_docs_cite_exists():
             if not (REPO / file).exists():
                 missing.append(f"{path.name}: {file}")
     assert cited >= 10 and not missing, missing
+
+
+def test_every_config_key_the_docs_name_exists():
+    """`data.image_size`, `algorithm.refiner.period`, ... anywhere in the docs (prose, tables, commands) is
+    a key of the config or of some method's config (a renamed key leaves no stale name behind)."""
+    from cissl.algorithms import ALGORITHMS
+    from cissl.config import Config, algorithm_defaults
+    from cissl.schema import describe
+
+    keys = {key for key, _, _ in describe(Config)}
+    for name in ALGORITHMS.names():
+        defaults = algorithm_defaults(name)
+        keys |= {f"algorithm.{key}" for key, _, _ in describe(type(defaults), instance=defaults)}
+    pattern = re.compile(r"(?<![\w./-])((?:data|model|optim|augment|train|algorithm)\.[a-z_]+(?:\.[a-z_0-9]+)*)")
+    named, unknown = 0, set()
+    for path in DOCS:
+        for match in pattern.finditer(path.read_text(encoding="utf-8")):
+            key = match.group(1)
+            named += 1
+            if key not in keys and not any(k.startswith(f"{key}.") for k in keys):
+                unknown.add(f"{path.name}: {key}")
+    assert named >= 100 and not unknown, sorted(unknown)
