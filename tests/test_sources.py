@@ -141,6 +141,18 @@ def test_digits_embedded_default():
     assert source.train.images.shape == (1297, 1, 8, 8) and source.test.images.shape == (500, 1, 8, 8)
     assert np.bincount(source.test.labels).tolist() == [50] * 10
     assert source.train.images.max() == 255 and source.train.images.dtype == np.uint8
+    pixels = source.train.images / 255.0  # the normalisation: the training images' statistics in [0, 1]
+    assert source.mean == pytest.approx((pixels.mean(),)) and source.std == pytest.approx((pixels.std(),))
+    assert 0.2 < source.mean[0] < 0.4 and source.class_names == [str(k) for k in range(10)]
+    assert source.name == "digits" and source.train.labels.dtype == np.int64
+
+
+def test_digits_without_scikit_learn_says_which_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(DataError, match=r"digits: .* scikit-learn; install it with `pip install 'cissl\[digits\]'`"):
+        load_digits_source()
 
 
 def test_download_is_atomic_and_a_failure_leaves_nothing(tmp_path):
