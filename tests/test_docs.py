@@ -1,7 +1,7 @@
-"""The commands the docs show are commands cissl takes: every ``cissl ...`` line in a code block of the
-README, docs/ and benchmarks/RESULTS.md parses with the CLI's parser, and where it names config files,
-the configs with its algorithm, grid and overrides validate (as the command would check them before
-running anything)."""
+"""The README, docs/ and benchmarks/RESULTS.md against the code: every ``cissl ...`` line in a code block
+parses with the CLI's parser, and where it names config files, the configs with its algorithm, grid and
+overrides validate (as the command would check them before running anything); the config keys, module
+names, paths and extras the docs name exist; their markdown tables are well formed."""
 
 import re
 import shlex
