@@ -50,6 +50,23 @@ def test_magnitude_table_matches_spec():
     assert op_magnitude("ShearX", 9, 32) == pytest.approx(0.27)
 
 
+@pytest.mark.parametrize("size", [32, 64])
+def test_every_ops_magnitude_at_every_level_is_the_specs(size):
+    """The spec's table (section 2), written here in integer arithmetic where it floors, for all 14 ops
+    at every level: the op tests compare ours with PIL at op_magnitude's values, so only this test sees
+    a wrong magnitude."""
+    spec = {"AutoContrast": lambda v: 0, "Equalize": lambda v: 0, "Identity": lambda v: 0,
+            "Posterize": lambda v: 4 + 4 * v // 10, "Rotate": lambda v: 3 * v,
+            "Solarize": lambda v: 256 - 256 * v // 10,
+            **{op: (lambda v: 0.05 + 0.09 * v) for op in ("Brightness", "Color", "Contrast", "Sharpness")},
+            **{op: (lambda v: 0.03 * v) for op in ("ShearX", "ShearY")},
+            **{op: (lambda v: 3 * v * size // 100) for op in ("TranslateX", "TranslateY")}}
+    assert sorted(spec) == sorted(OPS)
+    for op, magnitude in spec.items():
+        expected = [magnitude(v) for v in range(1, 10)]
+        assert [op_magnitude(op, v, size) for v in range(1, 10)] == pytest.approx(expected), op
+
+
 @pytest.mark.parametrize("mode", ["reflect", "constant"])
 def test_flip_crop_matches_reference(mode):
     images = random_images(12, 3)
