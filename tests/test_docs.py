@@ -9,7 +9,7 @@ import shlex
 import pytest
 from conftest import REPO
 
-from cissl.cli import build_parser
+from cissl.cli import parse_args
 from cissl.config import load_config
 from cissl.errors import CisslError
 from cissl.sweep import plan
@@ -33,16 +33,13 @@ def documented_commands() -> list[tuple[str, str]]:
     return found
 
 
-def check_command(argv: list[str]) -> str | None:
-    """What is wrong with ``cissl argv`` (None: nothing): the parser's verdict, then the configs'."""
-    parser = build_parser()
+def check_command(argv: list[str], capsys) -> str | None:
+    """What is wrong with ``cissl argv`` (None: nothing): the CLI's parsing verdict, then the configs'."""
     try:
-        args, extra = parser.parse_known_args(argv)
+        args = parse_args(argv)
     except SystemExit:
-        return "the CLI's parser refuses it"
-    overrides = [*(getattr(args, "overrides", None) or []), *extra]
-    if any("=" not in item or item.startswith("-") for item in extra):
-        return f"unrecognized arguments {extra}"
+        return capsys.readouterr().err.strip().splitlines()[-1]  # argparse's own line
+    overrides = getattr(args, "overrides", None) or []
     try:
         if getattr(args, "configs", None):  # cissl sweep: every job of the grid is validated up front
             plan(args.configs, args.algorithms, args.seeds, REPO / "unused", overrides, args.grid)
@@ -53,13 +50,13 @@ def check_command(argv: list[str]) -> str | None:
     return None
 
 
-def test_every_documented_command_parses_and_its_configs_validate(monkeypatch):
+def test_every_documented_command_parses_and_its_configs_validate(monkeypatch, capsys):
     monkeypatch.chdir(REPO)  # the docs' config paths are relative to the checkout
     commands = documented_commands()
     assert len(commands) >= 60, f"only {len(commands)} commands found: the extraction broke"
     assert any(argv.startswith("sweep --configs") for _, argv in commands)
     wrong = [f"{path}: cissl {argv} -> {why}" for path, argv in commands
-             if (why := check_command(shlex.split(argv))) is not None]
+             if (why := check_command(shlex.split(argv), capsys)) is not None]
     assert not wrong, "\n".join(wrong)
 
 
@@ -67,13 +64,13 @@ def test_every_documented_command_parses_and_its_configs_validate(monkeypatch):
     ("train --config configs/quickstart.yaml --algorithm no_such_method", "no_such_method"),
     ("train --config configs/quickstart.yaml optim.lrr=0.1", "optim.lrr"),
     ("report runs --per-seeds", "unrecognized arguments"),
-    ("report", "refuses"),
+    ("report", "the following arguments are required: DIR"),
     ("sweep --configs configs/quickstart.yaml --grid optim.lr=0.1,fast --out x", "optim.lr"),
     ("split --config configs/quickstart.yaml --counts-only", None),
 ])
-def test_a_wrong_command_is_caught(monkeypatch, argv, why):
+def test_a_wrong_command_is_caught(monkeypatch, capsys, argv, why):
     monkeypatch.chdir(REPO)
-    verdict = check_command(shlex.split(argv))
+    verdict = check_command(shlex.split(argv), capsys)
     assert (verdict is None) if why is None else (why in verdict)
 
 

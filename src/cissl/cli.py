@@ -369,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line as ``main`` runs it; argparse's usage error (SystemExit 2) for what it cannot take."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # key=value overrides after an option flag belong with the others, in command-line order
@@ -377,6 +378,11 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = [*(args.overrides or []), *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         return args.func(args)
     except RaisedOnRankZero:  # a DDP rank's copy of the error rank 0 prints
