@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 from conftest import CONFIGS
 
@@ -75,3 +77,18 @@ def uninterrupted_and_resumed(config, folder, last: int, dropped=None) -> tuple[
     resume_run(folder / "cut", quiet=True)
     return (load_checkpoint(folder / f"whole/checkpoints/ckpt_{last:08d}.pt"),
             load_checkpoint(folder / f"cut/checkpoints/ckpt_{last:08d}.pt"))
+
+
+def assert_tables_well_formed(text: str, separator: str = "---", where: str = "") -> int:
+    """Outside code blocks, every markdown table (a block of lines starting with '|') has a header, a
+    separator row of cells matching ``separator`` (a regex; the docs allow ':' for alignment) and as many
+    cells in every row (an escaped '\\|' is no cell border); returns the number of tables."""
+    tables = 0
+    for block in re.findall(r"(?:^\|.*\n)+", re.sub(r"```.*?```", "", text, flags=re.S) + "\n", re.M):
+        rows = block.splitlines()
+        widths = {len(re.split(r"(?<!\\)\|", row.strip())) for row in rows}
+        assert len(rows) >= 2 and len(widths) == 1, f"{where}{rows[:3]}"
+        cells = rows[1].strip().strip("|").split("|")
+        assert all(re.fullmatch(separator, cell) for cell in cells), f"{where}{rows[:2]}"
+        tables += 1
+    return tables

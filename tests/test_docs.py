@@ -8,6 +8,7 @@ import shlex
 
 import pytest
 from conftest import REPO
+from helpers import assert_tables_well_formed
 
 from cissl.cli import parse_args
 from cissl.config import load_config
@@ -87,16 +88,8 @@ def test_every_markdown_table_of_the_docs_is_well_formed():
     """Outside code blocks, every block of lines starting with '|' is a table: a header, a separator row
     of '---' cells (':' for alignment) and as many cells in every row (a blank line inside a table cuts
     its rows off; a prose line starting with '|' is no table)."""
-    tables = 0
-    for path in DOCS:
-        text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
-        for block in re.findall(r"(?:^\|.*\n)+", text + "\n", re.M):
-            rows = block.splitlines()
-            widths = {len(re.split(r"(?<!\\)\|", row.strip())) for row in rows}
-            separator = rows[1].strip().strip("|").split("|") if len(rows) > 1 else [""]
-            assert len(rows) >= 2 and len(widths) == 1, f"{path.name}: {rows[:3]}"
-            assert all(re.fullmatch(r"\s*:?-{3,}:?\s*", cell) for cell in separator), f"{path.name}: {rows[:2]}"
-            tables += 1
+    tables = sum(assert_tables_well_formed(path.read_text(encoding="utf-8"), r"\s*:?-{3,}:?\s*", f"{path.name}: ")
+                 for path in DOCS)
     assert tables >= 60
 
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 from conftest import run_cli
+from helpers import assert_tables_well_formed
 
 from cissl.errors import CisslError
 from cissl.evaluation.per_seed import per_seed_markdown
@@ -81,23 +82,6 @@ def test_per_seed_with_out_is_one_line_error(tmp_path, capsys):
     code, _, err = run_cli(["report", tmp_path, "--per-seed", "--out", tmp_path / "pages"], capsys)
     assert code == 2 and "--per-seed" in err and "--out" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "per_seed.md").exists()
-
-
-def assert_tables_well_formed(text: str) -> int:
-    """Every markdown table (a block of lines starting with '|') has a header, a separator row of as many
-    '---' cells, and rows of as many cells; returns the number of tables."""
-    blocks, block = [], []
-    for line in text.splitlines() + [""]:
-        if line.startswith("|"):
-            block.append(line)
-        elif block:
-            blocks.append(block)
-            block = []
-    for table in blocks:
-        widths = [line.count("|") for line in table]
-        assert len(table) >= 2 and len(set(widths)) == 1, table
-        assert set(table[1].strip("|").split("|")) == {"---"}, table[1]
-    return len(blocks)
 
 
 def test_every_table_of_the_reports_is_well_formed():
