@@ -190,12 +190,17 @@ def test_class_groups_thirds():
     assert geometric_mean(np.array([0.5, 0.0])) == 0.0
 
 
+def batch_source(config):
+    """The run's data on the CPU and the BatchSource drawing its method's views (seed 0)."""
+    data = prepare_data(config, torch.device("cpu"))
+    spec = method_class(config).views(config.algorithm)
+    return data, BatchSource(data, config.train, config.augment, spec, ComputePolicy(torch.device("cpu")), 0)
+
+
 def test_labeled_additions_extend_the_pool_and_refuse_mismatched_rows():
     """CReST's additions: pool positions and their labels, one each; the labeled pool grows by them."""
     config = tiny_config(algorithm="fixmatch")
-    data = prepare_data(config, torch.device("cpu"))
-    spec = method_class(config).views(config.algorithm)
-    source = BatchSource(data, config.train, config.augment, spec, ComputePolicy(torch.device("cpu")), 0)
+    data, source = batch_source(config)
     source.set_labeled_additions(torch.tensor([4, 0]), torch.tensor([1, 2]), generation=1)
     assert len(source.labeled) == len(data.labeled) + 2 and source.labeled.labels[-2:].tolist() == [1, 2]
     for indices, labels in ((torch.tensor([4, 0]), torch.tensor([1])), (torch.tensor([[4]]), torch.tensor([[1]]))):
@@ -211,9 +216,7 @@ def test_every_view_row_is_a_view_of_its_own_image(algorithm):
     image or that image mirrored; the strong views are independent draws."""
     config = tiny_config("augment.crop_padding=0", "augment.randaugment_ops=0", "augment.cutout=0", "train.mu=2",
                          algorithm=algorithm)
-    data = prepare_data(config, torch.device("cpu"))
-    spec = method_class(config).views(config.algorithm)
-    source = BatchSource(data, config.train, config.augment, spec, ComputePolicy(torch.device("cpu")), 0)
+    data, source = batch_source(config)
 
     def is_view_of(row, image):
         image = image.float() / 255

@@ -181,9 +181,11 @@ def test_arrays_reader_takes_channels_last_images(tmp_path, layout):
     channels = 3 if layout == "colour_last" else 1
     assert source.train.images.shape == (6, channels, 8, 8) and source.unlabeled.images.shape == (4, channels, 8, 8)
     assert source.train.images.flags["C_CONTIGUOUS"]
-    expected = x.transpose(0, 3, 1, 2) if x.ndim == 4 else x[:, None]
-    assert np.array_equal(source.train.images, expected) and source.test is None
-    pixels = np.concatenate([expected, u.transpose(0, 3, 1, 2) if u.ndim == 4 else u[:, None]]) / 255.0
+    def channels_first(images):
+        return images.transpose(0, 3, 1, 2) if images.ndim == 4 else images[:, None]
+
+    assert np.array_equal(source.train.images, channels_first(x)) and source.test is None
+    pixels = np.concatenate([channels_first(x), channels_first(u)]) / 255.0
     assert np.allclose(source.mean, pixels.mean(axis=(0, 2, 3))) and np.allclose(source.std, pixels.std(axis=(0, 2, 3)))
 
 

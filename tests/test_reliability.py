@@ -10,6 +10,14 @@ from helpers import tiny_config
 from cissl.config import load_config
 from cissl.engine.run import start_run
 from cissl.errors import CisslError, ConfigError
+from cissl.rundir import LOCK
+
+TWO_STEPS = ("train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2")  # one checkpoint, at step 2
+
+
+def file_contents(folder):
+    """Every file below ``folder`` (the run lock aside) and its bytes."""
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != LOCK}
 
 
 @pytest.mark.parametrize("override", ["optim.lr=.inf", "optim.weight_decay=.inf", "optim.lr=-.inf", "optim.lr=.nan"])
@@ -90,9 +98,8 @@ def test_a_split_file_with_an_out_of_range_index_is_one_line(tmp_path, capsys):
 def test_a_checkpoint_of_another_run_is_refused_by_evaluate_and_resume(tmp_path, capsys):
     """Same architecture, other seed and lr: evaluate --checkpoint and --resume refuse it with one line
     naming what differs, and RUN's results.json is left as it was."""
-    short = ("train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2")
-    start_run(tiny_config(*short), tmp_path / "mine", quiet=True)
-    start_run(tiny_config(*short, "train.seed=1", "optim.lr=0.01"), tmp_path / "other", quiet=True)
+    start_run(tiny_config(*TWO_STEPS), tmp_path / "mine", quiet=True)
+    start_run(tiny_config(*TWO_STEPS, "train.seed=1", "optim.lr=0.01"), tmp_path / "other", quiet=True)
     before = (tmp_path / "mine/results.json").read_text()
     foreign = tmp_path / "other/checkpoints/ckpt_00000002.pt"
     code, _, err = run_cli(["evaluate", tmp_path / "mine", "--checkpoint", foreign], capsys)
@@ -106,9 +113,8 @@ def test_a_checkpoint_of_another_run_is_refused_by_evaluate_and_resume(tmp_path,
 
 
 def test_an_architecture_mismatch_is_one_short_line(tmp_path, capsys):
-    short = ("train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2")
-    start_run(tiny_config(*short), tmp_path / "mine", quiet=True)
-    start_run(tiny_config(*short, "model.widen=2"), tmp_path / "wide", quiet=True)
+    start_run(tiny_config(*TWO_STEPS), tmp_path / "mine", quiet=True)
+    start_run(tiny_config(*TWO_STEPS, "model.widen=2"), tmp_path / "wide", quiet=True)
     code, _, err = run_cli(["evaluate", tmp_path / "mine", "--checkpoint",
                             tmp_path / "wide/checkpoints/ckpt_00000002.pt"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "model.widen 2 (this run: 1)" in err
@@ -324,8 +330,7 @@ class Payload:
 def test_a_pickled_object_in_a_checkpoint_is_refused_in_one_line(tmp_path, capsys):
     import torch
 
-    short = ("train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2")
-    start_run(tiny_config(*short), tmp_path / "run", quiet=True)
+    start_run(tiny_config(*TWO_STEPS), tmp_path / "run", quiet=True)
     torch.save({"iteration": 2, "model": {}, "extra": Payload()}, tmp_path / "evil.pt")
     code, _, err = run_cli(["evaluate", tmp_path / "run", "--checkpoint", tmp_path / "evil.pt"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "evil.pt is unreadable" in err
@@ -370,23 +375,23 @@ def test_a_checkpoint_resume_cannot_use_is_one_line_and_the_run_keeps_its_files(
     import torch
 
     run = tmp_path / "run"
-    start_run(tiny_config("train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2"), run, quiet=True)
+    start_run(tiny_config(*TWO_STEPS), run, quiet=True)
     (run / "results.json").unlink()  # as if stopped after its checkpoint
     checkpoint = run / "checkpoints/ckpt_00000002.pt"
     state = torch.load(checkpoint, weights_only=True)
     damage(state)
     torch.save(state, checkpoint)
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    before = file_contents(run)
     code, _, err = run_cli(["train", "--resume", run, "--quiet"], capsys)
     assert code == 2 and err.strip().splitlines() == [f"cissl: error: {message}"]
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    assert file_contents(run) == before
 
 
 def test_evaluate_names_a_missing_or_foreign_checkpoint(tmp_path, capsys):
     import torch
 
     run = tmp_path / "run"
-    start_run(tiny_config("train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2"), run, quiet=True)
+    start_run(tiny_config(*TWO_STEPS), run, quiet=True)
     code, _, err = run_cli(["evaluate", run, "--checkpoint", tmp_path / "nope.pt"], capsys)
     assert code == 2 and f"checkpoint not found: {tmp_path / 'nope.pt'}" in err
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")

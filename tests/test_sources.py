@@ -1,5 +1,6 @@
 import gzip
 import shutil
+import sys
 import tarfile
 from pathlib import Path
 
@@ -7,16 +8,20 @@ import numpy as np
 import pytest
 from synthetic_data import idx_bytes, md5, python2_pickle, write_cifar10, write_cifar100, write_fashion, write_stl10
 
+from cissl.config import load_config
 from cissl.data.sources import (
+    base,
     cifar,
     fashion,
     load_cifar10,
     load_cifar100,
     load_digits_source,
     load_fashion_mnist,
+    load_source,
     load_stl10,
     stl10,
 )
+from cissl.data.sources.base import download_file
 from cissl.data.sources.fashion import SYSTEM_DIR
 from cissl.errors import DataError
 
@@ -148,16 +153,12 @@ def test_digits_embedded_default():
 
 
 def test_digits_without_scikit_learn_says_which_extra(monkeypatch):
-    import sys
-
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with pytest.raises(DataError, match=r"digits: .* scikit-learn; install it with `pip install 'cissl\[digits\]'`"):
         load_digits_source()
 
 
 def test_download_is_atomic_and_a_failure_leaves_nothing(tmp_path):
-    from cissl.data.sources.base import download_file
-
     source = tmp_path / "remote.bin"
     source.write_bytes(b"payload" * 1000)
     target = tmp_path / "data" / "file.bin"
@@ -180,10 +181,6 @@ def test_fashion_reads_data_root_before_the_system_copy(tmp_path):
 
 
 def test_fashion_does_not_decompress_a_gzip_bomb(tmp_path, monkeypatch):
-    import gzip
-
-    from cissl.data.sources import fashion
-
     truth = write_fashion(tmp_path / "fashion_mnist")
     monkeypatch.setattr(fashion, "MAX_IDX_BYTES", 1 << 20)  # the same rule at 1 MB, so the test stays small
     bomb = tmp_path / "fashion_mnist" / "train-images-idx3-ubyte.gz"
@@ -196,9 +193,6 @@ def test_fashion_does_not_decompress_a_gzip_bomb(tmp_path, monkeypatch):
 
 def test_an_unreadable_data_file_is_one_line_naming_it(tmp_path, monkeypatch):
     """A data file the process may not read (simulated: the tests run as root, who reads everything)."""
-    from cissl.config import load_config
-    from cissl.data.sources import base, load_source
-
     write_cifar10(tmp_path)
     batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
 
@@ -231,16 +225,24 @@ ARCHIVED = {  # data set -> (its spec dict, writer, folder, reader)
 }
 
 
+def served(dataset: str, tmp_path: Path, monkeypatch, archive_md5: str | None = None):
+    """``dataset`` written, packed and served from tmp_path/server, its spec pointed at the archive (with its
+    md5 unless one is given): (the writer's truth, the archive)."""
+    spec, write, folder, _ = ARCHIVED[dataset]
+    truth = write(tmp_path / "built")
+    archive = _serve_as_archive(tmp_path / "built", folder, tmp_path / "server")
+    monkeypatch.setitem(spec, "url", archive.as_uri())
+    monkeypatch.setitem(spec, "archive_md5", archive_md5 or md5(archive))
+    return truth, archive
+
+
 @pytest.mark.parametrize("dataset", sorted(ARCHIVED))
 def test_download_fetches_checks_and_extracts_the_archive_then_reuses_it(tmp_path, monkeypatch, capsys, dataset):
     """data.download=true end to end (the server is a file:// URL): the archive is fetched into data.root,
     md5-checked and extracted, and the files read are the archive's; a second run with the folder gone
     extracts the kept archive again without fetching (the server is gone too)."""
-    spec, write, folder, load = ARCHIVED[dataset]
-    truth = write(tmp_path / "built")
-    archive = _serve_as_archive(tmp_path / "built", folder, tmp_path / "server")
-    monkeypatch.setitem(spec, "url", archive.as_uri())
-    monkeypatch.setitem(spec, "archive_md5", md5(archive))
+    _, _, folder, load = ARCHIVED[dataset]
+    truth, archive = served(dataset, tmp_path, monkeypatch)
     root = tmp_path / "data"
     with pytest.raises(DataError, match=f"{folder}.*data.download=true"):
         load(root, truth["checksums"], False)
@@ -258,10 +260,7 @@ def test_download_fetches_checks_and_extracts_the_archive_then_reuses_it(tmp_pat
 
 
 def test_download_refuses_an_archive_with_the_wrong_md5(tmp_path, monkeypatch):
-    truth = write_cifar10(tmp_path / "built")
-    archive = _serve_as_archive(tmp_path / "built", "cifar-10-batches-py", tmp_path / "server")
-    monkeypatch.setitem(cifar.CIFAR10, "url", archive.as_uri())
-    monkeypatch.setitem(cifar.CIFAR10, "archive_md5", "0" * 32)
+    truth, _ = served("cifar10", tmp_path, monkeypatch, archive_md5="0" * 32)
     with pytest.raises(DataError, match=r"cifar-10-batches-py.tar.gz is corrupt \(md5 .*, expected 0{32}\)"):
         load_cifar10(tmp_path / "data", True, truth["checksums"])
     assert not (tmp_path / "data" / "cifar-10-batches-py").exists()  # nothing extracted from it
@@ -377,9 +376,6 @@ def test_stl10_through_the_registry_reads_its_unlabeled_split_only_when_the_pool
     """A config's STL-10: the 100k unlabeled images are read (and resized to data.image_size) only for
     data.unlabeled_distribution=unknown; the long-tailed protocols draw their pool from the training
     images and run without unlabeled_X.bin."""
-    from cissl.config import load_config
-    from cissl.data.sources import load_source
-
     truth = write_stl10(tmp_path)
     monkeypatch.setitem(stl10.STL10, "files", truth["checksums"])
     common = ["data.dataset=stl10", f"data.root={tmp_path}", "data.image_size=32", "data.labeled_head=2",
@@ -394,9 +390,6 @@ def test_stl10_through_the_registry_reads_its_unlabeled_split_only_when_the_pool
 
 
 def test_registry_resizes_a_drawn_data_set_to_data_image_size(tmp_path, monkeypatch):
-    from cissl.config import load_config
-    from cissl.data.sources import load_source
-
     truth = write_cifar10(tmp_path)
     sums = truth["checksums"]
     monkeypatch.setitem(cifar.CIFAR10, "train", {name: sums[name] for name in cifar.CIFAR10["train"]})
