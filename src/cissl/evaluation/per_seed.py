@@ -53,7 +53,7 @@ def per_seed_markdown(runs: list[dict], reference: str | None = None) -> str:
     by_row = values_by_row(runs, "balanced_accuracy")
     per_metric: dict[tuple[str, str], dict[str, tuple[dict, dict]]] = {}
     if reference is not None:
-        check_reference(by_row, reference)  # a third the reference's runs did not record pairs with nothing
+        check_reference(by_row, reference)  # below, a metric the reference row did not record pairs with nothing
         for key, title in METRICS:
             for setting, algorithm, own, values in pairs(values_by_row(runs, key), reference):
                 if set(own) & set(values):
