@@ -279,3 +279,13 @@ def test_saving_a_checkpoint_clears_what_a_killed_save_left_and_keeps_the_newest
         save_checkpoint({"iteration": iteration}, folder, iteration, keep=2)
     assert [p.name for p in list_checkpoints(folder)] == ["ckpt_00000004.pt", "ckpt_00000006.pt"]
     assert sorted(p.name for p in folder.iterdir()) == ["ckpt_00000004.pt", "ckpt_00000006.pt", "notes.txt"]
+
+
+def test_an_exceptions_message_is_cut_to_its_first_line_with_the_count_of_the_rest():
+    from cissl.engine.checkpoint import first_line
+
+    assert first_line(RuntimeError("  one line  ")) == "one line"
+    assert first_line(RuntimeError("first\nsecond")) == "first (+1 more lines)"
+    assert first_line(RuntimeError("Error(s) in loading\n\tMissing: a\n\tUnexpected: b\n")) == \
+        "Error(s) in loading (+2 more lines)"
+    assert first_line(KeyError()) == "KeyError"  # no message: the exception's name

@@ -66,3 +66,18 @@ def test_normalisation_inside_wrapper():
     x = torch.full((1, 1, 8, 8), 0.75)
     normalised = (x - 0.5) / 0.25
     assert torch.allclose(model.embed(x), model.backbone(normalised))
+
+
+def test_each_extra_head_is_drawn_from_its_own_seed():
+    """Extra head i (in the order asked for, ``main`` left out) is Xavier-normal from the seed
+    seed * 1_000_003 + HEAD_STREAM + i, so a run's heads are the same whatever else it asks for."""
+    from cissl.models import HEAD_STREAM
+
+    seed = 3
+    model = build_model(ModelConfig(), 3, 10, (0.5,) * 3, (0.25,) * 3, seed, ("main", "aux", "balanced"))
+    for i, name in enumerate(("aux", "balanced")):
+        torch.manual_seed(seed * 1_000_003 + HEAD_STREAM + i)
+        expected = torch.nn.init.xavier_normal_(torch.nn.Linear(128, 10).weight)  # after Linear's own draws
+        assert torch.equal(model.heads[name].weight, expected), name
+        assert not model.heads[name].bias.any()
+    assert not torch.equal(model.heads["aux"].weight, model.heads["balanced"].weight)
