@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from cissl.config import ModelConfig
@@ -31,6 +32,16 @@ def test_wrn_depth_and_width_general():
     net = WideResNet(in_channels=1, depth=16, widen=4)
     assert net.feature_dim == 256 and len(net.block1) == 2
     assert net(torch.rand(2, 1, 16, 16)).shape == (2, 256)
+
+
+def test_wide_resnet_defaults_are_the_papers_wrn_28_2_and_a_bad_depth_is_named():
+    net = WideResNet()  # RGB, depth 28, width 2, LeakyReLU(0.1), BN momentum 0.001 (spec 3.1)
+    assert net.conv1.in_channels == 3 and len(net.block1) == 4 and net.feature_dim == 128
+    assert n_params(net) == 1_467_610 - (128 * 10 + 10)  # the spec's count less the 10-class head
+    assert net.act.negative_slope == 0.1 and net.block1[0].act.negative_slope == 0.1
+    assert {m.momentum for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.001}
+    with pytest.raises(ValueError, match=r"WRN depth must be 6n \+ 4, got 27"):
+        WideResNet(depth=27)
 
 
 def test_bn_momentum_and_block_quirks():
