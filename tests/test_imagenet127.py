@@ -283,3 +283,75 @@ def test_reader_names_a_damaged_or_foreign_build(tmp_path):
     np.save(tmp_path / "out" / "test_labels.npy", np.load(tmp_path / "out" / "test_labels.npy")[:-1])
     with pytest.raises(DataError, match=r"test_labels.npy has \d+ labels for \d+ images; build again"):
         load_imagenet127(tmp_path / "out")
+
+
+def test_pickles_from_python_2_or_with_byte_keys_build_the_same_data_set(tmp_path, capsys):
+    """image-net.org's pickles are read as written by Python 3; a Python-2 pickle (text as Python-2 str,
+    arrays from a str buffer) and one with bytes keys (a re-packed copy) give the same images and labels.
+    The progress line counts each file's images."""
+    from synthetic_data import python2_pickle
+
+    synthetic_source(tmp_path / "src", 32, {3: 20, 4: 10})
+    build_imagenet127(tmp_path / "src", 32, tmp_path / "plain", partial=True)
+    first, second = (pickle.load(open(tmp_path / "src" / name, "rb")) for name in TRAIN_FILES[:2])
+    (tmp_path / "src" / TRAIN_FILES[0]).write_bytes(
+        python2_pickle({"data": first["data"], "labels": [int(v) for v in first["labels"]]}))
+    with open(tmp_path / "src" / TRAIN_FILES[1], "wb") as handle:
+        pickle.dump({b"data": second["data"], b"labels": second["labels"]}, handle)
+    capsys.readouterr()
+    build_imagenet127(tmp_path / "src", 32, tmp_path / "mixed", partial=True)
+    assert f"{TRAIN_FILES[0]}: {len(first['labels'])} images (1/11 files" in capsys.readouterr().err
+    plain, mixed = load_imagenet127(tmp_path / "plain"), load_imagenet127(tmp_path / "mixed")
+    assert np.array_equal(plain.train.images, mixed.train.images) and np.array_equal(plain.train.labels,
+                                                                                     mixed.train.labels)
+
+
+def test_the_reader_refuses_rows_of_another_type_shape_or_size_and_names_them(tmp_path):
+    src = tmp_path / "src"
+    synthetic_source(src, 32, {3: 10})
+    for data, shown in ((np.zeros((4, 3072), np.int64), "int64 rows of shape (3072,)"),
+                        (np.zeros(3072, np.uint8), "uint8 rows of shape ()"),
+                        (np.zeros((4, 3 * 48 * 48), np.uint8), "uint8 rows of shape (6912,)")):
+        with open(src / TEST_FILE, "wb") as handle:
+            pickle.dump({"data": data, "labels": [5] * 4}, handle)
+        with pytest.raises(DataError) as error:
+            build_imagenet127(src, 32, tmp_path / "out", partial=True)
+        message = str(error.value)
+        assert f"val_data holds {shown}, not uint8 rows of 3 x 32 x 32 = 3072" in message
+        assert "--size" not in message  # a hint only for rows of the other downsampled size
+
+
+def test_the_builder_names_every_missing_file(tmp_path):
+    synthetic_source(tmp_path / "src", 32, {3: 10})
+    (tmp_path / "src" / TRAIN_FILES[2]).unlink()
+    (tmp_path / "src" / TEST_FILE).unlink()
+    with pytest.raises(DataError, match=f"lacks {TRAIN_FILES[2]}, {TEST_FILE}; it must hold"):
+        build_imagenet127(tmp_path / "src", 32, tmp_path / "out", partial=True)
+
+
+def test_a_damaged_val_data_names_the_first_synset_without_50_images():
+    from cissl.data.sources.imagenet127 import FULL_TEST, FULL_TRAIN, check_counts
+
+    grouped = {"train": np.zeros(FULL_TRAIN, np.int16), "test": np.zeros(FULL_TEST, np.int16)}
+    val_ids = np.repeat(np.arange(1, 1001), 50)
+    val_ids[50 * 6] = 9  # id 7 loses an image to id 9
+    with pytest.raises(DataError, match="val_data has 49 images of ILSVRC id 7,"):
+        check_counts(grouped, val_ids, partial=False)
+
+
+def test_the_reader_gives_a_read_only_map_with_the_sets_statistics_and_names_a_missing_image_file(tmp_path):
+    from cissl.data.sources.imagenet127 import MEAN, STD
+
+    synthetic_source(tmp_path / "src", 32, {3: 10, 4: 6})
+    build_imagenet127(tmp_path / "src", 32, tmp_path / "out", partial=True)
+    source = load_imagenet127(tmp_path / "out")
+    assert source.name == "imagenet127" and source.mean == MEAN and source.std == STD
+    assert MEAN == (0.48109809, 0.45747185, 0.40785507) and STD == (0.26040889, 0.2532126, 0.26820634)  # spec 2
+    for part in (source.train, source.test):
+        assert part.images.mode == "r" and not part.images.flags.writeable and part.labels.dtype == np.int64
+    (tmp_path / "out" / "test_images.u8").unlink()
+    with pytest.raises(DataError, match=r"test_images.u8 should hold [\d,]+ bytes \(\d+ images\), found no file"):
+        load_imagenet127(tmp_path / "out")
+    (tmp_path / "out" / "test_images.u8").write_bytes(b"x" * 7)
+    with pytest.raises(DataError, match=r"found 7; build again"):
+        load_imagenet127(tmp_path / "out")

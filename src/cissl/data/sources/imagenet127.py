@@ -69,7 +69,7 @@ def _read_pickle(path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
         other = int(round((data.shape[1] / 3) ** 0.5)) if data.ndim == 2 else None
         raise DataError(f"imagenet127: {path} holds {data.dtype} rows of shape {data.shape[1:]}, not uint8 rows of "
                         f"3 x {size} x {size} = {width}" + (f" (its images are {other} px: --size {other}?)"
-                                                            if other in (32, 64) else ""))
+                                                            if other in (32, 64) and other != size else ""))
     if len(labels) != len(data) or len(labels) and (labels.min() < 1 or labels.max() > 1000):
         raise DataError(f"imagenet127: {path} has {len(data)} images and {len(labels)} labels, which must be "
                         f"ILSVRC ids 1..1000 (one per image)")
