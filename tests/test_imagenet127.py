@@ -355,3 +355,40 @@ def test_the_reader_gives_a_read_only_map_with_the_sets_statistics_and_names_a_m
     (tmp_path / "out" / "test_images.u8").write_bytes(b"x" * 7)
     with pytest.raises(DataError, match=r"found 7; build again"):
         load_imagenet127(tmp_path / "out")
+
+
+def test_a_build_into_a_new_nested_folder_records_its_source_and_prints_its_class_sizes(tmp_path, capsys):
+    import re
+
+    per_class = {c: 2 for c in range(127)} | {0: 9, 5: 1}  # sorted sizes 9, 2, ..., 2, 1
+    synthetic_source(tmp_path / "src", 32, per_class, ids_per_class=1, val_per_id=1)
+    out = tmp_path / "new" / "nested" / "build"
+    meta = build_imagenet127(tmp_path / "src", 32, out, partial=True)
+    err = capsys.readouterr().err
+    assert meta["version"] == 1 and meta["format"] == "cissl-imagenet127"
+    assert meta["source"]["folder"] == str((tmp_path / "src").resolve())
+    assert meta["source"]["files"] == {n: (tmp_path / "src" / n).stat().st_size for n in (*TRAIN_FILES, TEST_FILE)}
+    assert json.loads((out / "meta.json").read_text()) == meta
+    for part in ("train", "test"):
+        assert np.load(out / f"{part}_labels.npy").dtype == np.int16  # the module's documented format
+    total = sum(per_class.values())
+    assert err.strip().splitlines()[-1].startswith(
+        f"imagenet127: {total:,} training and 127 test images in 127 classes (9 .. 1 per class) written to {out} (")
+    assert all(int(s) < 600 for s in re.findall(r"(\d+) s\)", err))  # seconds since the build started
+
+
+def test_a_source_with_ilsvrcs_totals_is_complete_and_its_validation_ids_are_checked(tmp_path, monkeypatch):
+    """A real download is too large to make here: the totals are lowered to the synthetic source's."""
+    import cissl.data.sources.imagenet127 as imagenet127
+
+    synthetic_source(tmp_path / "src", 32, {3: 10, 4: 6}, val_per_id=1)
+    seen = []
+    monkeypatch.setattr(imagenet127, "check_counts", lambda grouped, ids, partial: seen.append(ids.tolist()))
+    val_ids = pickle.load(open(tmp_path / "src" / TEST_FILE, "rb"))["labels"]
+    for totals, complete in (((16, len(val_ids)), True), ((16, len(val_ids) + 1), False),
+                             ((17, len(val_ids)), False)):
+        monkeypatch.setattr(imagenet127, "FULL_TRAIN", totals[0])
+        monkeypatch.setattr(imagenet127, "FULL_TEST", totals[1])
+        meta = build_imagenet127(tmp_path / "src", 32, tmp_path / f"out{len(seen)}")
+        assert meta["complete"] is complete
+    assert seen == [val_ids] * 3
