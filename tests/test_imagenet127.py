@@ -167,6 +167,9 @@ def test_resnet50_has_the_cifar_stem_and_the_torchvision_parameter_count():
         x = torch.randn(2, 3, size, size)
         assert net.blocks(net.stem(x)).shape == (2, 2048, cells, cells)
         assert net(x).shape == (2, 2048)
+    assert {m.momentum for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}  # PyTorch's
+    assert {m.momentum for m in ResNet50(bn_momentum=0.01).modules()
+            if isinstance(m, torch.nn.BatchNorm2d)} == {0.01}  # every BN follows model.bn_momentum
 
 
 def test_a_few_semi_steps_with_resnet50_at_64_px_run_on_cpu(tmp_path):

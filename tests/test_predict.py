@@ -129,7 +129,7 @@ def test_one_image_file_an_empty_folder_and_a_cut_image(trained_run, tmp_path, c
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty/notes.txt").write_text("no images here")
     code, _, err = run_cli(["predict", trained_run, "--images", tmp_path / "empty"], capsys)
-    assert code == 2 and f"--images {tmp_path / 'empty'}: no image files" in err
+    assert code == 2 and f"--images {tmp_path / 'empty'}: no image files (.png, " in err
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / "cut.png")
     (tmp_path / "cut.png").write_bytes((tmp_path / "cut.png").read_bytes()[:-30])
     code, _, err = run_cli(["predict", trained_run, "--images", tmp_path / "cut.png"], capsys)
