@@ -204,3 +204,31 @@ def test_pretrain_fraction_zero_warms_up_before_the_first_step(tmp_path):
                          "algorithm.pretrain_fraction=0", "algorithm.warmup_epochs=1", algorithm="fixmatch_cossl")
     start_run(config, tmp_path / "run", quiet=True)
     assert load_checkpoint(tmp_path / "run/checkpoints/ckpt_00000004.pt")["algorithm"]["teacher_ready"]
+
+
+def test_the_stage_loads_its_weights_into_the_network_and_the_ema_and_drops_the_heads_momentum(monkeypatch):
+    """After the stage's step (iteration 5, 0-based) the teacher head holds the warm-up's weights, its EMA
+    the warm-up's average, and SGD keeps no momentum of the head's earlier weights (it had some)."""
+    config = tiny_config(*OVERRIDES, algorithm="fixmatch_cossl")
+    trainer = Trainer.from_config(config, prepare_data(config, torch.device("cpu")))
+    returned = []
+    stage = trainer.algorithm.on_stage
+    monkeypatch.setattr(trainer.algorithm, "on_stage", lambda *a: returned.extend(stage(*a)) or returned)
+    for _ in range(5):
+        trainer.train_step()
+    head = trainer.model.heads["teacher"]
+    assert all(trainer.optimizer.state.get(p) for p in head.parameters())  # momentum before the stage
+    trainer.train_step()
+    (update,) = returned
+    assert update.head == "teacher"
+    for key in ("weight", "bias"):
+        assert torch.equal(head.state_dict()[key], update.weights[key])
+        assert torch.equal(trainer.ema.model.heads["teacher"].state_dict()[key], update.ema_weights[key])
+    assert not any(p in trainer.optimizer.state for p in head.parameters())
+
+
+def test_a_run_warmed_up_before_its_first_step_resumes_without_warming_up_again(tmp_path):
+    config = tiny_config("train.iterations=4", "train.checkpoint_every=2", "train.eval_every=2",
+                         "algorithm.pretrain_fraction=0", "algorithm.warmup_epochs=1", algorithm="fixmatch_cossl")
+    whole, resumed = uninterrupted_and_resumed(config, tmp_path, 4)
+    assert_same_state(whole, resumed)
