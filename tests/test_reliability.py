@@ -280,6 +280,9 @@ def test_skip_nonfinite_steps_skips_the_update_and_counts_it(tmp_path):
     assert trainer.skipped_steps == 1 and trainer.iteration == 4
     trainer.fit()
     assert trainer.state_dict()["skipped_steps"] == 1
+    resumed = poisoned(tiny_config(*base, "train.skip_nonfinite_steps=true"), tmp_path / "c")
+    resumed.load_state_dict(trainer.state_dict())
+    assert resumed.skipped_steps == 1  # the count goes on across a resume
     logged = [json.loads(line) for line in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_nonfinite_steps"] for r in logged if r["kind"] == "train"][-1] == 1
     with pytest.raises(TrainingDiverged, match="loss"):
@@ -450,3 +453,22 @@ def test_a_config_file_of_the_wrong_shape_is_one_line(tmp_path, text, message):
     (tmp_path / "c.yaml").write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config(tmp_path / "c.yaml")
+
+
+def test_a_resumed_runs_wall_time_adds_the_time_trained_before(tmp_path):
+    """results.json's wall_time_s of a resumed run counts the checkpoint's elapsed seconds (set here to
+    1000) and the time since the resume."""
+    import torch
+
+    from cissl.engine.checkpoint import load_checkpoint
+    from cissl.engine.run import resume_run
+
+    start_run(tiny_config("train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2"), tmp_path / "run",
+              quiet=True)
+    (tmp_path / "run/checkpoints/ckpt_00000004.pt").unlink()
+    (tmp_path / "run/results.json").unlink()
+    state = load_checkpoint(tmp_path / "run/checkpoints/ckpt_00000002.pt")
+    torch.save({**state, "elapsed": 1000.0}, tmp_path / "run/checkpoints/ckpt_00000002.pt")
+    results = resume_run(tmp_path / "run", quiet=True)
+    assert 1000.0 < results["wall_time_s"] < 1000.0 + 600
+    assert load_checkpoint(tmp_path / "run/checkpoints/ckpt_00000004.pt")["elapsed"] == results["wall_time_s"]

@@ -191,3 +191,18 @@ def test_fixmatch_learns_digits_well_above_chance(tmp_path):
     results = start_run(config, tmp_path / "run", quiet=True)
     assert results["top1"] > 0.6, results["top1"]  # chance is 0.1
     assert results["pseudo_labels"]["mask_rate"] > 0.3
+
+
+def test_each_evaluations_pseudo_label_statistics_cover_the_steps_since_the_one_before(tmp_path, monkeypatch):
+    """With eval_every=2 every evaluation scores the pseudo-labels of two steps' unlabeled rows (B * mu each),
+    not every step so far."""
+    from cissl.engine.diagnostics import PseudoLabelStats
+
+    seen = []
+    summary = PseudoLabelStats.summary
+    monkeypatch.setattr(PseudoLabelStats, "summary",
+                        lambda self: seen.append(int(self.counts["seen"].sum())) or summary(self))
+    config = tiny_config("train.iterations=6", "train.eval_every=2", "train.checkpoint_every=6", algorithm="fixmatch")
+    results = start_run(config, tmp_path / "run", quiet=True)
+    rows = 2 * config.train.batch_size * config.train.mu
+    assert seen == [rows, rows, rows] and "pseudo_labels" in results
