@@ -8,6 +8,7 @@ configuration.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -17,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import run_cli
-from helpers import tiny_config
+from helpers import tiny_config, uninterrupted_and_resumed
 from test_training import assert_same_state
 
 from cissl.algorithms import ALGORITHMS, AUX_HEADS, REFINERS, GenerationUpdate, Hooks, Periodic, StepOutput, ViewSpec
@@ -290,6 +291,27 @@ def test_generations_extend_the_labeled_set_restart_the_schedule_and_resume_exac
         (run / "results.json").unlink()
         resume_run(run, quiet=True)
         assert_same_state(reference, load_checkpoint(run / "checkpoints/ckpt_00000012.pt"))
+
+
+class GlobalRngConfig(FixMatchConfig):
+    name: str = option("test_global_rng")
+
+
+class GlobalRng(FixMatch):
+    """FixMatch whose loss is scaled by a draw from torch's global generator (a user's method may draw
+    without a generator of its own)."""
+
+    def step(self, model, batch, iteration):
+        out = super().step(model, batch, iteration)
+        return dataclasses.replace(out, loss=out.loss * (1 + torch.rand(())))
+
+
+def test_a_method_drawing_from_the_global_generator_resumes_bit_for_bit(tmp_path, registered):
+    registered(ALGORITHMS, "test_global_rng", GlobalRngConfig, GlobalRng)
+    config = tiny_config("train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2",
+                         algorithm="test_global_rng")
+    whole, resumed = uninterrupted_and_resumed(config, tmp_path, 4)
+    assert_same_state(whole, resumed)
 
 
 def test_generations_must_divide_the_run(registered):

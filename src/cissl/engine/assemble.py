@@ -1,7 +1,9 @@
 """Assembling a run from its config: the network, its EMA, the method, the optimizer and schedule, the batches.
 
 Every random stream gets its own seed from the run seed (:func:`cissl.engine.seeds.derive_seed`), so
-the shared parameters, the streams and the augmentation are the same whatever method runs.
+the shared parameters, the streams and the augmentation are the same whatever method runs. torch's
+global generator is seeded from it too (for a method or backbone that draws without a generator of its
+own; the shipped ones do not), and the trainer checkpoints its state.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ def build_training(config: Config, data: TrainingData, device: torch.device) -> 
     """The parts of a training run on ``device`` (the order of construction fixes the random streams)."""
     tc = config.train
     configure_backends(tc, device)
+    torch.manual_seed(derive_seed(tc.seed, "torch-global"))  # a run's draws without a generator repeat
     policy = ComputePolicy.from_config(tc, device)
     method = method_class(config)
     model = build_network(config, data, policy, method.required_heads(config.algorithm))
