@@ -472,3 +472,21 @@ def test_a_resumed_runs_wall_time_adds_the_time_trained_before(tmp_path):
     results = resume_run(tmp_path / "run", quiet=True)
     assert 1000.0 < results["wall_time_s"] < 1000.0 + 600
     assert load_checkpoint(tmp_path / "run/checkpoints/ckpt_00000004.pt")["elapsed"] == results["wall_time_s"]
+
+
+def test_a_run_resumed_between_two_logs_logs_what_an_uninterrupted_one_does(tmp_path):
+    """The metric window (steps since the last log) is in the checkpoint: cut at step 2 of a 4-step log
+    window, the resumed run logs at step 4 the mean over steps 1-4, as the run straight through does."""
+    from helpers import uninterrupted_and_resumed
+
+    config = tiny_config("train.iterations=4", "train.log_every=4", "train.eval_every=4", "train.checkpoint_every=2",
+                         algorithm="fixmatch")
+    uninterrupted_and_resumed(config, tmp_path, 4)
+
+    def logged(run):
+        records = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k.startswith("loss") or k in ("iteration", "mask_rate")}
+                for r in records if r["kind"] == "train"]
+    whole = logged("whole")
+    assert len(whole) == 1 and whole[0]["iteration"] == 4 and "loss" in whole[0]
+    assert logged("cut") == whole
