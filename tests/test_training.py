@@ -206,3 +206,57 @@ def test_each_evaluations_pseudo_label_statistics_cover_the_steps_since_the_one_
     results = start_run(config, tmp_path / "run", quiet=True)
     rows = 2 * config.train.batch_size * config.train.mu
     assert seen == [rows, rows, rows] and "pseudo_labels" in results
+
+
+class _Scaled(torch.nn.Module):
+    """A 'network' whose logits are a fixed linear map of its [0, 1] input's pixels, in bf16 under autocast."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        from cissl.models import ModelOutput
+
+        features = x.flatten(1)
+        return ModelOutput(features, {"main": self.linear(features), "aux": -self.linear(features)})
+
+
+def test_predictions_take_uint8_images_to_0_1_in_eval_mode_in_float32_and_leave_the_mode_as_it_was():
+    from cissl.engine.precision import ComputePolicy
+    from cissl.evaluation.evaluate import predict_with_features
+
+    model = _Scaled()
+    images = torch.randint(0, 256, (5, 1, 2, 2), dtype=torch.uint8)
+    expected = model.linear(images.float().flatten(1) / 255.0)
+    for training in (True, False):
+        model.train(training)
+        modes = []
+        handle = model.register_forward_pre_hook(lambda m, args: modes.append(m.training))
+        logits, features = predict_with_features(model, images, 2, ComputePolicy(torch.device("cpu"), "fp32", False))
+        handle.remove()
+        assert modes == [False, False, False] and model.training is training  # 3 batches of at most 2
+        assert torch.allclose(logits["main"], expected) and torch.allclose(logits["aux"], -expected)
+        assert torch.equal(features, images.float().flatten(1) / 255.0)
+    logits, _ = predict_with_features(model, images, 8, ComputePolicy(torch.device("cpu"), "bf16", False))
+    assert logits["main"].dtype == torch.float32 and torch.allclose(logits["main"], expected, atol=0.05)
+    logits, features = predict_with_features(model, images[:0], 8, ComputePolicy(torch.device("cpu"), "fp32", False))
+    assert logits["main"].shape == (0, 3) and features.shape == (0, 4)  # an empty pool keeps its shapes
+
+
+def test_periodic_evaluation_is_brief_and_a_run_evaluated_on_val_scores_it_once_under_test():
+    from cissl.engine.data import prepare_data
+    from cissl.engine.trainer import Trainer
+
+    for overrides, splits in ((["data.val_per_class=2"], {"test", "val"}),
+                              (["data.val_per_class=2", "train.evaluate_on=val"], {"test"})):
+        config = tiny_config(*overrides)
+        trainer = Trainer.from_config(config, prepare_data(config, torch.device("cpu")))
+        record = trainer.evaluate()
+        assert set(record) == {"iteration"} | splits
+        assert all(set(report) == {"top1", "balanced_accuracy"}
+                   for split in splits for report in record[split].values())
+        full = trainer.evaluate(full=True)
+        assert "confusion_matrix" in full["test"]["main"]
+        if splits == {"test"}:
+            assert len(trainer.data.test) == 2 * 10  # the validation split: 2 images of each of 10 classes
