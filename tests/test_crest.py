@@ -142,6 +142,9 @@ def test_last_k_window_is_the_later_half_of_the_last_generation():
     assert from4["median_last_top1"] == pytest.approx(0.8)
     assert from4["mean_last_balanced_accuracy"] == pytest.approx(0.7)
     assert from8["last_k"] == 1 and from8["mean_last_top1"] == pytest.approx(0.9)
+    # from 6: the evaluation at 6 scores the network the generation before trained; 8, 10, 12 remain -> 12
+    from6 = summary(6)
+    assert from6["last_k"] == 1 and from6["mean_last_top1"] == pytest.approx(0.9)
     assert whole["last_k"] == 3 and whole["mean_last_top1"] == pytest.approx(0.6)
     assert whole["median_last_top1"] == pytest.approx(0.7)
     assert whole["mean_last_balanced_accuracy"] == pytest.approx(0.5)

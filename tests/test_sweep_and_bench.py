@@ -288,6 +288,7 @@ def test_runs_evaluated_on_validation_never_see_the_test_set(tmp_path):
                      [*TINY, "data.val_per_class=5", "train.evaluate_on=val"])
     result = json.loads((tmp_path / "quickstart/supervised/seed0/results.json").read_text())
     assert result["evaluated_on"] == "val" and sum(map(sum, result["confusion_matrix"])) == 50
+    assert result["best_on_test_top1"]["note"] == "selected on the validation split"
     assert rows[0]["setting"] == "quickstart (validation)"
     with pytest.raises(ConfigError, match="train.evaluate_on.*data.val_per_class"):
         tiny_config("train.evaluate_on=val")

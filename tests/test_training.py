@@ -205,7 +205,10 @@ def test_each_evaluations_pseudo_label_statistics_cover_the_steps_since_the_one_
     config = tiny_config("train.iterations=6", "train.eval_every=2", "train.checkpoint_every=6", algorithm="fixmatch")
     results = start_run(config, tmp_path / "run", quiet=True)
     rows = 2 * config.train.batch_size * config.train.mu
-    assert seen == [rows, rows, rows] and "pseudo_labels" in results
+    assert seen == [rows, rows, rows]
+    evaluations = [r for r in map(json.loads, (tmp_path / "run/metrics.jsonl").read_text().splitlines())
+                   if r["kind"] == "eval"]
+    assert results["pseudo_labels"] == evaluations[-1]["pseudo_labels"] != evaluations[0]["pseudo_labels"]
 
 
 class _Scaled(torch.nn.Module):
