@@ -213,7 +213,12 @@ def test_the_stage_loads_its_weights_into_the_network_and_the_ema_and_drops_the_
     trainer = Trainer.from_config(config, prepare_data(config, torch.device("cpu")))
     returned = []
     stage = trainer.algorithm.on_stage
-    monkeypatch.setattr(trainer.algorithm, "on_stage", lambda *a: returned.extend(stage(*a)) or returned)
+
+    def recorded_stage(*args):
+        updates = stage(*args)
+        returned.extend(updates)
+        return updates
+    monkeypatch.setattr(trainer.algorithm, "on_stage", recorded_stage)
     for _ in range(5):
         trainer.train_step()
     head = trainer.model.heads["teacher"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -13,12 +14,18 @@ import pytest
 import torch
 from conftest import run_cli
 from helpers import CONFIGS
+from synthetic_data import python2_pickle
 
 from cissl.config import load_config
 from cissl.data.sources.imagenet127 import (
+    FULL_TEST,
+    FULL_TRAIN,
+    MEAN,
+    STD,
     TEST_FILE,
     TRAIN_FILES,
     build_imagenet127,
+    check_counts,
     class_of_ilsvrc_id,
     grouping,
     load_imagenet127,
@@ -243,8 +250,6 @@ def test_auto_streams_only_memory_mapped_images_larger_than_half_the_free_memory
 
 def test_a_full_source_must_have_ilsvrcs_totals_and_50_validation_images_per_synset():
     """The check a real Imagenet32 / 64 download meets (no such download here: the counts alone)."""
-    from cissl.data.sources.imagenet127 import FULL_TEST, FULL_TRAIN, check_counts
-
     grouped = {"train": np.zeros(FULL_TRAIN, np.int16), "test": np.zeros(FULL_TEST, np.int16)}
     val_ids = np.repeat(np.arange(1, 1001), 50)
     check_counts(grouped, val_ids, partial=False)  # passes
@@ -292,8 +297,6 @@ def test_pickles_from_python_2_or_with_byte_keys_build_the_same_data_set(tmp_pat
     """image-net.org's pickles are read as written by Python 3; a Python-2 pickle (text as Python-2 str,
     arrays from a str buffer) and one with bytes keys (a re-packed copy) give the same images and labels.
     The progress line counts each file's images."""
-    from synthetic_data import python2_pickle
-
     synthetic_source(tmp_path / "src", 32, {3: 20, 4: 10})
     build_imagenet127(tmp_path / "src", 32, tmp_path / "plain", partial=True)
     first, second = (pickle.load(open(tmp_path / "src" / name, "rb")) for name in TRAIN_FILES[:2])
@@ -333,8 +336,6 @@ def test_the_builder_names_every_missing_file(tmp_path):
 
 
 def test_a_damaged_val_data_names_the_first_synset_without_50_images():
-    from cissl.data.sources.imagenet127 import FULL_TEST, FULL_TRAIN, check_counts
-
     grouped = {"train": np.zeros(FULL_TRAIN, np.int16), "test": np.zeros(FULL_TEST, np.int16)}
     val_ids = np.repeat(np.arange(1, 1001), 50)
     val_ids[50 * 6] = 9  # id 7 loses an image to id 9
@@ -343,8 +344,6 @@ def test_a_damaged_val_data_names_the_first_synset_without_50_images():
 
 
 def test_the_reader_gives_a_read_only_map_with_the_sets_statistics_and_names_a_missing_image_file(tmp_path):
-    from cissl.data.sources.imagenet127 import MEAN, STD
-
     synthetic_source(tmp_path / "src", 32, {3: 10, 4: 6})
     build_imagenet127(tmp_path / "src", 32, tmp_path / "out", partial=True)
     source = load_imagenet127(tmp_path / "out")
@@ -361,8 +360,6 @@ def test_the_reader_gives_a_read_only_map_with_the_sets_statistics_and_names_a_m
 
 
 def test_a_build_into_a_new_nested_folder_records_its_source_and_prints_its_class_sizes(tmp_path, capsys):
-    import re
-
     per_class = {c: 2 for c in range(127)} | {0: 9, 5: 1}  # sorted sizes 9, 2, ..., 2, 1
     synthetic_source(tmp_path / "src", 32, per_class, ids_per_class=1, val_per_id=1)
     out = tmp_path / "new" / "nested" / "build"
