@@ -289,3 +289,34 @@ def test_an_exceptions_message_is_cut_to_its_first_line_with_the_count_of_the_re
     assert first_line(RuntimeError("Error(s) in loading\n\tMissing: a\n\tUnexpected: b\n")) == \
         "Error(s) in loading (+2 more lines)"
     assert first_line(KeyError()) == "KeyError"  # no message: the exception's name
+
+
+def test_each_pool_holds_the_images_and_labels_of_its_split_indices():
+    from cissl.engine.data import load_run_source
+
+    config = tiny_config("data.val_per_class=2")
+    data = prepare_data(config, torch.device("cpu"))
+    source, _ = load_run_source(config.data)
+    split = data.split
+    for pool, rows in ((data.labeled, split.labeled_indices), (data.unlabeled, split.unlabeled_indices),
+                       (data.val, split.val_indices)):
+        assert len(rows) and torch.equal(pool.images, torch.from_numpy(source.train.images[rows]))
+        assert torch.equal(pool.labels, torch.from_numpy(source.train.labels[rows]))
+    assert torch.equal(data.test.images, torch.from_numpy(source.test.images))
+
+
+def test_a_saved_split_with_an_index_outside_the_data_set_is_refused_and_a_batch_may_take_every_labeled_image():
+    import dataclasses
+
+    from cissl.errors import ConfigError, DataError
+
+    config = tiny_config()
+    split = prepare_data(config, torch.device("cpu")).split
+    for field, bad in (("labeled_indices", -1), ("unlabeled_indices", 10 ** 6), ("val_indices", -3)):
+        broken = dataclasses.replace(split, **{field: np.append(getattr(split, field), bad).astype(np.int64)})
+        with pytest.raises(DataError, match=f"split.json: {field.split('_')[0]} index {bad} is out of range"):
+            prepare_data(config, torch.device("cpu"), broken)
+    labeled = len(split.labeled_indices)
+    prepare_data(tiny_config(f"train.batch_size={labeled}"), torch.device("cpu"), split)  # every labeled image
+    with pytest.raises(ConfigError, match=f"{labeled + 1} labeled images per step, but the split holds {labeled}"):
+        prepare_data(tiny_config(f"train.batch_size={labeled + 1}"), torch.device("cpu"), split)
