@@ -1,3 +1,4 @@
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -10,10 +11,12 @@ from cissl.config import load_config
 from cissl.data.stream import ImagePool, IndexStream
 from cissl.engine.assemble import method_class
 from cissl.engine.batches import BatchSource
-from cissl.engine.data import prepare_data
+from cissl.engine.checkpoint import first_line
+from cissl.engine.data import load_run_source, prepare_data
 from cissl.engine.ema import EMA
 from cissl.engine.optim import build_optimizer, build_scheduler, lr_factor
 from cissl.engine.precision import ComputePolicy
+from cissl.errors import ConfigError, DataError
 from cissl.evaluation.metrics import class_groups, confusion_matrix, geometric_mean, summarize_confusion
 
 
@@ -282,8 +285,6 @@ def test_saving_a_checkpoint_clears_what_a_killed_save_left_and_keeps_the_newest
 
 
 def test_an_exceptions_message_is_cut_to_its_first_line_with_the_count_of_the_rest():
-    from cissl.engine.checkpoint import first_line
-
     assert first_line(RuntimeError("  one line  ")) == "one line"
     assert first_line(RuntimeError("first\nsecond")) == "first (+1 more lines)"
     assert first_line(RuntimeError("Error(s) in loading\n\tMissing: a\n\tUnexpected: b\n")) == \
@@ -292,8 +293,6 @@ def test_an_exceptions_message_is_cut_to_its_first_line_with_the_count_of_the_re
 
 
 def test_each_pool_holds_the_images_and_labels_of_its_split_indices():
-    from cissl.engine.data import load_run_source
-
     config = tiny_config("data.val_per_class=2")
     data = prepare_data(config, torch.device("cpu"))
     source, _ = load_run_source(config.data)
@@ -306,10 +305,6 @@ def test_each_pool_holds_the_images_and_labels_of_its_split_indices():
 
 
 def test_a_saved_split_with_an_index_outside_the_data_set_is_refused_and_a_batch_may_take_every_labeled_image():
-    import dataclasses
-
-    from cissl.errors import ConfigError, DataError
-
     config = tiny_config()
     split = prepare_data(config, torch.device("cpu")).split
     for field, bad in (("labeled_indices", -1), ("unlabeled_indices", 10 ** 6), ("val_indices", -3)):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from cissl.config import ModelConfig
-from cissl.models import build_model
+from cissl.models import HEAD_STREAM, build_model
 from cissl.models.wrn import WideResNet
 
 
@@ -82,8 +82,6 @@ def test_normalisation_inside_wrapper():
 def test_each_extra_head_is_drawn_from_its_own_seed():
     """Extra head i (in the order asked for, ``main`` left out) is Xavier-normal from the seed
     seed * 1_000_003 + HEAD_STREAM + i, so a run's heads are the same whatever else it asks for."""
-    from cissl.models import HEAD_STREAM
-
     seed = 3
     model = build_model(ModelConfig(), 3, 10, (0.5,) * 3, (0.25,) * 3, seed, ("main", "aux", "balanced"))
     for i, name in enumerate(("aux", "balanced")):

@@ -5,7 +5,7 @@ import os
 
 import pytest
 from conftest import CONFIGS, REPO, run_cli
-from helpers import tiny_config
+from helpers import tiny_config, uninterrupted_and_resumed
 
 from cissl.config import load_config
 from cissl.engine.run import start_run
@@ -477,8 +477,6 @@ def test_a_resumed_runs_wall_time_adds_the_time_trained_before(tmp_path):
 def test_a_run_resumed_between_two_logs_logs_what_an_uninterrupted_one_does(tmp_path):
     """The metric window (steps since the last log) is in the checkpoint: cut at step 2 of a 4-step log
     window, the resumed run logs at step 4 the mean over steps 1-4, as the run straight through does."""
-    from helpers import uninterrupted_and_resumed
-
     config = tiny_config("train.iterations=4", "train.log_every=4", "train.eval_every=4", "train.checkpoint_every=2",
                          algorithm="fixmatch")
     uninterrupted_and_resumed(config, tmp_path, 4)

@@ -11,9 +11,14 @@ from conftest import CONFIGS, run_cli
 from helpers import tiny_config
 
 from cissl.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from cissl.engine.data import prepare_data
+from cissl.engine.diagnostics import PseudoLabelStats
+from cissl.engine.precision import ComputePolicy
 from cissl.engine.run import resume_run, start_run
+from cissl.engine.trainer import Trainer
 from cissl.errors import CheckpointError
-from cissl.evaluation.evaluate import brief, evaluate_model
+from cissl.evaluation.evaluate import brief, evaluate_model, predict_with_features
+from cissl.models import ModelOutput
 
 RESULT_KEYS = {"top1", "balanced_accuracy", "per_class_accuracy", "many_accuracy", "medium_accuracy",
                "few_accuracy", "geometric_mean", "confusion_matrix", "median_last_top1", "mean_last_top1",
@@ -196,12 +201,13 @@ def test_fixmatch_learns_digits_well_above_chance(tmp_path):
 def test_each_evaluations_pseudo_label_statistics_cover_the_steps_since_the_one_before(tmp_path, monkeypatch):
     """With eval_every=2 every evaluation scores the pseudo-labels of two steps' unlabeled rows (B * mu each),
     not every step so far."""
-    from cissl.engine.diagnostics import PseudoLabelStats
-
     seen = []
     summary = PseudoLabelStats.summary
-    monkeypatch.setattr(PseudoLabelStats, "summary",
-                        lambda self: seen.append(int(self.counts["seen"].sum())) or summary(self))
+
+    def counted_summary(self):
+        seen.append(int(self.counts["seen"].sum()))
+        return summary(self)
+    monkeypatch.setattr(PseudoLabelStats, "summary", counted_summary)
     config = tiny_config("train.iterations=6", "train.eval_every=2", "train.checkpoint_every=6", algorithm="fixmatch")
     results = start_run(config, tmp_path / "run", quiet=True)
     rows = 2 * config.train.batch_size * config.train.mu
@@ -219,16 +225,11 @@ class _Scaled(torch.nn.Module):
         self.linear = torch.nn.Linear(4, 3)
 
     def forward(self, x):
-        from cissl.models import ModelOutput
-
         features = x.flatten(1)
         return ModelOutput(features, {"main": self.linear(features), "aux": -self.linear(features)})
 
 
 def test_predictions_take_uint8_images_to_0_1_in_eval_mode_in_float32_and_leave_the_mode_as_it_was():
-    from cissl.engine.precision import ComputePolicy
-    from cissl.evaluation.evaluate import predict_with_features
-
     model = _Scaled()
     images = torch.randint(0, 256, (5, 1, 2, 2), dtype=torch.uint8)
     expected = model.linear(images.float().flatten(1) / 255.0)
@@ -248,9 +249,6 @@ def test_predictions_take_uint8_images_to_0_1_in_eval_mode_in_float32_and_leave_
 
 
 def test_periodic_evaluation_is_brief_and_a_run_evaluated_on_val_scores_it_once_under_test():
-    from cissl.engine.data import prepare_data
-    from cissl.engine.trainer import Trainer
-
     for overrides, splits in ((["data.val_per_class=2"], {"test", "val"}),
                               (["data.val_per_class=2", "train.evaluate_on=val"], {"test"})):
         config = tiny_config(*overrides)
