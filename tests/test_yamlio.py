@@ -2,6 +2,8 @@ import math
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cissl import yamlio
 from cissl.errors import ConfigError
@@ -61,10 +63,47 @@ def test_scalars_follow_yaml_1_2():
     ("a: 1\nb\n", "f.yaml:2: expected 'key: value', got 'b'"),
     ("abc\nd: 1\n", "f.yaml:1: expected 'key: value', got 'abc'"),
     ("a:\n  - 1\n    - 2\n", "f.yaml:3: only scalars are supported as sequence items"),
+    ("a: b: c\n", "f.yaml:1: a value cannot hold ': ' or end with ':' unless quoted; got 'b: c'"),
+    ("a: b:\n", "f.yaml:1: a value cannot hold ': ' or end with ':' unless quoted; got 'b:'"),
+    ('a: "\\x4"\n', "f.yaml:1: unsupported escape in"),
+    ('a: "\\xzz1"\n', "f.yaml:1: unsupported escape in"),
+    ('a: "\\U00110000"\n', "f.yaml:1: unsupported escape in"),
+    ('a: "\\"\n', "f.yaml:1: unsupported escape in"),
 ])
 def test_rejects_what_it_does_not_support(bad, fragment):
     with pytest.raises(ConfigError, match=fragment):
         yamlio.loads(bad, "f.yaml")
+
+
+@pytest.mark.parametrize("text", [
+    "a: it 's # x\n",  # a quote inside a plain scalar is a character; the comment after it still goes
+    "a: x, 'y # z'\n",
+    "- 'a # b' # c\n",
+    "a: [1, '#', \"a # b\"] # c\n",
+    'a: ["x\\"y", \'p\'\'q\'] # c\n',  # escaped quotes inside a flow sequence
+    'a: "x\\" # y"  # c\n',  # an escaped quote, then '#', inside a double-quoted scalar
+    "a: [it's, b]\n",  # a plain flow item holding a quote
+    "a: x[1] 'y # z\n",
+    "'a'': b': 1\n",  # a quoted key holding '' and ': '
+    '"": 1\n',
+    "a:\n- 1\n-\n",  # a sequence at its key's indentation, with a null item, ending the document
+    'a: "\\x41\\u00e9\\U0001F600\\r\\a\\b\\e\\f\\v\\N\\_\\L\\P\\ \\/\\0\\t\\n"\n',  # YAML 1.2's escapes
+    "---\na: 1\n...\n",
+])
+def test_reads_as_pyyaml_where_it_once_did_not(text):
+    """Each of these was misread or refused before the reader scanned quoted scalars as YAML does."""
+    assert yamlio.loads(text) == yaml.safe_load(text)
+
+
+def test_writes_any_string_so_that_it_reads_back():
+    """Strings that once broke dumps: a YAML indicator first ('@'), YAML 1.1 numbers that PyYAML would
+    read as numbers, a trailing newline, a line separator, a control character."""
+    for text in ["@x", "*a", "1_000", "1:30", "2001-12-14", "A\n", "a\u2028b", "\x01", "yes", "a #b"]:
+        written = yamlio.format_scalar(text)
+        assert written.startswith('"') and "\n" not in written, written
+        assert yamlio.parse_scalar(written) == yaml.safe_load(written) == text
+    assert [yamlio.format_scalar(t) for t in ("cifar10", "configs/x.yaml", "/data/a b", "semi_v2")] == [
+        "cifar10", "configs/x.yaml", "/data/a b", "semi_v2"]
 
 
 def test_dump_round_trips_through_both_parsers():
@@ -95,3 +134,91 @@ def test_a_file_that_is_not_text_names_it(tmp_path):
 def test_missing_file_names_it(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml"):
         yamlio.load(tmp_path / "nope.yaml")
+
+
+# ----------------------------------------------------------------------------- against a full parser
+# Documents drawn from the subset the reader supports (block mappings, block sequences at the key's
+# indentation or deeper, flow sequences, the three scalar styles, comments, blank lines, document markers)
+# must read exactly as PyYAML reads them. The scalars avoid the forms where YAML 1.1 (PyYAML) and 1.2
+# (this reader) differ on purpose: numbers are written canonically, and yes/no/on/off/y/n are left out.
+
+_YAML_1_1_WORDS = {"yes", "no", "on", "off", "y", "n"}
+_WORD = st.text(alphabet="abcxyz", min_size=1, max_size=4).filter(lambda w: w.lower() not in _YAML_1_1_WORDS)
+_PLAIN = st.builds(  # a plain scalar: a word, then words or the marks a plain scalar may hold inside
+    lambda first, rest: (first + "".join(rest)).rstrip(),
+    _WORD, st.lists(st.one_of(_WORD, st.sampled_from([" ", " '", "'", ' "', '"', "#", "-", ",", ":", " - "])),
+                    max_size=5),
+).filter(lambda s: ": " not in s and not s.endswith(":") and " #" not in s and s.lower() not in _YAML_1_1_WORDS)
+_NUMBER = st.one_of(st.integers(-10**6, 10**6).map(str),
+                    st.floats(-1e6, 1e6, allow_nan=False).map(lambda x: repr(float(x))).filter(lambda s: "e" not in s),
+                    st.sampled_from(["1.0e-3", "-2.5e+4", ".inf", "-.inf", "0.0"]))
+_DOUBLE = st.lists(st.one_of(st.sampled_from(list("ab #:,'[]-")),
+                             st.sampled_from(['\\"', "\\\\", "\\n", "\\t", "\\/", "\\0"])), max_size=6
+                   ).map(lambda parts: '"' + "".join(parts) + '"')
+_SINGLE = st.lists(st.sampled_from(list('ab #:,"[]-') + ["''"]), max_size=6).map(lambda p: "'" + "".join(p) + "'")
+_CONSTANT = st.sampled_from(["true", "false", "null", "~", "True", "NULL"])
+_SCALAR = st.one_of(_PLAIN, _NUMBER, _DOUBLE, _SINGLE, _CONSTANT)
+_FLOW = st.lists(st.one_of(_WORD, _NUMBER, _DOUBLE, _SINGLE), max_size=4).flatmap(
+    lambda items: st.sampled_from(["[" + ", ".join(items) + "]", "[" + ",".join(items) + (", ]" if items else "]")]))
+_COMMENT = st.one_of(st.just(""), st.sampled_from(["  # note", " # it's \"x\" #2", "   # [a, b"]))
+_KEY = st.one_of(st.from_regex(r"[a-z_][a-z0-9_]{0,5}", fullmatch=True).filter(lambda k: k not in _YAML_1_1_WORDS),
+                 st.sampled_from(['"a key"', "'it''s'", '"x: y"', "'#k'"]))
+
+
+def _block(depth):
+    """A mapping's lines at indentation 0 (indented by its caller) and its keys' texts."""
+    value = st.one_of(
+        st.tuples(st.just("scalar"), st.one_of(_SCALAR, _FLOW), _COMMENT),
+        st.tuples(st.just("sequence"), st.lists(st.one_of(_SCALAR, st.just("")), min_size=1, max_size=3),
+                  st.sampled_from([0, 2])),
+        st.tuples(st.just("empty"), _COMMENT),
+        *([st.tuples(st.just("mapping"), st.deferred(lambda: _block(depth + 1)))] if depth < 2 else []))
+    return st.lists(st.tuples(_KEY, value), min_size=1, max_size=4, unique_by=lambda kv: yaml.safe_load(kv[0]))
+
+
+def _render(block, indent=0):
+    pad, lines = " " * indent, []
+    for key, (kind, *parts) in block:
+        if kind == "scalar":
+            lines.append(f"{pad}{key}: {parts[0]}{parts[1]}")
+        elif kind == "empty":
+            lines.append(f"{pad}{key}:{parts[0]}")
+        elif kind == "sequence":
+            items, deeper = parts
+            lines.append(f"{pad}{key}:")
+            lines += [f"{pad}{' ' * deeper}- {item}".rstrip() for item in items]
+        else:
+            lines.append(f"{pad}{key}:")
+            lines += _render(parts[0], indent + 2)
+    return lines
+
+
+@settings(max_examples=400, deadline=None)
+@given(_block(0), st.lists(st.sampled_from(["", "# a comment", "   ", "  # indented 'comment"]), max_size=3),
+       st.booleans(), st.randoms(use_true_random=False))
+def test_reads_the_supported_subset_as_pyyaml_does(block, extra, marker, rng):
+    lines = _render(block)
+    for text in extra:  # blank and comment-only lines anywhere
+        lines.insert(rng.randrange(len(lines) + 1), text)
+    text = ("---\n" if marker else "") + "\n".join(lines) + "\n"
+    expected = yaml.safe_load(text)
+    assert yamlio.loads(text) == expected, text
+
+
+_ANY_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=8)
+_DUMPED_SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=False),
+                           _ANY_TEXT, st.sampled_from(["yes", "Off", "1_000", "0x1F", "1:30", "2001-12-14", "<<", "=",
+                                                       "@x", "*a", "~/data", "a - b", "-a", "? x", "a #b", ""]))
+_DUMPED = st.recursive(st.dictionaries(_ANY_TEXT, st.one_of(_DUMPED_SCALAR, st.lists(_DUMPED_SCALAR, max_size=3)),
+                                       max_size=4),
+                       lambda inner: st.dictionaries(_ANY_TEXT, inner, max_size=3), max_leaves=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_DUMPED)
+def test_what_dumps_writes_both_parsers_read_back_unchanged(data):
+    """config.yaml in a run folder is written by dumps and read back on resume: any string (control
+    characters, line separators, quotes, YAML 1.1 look-alikes such as 'yes' or '1_000') comes back as it was."""
+    text = yamlio.dumps(data)
+    assert yamlio.loads(text) == data, text
+    assert yaml.safe_load(text) == (data or None), text

@@ -5,8 +5,10 @@ Supported: block mappings (``key: value`` and nested blocks), block sequences of
 (``- item``), flow sequences of scalars (``[1, 2, "a"]``), the empty flow mapping ``{}``,
 ``#`` comments, and the YAML 1.2 core-schema scalars: ``null``/``~``, ``true``/``false``,
 integers, floats (``0.03``, ``5e-4``, ``.inf``, ``.nan``) and plain, single- or double-quoted
-strings. Anything else (anchors, multi-line strings, flow mappings with content, tabs) is
-rejected with a message naming the file and line.
+strings (with every YAML 1.2 escape). Anything else (anchors, multi-line strings, flow mappings
+with content, tabs for indentation, a plain value holding ``': '``) is rejected with a message
+naming the file and line. Tests check that documents of this subset read as PyYAML reads them,
+and that what :func:`dumps` writes reads back unchanged in both.
 
 Note: YAML 1.1 parsers (PyYAML) read ``5e-4`` as a string and ``yes``/``no`` as booleans; this
 reader follows YAML 1.2 (a float, and strings). The configs shipped with cissl avoid both forms
@@ -73,17 +75,31 @@ def parse_scalar(text: str, where: str = "value") -> Any:
     return s
 
 
+# YAML 1.2's escapes in double-quoted scalars (spec 5.7): one character, or \\x, \\u, \\U and hex digits
+_ESCAPES = {'"': '"', "\\": "\\", "/": "/", " ": " ", "0": "\0", "a": "\a", "b": "\b", "t": "\t", "\t": "\t",
+            "n": "\n", "v": "\v", "f": "\f", "r": "\r", "e": "\x1b", "N": "\x85", "_": "\xa0",
+            "L": "\u2028", "P": "\u2029"}
+_HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
+
+
 def _unescape_double(body: str, where: str) -> str:
-    escapes = {'"': '"', "\\": "\\", "n": "\n", "t": "\t", "/": "/", "0": "\0"}
     out, i = [], 0
     while i < len(body):
         ch = body[i]
         if ch == "\\":
-            if i + 1 >= len(body) or body[i + 1] not in escapes:
-                raise ConfigError(f"{where}: unsupported escape in {body!r}")
-            out.append(escapes[body[i + 1]])
-            i += 2
-            continue
+            code = body[i + 1:i + 2]
+            if code in _ESCAPES:
+                out.append(_ESCAPES[code])
+                i += 2
+                continue
+            digits = body[i + 2:i + 2 + _HEX_ESCAPES.get(code, 0)]
+            if code in _HEX_ESCAPES and _HEX.match(digits) and len(digits) == _HEX_ESCAPES[code] \
+                    and int(digits, 16) <= 0x10FFFF:
+                out.append(chr(int(digits, 16)))
+                i += 2 + len(digits)
+                continue
+            raise ConfigError(f"{where}: unsupported escape in {body!r}")
         if ch == '"':
             raise ConfigError(f"{where}: unescaped quote inside {body!r}")
         out.append(ch)
@@ -91,62 +107,92 @@ def _unescape_double(body: str, where: str) -> str:
     return "".join(out)
 
 
+def _quoted_end(text: str, i: int) -> int | None:
+    """The index just past the quoted scalar that opens at ``text[i]`` (None if it does not close):
+    ``\\"`` escapes a quote in a double-quoted scalar, ``''`` in a single-quoted one."""
+    quote, j = text[i], i + 1
+    while j < len(text):
+        if quote == '"' and text[j] == "\\":
+            j += 2
+        elif text[j] == quote and quote == "'" and text[j + 1:j + 2] == "'":
+            j += 2
+        elif text[j] == quote:
+            return j + 1
+        else:
+            j += 1
+    return None
+
+
 def _split_flow(inner: str, where: str) -> list[str]:
-    items, cur, quote = [], [], None
-    for ch in inner:
-        if quote:
-            cur.append(ch)
-            if ch == quote:
-                quote = None
-        elif ch in "\"'":
-            quote = ch
-            cur.append(ch)
-        elif ch == ",":
-            items.append("".join(cur))
-            cur = []
+    items, start, i = [], 0, 0
+    while i < len(inner):
+        ch = inner[i]
+        if ch in "\"'" and not inner[start:i].strip():  # a quote opens only an item's scalar
+            end = _quoted_end(inner, i)
+            if end is None:
+                raise ConfigError(f"{where}: unterminated string in flow sequence")
+            i = end
+            continue
+        if ch == ",":
+            items.append(inner[start:i])
+            start = i + 1
         elif ch in "[]{}":
             raise ConfigError(f"{where}: nested flow collections are not supported")
-        else:
-            cur.append(ch)
-    if quote:
-        raise ConfigError(f"{where}: unterminated string in flow sequence")
-    items.append("".join(cur))
-    if items and not items[-1].strip():  # trailing comma
+        i += 1
+    items.append(inner[start:])
+    if not items[-1].strip():  # trailing comma
         items.pop()
     return items
 
 
 def _strip_comment(line: str) -> str:
-    quote = None
-    for i, ch in enumerate(line):
-        if quote:
-            if ch == quote:
-                quote = None
-        elif ch in "\"'" and (i == 0 or line[i - 1] in " \t:[,-"):
-            quote = ch
+    """The line without its comment: a ``#`` at the line start or after a space, outside quotes.
+
+    A quote opens a quoted scalar only where a scalar starts (the line start, after ``key:`` or a
+    sequence's ``-``, or after ``[`` / ``,`` in a flow sequence); inside a plain scalar (``it 's``)
+    it is an ordinary character, as in YAML.
+    """
+    flow, i = 0, 0
+    while i < len(line):
+        ch = line[i]
+        if ch in "\"'" and _starts_scalar(line, i, flow):
+            end = _quoted_end(line, i)
+            if end is None:  # unterminated: left for the scalar's reader to name
+                return line.rstrip()
+            i = end
+            continue
+        if ch == "[" and _starts_scalar(line, i, flow):
+            flow += 1
+        elif ch == "]" and flow:
+            flow -= 1
         elif ch == "#" and (i == 0 or line[i - 1] in " \t"):
             return line[:i].rstrip()
+        i += 1
     return line.rstrip()
 
 
+def _starts_scalar(line: str, i: int, flow: int) -> bool:
+    before = line[:i].rstrip(" \t")
+    if not before or (flow and before[-1] in "[,"):
+        return True
+    return line[i - 1] in " \t" and (before[-1] == ":" or before.lstrip() == "-")
+
+
 def _split_key(content: str, where: str) -> tuple[str, str] | None:
-    """Split ``key: rest`` at the first colon followed by a space or the line end."""
-    quote = None
-    for i, ch in enumerate(content):
-        if quote:
-            if ch == quote:
-                quote = None
-            continue
-        if ch in "\"'" and i == 0:
-            quote = ch
-            continue
-        if ch == ":" and (i + 1 == len(content) or content[i + 1] == " "):
+    """Split ``key: rest`` at the first colon followed by a space or the line end (a quoted key may
+    hold such a colon)."""
+    i = 0
+    if content.startswith(("'", '"')):
+        i = _quoted_end(content, 0) or len(content)
+    while i < len(content):
+        if content[i] == ":" and (i + 1 == len(content) or content[i + 1] == " "):
             key = content[:i].strip()
-            if key.startswith(("'", '"')):
-                key = parse_scalar(key, where)
             if not key:
                 raise ConfigError(f"{where}: empty key")
+            if key.startswith(("'", '"')):
+                key = parse_scalar(key, where)
             return str(key), content[i + 1:].strip()
+        i += 1
     return None
 
 
@@ -199,6 +245,8 @@ def _parse_mapping(lines, pos: int, indent: int, source: str):
         if key in result:
             raise ConfigError(f"{where}: duplicate key {key!r}")
         pos += 1
+        if rest and not rest.startswith(("'", '"', "[", "{")) and _split_key(rest, where) is not None:
+            raise ConfigError(f"{where}: a value cannot hold ': ' or end with ':' unless quoted; got {rest!r}")
         if rest:
             result[key] = parse_scalar(rest, where)
             continue
@@ -223,7 +271,7 @@ def _parse_sequence(lines, pos: int, indent: int, source: str):
                 raise ConfigError(f"{where}: only scalars are supported as sequence items")
             break
         item = content[1:].strip()
-        if _split_key(item, where) is not None and not item.startswith(("'", '"', "[")):
+        if not item.startswith(("'", '"', "[")) and _split_key(item, where) is not None:
             raise ConfigError(f"{where}: mappings inside sequences are not supported")
         result.append(parse_scalar(item, where))
         pos += 1
@@ -240,6 +288,13 @@ def load(path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     return loads(text, str(path))
+
+
+# Written plain: a string that starts with a letter, "_" or "/" and holds only these characters, which
+# YAML 1.2 and 1.1 readers (PyYAML) both read as that string; anything else is double-quoted.
+_PLAIN_SAFE = re.compile(r"[A-Za-z_/]([A-Za-z0-9_./ -]*[A-Za-z0-9_./-])?")
+_YAML_1_1_WORDS = {"yes", "no", "on", "off", "y", "n"}  # booleans to YAML 1.1, strings to 1.2
+_WRITE_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "\\0"}
 
 
 def format_scalar(value: Any) -> str:
@@ -263,17 +318,18 @@ def format_scalar(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(format_scalar(v) for v in value) + "]"
     text = str(value)
-    plain_ok = (
-        text
-        and text == text.strip()
-        and isinstance(parse_scalar(text), str)
-        and not any(c in text for c in ":#[]{},'\"\n\\")
-        and text.lower() not in ("yes", "no", "on", "off", "y", "n")
-        and not text.startswith(("-", "?"))
-    )
-    if plain_ok:
+    if _PLAIN_SAFE.fullmatch(text) and text.lower() not in _YAML_1_1_WORDS and isinstance(parse_scalar(text), str):
         return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return '"' + "".join(_escape(ch) for ch in text) + '"'
+
+
+def _escape(ch: str) -> str:
+    if ch in _WRITE_ESCAPES:
+        return _WRITE_ESCAPES[ch]
+    if ch.isprintable():
+        return ch
+    code = ord(ch)  # control characters and line or paragraph separators, which would break the line
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def dumps(data: dict, indent: int = 0) -> str:
