@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from cissl.config import Config, build, load_config, parse_overrides, read_config_file, save_config
+from cissl.config import Config, build, flat_keys, load_config, parse_overrides, read_config_file, save_config
 from cissl.errors import ConfigError
 
 
@@ -126,3 +126,124 @@ def test_methods_section_is_validated_up_front(tmp_path, methods, message):
     path.write_text("algorithm:\n  name: fixmatch\nmethods:\n" + methods)
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(path)
+
+
+SHORT = ["train.iterations=10", "train.eval_every=5", "train.report_last=1"]  # a run of two evaluations
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.imbalance_ratio=1501"], "config key 'data.imbalance_ratio': N1 / gamma = 1500 / 1501 leaves the last "
+                                    "class without a labeled image; lower the ratio to at most 1500 or raise "
+                                    "data.labeled_head"),
+    (["data.unlabeled_distribution=unknown"], "config key 'data.unlabeled_distribution': 'unknown' needs a data set "
+                                              "with a separate unlabeled split (stl10, folder, arrays); use "
+                                              "consistent, uniform or reversed"),
+    (["data.unlabeled_head=null"], "config key 'data.unlabeled_head': required unless data.unlabeled_distribution "
+                                   "is 'unknown'"),
+    (["data.unlabeled_distribution=uniform", "data.unlabeled_imbalance_ratio=10"],
+     "config key 'data.unlabeled_imbalance_ratio': must be null or 1 when data.unlabeled_distribution is 'uniform'"),
+    (["data.labeled_fraction=0.1", "data.unlabeled_distribution=reversed"],
+     "config key 'data.unlabeled_distribution': with data.labeled_fraction the unlabeled images are the rest of "
+     "each class (consistent); set consistent or drop labeled_fraction"),
+    (["data.class_order=sideways"], "config key 'data.class_order': must be source, random or a permutation of "
+                                    "0..9; got 'sideways'"),
+    (["data.class_order=[1, 0]"], "config key 'data.class_order': digits has 10 classes, so the order must list "
+                                  "each of 0..9 once; got [1, 0]"),
+    (["data.dataset=folder", "data.imbalance_ratio=10", "data.class_order=random"],
+     "config key 'data.imbalance_ratio': data.dataset=folder takes its labeled and unlabeled images as given; the "
+     "long-tailed protocol keys (imbalance_ratio, class_order) do not apply"),
+    (["model.depth=27"], "config key 'model.depth': must be 6n + 4 (10, 16, 22, 28, ...), got 27"),
+    (["train.device=cuda:"], "config key 'train.device': must be auto, cpu, cuda or cuda:N, got 'cuda:'"),
+    (["train.device=cuda:x"], "config key 'train.device': must be auto, cpu, cuda or cuda:N, got 'cuda:x'"),
+    (["train.device=gpu"], "config key 'train.device': must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ([*SHORT, "train.report_last=2"], "config key 'train.report_last': 2 is more than half of the run's 2 "
+                                      "evaluations (train.iterations 10 / train.eval_every 5); the last-k window "
+                                      "must be a tail of the run: use at most 1"),
+    ([*SHORT, "train.iterations=20", "train.report_last=3"], "config key 'train.report_last': 3 is more than half "
+                                                             "of the run's 4 evaluations (train.iterations 20 / "
+                                                             "train.eval_every 5); the last-k window must be a tail "
+                                                             "of the run: use at most 2"),
+    (["train.evaluate_on=val"], "config key 'train.evaluate_on': val needs a validation split, set "
+                                "data.val_per_class >= 1"),
+    ([*SHORT, "algorithm.name=fixmatch_crest", "train.iterations=11"],
+     "config key 'train.iterations': fixmatch_crest runs 5 generations of equal length, so the iterations must be "
+     "a multiple of 5, got 11"),
+    (["optim.lr=0.1", "optim.lr.x=1"], "override 'optim.lr.x': 'optim.lr' is not a section"),
+    (["=3"], "override '=3': malformed key"),
+    (["optim.=3"], "override 'optim.=3': malformed key"),
+    (["optim.lr"], "override 'optim.lr': expected key=value, e.g. optim.lr=0.01"),
+])
+def test_each_refused_config_names_its_key_and_the_fix(overrides, message):
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        load_config(None, overrides)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["data.imbalance_ratio=1500"],  # the last class keeps one labeled image
+    ["data.unlabeled_distribution=uniform", "data.unlabeled_imbalance_ratio=1"],
+    ["data.unlabeled_distribution=uniform"],
+    ["data.unlabeled_distribution=reversed", "data.unlabeled_imbalance_ratio=10"],
+    ["data.dataset=stl10", "data.unlabeled_distribution=unknown", "data.unlabeled_head=null"],
+    ["data.labeled_fraction=0.5", "data.imbalance_ratio=100000", "data.unlabeled_head=null"],  # fraction: no ratio
+    ["data.class_order=random"], ["data.class_order=[9, 8, 7, 6, 5, 4, 3, 2, 1, 0]"],
+    ["data.dataset=folder"],  # its classes come from the folder: no protocol checks
+    ["data.dataset=folder", "data.imbalance_ratio=100.0", "data.class_order=source"],  # the defaults, as saved
+    ["model.depth=10"], ["model.depth=16"],
+    ["train.device=cpu"], ["train.device=cuda"], ["train.device=cuda:12"], ["train.device=auto"],
+    [*SHORT, "train.iterations=11", "train.report_last=1"],
+    ["train.iterations=1", "train.eval_every=5", "train.report_last=1"],  # one evaluation: a window of one
+    ["train.evaluate_on=val", "data.val_per_class=1"],
+    [*SHORT, "algorithm.name=fixmatch_crest", "train.iterations=15"],
+])
+def test_the_edges_of_each_check_are_allowed(overrides):
+    load_config(None, overrides)
+
+
+def test_evaluations_count_the_last_partial_interval():
+    assert [load_config(None, [*SHORT, f"train.iterations={n}"]).train.evaluations for n in (10, 11, 14, 15)] == [
+        2, 3, 3, 3]
+
+
+def test_overrides_strip_the_key_keep_the_value_after_the_first_equals_and_fill_null_sections(tmp_path):
+    assert parse_overrides([" optim.lr =0.5", "name=a=b"]) == [("optim.lr", 0.5), ("name", "a=b")]
+    (tmp_path / "c.yaml").write_text("data:\n  dataset: digits\noptim:\n")
+    assert load_config(tmp_path / "c.yaml", ["optim.lr=0.2"]).optim.lr == 0.2  # `optim:` (null) becomes a section
+    with pytest.raises(ConfigError, match="^a config must be a mapping of sections, got list$"):
+        build([])
+
+
+def test_config_files_of_the_wrong_shape_name_the_file(tmp_path):
+    (tmp_path / "list.yaml").write_text("- data\n")
+    with pytest.raises(ConfigError, match=f"^config file {re.escape(str(tmp_path / 'list.yaml'))}: expected a "
+                                          f"mapping of sections$"):
+        read_config_file(tmp_path / "list.yaml")
+    (tmp_path / "empty.yaml").write_text("# nothing\n")
+    with pytest.raises(ConfigError, match=f"^config file {re.escape(str(tmp_path / 'empty.yaml'))} is empty: it "
+                                          f"would mean a 250k-iteration run of the defaults; start from a file in "
+                                          f"configs/$"):
+        read_config_file(tmp_path / "empty.yaml")
+    (tmp_path / "loop.yaml").write_text("inherit: loop.yaml\n")
+    with pytest.raises(ConfigError, match=f"^config file {re.escape(str(tmp_path / 'loop.yaml'))}: inheritance "
+                                          f"cycle$"):
+        read_config_file(tmp_path / "loop.yaml")
+
+
+def test_several_parents_merge_in_order_and_the_child_wins(tmp_path):
+    (tmp_path / "a.yaml").write_text("optim:\n  lr: 0.1\n  momentum: 0.5\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub/b.yaml").write_text("optim:\n  lr: 0.2\ntrain:\n  seed: 3\n")
+    (tmp_path / "child.yaml").write_text("inherit: [a.yaml, sub/b.yaml]\ntrain:\n  seed: 4\n")
+    assert read_config_file(tmp_path / "child.yaml") == {"optim": {"lr": 0.2, "momentum": 0.5}, "train": {"seed": 4}}
+    (tmp_path / "sub/c.yaml").write_text("inherit: b.yaml\n")  # a parent's path is relative to its child
+    assert read_config_file(tmp_path / "sub/c.yaml") == {"optim": {"lr": 0.2}, "train": {"seed": 3}}
+
+
+def test_a_methods_entry_may_not_name_its_algorithm(tmp_path):
+    (tmp_path / "c.yaml").write_text("data:\n  dataset: digits\nmethods:\n  acr:\n    name: semi\n")
+    with pytest.raises(ConfigError, match=r"^config key 'methods.acr': expected a mapping of that algorithm's "
+                                          r"options \(without 'name'\), got \{'name': 'semi'\}$"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_flat_keys_joins_nested_keys_with_dots():
+    assert flat_keys({"a": {"b": 1, "c": {"d": [2]}}, "e": None, "f": {}}) == {"a.b": 1, "a.c.d": [2], "e": None}

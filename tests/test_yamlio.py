@@ -102,6 +102,7 @@ def test_writes_any_string_so_that_it_reads_back():
         written = yamlio.format_scalar(text)
         assert written.startswith('"') and "\n" not in written, written
         assert yamlio.parse_scalar(written) == yaml.safe_load(written) == text
+    assert yamlio.format_scalar({}) == "{}" and yamlio.format_scalar([]) == "[]"
     assert [yamlio.format_scalar(t) for t in ("cifar10", "configs/x.yaml", "/data/a b", "semi_v2")] == [
         "cifar10", "configs/x.yaml", "/data/a b", "semi_v2"]
 

@@ -317,6 +317,8 @@ def format_scalar(value: Any) -> str:
         return text
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(format_scalar(v) for v in value) + "]"
+    if isinstance(value, dict) and not value:
+        return "{}"
     text = str(value)
     if _PLAIN_SAFE.fullmatch(text) and text.lower() not in _YAML_1_1_WORDS and isinstance(parse_scalar(text), str):
         return text
