@@ -1,0 +1,127 @@
+"""Run logging, line by line: the console's progress, evaluation and generation lines (speed and ETA from
+a fake clock), the records of metrics.jsonl, and the metric window the step metrics are averaged in."""
+
+import io
+import json
+
+import pytest
+import torch
+
+from cissl.engine import logging as run_logging
+from cissl.engine.logging import MetricWindow, RunLogger, format_duration
+
+
+@pytest.mark.parametrize("seconds, text", [(-5, "0s"), (0, "0s"), (59.9, "59s"), (60, "1m00s"), (61, "1m01s"),
+                                           (3599, "59m59s"), (3600, "1h00m"), (3661, "1h01m"), (90061, "25h01m")])
+def test_durations_read_as_hours_minutes_or_seconds(seconds, text):
+    assert format_duration(seconds) == text
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(run_logging.time, "perf_counter", clock)
+    return clock
+
+
+def records(tmp_path):
+    return [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_progress_line_gives_the_speed_since_the_start_and_the_time_left(tmp_path, clock):
+    stream = io.StringIO()
+    logger = RunLogger(tmp_path, 1000, stream=stream)
+    clock.now += 100.0  # building the data and the model: not training time
+    logger.start(200)  # a resumed run: the speed counts the iterations and the seconds since its start
+    clock.now += 40.0
+    logger.log_train(300, {"loss": 1.23456, "mask_rate": 0.25})
+    logger.close()
+    assert stream.getvalue() == ("[cissl] it 300/1000 (30%) loss 1.235 mask_rate 0.25 | 2.50 it/s | "
+                                 "ETA 4m40s\n")
+    assert records(tmp_path) == [{"kind": "train", "iteration": 300, "loss": 1.23456, "mask_rate": 0.25,
+                                  "it_per_s": 2.5}]
+
+
+def test_a_line_at_the_start_instant_has_no_speed(tmp_path, clock):
+    stream = io.StringIO()
+    logger = RunLogger(tmp_path, 10, stream=stream)
+    logger.log_train(0, {"loss": 2.0})
+    logger.close()
+    assert stream.getvalue() == "[cissl] it 0/10 (0%) loss 2 | 0.00 it/s | ETA 0s\n"
+    assert records(tmp_path)[0]["it_per_s"] == 0.0
+
+
+def test_evaluation_and_generation_lines_and_records(tmp_path, clock):
+    stream = io.StringIO()
+    logger = RunLogger(tmp_path, 10, stream=stream)
+    logger.log_eval({"iteration": 5, "test": {"main": {"top1": 0.8123, "balanced_accuracy": 0.5},
+                                              "aux": {"top1": 0.7, "balanced_accuracy": 0.65432}}})
+    logger.log_generation({"generation": 1, "iteration": 6, "added": 40, "added_correct": 30, "seconds": 1.25})
+    logger.log_generation({"generation": 2, "iteration": 8, "added": 0, "added_correct": 0, "seconds": 2.0})
+    logger.log_generation({"generation": 3, "iteration": 9, "added": 5, "seconds": 0.5})  # labels unknown
+    logger.close()
+    assert stream.getvalue().splitlines() == [
+        "[cissl] eval it 5: main top1 81.23% bal 50.00% | aux top1 70.00% bal 65.43%",
+        "[cissl] generation 1 ended at iteration 6: 40 pseudo-labeled images join the labeled set, 30 (75.0 %) "
+        "with their true label (1.2 s)",
+        "[cissl] generation 2 ended at iteration 8: 0 pseudo-labeled images join the labeled set (2.0 s)",
+        "[cissl] generation 3 ended at iteration 9: 5 pseudo-labeled images join the labeled set (0.5 s)"]
+    assert [r["kind"] for r in records(tmp_path)] == ["eval", "generation", "generation", "generation"]
+    assert records(tmp_path)[0]["test"]["aux"]["balanced_accuracy"] == 0.65432
+
+
+def test_quiet_writes_the_records_but_prints_nothing(tmp_path, clock):
+    stream = io.StringIO()
+    logger = RunLogger(tmp_path, 10, stream=stream, quiet=True)
+    logger.message("hello")
+    logger.log_train(1, {"loss": 1.0})
+    logger.log_eval({"iteration": 1, "test": {"main": {"top1": 0.1, "balanced_accuracy": 0.1}}})
+    logger.close()
+    assert stream.getvalue() == "" and len(records(tmp_path)) == 2
+
+
+def test_a_logger_appends_to_the_records_of_a_resumed_run(tmp_path, clock):
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "iteration": 1}\n')
+    logger = RunLogger(tmp_path, 10, stream=io.StringIO())
+    logger.log_train(2, {"loss": 1.0})
+    assert len(records(tmp_path)) == 2  # flushed at once: a crash loses no written record
+    logger.close()
+
+
+def test_the_window_averages_tensors_and_numbers_and_restarts():
+    window = MetricWindow(torch.device("cpu"))
+    assert window.flush() is None
+    window.add({"loss": torch.tensor(1.0, dtype=torch.float64), "mask": 0.5})
+    window.add({"loss": torch.tensor(3.0), "mask": 1})
+    assert isinstance(window.sums["loss"], torch.Tensor) and window.sums["loss"].dtype == torch.float32
+    assert isinstance(window.sums["mask"], float)
+    assert window.flush() == {"loss": 2.0, "mask": 0.75}
+    assert window.flush() is None and window.sums == {} and window.steps == 0
+
+
+def test_a_window_restored_from_its_state_gives_the_same_means():
+    window = MetricWindow(torch.device("cpu"))
+    window.add({"loss": torch.tensor(2.0), "mask": 0.25})
+    state = window.state_dict()
+    assert state == {"sums": {"loss": torch.tensor(2.0), "mask": 0.25}, "steps": 1}
+    restored = MetricWindow(torch.device("cpu"))
+    restored.load_state_dict(state)
+    for w in (window, restored):
+        w.add({"loss": torch.tensor(4.0), "mask": 0.75})
+    assert restored.flush() == window.flush() == {"loss": 3.0, "mask": 0.5}
+
+
+def test_averaging_over_one_rank_keeps_the_sums_and_their_kinds():
+    window = MetricWindow(torch.device("cpu"))
+    window.add({"loss": torch.tensor(2.0), "mask": 0.5})
+    window.average_over_ranks()
+    assert isinstance(window.sums["loss"], torch.Tensor) and isinstance(window.sums["mask"], float)
+    assert window.flush() == {"loss": 2.0, "mask": 0.5}
