@@ -3,6 +3,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -250,6 +251,43 @@ def test_jobs_file(tmp_path):
     path.write_text("a config-only\n")
     with pytest.raises(CisslError, match="jobs:1: expected 'name config algorithm"):
         read_jobs_file(path, tmp_path)
+
+
+def test_a_jobs_file_takes_quoted_words_and_names_an_unreadable_file(tmp_path):
+    from cissl.sweep import read_jobs_file
+
+    path = tmp_path / "jobs"
+    path.write_text(f"'my run' {CONFIGS / 'quickstart.yaml'} semi 'name=a b'  # a note\n")
+    (job,) = read_jobs_file(path, tmp_path / "out")
+    assert job.run_dir == tmp_path / "out/my run" and job.config.name == "a b"
+    with pytest.raises(CisslError, match=f"^cannot read jobs file {re.escape(str(tmp_path / 'none'))}: No such file"):
+        read_jobs_file(tmp_path / "none", tmp_path)
+
+
+def test_a_planned_run_is_compared_with_the_saved_one_key_by_key(tmp_path):
+    """Only a saved config that differs stops the sweep; it names the first three differing keys (a key on one
+    side only too) and counts the rest."""
+    from cissl.config import flat_keys, save_config
+    from cissl.rundir import RunDir
+    from cissl.sweep import Job, check_same_run
+
+    config = tiny_config()
+    check_same_run(Job(config, tmp_path / "nothing_there"))
+    (tmp_path / "run").mkdir()
+    save_config(config, RunDir(tmp_path / "run").config)
+    check_same_run(Job(config, tmp_path / "run"))
+    other = config.replace({"optim.lr": 0.5, "train.seed": 7})
+    with pytest.raises(CisslError, match=re.escape(f"{tmp_path / 'run'} holds a run with other settings: optim.lr "
+                                                   f"(0.03 there, 0.5 planned), train.seed (0 there, 7 planned); "
+                                                   f"choose another --out or remove that run")):
+        check_same_run(Job(other, tmp_path / "run"))
+    switched = tiny_config("optim.lr=0.5", "train.seed=7", algorithm="supervised")
+    saved, planned = flat_keys(config.to_dict()), flat_keys(switched.to_dict())
+    differ = sum(saved.get(key) != planned.get(key) for key in saved.keys() | planned.keys())
+    first_three = (r"algorithm.aux_head.name \('none' there, None planned\), algorithm.name \('fixmatch' there, "
+                   r"'supervised' planned\), algorithm.refiner.name \('none' there, None planned\)")
+    with pytest.raises(CisslError, match=rf"holds a run with other settings: {first_three} and {differ - 3} more; "):
+        check_same_run(Job(switched, tmp_path / "run"))
 
 
 def test_workers_run_side_by_side_and_a_deadline_leaves_runs_to_resume(tmp_path, capsys):
