@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import yaml
@@ -69,6 +70,16 @@ def test_scalars_follow_yaml_1_2():
     ('a: "\\xzz1"\n', "f.yaml:1: unsupported escape in"),
     ('a: "\\U00110000"\n', "f.yaml:1: unsupported escape in"),
     ('a: "\\"\n', "f.yaml:1: unsupported escape in"),
+    ("a: [a: b]\n", "f.yaml:1: flow mappings are not supported"),  # YAML reads [{a: b}]: refused, not misread
+    ("a: [x, 'y': 1]\n", "f.yaml:1: flow mappings are not supported"),
+    ("- [x:]\n", "f.yaml:1: flow mappings are not supported"),
+    ('a: [1, "x\\q"]\n', "f.yaml:1: unsupported escape"),  # each error names its line, wherever it is found
+    ('a: 1\nb:\n  - "x\\q"\n', "f.yaml:3: unsupported escape"),
+    ('a: 1\n"k\\q": 1\n', "f.yaml:2: unsupported escape"),
+    ('"x\\q"\n', "f.yaml:1: unsupported escape"),
+    ("a: 1\nb: : x\n", "f.yaml:2: empty key"),
+    ("a:\n- : x\n", "f.yaml:2: empty key"),
+    ("  a: 1\nb: 2\n", "f.yaml:2: unexpected indentation"),
 ])
 def test_rejects_what_it_does_not_support(bad, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -105,6 +116,17 @@ def test_writes_any_string_so_that_it_reads_back():
     assert yamlio.format_scalar({}) == "{}" and yamlio.format_scalar([]) == "[]"
     assert [yamlio.format_scalar(t) for t in ("cifar10", "configs/x.yaml", "/data/a b", "semi_v2")] == [
         "cifar10", "configs/x.yaml", "/data/a b", "semi_v2"]
+
+
+def test_a_scalar_document_the_last_code_point_and_a_tab_inside_quotes_read_as_in_yaml():
+    for text in ("hello\n", 'a: "\\U0010FFFF"\n', 'a: "x\ty"\n', "a: 'x\t# y'\n"):
+        assert yamlio.loads(text) == yaml.safe_load(text)
+
+
+def test_a_files_errors_name_the_file_and_line(tmp_path):
+    (tmp_path / "c.yaml").write_text("a: 1\nb: [\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(tmp_path / 'c.yaml'))}:2: unterminated flow sequence"):
+        yamlio.load(tmp_path / "c.yaml")
 
 
 def test_dump_round_trips_through_both_parsers():

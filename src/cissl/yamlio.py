@@ -45,7 +45,10 @@ def parse_scalar(text: str, where: str = "value") -> Any:
         inner = s[1:-1].strip()
         if not inner:
             return []
-        return [parse_scalar(item, where) for item in _split_flow(inner, where)]
+        items = _split_flow(inner, where)
+        if any(_split_key(item.strip(), where) is not None for item in items):  # [a: b] is [{a: b}] in YAML
+            raise ConfigError(f"{where}: flow mappings are not supported; use an indented block")
+        return [parse_scalar(item, where) for item in items]
     if s == "{}":
         return {}
     if s.startswith("{"):
@@ -152,28 +155,28 @@ def _strip_comment(line: str) -> str:
     sequence's ``-``, or after ``[`` / ``,`` in a flow sequence); inside a plain scalar (``it 's``)
     it is an ordinary character, as in YAML.
     """
-    flow, i = 0, 0
+    in_flow, i = False, 0
     while i < len(line):
         ch = line[i]
-        if ch in "\"'" and _starts_scalar(line, i, flow):
+        if ch in "\"'" and _starts_scalar(line, i, in_flow):
             end = _quoted_end(line, i)
             if end is None:  # unterminated: left for the scalar's reader to name
                 return line.rstrip()
             i = end
             continue
-        if ch == "[" and _starts_scalar(line, i, flow):
-            flow += 1
-        elif ch == "]" and flow:
-            flow -= 1
+        if ch == "[" and _starts_scalar(line, i, in_flow):  # flow sequences do not nest here
+            in_flow = True
+        elif ch == "]":
+            in_flow = False
         elif ch == "#" and (i == 0 or line[i - 1] in " \t"):
             return line[:i].rstrip()
         i += 1
     return line.rstrip()
 
 
-def _starts_scalar(line: str, i: int, flow: int) -> bool:
+def _starts_scalar(line: str, i: int, in_flow: bool) -> bool:
     before = line[:i].rstrip(" \t")
-    if not before or (flow and before[-1] in "[,"):
+    if not before or (in_flow and before[-1] in "[,"):
         return True
     return line[i - 1] in " \t" and (before[-1] == ":" or before.lstrip() == "-")
 
@@ -245,7 +248,7 @@ def _parse_mapping(lines, pos: int, indent: int, source: str):
         if key in result:
             raise ConfigError(f"{where}: duplicate key {key!r}")
         pos += 1
-        if rest and not rest.startswith(("'", '"', "[", "{")) and _split_key(rest, where) is not None:
+        if rest and not rest.startswith(("[", "{")) and _split_key(rest, where) is not None:
             raise ConfigError(f"{where}: a value cannot hold ': ' or end with ':' unless quoted; got {rest!r}")
         if rest:
             result[key] = parse_scalar(rest, where)
@@ -271,7 +274,7 @@ def _parse_sequence(lines, pos: int, indent: int, source: str):
                 raise ConfigError(f"{where}: only scalars are supported as sequence items")
             break
         item = content[1:].strip()
-        if not item.startswith(("'", '"', "[")) and _split_key(item, where) is not None:
+        if not item.startswith("[") and _split_key(item, where) is not None:
             raise ConfigError(f"{where}: mappings inside sequences are not supported")
         result.append(parse_scalar(item, where))
         pos += 1
