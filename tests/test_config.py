@@ -172,6 +172,8 @@ SHORT = ["train.iterations=10", "train.eval_every=5", "train.report_last=1"]  # 
     (["=3"], "override '=3': malformed key"),
     (["optim.=3"], "override 'optim.=3': malformed key"),
     (["optim.lr"], "override 'optim.lr': expected key=value, e.g. optim.lr=0.01"),
+    (["data.class_order=null"], "config key 'data.class_order': expected a string or list of an integer, got None"),
+    (["data.image_size=x"], "config key 'data.image_size': expected an integer or null, got 'x'"),
 ])
 def test_each_refused_config_names_its_key_and_the_fix(overrides, message):
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):

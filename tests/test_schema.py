@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from cissl.errors import ConfigError
-from cissl.schema import NamedConfig, Registry, build_section, choice, describe, merge_config, option, section
+from cissl.schema import NamedConfig, Registry, build_section, choice, describe, merge, merge_config, option, section
 
 COLOURS = Registry("colour", "colour.name")
 
@@ -46,6 +46,11 @@ class BrushConfig:
 
 
 @dataclass(frozen=True)
+class KitConfig:
+    colour: NamedConfig = choice(COLOURS, "red")  # a choice without help, inside a plain section
+
+
+@dataclass(frozen=True)
 class PaintConfig:
     colour: NamedConfig = choice(COLOURS, "red", help="the colour")
     brush: BrushConfig = section(BrushConfig)
@@ -56,6 +61,9 @@ class PaintConfig:
     wet: bool = option(False)
     extra: dict = option({})
     anything: Any = option(None)
+    shape: tuple[int, ...] = option((1, 2))
+    kit: KitConfig = section(KitConfig)
+    plain: int = 0  # a field declared without option(): no range, no help
 
 
 def build(data):
@@ -85,6 +93,8 @@ def test_values_are_coerced_to_the_declared_type():
     assert paint.ratio == 2.0 and type(paint.ratio) is float
     assert paint.sizes == [1, 2] and all(type(s) is int for s in paint.sizes)
     assert (paint.note, paint.wet, paint.anything, paint.brush.tags) == ("hi", True, [1, "a"], ["x", "y"])
+    assert build({"shape": [3, 4.0]}).shape == (3, 4)  # a tuple option stays a tuple
+    assert build({"brush": None}).brush == BrushConfig()  # `brush:` with nothing under it: the defaults
 
 
 @pytest.mark.parametrize("data, message", [
@@ -111,7 +121,9 @@ def test_values_are_coerced_to_the_declared_type():
     ({"colour": 3}, "config key 'colour': expected a name or a mapping, got 3"),
     ({"colour": {"depth": 2}}, "unknown config key 'colour.depth'; allowed: name, shade"),
     ({"brsh": {}}, "unknown config key 'brsh' (did you mean 'brush'?); allowed: colour, brush, ratio, mode, note, "
-                   "sizes, wet, extra, anything"),
+                   "sizes, wet, extra, anything, shape, kit, plain"),
+    ({"extra": [1]}, "config key 'extra': expected dict, got [1]"),
+    ({"kit": {"colour": "green"}}, "config key 'kit.colour.name': unknown colour 'green'; allowed: blue, navy, red"),
 ])
 def test_a_refused_value_names_its_key_and_what_is_allowed(data, message):
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
@@ -138,7 +150,9 @@ def test_registry_entries_names_and_registration():
     COLOURS.register("teal", BlueConfig, preset=preset)(Blue)
     try:
         preset["depth"] = 7  # the registry keeps its own copy
-        assert COLOURS.entry("teal").preset == {"depth": 2}
+        teal = COLOURS.entry("teal")
+        assert (teal.name, teal.target, teal.config_cls, teal.preset, teal.summary) == (
+            "teal", Blue, BlueConfig, {"depth": 2}, "")
         assert build({"colour": "teal"}).colour == BlueConfig(name="teal", depth=2)
     finally:
         COLOURS.unregister("teal")
@@ -156,8 +170,13 @@ def test_merge_config_merges_the_same_entry_and_replaces_another():
     assert merge_config(PaintConfig, base, {"colour": {"name": "red", "shade": 0.1}})["colour"] == {
         "name": "red", "shade": 0.1}
     assert merge_config(PaintConfig, {}, {"colour": {"shade": 0.3}})["colour"] == {"shade": 0.3}
-    assert merge_config(PaintConfig, {"colour": {"shade": 0.1}}, {"colour": {"shade": 0.3}})["colour"] == {
-        "shade": 0.3}  # neither names one: both are the default entry
+    # neither names one, or only one names the default: both are the default entry, merged
+    assert merge_config(PaintConfig, {"colour": {"shade": 0.1}}, {"colour": {}})["colour"] == {"shade": 0.1}
+    assert merge_config(PaintConfig, {"colour": {"shade": 0.1}}, {"colour": {"name": "red"}})["colour"] == {
+        "shade": 0.1, "name": "red"}
+    # a choice inside a plain section merges as a choice: another entry replaces the old one's options
+    kit = merge_config(PaintConfig, {"kit": {"colour": {"name": "navy", "depth": 7}}}, {"kit": {"colour": "blue"}})
+    assert kit["kit"] == {"colour": {"name": "blue"}}
     merged = merge_config(PaintConfig, base, {"brush": {"size": 4}, "extra": {"a": {"c": 2}}, "ratio": 0.3})
     assert merged["brush"] == {"size": 4, "tags": ["x"]} and merged["ratio"] == 0.3
     assert merged["extra"] == {"a": {"b": 1, "c": 2}}  # a plain mapping merges key by key, nested too
@@ -178,6 +197,10 @@ def test_describe_lists_every_key_with_its_default_and_help():
         ("wet", "false", ""),
         ("extra", "{}", ""),
         ("anything", "null", ""),
+        ("shape", "[1, 2]", ""),
+        ("kit.colour.name", "red", "(one of: blue, navy, red)"),
+        ("kit.colour.shade", "0.5", "how dark"),
+        ("plain", "0", ""),
     ]
 
 
@@ -186,3 +209,9 @@ def test_describe_follows_the_entry_an_instance_chose():
     rows = describe(PaintConfig, "paint", paint)
     assert rows[:3] == [("paint.colour.name", "navy", "the colour (one of: blue, navy, red)"),
                         ("paint.colour.depth", "9", ""), ("paint.brush.size", "7", "bristles")]
+
+
+def test_merge_replaces_what_is_not_a_mapping_on_either_side():
+    assert merge({"a": {"b": 1, "c": 2}, "d": 1}, {"a": {"b": 3}}) == {"a": {"b": 3, "c": 2}, "d": 1}
+    assert merge({"a": {"b": 1}}, {"a": 3}) == {"a": 3}
+    assert merge({"a": 3}, {"a": {"b": 1}}) == {"a": {"b": 1}}

@@ -130,7 +130,8 @@ def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args) + " or null"
+        nullable = len(args) < len(typing.get_args(tp))
+        return " or ".join(_type_name(a) for a in args) + (" or null" if nullable else "")
     if origin in (list, tuple):
         return f"list of {_type_name(typing.get_args(tp)[0])}"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
