@@ -3,7 +3,16 @@ import re
 
 import pytest
 
-from cissl.config import Config, build, flat_keys, load_config, parse_overrides, read_config_file, save_config
+from cissl.config import (
+    Config,
+    algorithm_defaults,
+    build,
+    flat_keys,
+    load_config,
+    parse_overrides,
+    read_config_file,
+    save_config,
+)
 from cissl.errors import ConfigError
 
 
@@ -93,6 +102,7 @@ def test_saved_config_loads_back_identical(tmp_path):
 def test_replace_revalidates():
     config = Config()
     assert config.replace(["train.seed=4"]).train.seed == 4
+    assert config.replace({"train.seed": 5, "name": "a=b"}).train.seed == 5  # a mapping: values as they are
     with pytest.raises(ConfigError):
         config.replace({"train.seed": -1})
 
@@ -156,6 +166,8 @@ SHORT = ["train.iterations=10", "train.eval_every=5", "train.report_last=1"]  # 
     (["train.device=cuda:"], "config key 'train.device': must be auto, cpu, cuda or cuda:N, got 'cuda:'"),
     (["train.device=cuda:x"], "config key 'train.device': must be auto, cpu, cuda or cuda:N, got 'cuda:x'"),
     (["train.device=gpu"], "config key 'train.device': must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    (["train.device=cuda:x1"], "config key 'train.device': must be auto, cpu, cuda or cuda:N, got 'cuda:x1'"),
+    (["optim.lr=[0.1"], "override optim.lr: unterminated flow sequence '[0.1'"),
     ([*SHORT, "train.report_last=2"], "config key 'train.report_last': 2 is more than half of the run's 2 "
                                       "evaluations (train.iterations 10 / train.eval_every 5); the last-k window "
                                       "must be a tail of the run: use at most 1"),
@@ -249,3 +261,9 @@ def test_a_methods_entry_may_not_name_its_algorithm(tmp_path):
 
 def test_flat_keys_joins_nested_keys_with_dots():
     assert flat_keys({"a": {"b": 1, "c": {"d": [2]}}, "e": None, "f": {}}) == {"a.b": 1, "a.c.d": [2], "e": None}
+
+
+def test_algorithm_defaults_are_the_methods_section_without_the_runs_checks():
+    assert algorithm_defaults("semi") == load_config(None, algorithm="semi").algorithm
+    assert algorithm_defaults("fixmatch_la").logit_adjust is True  # the preset's defaults
+    assert algorithm_defaults("crt").name == "crt"  # a run of cRT needs train.init_from; its defaults do not

@@ -60,7 +60,8 @@ class OneStrongView(FixMatch):
 
 def test_declared_views_are_checked_against_the_config(registered):
     registered(ALGORITHMS, "test_one_view", FixMatchConfig, OneStrongView)
-    with pytest.raises(ConfigError, match=r"'train.strong_views': test_one_view takes 1 strong view.*got 2"):
+    with pytest.raises(ConfigError, match=r"^config key 'train.strong_views': test_one_view takes 1 strong view\(s\) "
+                                          r"per unlabeled image, got 2$"):
         tiny_config("train.strong_views=2", algorithm="test_one_view")
     config = tiny_config("train.strong_views=1", "train.mu=2", algorithm="test_one_view")
     trainer = Trainer.from_config(config, prepare_data(config, torch.device("cpu")))
