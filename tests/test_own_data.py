@@ -197,10 +197,11 @@ def test_arrays_reader_class_names_and_test_split(tmp_path):
     x, y = small_arrays(rng)
     u = np.full((3, 8, 8), 40, np.uint8)
     t = np.full((2, 8, 8), 255, np.uint8)
-    np.savez(tmp_path / "d.npz", x_labeled=np.full_like(x, 40), y_labeled=y, x_unlabeled=u, x_test=t,
-             y_test=np.array([3, 0]))
+    np.savez(tmp_path / "d.npz", x_labeled=np.full_like(x, 40), y_labeled=y.astype(np.uint8), x_unlabeled=u,
+             x_test=t, y_test=np.array([3, 0], dtype=np.int32))
     source = load_arrays_source(tmp_path / "d.npz", None)
     assert source.class_names == ["0", "1", "2", "3"] and source.test.labels.tolist() == [3, 0]
+    assert source.name == "arrays" and source.train.labels.dtype == source.test.labels.dtype == np.int64
     assert np.array_equal(source.test.images, t[:, None])
     assert source.mean == pytest.approx((40 / 255,)) and source.std == (1e-3,)
     np.savez(tmp_path / "n.npz", x_labeled=x, y_labeled=y, x_unlabeled=u, class_names=np.array(["a", "b", "c"]))
@@ -266,6 +267,7 @@ def test_folder_of_colour_images_reads_each_pixel_and_resizes_as_pil(tmp_path):
     (tmp_path / "unlabeled" / "notes.txt").write_text("not an image")
     source = load_folder_source(tmp_path, None)
     assert source.class_names == ["cat", "dog"] and source.train.labels.tolist() == [0, 0, 1]
+    assert source.name == "folder" and source.train.labels.dtype == np.int64
     expected = np.stack([colour[n] for n in ("cat/a", "cat/b", "dog/c")]).transpose(0, 3, 1, 2)
     assert np.array_equal(source.train.images, expected)
     assert source.unlabeled.images.shape == (1, 3, 8, 8)

@@ -1,4 +1,5 @@
 import gzip
+import re
 import shutil
 import sys
 import tarfile
@@ -336,8 +337,8 @@ def test_stl10_labels_are_1_to_10_on_disk(tmp_path, on_disk, fine):
 def test_stl10_image_file_of_a_partial_image_is_named(tmp_path):
     truth = write_stl10(tmp_path)
     images = tmp_path / "stl10_binary" / "test_X.bin"
-    images.write_bytes(images.read_bytes()[:-1])
-    with pytest.raises(DataError, match=r"test_X.bin has 165887 bytes, not a whole number of 3x96x96 images"):
+    images.write_bytes(images.read_bytes()[:-3])  # a whole number of pixel triples, not of images
+    with pytest.raises(DataError, match=r"test_X.bin has 165885 bytes, not a whole number of 3x96x96 images"):
         load_stl10(tmp_path, None, checksums=dict(truth["checksums"], **{"test_X.bin": None}))
 
 
@@ -402,3 +403,112 @@ def test_registry_resizes_a_drawn_data_set_to_data_image_size(tmp_path, monkeypa
     assert source.train.images.shape == (60, 3, 16, 16) and source.test.images.shape == (10, 3, 16, 16)
     assert np.array_equal(source.test.images, stl10.resize_uint8(original.test.images, 16))
     assert np.array_equal(source.train.labels, original.train.labels)
+
+
+# spec section 2's normalisation table (STL-10 takes CIFAR-10's)
+CIFAR10_NORM = ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
+CIFAR100_NORM = ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
+STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+
+
+def test_each_reader_names_its_data_set_and_carries_its_normalisation(tmp_path):
+    c10 = load_cifar10(tmp_path / "a", checksums=write_cifar10(tmp_path / "a")["checksums"])
+    c100 = load_cifar100(tmp_path / "b", checksums=write_cifar100(tmp_path / "b")["checksums"])
+    stl = load_stl10(tmp_path / "c", None, checksums=write_stl10(tmp_path / "c")["checksums"])
+    fmnist = load_fashion_mnist(tmp_path, checksums=write_fashion(tmp_path / "fashion_mnist")["checksums"],
+                                search_system=False)
+    assert [(s.name, s.mean, s.std) for s in (c10, c100, stl)] == [
+        ("cifar10", *CIFAR10_NORM), ("cifar100", *CIFAR100_NORM), ("stl10", *CIFAR10_NORM)]
+    assert (fmnist.name, fmnist.mean, fmnist.std, fmnist.class_names) == (
+        "fashion_mnist", (0.2860,), (0.3530,), FASHION_CLASSES)
+    assert c10.class_names[:2] == ["airplane", "automobile"] and len(c100.class_names) == 100
+    assert stl.class_names == STL10_CLASSES
+    for source in (c10, c100, stl, fmnist):
+        for part in (source.train, source.test):
+            assert part.images.dtype == np.uint8 and part.labels.dtype == np.int64
+
+
+@pytest.mark.skipif(not (SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_normalisation_is_that_of_its_training_images(tmp_path):
+    train = load_fashion_mnist(tmp_path).train.images / 255.0
+    assert (round(float(train.mean()), 4), round(float(train.std()), 4)) == (0.2860, 0.3530)
+
+
+def test_stl10_takes_the_class_names_file_when_it_lists_ten(tmp_path):
+    truth = write_stl10(tmp_path)
+    names = tmp_path / "stl10_binary" / "class_names.txt"
+    names.write_text("\n".join(f"c{k}" for k in range(10)) + "\n\n")
+    assert load_stl10(tmp_path, None, checksums=truth["checksums"]).class_names == [f"c{k}" for k in range(10)]
+    names.write_text("a\nb\n")  # not ten names: the official ones
+    assert load_stl10(tmp_path, None, checksums=truth["checksums"]).class_names == STL10_CLASSES
+    names.unlink()
+    assert load_stl10(tmp_path, None, checksums=truth["checksums"]).class_names == STL10_CLASSES
+
+
+def test_stl10_checks_its_unlabeled_file_only_when_it_reads_it(tmp_path):
+    truth = write_stl10(tmp_path)
+    (tmp_path / "stl10_binary" / "unlabeled_X.bin").unlink()
+    assert load_stl10(tmp_path, None, checksums=truth["checksums"], with_unlabeled=False).unlabeled is None
+    with pytest.raises(DataError, match=r"^stl10: missing file .*unlabeled_X.bin; point data.root at the folder "
+                                        r"that holds stl10_binary/ or set data.download=true$"):
+        load_stl10(tmp_path, None, checksums=truth["checksums"])
+
+
+def test_reader_errors_name_the_data_set(tmp_path):
+    truth = write_stl10(tmp_path)
+    (tmp_path / "stl10_binary" / "test_y.bin").write_bytes(b"\x01\x02")
+    with pytest.raises(DataError, match=r"^stl10: file .*test_y.bin is corrupt"):
+        load_stl10(tmp_path, None, checksums=truth["checksums"])
+    truth = write_cifar10(tmp_path / "c")
+    batch = tmp_path / "c" / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(batch.read_bytes()[:50])
+    with pytest.raises(DataError, match=r"^cifar10: cannot read .*data_batch_2"):
+        load_cifar10(tmp_path / "c", checksums=dict(truth["checksums"], data_batch_2=None))
+    (tmp_path / "c" / "cifar-10-batches-py" / "batches.meta").write_bytes(b"x")
+    with pytest.raises(DataError, match=r"^cifar10: cannot read .*batches.meta"):
+        load_cifar10(tmp_path / "c", checksums=dict(truth["checksums"], data_batch_2=None, **{"batches.meta": None}))
+
+
+def test_fashion_errors_say_where_it_looked_and_what_is_wrong(tmp_path):
+    looked = f"{tmp_path / 'fashion_mnist'}, {tmp_path}"
+    with pytest.raises(DataError, match=f"^fashion_mnist: missing file train-images-idx3-ubyte.gz "
+                                        f"{re.escape(f'(looked in {looked}); ')}"):
+        load_fashion_mnist(tmp_path, search_system=False)
+    write_fashion(tmp_path / "fashion_mnist", train=20, test=10)
+    labels = tmp_path / "fashion_mnist" / "t10k-labels-idx1-ubyte.gz"
+    with gzip.open(labels, "wb") as handle:
+        handle.write(idx_bytes(np.array([0, 10] + [1] * 8, dtype=np.uint8)))
+    with pytest.raises(DataError, match="^fashion_mnist: t10k labels outside 0..9$"):
+        load_fashion_mnist(tmp_path, checksums={}, search_system=False)
+    with gzip.open(labels, "wb") as handle:
+        handle.write(idx_bytes(np.array([1] * 9, dtype=np.uint8)))
+    with pytest.raises(DataError, match="^fashion_mnist: t10k has 10 images and 9 labels$"):
+        load_fashion_mnist(tmp_path, checksums={}, search_system=False)
+
+
+def test_an_archive_with_a_member_outside_its_folder_is_refused_and_nothing_escapes(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    payload = tmp_path / "payload.txt"
+    payload.write_text("x")
+    archive = root / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(payload, arcname="../escaped.txt")
+    with pytest.raises(DataError, match=r"^cifar10: cannot extract .*evil.tar.gz \(OutsideDestinationError: .*\); "
+                                        r"delete it and download it again$"):
+        base.download_archive("https://example.org/evil.tar.gz", md5(archive), root, "cifar10")
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_images_of_several_sizes_are_named(tmp_path):
+    from PIL import Image
+
+    from cissl.data.sources.own import read_images
+
+    for name, size in (("a.png", (4, 4)), ("b.png", (6, 6))):
+        Image.new("RGB", size).save(tmp_path / name)
+    with pytest.raises(DataError, match=r"^the images have different sizes \(4x4, 6x6\); set data.image_size"):
+        read_images([tmp_path / "a.png", tmp_path / "b.png"], None, grey=False)

@@ -101,8 +101,12 @@ def download_archive(url: str, md5: str, root: Path, dataset: str) -> None:
     if not (target.is_file() and md5_of_file(target) == md5):
         download_file(url, target, dataset)
         check_md5(target, md5, dataset)
-    with tarfile.open(target) as archive:
-        if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4: refuse unsafe members
-            archive.extractall(root, filter="data")
-        else:
-            archive.extractall(root)
+    try:
+        with tarfile.open(target) as archive:
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4: refuse unsafe members
+                archive.extractall(root, filter="data")
+            else:
+                archive.extractall(root)
+    except tarfile.TarError as exc:  # not a tar archive, or a member outside root (a link, '../', an absolute path)
+        raise DataError(f"{dataset}: cannot extract {target} ({type(exc).__name__}: {exc}); delete it and "
+                        f"download it again") from None
