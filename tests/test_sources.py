@@ -1,4 +1,5 @@
 import gzip
+import pickle
 import re
 import shutil
 import sys
@@ -512,3 +513,23 @@ def test_images_of_several_sizes_are_named(tmp_path):
         Image.new("RGB", size).save(tmp_path / name)
     with pytest.raises(DataError, match=r"^the images have different sizes \(4x4, 6x6\); set data.image_size"):
         read_images([tmp_path / "a.png", tmp_path / "b.png"], None, grey=False)
+
+
+def test_cifar_meta_without_class_names_and_labels_outside_the_classes_are_named(tmp_path):
+    truth = write_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    (folder / "batches.meta").write_bytes(pickle.dumps({"num_vis": 3072}))
+    sums = dict(truth["checksums"], **{"batches.meta": None})
+    with pytest.raises(DataError, match=r"^cifar10: .*batches.meta lists no class names \(label_names\); delete it"):
+        load_cifar10(tmp_path, checksums=sums)
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{k}" for k in range(9)]}))
+    labels_up_to = max(max(truth[f"data_batch_{i}"][1]) for i in range(1, 6))
+    assert labels_up_to == 9  # the synthetic batches use every class: nine names are too few
+    with pytest.raises(DataError, match=r"^cifar10: train labels outside 0..8$"):
+        load_cifar10(tmp_path, checksums=sums)
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{k}" for k in range(10)]}))
+    test_batch = folder / "test_batch"
+    (data, _), n = truth["test_batch"], len(truth["test_batch"][1])
+    test_batch.write_bytes(pickle.dumps({"data": data, "labels": [10] * n}))
+    with pytest.raises(DataError, match=r"^cifar10: test labels outside 0..9$"):
+        load_cifar10(tmp_path, checksums=dict(sums, test_batch=None))

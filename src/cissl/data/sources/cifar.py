@@ -90,7 +90,10 @@ def load_cifar(root: str | Path, spec: dict, dataset: str, download: bool = Fals
                                 f"or set data.download=true") from None
             raise
     meta = _unpickle(folder / meta_name, dataset)
-    class_names = [str(n) for n in meta.get(meta_key, [])]
+    if not isinstance(meta.get(meta_key), (list, tuple)) or not meta[meta_key]:
+        raise DataError(f"{dataset}: {folder / meta_name} lists no class names ({meta_key}); delete it and "
+                        f"download it again")
+    class_names = [str(n) for n in meta[meta_key]]
     train = _read_batches(folder, spec["train"], spec["label_key"], dataset)
     test = _read_batches(folder, spec["test"], spec["label_key"], dataset)
     num_classes = len(class_names)
