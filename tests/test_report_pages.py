@@ -102,3 +102,52 @@ def test_tsne_figure_of_each_method(tmp_path, capsys):
     (tsne,) = (tmp_path / "report/figures").glob("*_tsne.png")
     assert code == 0 and tsne.read_bytes().startswith(PNG) and tsne.stat().st_size > 10000
     assert f"figures/{tsne.name}" in (tmp_path / "report/report.md").read_text()
+
+
+def test_tsne_embeds_the_final_ema_models_test_features_coloured_by_their_class(tmp_path, monkeypatch):
+    """What the t-SNE figure shows: the EMA model's test features of the run (its newest checkpoint), a seeded
+    subsample of max_points of them when the pool is larger, coloured by their true class."""
+    import matplotlib
+    import sklearn.manifold
+
+    matplotlib.use("Agg")
+    import matplotlib.axes
+    import matplotlib.pyplot as plt
+
+    from cissl.engine.run import load_run
+    from cissl.evaluation import report_pages
+    from cissl.evaluation.evaluate import predict_with_features
+
+    run_sweep([str(CONFIGS / "quickstart.yaml")], ["supervised"], [0], tmp_path / "runs", TINY)
+    run_dir = tmp_path / "runs/quickstart/supervised/seed0"
+    seen = []
+
+    class RecordedTSNE:
+        def __init__(self, **options):
+            seen.append({"options": options})
+
+        def fit_transform(self, features):
+            seen[-1]["features"] = features
+            return features[:, :2]
+
+    real_scatter = matplotlib.axes.Axes.scatter
+
+    def scatter(ax, x, y, **kwargs):
+        seen[-1]["colours"] = np.asarray(kwargs["c"])
+        return real_scatter(ax, x, y, **kwargs)
+
+    monkeypatch.setattr(sklearn.manifold, "TSNE", RecordedTSNE)
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", scatter)
+    run = {"run_dir": str(run_dir), "method": "supervised", "seed": 0}
+    trained = load_run(run_dir)
+    _, features = predict_with_features(trained.model, trained.data.test.images, trained.config.train.eval_batch_size,
+                                        trained.policy)
+    labels = trained.data.test.labels.cpu().numpy()
+    keep = np.random.default_rng(0).choice(len(labels), 50, replace=False)
+    assert report_pages._tsne(run, tmp_path / "small.png", plt, max_points=50).read_bytes().startswith(PNG)
+    report_pages._tsne(run, tmp_path / "all.png", plt)
+    assert seen[0]["options"] == {"n_components": 2, "init": "pca", "random_state": 0, "perplexity": 30}
+    assert np.array_equal(seen[0]["features"], features.numpy()[keep])
+    assert np.array_equal(seen[0]["colours"], labels[keep])
+    assert len(labels) < 2000 and np.array_equal(seen[1]["features"], features.numpy())
+    assert np.array_equal(seen[1]["colours"], labels)
