@@ -7,8 +7,10 @@ import pytest
 import torch
 from helpers import tiny_config
 
+from cissl.algorithms.base import ViewSpec
+from cissl.algorithms.components.class_weights import class_sampling_weights
 from cissl.config import load_config
-from cissl.data.stream import ImagePool, IndexStream
+from cissl.data.stream import ClassBalancedStream, ImagePool, IndexStream
 from cissl.engine.assemble import method_class
 from cissl.engine.batches import BatchSource
 from cissl.engine.checkpoint import first_line
@@ -16,6 +18,7 @@ from cissl.engine.data import load_run_source, prepare_data
 from cissl.engine.ema import EMA
 from cissl.engine.optim import build_optimizer, build_scheduler, lr_factor
 from cissl.engine.precision import ComputePolicy
+from cissl.engine.seeds import derive_seed
 from cissl.errors import ConfigError, DataError
 from cissl.evaluation.metrics import class_groups, confusion_matrix, geometric_mean, summarize_confusion
 
@@ -209,6 +212,48 @@ def test_labeled_additions_extend_the_pool_and_refuse_mismatched_rows():
     for indices, labels in ((torch.tensor([4, 0]), torch.tensor([1])), (torch.tensor([[4]]), torch.tensor([[1]]))):
         with pytest.raises(ValueError, match=r"labeled additions: \(\d+(, \d+)?,?\) indices for"):
             source.set_labeled_additions(indices, labels, generation=2)
+
+
+def test_each_stream_draws_from_its_own_documented_seed_and_resumes():
+    """The labeled, unlabeled and (CoSSL) class-balanced streams are seeded by the run seed and their own
+    names; the balanced one weighs every class equally (beta 1); after CReST's additions of generation g the
+    labeled stream is seeded by 'labeled-generation<g>'; a restored source draws the next batch alike."""
+    config = tiny_config("train.mu=2", algorithm="fixmatch_cossl")
+    data, source = batch_source(config)
+    b = config.train.batch_size
+    labeled = IndexStream(len(data.labeled), b, derive_seed(0, "labeled"))
+    unlabeled = IndexStream(len(data.unlabeled), 2 * b, derive_seed(0, "unlabeled"))
+    weights = class_sampling_weights(data.labeled.labels, data.num_classes, 1.0)
+    balanced = ClassBalancedStream(weights, b, derive_seed(0, "labeled-balanced"))
+    for _ in range(2):
+        batch, _ = source.next()
+        assert torch.equal(batch.y, data.labeled.labels[labeled.next()])
+        assert torch.equal(batch.u_index, unlabeled.next())
+        assert torch.equal(batch.y_balanced, data.labeled.labels[balanced.next()])
+    restored = batch_source(config)[1]
+    restored.load_state_dict(source.state_dict())
+    ahead, again = source.next()[0], restored.next()[0]
+    for name in ("x", "y", "u_index", "x_balanced", "y_balanced"):
+        assert torch.equal(getattr(ahead, name), getattr(again, name)), name
+    assert all(torch.equal(a, r) for a, r in zip(ahead.u_strong, again.u_strong))
+    source.set_labeled_additions(torch.tensor([3, 1, 4]), torch.tensor([0, 1, 2]), generation=2)
+    grown = IndexStream(len(data.labeled) + 3, b, derive_seed(0, "labeled-generation2"))
+    labels = torch.cat([data.labeled.labels, torch.tensor([0, 1, 2])])
+    assert torch.equal(source.next()[0].y, labels[grown.next()])
+
+
+def test_images_per_step_counts_the_views_a_method_declares():
+    config = tiny_config("train.mu=3", "train.strong_views=2", algorithm="fixmatch")
+    data = prepare_data(config, torch.device("cpu"))
+    b = config.train.batch_size
+
+    def per_step(spec):
+        return BatchSource(data, config.train, config.augment, spec, ComputePolicy(torch.device("cpu")), 0
+                           ).images_per_step
+
+    assert per_step(ViewSpec()) == b + 3 * b * (1 + 2)
+    assert per_step(ViewSpec(weak=False)) == b + 3 * b * 2  # no weak view of the unlabeled images
+    assert per_step(ViewSpec(unlabeled=False)) == b
 
 
 @pytest.mark.parametrize("algorithm", ["fixmatch", "fixmatch_cossl"])
