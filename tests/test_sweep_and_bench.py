@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import CONFIGS, run_cli
 from helpers import tiny_config
 
@@ -145,6 +146,57 @@ def test_bench_throughput_reports_every_field(algorithm):
     assert result["images_per_step"] == 16 + 16 * 3
     assert result["ratio"] == pytest.approx(result["step_s"] / result["floor_s"])
     assert "ratio step / floor" in format_table(result)
+
+
+def test_bench_reports_the_median_of_interleaved_rounds_and_what_follows_from_it(monkeypatch):
+    """With the timer scripted: floor, augmentation and step are timed in turn each round, steps // rounds
+    steps each; the medians give the ratio, the augmentation's share, images/s and it/s."""
+    from cissl.bench import throughput
+
+    calls = []
+    scripted = {"floor_step": [1.0, 10.0, 2.0], "augment_step": [0.9, 0.1, 0.3], "train_step": [4.0, 60.0, 5.0]}
+
+    def time(timer, fn, n):
+        calls.append((fn.__name__, n))
+        return scripted[fn.__name__][sum(name == fn.__name__ for name, _ in calls) - 1]
+
+    monkeypatch.setattr(throughput._Timer, "time", time)
+    result = measure(tiny_config(algorithm="fixmatch"), steps=7, warmup=1, rounds=3)
+    assert calls == [("floor_step", 2), ("augment_step", 2), ("train_step", 2)] * 3
+    assert (result["floor_s"], result["augment_s"], result["step_s"], result["steps_timed"]) == (2.0, 0.3, 5.0, 6)
+    assert result["ratio"] == 2.5 and result["augment_fraction"] == pytest.approx(0.06)
+    assert result["it_per_s"] == 0.2 and result["images_per_s"] == result["images_per_step"] / 5.0 == 64 / 5.0
+    assert (result["algorithm"], result["model"], result["image_shape"]) == ("fixmatch", "WRN-10-1", [1, 8, 8])
+    assert result["ddp_ranks"] is None and result["cuda_graphs"] is False and result["synthetic_data"] is False
+
+
+def test_bench_table_says_what_was_measured():
+    result = {"algorithm": "semi", "setting": "", "model": "WRN-28-2", "image_shape": [3, 32, 32], "precision": "fp32",
+              "channels_last": True, "compile_mode": None, "cuda_graphs": False, "fused_sgd": False, "device": "cpu",
+              "steps_timed": 9, "images_per_step": 320, "floor_s": 0.5, "augment_s": 0.05, "augment_fraction": 0.0909,
+              "step_s": 0.55, "ratio": 1.1, "images_per_s": 581.8, "it_per_s": 1.818, "ddp_ranks": 2}
+    assert format_table(result).splitlines() == [
+        "semi on the configured data: WRN-28-2, 3x32x32, fp32, channels_last=True, compile=False, cuda_graphs=False, "
+        "fused_sgd=False",
+        "device: cpu; median of interleaved rounds, 9 steps each; the step of one of 2 DDP ranks",
+        "  floor: network fwd+bwd+SGD on 320 images  0.5000 s/step",
+        "  augmentation of one step's batch          0.0500 s/step (9.1 % of the step)",
+        "  full semi training step                   0.5500 s/step",
+        "  ratio step / floor                        1.100",
+        "  throughput                                581.8 images/s, 1.82 it/s"]
+
+
+def test_synthetic_data_has_the_settings_split_sizes():
+    from cissl.bench.throughput import synthetic_data
+
+    data = synthetic_data(tiny_config("data.val_per_class=2"), torch.device("cpu"))
+    counts = [40, 30, 23, 18, 14, 11, 8, 6, 5, 4]  # N1 = 40, gamma 10 over digits' 10 classes
+    assert torch.bincount(data.labeled.labels).tolist() == counts and data.split.labeled_counts == counts
+    assert len(data.unlabeled) == 80 + 61 + 47 + 37 + 28 + 22 + 17 + 13 + 10 + 8 and len(data.val) == 20
+    assert (data.channels, data.image_size, data.num_classes) == (1, 8, 10)
+    with_labeled = synthetic_data(tiny_config("data.unlabeled_includes_labeled=true"), torch.device("cpu"))
+    assert len(with_labeled.unlabeled) == len(data.unlabeled) + sum(counts) and with_labeled.val is None
+    assert len(synthetic_data(tiny_config(), torch.device("cpu"), max_pool=100).unlabeled) == 100
 
 
 def test_pool_pass_benchmark_prints_what_it_measured():
