@@ -1,4 +1,5 @@
 import io
+import json
 
 import pytest
 from conftest import run_cli
@@ -52,3 +53,56 @@ def test_tensorboard_without_package_names_the_key(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     with pytest.raises(ConfigError, match="train.tensorboard"):
         RunLogger(tmp_path, 10, tensorboard=True)
+
+
+def test_each_figure_draws_the_runs_numbers(tmp_path, monkeypatch):
+    """What `cissl plot` draws, read off the axes calls: the curves are 100 x top-1 and balanced accuracy of
+    each head at each evaluation; the bars 100 x the per-class accuracy over ticks naming each class's
+    labeled count; the confusion matrix normalised by row (a class without test images stays a zero row);
+    the pseudo-label bars those of the last evaluation that recorded them."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+    import numpy as np
+
+    from cissl.data.protocol import Split
+    from cissl.evaluation.plots import plot_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    evaluations = [{"kind": "eval", "iteration": it, "test": {"main": {"top1": t, "balanced_accuracy": b},
+                                                               "balanced": {"top1": t / 2, "balanced_accuracy": b / 2}}}
+                   for it, t, b in ((2, 0.25, 0.5), (4, 0.75, 0.625))]
+    first = {"per_class_mask_rate": [0.0, 0.0], "per_class_used_accuracy": [0.0, 0.0],
+             "pseudo_label_distribution": [0.5, 0.5], "true_distribution": [0.5, 0.5]}
+    last = {"per_class_mask_rate": [0.5, 0.25], "per_class_used_accuracy": [1.0, 0.75],
+            "pseudo_label_distribution": [0.625, 0.375], "true_distribution": [0.75, 0.25]}
+    evaluations[0]["pseudo_labels"], evaluations[1]["pseudo_labels"] = first, last
+    lines = [json.dumps({"kind": "train", "iteration": 1, "loss": 1.0})] + [json.dumps(r) for r in evaluations]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (run / "results.json").write_text(json.dumps({"per_class_accuracy": [0.5, 0.25], "reported_head": "main",
+                                                   "confusion_matrix": [[3, 1], [0, 0]]}))
+    Split(np.arange(5), np.arange(5, 8), np.arange(0), [3, 2], [2, 1]).save(run / "split.json")
+    drawn = {"plot": [], "bar": [], "imshow": [], "xticks": []}
+    for name in ("plot", "bar", "imshow"):
+        real = getattr(matplotlib.axes.Axes, name)
+
+        def spy(ax, *args, _real=real, _name=name, **kwargs):
+            drawn[_name].append([np.asarray(a).tolist() for a in args[:2]])
+            return _real(ax, *args, **kwargs)
+
+        monkeypatch.setattr(matplotlib.axes.Axes, name, spy)
+    real_xticks = matplotlib.axes.Axes.set_xticks
+
+    def xticks(ax, ticks, labels=None, **kwargs):
+        drawn["xticks"].append(labels)
+        return real_xticks(ax, ticks, labels, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xticks", xticks)
+    names = [p.name for p in plot_run(run)]
+    assert names == ["curves.png", "per_class_accuracy.png", "confusion_matrix.png", "pseudo_labels.png"]
+    assert drawn["plot"] == [[[2, 4], [25.0, 75.0]], [[2, 4], [50.0, 62.5]],
+                             [[2, 4], [12.5, 37.5]], [[2, 4], [25.0, 31.25]]]
+    assert drawn["bar"][0] == [[0, 1], [50.0, 25.0]] and drawn["xticks"][0] == ["0\n3", "1\n2"]
+    assert drawn["imshow"] == [[[[0.75, 0.25], [0.0, 0.0]]]]
+    assert drawn["bar"][1:] == [[[-0.2, 0.8], [0.5, 0.25]], [[0.2, 1.2], [1.0, 0.75]],
+                                [[-0.2, 0.8], [0.625, 0.375]], [[0.2, 1.2], [0.75, 0.25]]]
