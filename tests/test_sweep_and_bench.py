@@ -443,6 +443,17 @@ def test_report_names_unreadable_results_and_refuses_a_missing_folder(tmp_path, 
     assert code == 2 and "no such folder" in err and len(err.strip().splitlines()) == 1
 
 
+def test_report_mistakes_are_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for argv, message in ((["report", tmp_path / "empty"], f"no results.json below {tmp_path / 'empty'}"),
+                          (["report", tmp_path, "--per-seed", "--out", tmp_path / "r"],
+                           "--per-seed writes DIR/per_seed.md of one folder: leave out --out"),
+                          (["report", tmp_path, tmp_path / "empty"],
+                           "several folders or --tsne: give --out OUT for report.md / report.html")):
+        code, out, err = run_cli(argv, capsys)
+        assert code == 2 and out == "" and err == f"cissl: error: {message}\n", argv
+
+
 def test_results_files_of_another_shape_are_named_not_read(tmp_path):
     """A results.json that is JSON but not a cissl result (a list; a dict without algorithm and seed) is
     left out and named, as a truncated one is."""
