@@ -360,3 +360,33 @@ def test_a_saved_split_with_an_index_outside_the_data_set_is_refused_and_a_batch
     prepare_data(tiny_config(f"train.batch_size={labeled}"), torch.device("cpu"), split)  # every labeled image
     with pytest.raises(ConfigError, match=f"{labeled + 1} labeled images per step, but the split holds {labeled}"):
         prepare_data(tiny_config(f"train.batch_size={labeled + 1}"), torch.device("cpu"), split)
+
+
+def test_pseudo_label_statistics_by_hand():
+    """Five unlabeled images of true classes 0, 0, 0, 1, 2 pseudo-labelled 0, 1, 0, 1, 0, the third and fourth
+    masked out; a fourth class never seen. Counted per true class (seen, used, correct) and per pseudo-label
+    (predicted): seen 3 1 1 0, used 2 0 1 0, correct 1 0 0 0, predicted 2 1 0 0."""
+    from cissl.engine.diagnostics import PseudoLabelStats
+
+    def matches(summary, wanted):
+        return summary.keys() == wanted.keys() and all(summary[k] == pytest.approx(wanted[k]) for k in wanted)
+
+    stats = PseudoLabelStats(4, torch.device("cpu"))
+    assert stats.summary() == {"mask_rate": 0.0, "used_accuracy": 0.0, "per_class_mask_rate": [0.0] * 4,
+                               "per_class_used_accuracy": [0.0] * 4, "pseudo_label_distribution": [0.0] * 4,
+                               "true_distribution": [0.0] * 4}
+    stats.update(torch.tensor([0, 0, 0, 1, 2]), torch.tensor([0, 1, 0, 1, 0]),
+                 torch.tensor([True, True, False, False, True]))
+    expected = {"mask_rate": 0.6, "used_accuracy": 1 / 3, "per_class_mask_rate": [2 / 3, 0.0, 1.0, 0.0],
+                "per_class_used_accuracy": [0.5, 0.0, 0.0, 0.0], "pseudo_label_distribution": [2 / 3, 1 / 3, 0.0, 0.0],
+                "true_distribution": [0.6, 0.2, 0.2, 0.0]}
+    assert matches(stats.summary(), expected)
+    state = stats.state_dict()
+    restored = PseudoLabelStats(4, torch.device("cpu"))
+    restored.load_state_dict(state)
+    assert matches(restored.summary(), expected)
+    stats.update(torch.tensor([3]), torch.tensor([3]), torch.tensor([1.0]))  # a float mask counts as used
+    assert stats.summary()["per_class_used_accuracy"] == pytest.approx([0.5, 0.0, 0.0, 1.0])
+    assert state["seen"].tolist() == [3, 1, 1, 0]  # the checkpointed counts do not follow later updates
+    stats.reset()
+    assert all(v.sum() == 0 for v in stats.counts.values()) and matches(restored.summary(), expected)
