@@ -26,3 +26,30 @@ def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
     config = tiny_config("train.compile=true", "train.compile_mode=reduce-overhead")
     Trainer.from_config(config, prepare_data(config, torch.device("cpu")), tmp_path)
     assert calls == [{"mode": "reduce-overhead"}]
+
+
+def test_the_policy_and_the_device_a_config_names(monkeypatch):
+    from cissl.engine import precision
+    from cissl.engine.precision import ComputePolicy, resolve_device
+    from cissl.errors import ConfigError
+
+    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(ConfigError, match=f"^config key 'train.device': {name} requested but CUDA is not "
+                                              f"available; use cpu or auto$"):
+            resolve_device(name)
+    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda", 1)
+    policy = ComputePolicy.from_config(tiny_config("train.precision=bf16", "train.channels_last=false").train,
+                                       torch.device("cpu"))
+    assert (policy.precision, policy.channels_last, policy.memory_format) == ("bf16", False, torch.contiguous_format)
+    with policy.autocast():
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    fast = ComputePolicy(torch.device("cpu"))
+    with fast.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    images = fast.images(torch.rand(2, 3, 4, 4))
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    conv = fast.place(torch.nn.Conv2d(3, 4, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
