@@ -261,3 +261,17 @@ def test_periodic_evaluation_is_brief_and_a_run_evaluated_on_val_scores_it_once_
         assert "confusion_matrix" in full["test"]["main"]
         if splits == {"test"}:
             assert len(trainer.data.test) == 2 * 10  # the validation split: 2 images of each of 10 classes
+
+
+def test_a_run_starts_by_saying_what_it_trains_on(tmp_path):
+    """The first console line of a run: the setting, the method, the classes, the size of each pool, the
+    labeled counts per class and the device (under torchrun the DDP part follows, which test_distributed sees)."""
+    import io
+
+    config = tiny_config("train.iterations=2", "train.eval_every=2", "name=my/setting", algorithm="fixmatch")
+    data = prepare_data(config, torch.device("cpu"))
+    stream = io.StringIO()
+    start_run(config, tmp_path / "run", stream=stream)
+    assert stream.getvalue().splitlines()[0] == (
+        f"[cissl] my/setting: fixmatch, 10 classes, {len(data.labeled)} labeled / {len(data.unlabeled)} unlabeled / "
+        f"{len(data.test)} test images, labeled counts {data.split.labeled_counts}, device cpu")
