@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import torch
 from conftest import CONFIGS
 
 from cissl.config import load_config
 from cissl.models import ModelOutput
+
+
+def logged_records(run_dir) -> list[dict]:
+    """Every record a run wrote to its metrics.jsonl (train, eval and generation lines), in order."""
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def tiny_config(*overrides: str, algorithm: str | None = None):

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from conftest import REPO
-from helpers import tiny_config
+from helpers import logged_records, tiny_config
 from test_training import assert_same_state
 
 from cissl.algorithms import AlgorithmContext, PoolPredictions, build_algorithm
@@ -165,7 +165,7 @@ def test_crest_run_reports_the_last_generation_window_and_each_generations_addit
                          "train.report_last=3", "algorithm.generations=3", algorithm="fixmatch_crest")
     run = tmp_path / "run"
     results = start_run(config, run, quiet=True)
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = logged_records(run)
     last = [r["test"]["main"]["top1"] for r in records if r["kind"] == "eval" and r["iteration"] == 12]
     assert results["last_k"] == 1 and results["mean_last_top1"] == pytest.approx(last[0])
     again = evaluate_run(run)

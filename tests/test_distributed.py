@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CONFIGS, tiny_config
+from helpers import CONFIGS, logged_records, tiny_config
 from test_training import assert_same_state
 
 from cissl import distributed
@@ -242,7 +242,7 @@ def test_torchrun_cli_writes_once_and_resumes_bit_exact(tmp_path):
     result = torchrun(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("results: ") == 1 and result.stdout.count("DDP over 2 ranks (gloo)") == 1
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = logged_records(run)
     assert [r["iteration"] for r in records if r["kind"] == "eval"] == [8, 16, 24]  # one writer
     assert json.loads((run / "results.json").read_text())["iterations"] == 24
 

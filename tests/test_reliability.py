@@ -5,7 +5,7 @@ import os
 
 import pytest
 from conftest import CONFIGS, REPO, run_cli
-from helpers import tiny_config, uninterrupted_and_resumed
+from helpers import logged_records, tiny_config, uninterrupted_and_resumed
 
 from cissl.config import load_config
 from cissl.engine.run import start_run
@@ -283,7 +283,7 @@ def test_skip_nonfinite_steps_skips_the_update_and_counts_it(tmp_path):
     resumed = poisoned(tiny_config(*base, "train.skip_nonfinite_steps=true"), tmp_path / "c")
     resumed.load_state_dict(trainer.state_dict())
     assert resumed.skipped_steps == 1  # the count goes on across a resume
-    logged = [json.loads(line) for line in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
+    logged = logged_records(tmp_path / "a")
     assert [r["skipped_nonfinite_steps"] for r in logged if r["kind"] == "train"][-1] == 1
     with pytest.raises(TrainingDiverged, match="loss"):
         poisoned(tiny_config(*base), tmp_path / "b").fit()
@@ -482,7 +482,7 @@ def test_a_run_resumed_between_two_logs_logs_what_an_uninterrupted_one_does(tmp_
     uninterrupted_and_resumed(config, tmp_path, 4)
 
     def logged(run):
-        records = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        records = logged_records(tmp_path / run)
         return [{k: v for k, v in r.items() if k.startswith("loss") or k in ("iteration", "mask_rate")}
                 for r in records if r["kind"] == "train"]
     whole = logged("whole")

@@ -2,10 +2,10 @@
 a fake clock), the records of metrics.jsonl, and the metric window the step metrics are averaged in."""
 
 import io
-import json
 
 import pytest
 import torch
+from helpers import logged_records
 
 from cissl.engine import logging as run_logging
 from cissl.engine.logging import MetricWindow, RunLogger, format_duration
@@ -32,10 +32,6 @@ def clock(monkeypatch):
     return clock
 
 
-def records(tmp_path):
-    return [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_a_progress_line_gives_the_speed_since_the_start_and_the_time_left(tmp_path, clock):
     stream = io.StringIO()
     logger = RunLogger(tmp_path, 1000, stream=stream)
@@ -46,7 +42,7 @@ def test_a_progress_line_gives_the_speed_since_the_start_and_the_time_left(tmp_p
     logger.close()
     assert stream.getvalue() == ("[cissl] it 300/1000 (30%) loss 1.235 mask_rate 0.25 | 2.50 it/s | "
                                  "ETA 4m40s\n")
-    assert records(tmp_path) == [{"kind": "train", "iteration": 300, "loss": 1.23456, "mask_rate": 0.25,
+    assert logged_records(tmp_path) == [{"kind": "train", "iteration": 300, "loss": 1.23456, "mask_rate": 0.25,
                                   "it_per_s": 2.5}]
 
 
@@ -56,7 +52,7 @@ def test_a_line_at_the_start_instant_has_no_speed(tmp_path, clock):
     logger.log_train(0, {"loss": 2.0})
     logger.close()
     assert stream.getvalue() == "[cissl] it 0/10 (0%) loss 2 | 0.00 it/s | ETA 0s\n"
-    assert records(tmp_path)[0]["it_per_s"] == 0.0
+    assert logged_records(tmp_path)[0]["it_per_s"] == 0.0
 
 
 def test_evaluation_and_generation_lines_and_records(tmp_path, clock):
@@ -74,8 +70,8 @@ def test_evaluation_and_generation_lines_and_records(tmp_path, clock):
         "with their true label (1.2 s)",
         "[cissl] generation 2 ended at iteration 8: 0 pseudo-labeled images join the labeled set (2.0 s)",
         "[cissl] generation 3 ended at iteration 9: 5 pseudo-labeled images join the labeled set (0.5 s)"]
-    assert [r["kind"] for r in records(tmp_path)] == ["eval", "generation", "generation", "generation"]
-    assert records(tmp_path)[0]["test"]["aux"]["balanced_accuracy"] == 0.65432
+    assert [r["kind"] for r in logged_records(tmp_path)] == ["eval", "generation", "generation", "generation"]
+    assert logged_records(tmp_path)[0]["test"]["aux"]["balanced_accuracy"] == 0.65432
 
 
 def test_quiet_writes_the_records_but_prints_nothing(tmp_path, clock):
@@ -85,14 +81,14 @@ def test_quiet_writes_the_records_but_prints_nothing(tmp_path, clock):
     logger.log_train(1, {"loss": 1.0})
     logger.log_eval({"iteration": 1, "test": {"main": {"top1": 0.1, "balanced_accuracy": 0.1}}})
     logger.close()
-    assert stream.getvalue() == "" and len(records(tmp_path)) == 2
+    assert stream.getvalue() == "" and len(logged_records(tmp_path)) == 2
 
 
 def test_a_logger_appends_to_the_records_of_a_resumed_run(tmp_path, clock):
     (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "iteration": 1}\n')
     logger = RunLogger(tmp_path, 10, stream=io.StringIO())
     logger.log_train(2, {"loss": 1.0})
-    assert len(records(tmp_path)) == 2  # flushed at once: a crash loses no written record
+    assert len(logged_records(tmp_path)) == 2  # flushed at once: a crash loses no written record
     logger.close()
 
 

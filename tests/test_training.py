@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 from conftest import CONFIGS, run_cli
-from helpers import tiny_config
+from helpers import logged_records, tiny_config
 
 from cissl.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from cissl.engine.data import prepare_data
@@ -75,7 +75,7 @@ def test_resume_continues_bit_for_bit(tmp_path, algorithm, overrides):
     resume_run(interrupted, quiet=True)
     resumed = load_checkpoint(interrupted / "checkpoints" / "ckpt_00000012.pt")
     assert_same_state(reference, resumed)
-    lines = [json.loads(line) for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
+    lines = logged_records(interrupted)
     assert [r["iteration"] for r in lines if r["kind"] == "eval"] == [6, 12]  # no duplicated records
 
 
