@@ -83,7 +83,7 @@ _ESCAPES = {'"': '"', "\\": "\\", "/": "/", " ": " ", "0": "\0", "a": "\a", "b":
             "n": "\n", "v": "\v", "f": "\f", "r": "\r", "e": "\x1b", "N": "\x85", "_": "\xa0",
             "L": "\u2028", "P": "\u2029"}
 _HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
-_HEX = re.compile(r"^[0-9a-fA-F]+$")
+_HEX = re.compile(r"[0-9a-fA-F]+")
 
 
 def _unescape_double(body: str, where: str) -> str:
@@ -96,11 +96,11 @@ def _unescape_double(body: str, where: str) -> str:
                 out.append(_ESCAPES[code])
                 i += 2
                 continue
-            digits = body[i + 2:i + 2 + _HEX_ESCAPES.get(code, 0)]
-            if code in _HEX_ESCAPES and _HEX.match(digits) and len(digits) == _HEX_ESCAPES[code] \
-                    and int(digits, 16) <= 0x10FFFF:
+            width = _HEX_ESCAPES.get(code, 0)
+            digits = body[i + 2:i + 2 + width]
+            if width and len(digits) == width and _HEX.fullmatch(digits) and int(digits, 16) <= 0x10FFFF:
                 out.append(chr(int(digits, 16)))
-                i += 2 + len(digits)
+                i += 2 + width
                 continue
             raise ConfigError(f"{where}: unsupported escape in {body!r}")
         if ch == '"':
@@ -248,9 +248,9 @@ def _parse_mapping(lines, pos: int, indent: int, source: str):
         if key in result:
             raise ConfigError(f"{where}: duplicate key {key!r}")
         pos += 1
-        if rest and not rest.startswith(("[", "{")) and _split_key(rest, where) is not None:
-            raise ConfigError(f"{where}: a value cannot hold ': ' or end with ':' unless quoted; got {rest!r}")
         if rest:
+            if not rest.startswith(("[", "{")) and _split_key(rest, where) is not None:
+                raise ConfigError(f"{where}: a value cannot hold ': ' or end with ':' unless quoted; got {rest!r}")
             result[key] = parse_scalar(rest, where)
             continue
         # nested block: more indented lines, or a sequence at the same indentation
@@ -297,7 +297,7 @@ def load(path) -> Any:
 # YAML 1.2 and 1.1 readers (PyYAML) both read as that string; anything else is double-quoted.
 _PLAIN_SAFE = re.compile(r"[A-Za-z_/]([A-Za-z0-9_./ -]*[A-Za-z0-9_./-])?")
 _YAML_1_1_WORDS = {"yes", "no", "on", "off", "y", "n"}  # booleans to YAML 1.1, strings to 1.2
-_WRITE_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "\\0"}
+_WRITE_ESCAPES = {_ESCAPES[code]: "\\" + code for code in '\\"ntr0'}  # the reader's, for these characters
 
 
 def format_scalar(value: Any) -> str:
