@@ -32,6 +32,8 @@ def test_dotted_overrides_are_typed():
     assert config.algorithm.threshold == 0.9
 
 
+# A part of each message: the whole one lists every allowed value (data sets, methods, keys), which grows with
+# the registries; test_each_refused_config_names_its_key_and_the_fix below checks whole messages.
 @pytest.mark.parametrize("override, fragment", [
     ("data.imbalance_ratio=-3", "'data.imbalance_ratio': must be >= 1.0"),
     ("data.dataset=imagenet", "'data.dataset': must be one of"),
@@ -40,10 +42,8 @@ def test_dotted_overrides_are_typed():
     ("train.batch_size=2.5", "'train.batch_size': expected an integer"),
     ("train.channels_last=1", "'train.channels_last': expected true/false"),
     ("data.imbalance_rato=3", "did you mean 'data.imbalance_ratio'"),
-    ("model.depth=27", "'model.depth': must be 6n + 4"),
     ("algorithm.name=nope", "unknown algorithm 'nope'"),
     ("algorithm.threshold=1.5", "'algorithm.threshold': must be <= 1.0"),
-    ("train.device=gpu", "'train.device'"),
     ("train.report_last=251", "'train.report_last': 251 is more than half of the run's 500 evaluations"),
     ("data=3", "'data': expected a mapping"),
     ("lr", "expected key=value"),
