@@ -196,10 +196,10 @@ def test_class_groups_thirds():
     assert geometric_mean(np.array([0.5, 0.0])) == 0.0
 
 
-def batch_source(config):
-    """The run's data on the CPU and the BatchSource drawing its method's views (seed 0)."""
+def batch_source(config, spec=None):
+    """The run's data on the CPU and the BatchSource drawing its method's views (or ``spec``'s), seed 0."""
     data = prepare_data(config, torch.device("cpu"))
-    spec = method_class(config).views(config.algorithm)
+    spec = spec or method_class(config).views(config.algorithm)
     return data, BatchSource(data, config.train, config.augment, spec, ComputePolicy(torch.device("cpu")), 0)
 
 
@@ -244,12 +244,10 @@ def test_each_stream_draws_from_its_own_documented_seed_and_resumes():
 
 def test_images_per_step_counts_the_views_a_method_declares():
     config = tiny_config("train.mu=3", "train.strong_views=2", algorithm="fixmatch")
-    data = prepare_data(config, torch.device("cpu"))
     b = config.train.batch_size
 
     def per_step(spec):
-        return BatchSource(data, config.train, config.augment, spec, ComputePolicy(torch.device("cpu")), 0
-                           ).images_per_step
+        return batch_source(config, spec)[1].images_per_step
 
     assert per_step(ViewSpec()) == b + 3 * b * (1 + 2)
     assert per_step(ViewSpec(weak=False)) == b + 3 * b * 2  # no weak view of the unlabeled images
