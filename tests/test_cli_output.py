@@ -1,0 +1,156 @@
+"""What the command line prints and exits with, checked on fixed inputs: the results table of
+train / evaluate, the lines of estimate-distribution, the exit status of each way a command can end,
+and that only rank 0 of a torchrun launch prints results.
+
+The commands' work is replaced by fakes returning known values (the work itself is tested where it
+is done), so each expected line below is written out by hand from those values.
+"""
+
+from __future__ import annotations
+
+import io
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from cissl import cli
+from cissl.engine.stop import TrainingStopped
+from cissl.errors import CisslError, RaisedOnRankZero
+
+
+def results(**changes) -> dict:
+    base = {"algorithm": "semi", "setting": "cifar10_lt_g100", "reported_head": "balanced", "iterations": 20,
+            "top1": 0.5, "balanced_accuracy": 0.41234, "many_accuracy": 0.9, "medium_accuracy": None,
+            "few_accuracy": 0.125, "geometric_mean": 0.0, "last_k": 7, "median_last_top1": 0.4921,
+            "mean_last_top1": 0.0625,
+            "heads": {"balanced": {"top1": 0.5, "balanced_accuracy": 0.41234},
+                      "main": {"top1": 0.375, "balanced_accuracy": 0.2}}}
+    return {**base, **changes}
+
+
+def test_the_results_table_shows_each_metric_as_a_percentage_and_every_other_head(tmp_path):
+    stream = io.StringIO()
+    cli.print_results(results(), tmp_path / "run", stream)
+    assert stream.getvalue() == (
+        "\nsemi on cifar10_lt_g100 (EMA model, head 'balanced', test set, after 20 iterations)\n"
+        "  top-1                         50.00 %\n"
+        "  balanced accuracy             41.23 %\n"
+        "  many / medium / few           90.00 % / n/a / 12.50 %\n"
+        "  geometric mean recall         0.00 %\n"
+        "  median of last 7 top-1        49.21 %\n"
+        "  mean of last 7 top-1          6.25 %\n"
+        "  head 'main' top-1 / balanced  37.50 % / 20.00 %\n"
+        f"results: {tmp_path / 'run' / 'results.json'}\n")
+
+
+def test_a_run_without_a_named_setting_and_with_one_head_has_no_head_rows(tmp_path):
+    stream = io.StringIO()
+    cli.print_results(results(setting=None, reported_head="main", heads={"main": {"top1": 0.5}}), tmp_path, stream)
+    lines = stream.getvalue().splitlines()
+    assert lines[1] == "semi on the configured data (EMA model, head 'main', test set, after 20 iterations)"
+    assert len(lines) == 9 and not any("head '" in line for line in lines[2:])
+    assert lines[2] == "  top-1                   50.00 %"  # the widest name, 'median of last 7 top-1', sets the width
+
+
+# ------------------------------------------------------------------------------------- estimate-distribution
+def estimate(name: str, counts: list[float], condition: float, accepted: bool) -> dict:
+    return {"checkpoint": f"/runs/r/checkpoints/{name}", "counts": counts, "condition_number": condition,
+            "accepted": accepted}
+
+
+@pytest.fixture
+def estimated(monkeypatch):
+    """estimate-distribution with the estimate replaced: ``estimated.result`` is what it returns, ``.calls``
+    the arguments it got."""
+    class Fake:
+        calls: list = []
+        result: dict = {}
+
+        def __call__(self, run_dir, checkpoints, max_condition, every_checkpoint):
+            self.calls.append((run_dir, checkpoints, max_condition, every_checkpoint))
+            return self.result
+
+    fake = Fake()
+    monkeypatch.setattr("cissl.engine.run.estimate_run_distribution", fake)
+    return fake
+
+
+def test_estimate_distribution_prints_each_checkpoints_verdict_the_mean_and_darps_overrides(estimated, capsys):
+    estimated.result = {
+        "pool_size": 323, "head": "main", "max_condition": 100.0, "accepted": True, "accepted_estimates": 2,
+        "counts": [11.5, 2.0, 1.6349],
+        "estimates": [estimate("ckpt_00000010.pt", [10.0, -2.26, 5.04], 3.14159, False),
+                      estimate("ckpt_00000020.pt", [12.0, 3.5, 1.26], 12.0, True),
+                      estimate("ckpt_00000030.pt", [11.0, 0.5, 2.0], 2.0, True)]}
+    code, out, err = run_cli(["estimate-distribution", "/runs/r", "--checkpoint", "a.pt", "--checkpoint", "b.pt",
+                              "--max-condition", "250"], capsys)
+    assert code == 0 and err == ""
+    assert estimated.calls == [(Path("/runs/r"), ["a.pt", "b.pt"], 250.0, False)]
+    assert out.splitlines() == [
+        "estimated class counts of the 323 unlabeled images (main head), condition number limit 100:",
+        "  ckpt_00000010.pt: [10.0, -2.3, 5.0], condition number 3.1: rejected (a negative count or an "
+        "ill-conditioned confusion matrix)",
+        "  ckpt_00000020.pt: [12.0, 3.5, 1.3], condition number 12.0: accepted",
+        "  ckpt_00000030.pt: [11.0, 0.5, 2.0], condition number 2.0: accepted",
+        "mean of the 2 accepted estimates: [11.5, 2.0, 1.6]",
+        "DARP toward it: algorithm.refiner.target=given algorithm.refiner.target_distribution=[11.5,2,1.635]"]
+
+
+def test_estimate_distribution_of_one_checkpoint_prints_no_mean(estimated, capsys):
+    estimated.result = {"pool_size": 40, "head": "balanced", "max_condition": 1e12, "accepted": True,
+                        "accepted_estimates": 1, "counts": [30.0, 10.0],
+                        "estimates": [estimate("ckpt_00000005.pt", [30.0, 10.0], 1.5, True)]}
+    code, out, _ = run_cli(["estimate-distribution", "r", "--all-checkpoints"], capsys)
+    assert code == 0 and estimated.calls == [(Path("r"), None, 100.0, True)]
+    assert out.splitlines() == [
+        "estimated class counts of the 40 unlabeled images (balanced head), condition number limit 1e+12:",
+        "  ckpt_00000005.pt: [30.0, 10.0], condition number 1.5: accepted",
+        "DARP toward it: algorithm.refiner.target=given algorithm.refiner.target_distribution=[30,10]"]
+
+
+def test_estimate_distribution_without_an_accepted_estimate_exits_1_and_proposes_nothing(estimated, capsys):
+    estimated.result = {"pool_size": 40, "head": "main", "max_condition": 100.0, "accepted": False,
+                        "accepted_estimates": 0, "counts": None,
+                        "estimates": [estimate("ckpt_00000005.pt", [41.0, -1.0], 250.0, False)]}
+    code, out, _ = run_cli(["estimate-distribution", "r"], capsys)
+    assert code == 1
+    assert out.splitlines()[1:] == [
+        "  ckpt_00000005.pt: [41.0, -1.0], condition number 250.0: rejected (a negative count or an "
+        "ill-conditioned confusion matrix)",
+        "no estimate accepted"]
+
+
+# ------------------------------------------------------------------------------------------------ exit status
+@pytest.mark.parametrize("raised, code, message", [
+    (CisslError("data.root: no such folder"), 2, "cissl: error: data.root: no such folder\n"),
+    (RaisedOnRankZero("rank 0 prints this one"), 2, ""),  # another rank's copy: rank 0 prints it, once
+    (TrainingStopped(signal.SIGTERM, "stopped at iteration 7; resume with ..."), 128 + signal.SIGTERM,
+     "cissl: stopped at iteration 7; resume with ...\n"),
+    (KeyboardInterrupt(), 130, "cissl: interrupted; a run continues from its last checkpoint with "
+                               "`cissl train --resume RUN_DIR`\n"),
+])
+def test_each_way_a_command_ends_has_its_exit_status_and_one_line(monkeypatch, capsys, raised, code, message):
+    def command(args):
+        raise raised
+
+    monkeypatch.setattr(cli, "cmd_list", command)
+    assert run_cli(["list"], capsys) == (code, "", message)
+
+
+def test_an_unexpected_error_is_not_swallowed(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "cmd_list", lambda args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        run_cli(["list"], capsys)
+
+
+@pytest.mark.parametrize("rank, printed", [(None, True), ("0", True), ("1", False)])
+def test_only_rank_zero_prints_the_results(monkeypatch, capsys, tmp_path, rank, printed):
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    monkeypatch.setattr("cissl.api.evaluate", lambda run_dir, checkpoint: results())
+    code, out, _ = run_cli(["evaluate", tmp_path], capsys)
+    assert code == 0 and ("balanced accuracy             41.23 %" in out) == printed and (out == "") != printed
