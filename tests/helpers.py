@@ -99,3 +99,22 @@ def assert_tables_well_formed(text: str, separator: str = "---", where: str = ""
         assert all(re.fullmatch(separator, cell) for cell in cells), f"{where}{rows[:2]}"
         tables += 1
     return tables
+
+
+def record_axes_calls(monkeypatch, *names: str) -> dict[str, list]:
+    """What each matplotlib ``Axes.<name>`` call (plot, bar, imshow, ...) drew, call by call: its first two
+    positional arguments as lists and its ``label`` keyword; the drawing itself still happens."""
+    import matplotlib.axes
+    import numpy as np
+
+    drawn: dict[str, list] = {name: [] for name in names}
+    for name in names:
+        real = getattr(matplotlib.axes.Axes, name)
+
+        def spy(ax, *args, _real=real, _name=name, **kwargs):
+            drawn[_name].append([np.asarray(a).tolist() for a in args[:2]] + ([kwargs["label"]] if "label" in kwargs
+                                                                               else []))
+            return _real(ax, *args, **kwargs)
+
+        monkeypatch.setattr(matplotlib.axes.Axes, name, spy)
+    return drawn

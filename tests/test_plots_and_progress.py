@@ -3,7 +3,7 @@ import json
 
 import pytest
 from conftest import run_cli
-from helpers import tiny_config
+from helpers import record_axes_calls, tiny_config
 
 from cissl.engine.logging import RunLogger
 from cissl.engine.run import start_run
@@ -82,15 +82,7 @@ def test_each_figure_draws_the_runs_numbers(tmp_path, monkeypatch):
     (run / "results.json").write_text(json.dumps({"per_class_accuracy": [0.5, 0.25], "reported_head": "main",
                                                    "confusion_matrix": [[3, 1], [0, 0]]}))
     Split(np.arange(5), np.arange(5, 8), np.arange(0), [3, 2], [2, 1]).save(run / "split.json")
-    drawn = {"plot": [], "bar": [], "imshow": [], "xticks": []}
-    for name in ("plot", "bar", "imshow"):
-        real = getattr(matplotlib.axes.Axes, name)
-
-        def spy(ax, *args, _real=real, _name=name, **kwargs):
-            drawn[_name].append([np.asarray(a).tolist() for a in args[:2]])
-            return _real(ax, *args, **kwargs)
-
-        monkeypatch.setattr(matplotlib.axes.Axes, name, spy)
+    drawn = {**record_axes_calls(monkeypatch, "plot", "bar", "imshow"), "xticks": []}
     real_xticks = matplotlib.axes.Axes.set_xticks
 
     def xticks(ax, ticks, labels=None, **kwargs):
@@ -100,9 +92,11 @@ def test_each_figure_draws_the_runs_numbers(tmp_path, monkeypatch):
     monkeypatch.setattr(matplotlib.axes.Axes, "set_xticks", xticks)
     names = [p.name for p in plot_run(run)]
     assert names == ["curves.png", "per_class_accuracy.png", "confusion_matrix.png", "pseudo_labels.png"]
-    assert drawn["plot"] == [[[2, 4], [25.0, 75.0]], [[2, 4], [50.0, 62.5]],
-                             [[2, 4], [12.5, 37.5]], [[2, 4], [25.0, 31.25]]]
+    assert drawn["plot"] == [[[2, 4], [25.0, 75.0], "main top-1"], [[2, 4], [50.0, 62.5], "main balanced"],
+                             [[2, 4], [12.5, 37.5], "balanced top-1"], [[2, 4], [25.0, 31.25], "balanced balanced"]]
     assert drawn["bar"][0] == [[0, 1], [50.0, 25.0]] and drawn["xticks"][0] == ["0\n3", "1\n2"]
     assert drawn["imshow"] == [[[[0.75, 0.25], [0.0, 0.0]]]]
-    assert drawn["bar"][1:] == [[[-0.2, 0.8], [0.5, 0.25]], [[0.2, 1.2], [1.0, 0.75]],
-                                [[-0.2, 0.8], [0.625, 0.375]], [[0.2, 1.2], [0.75, 0.25]]]
+    assert drawn["bar"][1:] == [[[-0.2, 0.8], [0.5, 0.25], "mask rate (used / seen)"],
+                                [[0.2, 1.2], [1.0, 0.75], "accuracy of used pseudo-labels"],
+                                [[-0.2, 0.8], [0.625, 0.375], "used pseudo-labels (estimate)"],
+                                [[0.2, 1.2], [0.75, 0.25], "true unlabeled distribution"]]

@@ -34,22 +34,69 @@ def test_report_of_two_methods_writes_pages_figures_and_the_runs_numbers(tmp_pat
         assert cells in md and f"<td>{100 * result['top1']:.2f}</td>" in page
 
 
-def fake_run(root, setting, algorithm, k, seed=0, top1=0.5):
-    """A results.json as a run writes it (no metrics: the curves are left out), for report layout tests."""
+def fake_run(root, setting, algorithm, k, seed=0, top1=0.5, counts=None, **fields):
+    """A results.json as a run writes it (no metrics: the curves are left out), for report layout tests;
+    ``fields`` replace its values, ``counts`` the labeled counts of its split.json."""
     run = root / setting / algorithm / f"seed{seed}"
     run.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     confusion = np.diag(rng.integers(5, 20, k)) + rng.integers(0, 2, (k, k))
-    counts = [max(1, int(100 * 0.9 ** i)) for i in range(k)]
+    counts = counts or [max(1, int(100 * 0.9 ** i)) for i in range(k)]
     pseudo = {"per_class_mask_rate": rng.random(k).tolist(), "per_class_used_accuracy": rng.random(k).tolist(),
               "pseudo_label_distribution": (np.ones(k) / k).tolist(), "true_distribution": (np.ones(k) / k).tolist()}
     result = {"setting": setting, "algorithm": algorithm, "seed": seed, "reported_head": "main", "top1": top1,
               "balanced_accuracy": top1, "many_accuracy": top1, "medium_accuracy": top1, "few_accuracy": top1,
               "mean_last_top1": top1, "per_class_accuracy": rng.random(k).tolist(),
-              "confusion_matrix": confusion.tolist(), "pseudo_labels": pseudo, "wall_time_s": 60.0}
+              "confusion_matrix": confusion.tolist(), "pseudo_labels": pseudo, "wall_time_s": 60.0, **fields}
     (run / "results.json").write_text(json.dumps(result))
     (run / "split.json").write_text(json.dumps({"labeled_counts": counts, "settings": {}}))
     return run
+
+
+def test_each_report_figure_draws_the_mean_over_each_methods_seeds(tmp_path, monkeypatch):
+    """What the report's figures draw, read off the axes calls, for two classes and method 'a' (seeds 0, 1;
+    seed 1 evaluated once more) beside 'b' (one seed, its balanced head reported, no pseudo-labels): the
+    curves are each run's 100 x balanced accuracy of its reported head and their mean over the iterations
+    every seed reached; per-class accuracy and pseudo-label rates are means over seeds; a confusion matrix
+    is the seeds' summed counts normalised by row (a class without test images stays a zero row)."""
+    pytest.importorskip("matplotlib")
+    from helpers import record_axes_calls
+
+    from cissl.evaluation.report_pages import write_report_pages
+
+    def evaluations(run, head_values):
+        lines = [{"kind": "train", "iteration": 1, "loss": 1.0}]
+        lines += [{"kind": "eval", "iteration": it, "test": {head: {"balanced_accuracy": v} for head, v in heads}}
+                  for it, heads in head_values]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    def pseudo(mask, used, labels):
+        return {"per_class_mask_rate": mask, "per_class_used_accuracy": used, "pseudo_label_distribution": labels,
+                "true_distribution": [0.625, 0.375]}
+
+    root = tmp_path / "runs"
+    a0 = fake_run(root, "s", "a", 2, seed=0, counts=[3, 1], per_class_accuracy=[0.5, 0.25],
+                  confusion_matrix=[[3, 1], [0, 2]], pseudo_labels=pseudo([0.5, 0.25], [1.0, 0.5], [0.75, 0.25]))
+    a1 = fake_run(root, "s", "a", 2, seed=1, per_class_accuracy=[1.0, 0.75], confusion_matrix=[[1, 0], [2, 0]],
+                  pseudo_labels=pseudo([0.25, 0.75], [0.5, 1.0], [0.25, 0.75]))
+    b0 = fake_run(root, "s", "b", 2, reported_head="balanced", per_class_accuracy=[0.25, 0.125],
+                  confusion_matrix=[[0, 0], [1, 3]], pseudo_labels=None)
+    evaluations(a0, [(2, [("main", 0.5)]), (4, [("main", 0.25)])])
+    evaluations(a1, [(2, [("main", 0.25)]), (4, [("main", 0.75)]), (6, [("main", 1.0)])])
+    evaluations(b0, [(2, [("main", 0.9), ("balanced", 0.125)]), (4, [("main", 0.9), ("balanced", 0.5)])])
+    drawn = record_axes_calls(monkeypatch, "plot", "bar", "imshow")
+    names = [p.name for p in write_report_pages([root], tmp_path / "report")]
+    assert names == ["report.md", "report.html", "s_curves.png", "s_per_class.png", "s_confusion.png",
+                     "s_pseudo_labels.png"]
+    curves, per_class, pseudo_labels = drawn["plot"][:5], drawn["plot"][5:7], drawn["plot"][7:]
+    assert curves == [[[2, 4], [50.0, 25.0]], [[2, 4, 6], [25.0, 75.0, 100.0]],
+                      [[2, 4], [37.5, 50.0], "a (2 runs; thin: each seed)"],
+                      [[2, 4], [12.5, 50.0]], [[2, 4], [12.5, 50.0], "b (1 run; thin: each seed)"]]
+    assert per_class == [[[0, 1], [75.0, 50.0], "a"], [[0, 1], [25.0, 12.5], "b"]]
+    assert drawn["bar"] == [[[0, 1], [3, 1], "labeled images"]]  # the first run's split
+    assert drawn["imshow"] == [[[[0.8, 0.2], [0.5, 0.5]]], [[[0.0, 0.0], [0.25, 0.75]]]]
+    assert pseudo_labels == [[[0, 1], [37.5, 50.0], "a"], [[0, 1], [75.0, 75.0], "a"], [[0, 1], [50.0, 50.0], "a"],
+                             [[0, 1], [62.5, 37.5], "true unlabeled distribution"]]
 
 
 def test_paper_columns_for_a_cifar10_lt_setting_match_the_papers_table(tmp_path, capsys):
