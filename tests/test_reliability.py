@@ -63,6 +63,47 @@ def test_out_into_a_folder_of_other_files_is_refused_and_nothing_is_overwritten(
     assert (mine / "config.yaml").read_text() == "my own notes\n"
 
 
+def test_a_run_directory_may_be_new_empty_or_one_a_run_started_in(tmp_path):
+    """What --out accepts: a new path (made with its parents), an empty folder, one holding only the run
+    lock, one a run started in (split.json, then a crash before its first checkpoint); the folder of other
+    files is refused above."""
+    from cissl.engine.run import prepare_run_directory
+    from cissl.rundir import RunDir
+
+    prepare_run_directory(RunDir(tmp_path / "new" / "deep"))
+    assert (tmp_path / "new" / "deep").is_dir() and not any((tmp_path / "new" / "deep").iterdir())
+    started = ("split.json", "config.yaml", "metrics.jsonl")
+    for name, files in (("empty", ()), ("locked", (LOCK,)), ("started", started)):
+        folder = tmp_path / name
+        folder.mkdir()
+        for file in files:
+            (folder / file).write_text("kept\n")
+        prepare_run_directory(RunDir(folder))
+        assert sorted(p.name for p in folder.iterdir()) == sorted(files), name
+        assert all((folder / file).read_text() == "kept\n" for file in files)
+    (tmp_path / "lock_and_notes").mkdir()
+    (tmp_path / "lock_and_notes" / LOCK).write_text("")
+    (tmp_path / "lock_and_notes" / "notes.txt").write_text("mine")
+    with pytest.raises(CisslError, match="folder holds files and is not a run directory"):
+        prepare_run_directory(RunDir(tmp_path / "lock_and_notes"))
+
+
+def test_a_folder_without_config_yaml_is_not_a_run_to_evaluate_or_resume(tmp_path, capsys):
+    (tmp_path / "split.json").write_text("{}")
+    for argv in (["evaluate", tmp_path], ["train", "--resume", tmp_path], ["predict", tmp_path, "--images", tmp_path]):
+        code, out, err = run_cli(argv, capsys)
+        assert (code, out, err) == (2, "", f"cissl: error: {tmp_path} is not a run directory (no config.yaml)\n")
+
+
+def test_the_default_run_directory_names_setting_algorithm_and_seed():
+    from cissl.engine.run import default_run_dir
+
+    config = load_config(CONFIGS / "quickstart.yaml", ["train.seed=3"], "fixmatch")
+    assert default_run_dir(config).as_posix() == "runs/quickstart-fixmatch-seed3"
+    assert default_run_dir(config.replace({"name": "lt/g100"})).as_posix() == "runs/lt_g100-fixmatch-seed3"
+    assert default_run_dir(config.replace({"name": ""})).as_posix() == "runs/digits-fixmatch-seed3"
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_out_into_a_read_only_folder_is_refused(tmp_path):
     locked = tmp_path / "locked"
