@@ -116,6 +116,27 @@ CELLS = {**{f"cifar10_lt/{c}": TABLE_1 for c in ("consistent_n500_m4000_g100", "
 VALIDATION = {"cifar10_lt": 500, "cifar100_lt": 50, "stl10_lt": 50}  # DASO's NUM_VALID: 5000, 5000, 500 images
 
 
+@pytest.mark.parametrize("row, method, logit_adjust, refiner, aux_head", [
+    ("fixmatch", "FixMatch", False, "none", "none"), ("fixmatch_la", "FixMatch", True, "none", "none"),
+    ("fixmatch_darp", "FixMatch", False, "darp", "none"), ("fixmatch_daso", "FixMatch", False, "daso", "none"),
+    ("fixmatch_la_darp", "FixMatch", True, "darp", "none"), ("fixmatch_la_daso", "FixMatch", True, "daso", "none"),
+    ("fixmatch_abc", "FixMatch", False, "none", "abc"), ("fixmatch_abc_daso", "FixMatch", False, "daso", "abc"),
+    ("fixmatch_crest", "Crest", False, "none", "none"), ("fixmatch_crest_plus", "Crest", False, "dist_align", "none"),
+    ("fixmatch_la_crest_plus", "Crest", True, "dist_align", "none")])
+def test_each_fixmatch_family_row_is_the_combination_of_parts_its_name_says(row, method, logit_adjust, refiner,
+                                                                            aux_head):
+    """The rows of Tables 1-3 as presets: LA in the labeled loss, the pseudo-label refiner, the auxiliary
+    head; CReST+ is CReST with progressive distribution alignment (t_min 0.5, CReST's paper)."""
+    from cissl.algorithms import ALGORITHMS
+    from cissl.config import algorithm_defaults
+
+    config = algorithm_defaults(row)
+    assert ALGORITHMS.entry(row).target.__name__ == method
+    assert (config.logit_adjust, config.refiner.name, config.aux_head.name) == (logit_adjust, refiner, aux_head)
+    if refiner == "dist_align":
+        assert config.refiner.t_min == 0.5
+
+
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_every_baseline_row_of_tables_1_to_3_runs_in_the_daso_protocol(cell):
     setting, _, name = cell.partition("/")
