@@ -90,3 +90,58 @@ def test_each_extra_head_is_drawn_from_its_own_seed():
         assert torch.equal(model.heads[name].weight, expected), name
         assert not model.heads[name].bias.any()
     assert not torch.equal(model.heads["aux"].weight, model.heads["balanced"].weight)
+
+
+def test_build_model_gives_the_backbone_the_configs_slope_and_momentum():
+    model = build_model(ModelConfig(leaky_slope=0.2, bn_momentum=0.01), 3, 10, (0.5,) * 3, (0.25,) * 3, 0)
+    assert {m.negative_slope for m in model.modules() if isinstance(m, torch.nn.LeakyReLU)} == {0.2}
+    assert {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.01}
+
+
+def test_wrn_keeps_the_resolution_in_group_1_and_halves_it_in_groups_2_and_3():
+    """WRN-16 (two blocks per group) on 32 x 32 images: 32, 32, 16, 8 after the stem and each group; only
+    a group's first block strides."""
+    net = WideResNet(depth=16, widen=2)
+    shapes = {}
+    for name in ("conv1", "block1", "block2", "block3"):
+        getattr(net, name).register_forward_hook(lambda module, args, out, name=name: shapes.update({name: out.shape}))
+    net(torch.rand(2, 3, 32, 32))
+    assert shapes == {"conv1": (2, 16, 32, 32), "block1": (2, 32, 32, 32), "block2": (2, 64, 16, 16),
+                      "block3": (2, 128, 8, 8)}
+
+
+def test_convolutions_are_kaiming_normal_over_their_fan_out_and_batch_norms_start_at_one_and_zero():
+    """std sqrt(2 / fan_out), fan_out = out channels x 3 x 3: checked on group 2's first convolution (32 -> 64,
+    18 432 weights), where fan_in would give a std sqrt(2) times larger."""
+    net = WideResNet(depth=28, widen=2)
+    weight = net.block2[0].conv1.weight
+    assert weight.std().item() == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.03)
+    assert abs(weight.mean().item()) < 0.002
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(bool((m.weight == 1).all() and (m.bias == 0).all()) for m in norms)
+
+
+def test_each_kind_of_wrn_block_adds_its_shortcut_to_its_conv_path():
+    """The three kinds of block (module docstring), in eval mode: group 1's first block activates its input
+    for both paths; a later group's first block feeds the raw input to both; other blocks add the raw
+    input to the conv path of the activated input."""
+    net = WideResNet(depth=16, widen=2).eval()
+    x = torch.randn(2, 16, 8, 8)
+
+    def conv_path(block, h):
+        return block.conv2(block.act(block.bn2(block.conv1(h))))
+
+    first = net.block1[0]
+    activated = first.act(first.bn1(x))
+    y = first(x)
+    assert torch.allclose(y, first.shortcut(activated) + conv_path(first, activated), atol=1e-6)
+    later = net.block1[1]
+    assert torch.allclose(later(y), y + conv_path(later, later.act(later.bn1(y))), atol=1e-6)
+    down = net.block2[0]
+    assert torch.allclose(down(y), down.shortcut(y) + conv_path(down, y), atol=1e-6)
+
+
+def test_the_normalisation_constants_are_not_part_of_a_checkpoint():
+    """mean / std come from the data set, so the state dict (checkpoints, EMA) holds weights only."""
+    keys = set(_model().state_dict())
+    assert not {"mean", "inv_std"} & keys and all(k.startswith(("backbone.", "heads.")) for k in keys)
