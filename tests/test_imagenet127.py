@@ -179,6 +179,40 @@ def test_resnet50_has_the_cifar_stem_and_the_torchvision_parameter_count():
             if isinstance(m, torch.nn.BatchNorm2d)} == {0.01}  # every BN follows model.bn_momentum
 
 
+def test_each_bottleneck_adds_its_shortcut_before_the_last_relu_and_strides_on_its_3x3_conv():
+    """He et al.'s bottleneck as torchvision writes it, in eval mode: relu(bn3(conv3(relu(bn2(conv2(relu(
+    bn1(conv1(x)))))))) + shortcut(x)), the shortcut the identity where the shape stays, else a strided 1x1
+    convolution with batch norm; a stage's stride sits on the 3x3 convolution (torchvision's "v1.5")."""
+    from cissl.models.resnet import Bottleneck
+
+    def expected(block, x):
+        relu = torch.nn.functional.relu
+        y = relu(block.bn2(block.conv2(relu(block.bn1(block.conv1(x))))))
+        return relu(block.bn3(block.conv3(y)) + (x if block.shortcut is None else block.shortcut(x)))
+
+    torch.manual_seed(0)
+    for in_planes, width, stride, identity in ((256, 64, 1, True), (64, 64, 1, False), (256, 128, 2, False)):
+        block = Bottleneck(in_planes, width, stride, 0.1)
+        for module in block.modules():  # running statistics away from 0 / 1, so each batch norm counts
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+        block.eval()
+        x = torch.randn(2, in_planes, 8, 8)
+        assert (block.shortcut is None) == identity
+        assert torch.allclose(block(x), expected(block, x), atol=1e-5)
+        assert (block.conv1.stride, block.conv2.stride, block.conv3.stride) == ((1, 1), (stride, stride), (1, 1))
+        assert block(x).shape == (2, 4 * width, 8 // stride, 8 // stride)
+    net = ResNet50()
+    assert [type(m) for m in net.stem] == [torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.ReLU]
+    assert net.stem(torch.randn(2, 3, 32, 32)).shape == (2, 64, 32, 32)  # the stem keeps the resolution
+    first_of_stage = [net.blocks[i] for i in (0, 3, 7, 13)]
+    assert [b.conv2.stride[0] for b in first_of_stage] == [1, 2, 2, 2]
+    assert all(b.conv2.stride == (1, 1) for i, b in enumerate(net.blocks) if i not in (0, 3, 7, 13))
+    weight = net.blocks[3].conv1.weight  # 256 -> 128, 1x1: Kaiming-normal over its fan-out, 128
+    assert weight.std().item() == pytest.approx((2 / 128) ** 0.5, rel=0.03)
+
+
 def test_a_few_semi_steps_with_resnet50_at_64_px_run_on_cpu(tmp_path):
     from cissl.engine.run import start_run
 
