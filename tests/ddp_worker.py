@@ -7,7 +7,9 @@ Per method it writes OUT/METHOD/rank{R}.pt: the global mean loss of every step, 
 the method's state, the streams' state and the pseudo-label statistics. ``check_config`` as the method
 list gives every rank another seed (a launch with mismatched configs) and prints the error; ``leave``
 keeps rank 1 two seconds longer in the process group and writes when each rank left it; ``diverge``
-trains DARP with its cross-rank gather removed, and prints the error the checkpoint check gives.
+trains DARP with its cross-rank gather removed, and prints the error the checkpoint check gives;
+``collectives`` calls each collective of cissl.distributed (and of the launch) on inputs that differ from
+rank to rank and saves what each rank got, in OUT/collectives/rank{R}.pt.
 """
 
 from __future__ import annotations
@@ -49,6 +51,46 @@ def train(out: Path, steps: int, method: str, overrides: list[str], device) -> N
     torch.save(record, folder / f"rank{distributed.rank()}.pt")
 
 
+def collectives(out: Path) -> None:
+    """Rank r's inputs are built from r, so that the test can write down each result by hand."""
+    from cissl.engine.launch import average_buffers, run_on_main
+    from cissl.errors import RaisedOnRankZero
+
+    def failing():
+        raise CisslError("rank 0's error")
+
+    r = distributed.rank()
+    counts = torch.tensor([1.0, r])
+    got = {"rank": r, "world": distributed.world_size(), "main": distributed.is_main(),
+           "rows": distributed.gather_rows(torch.tensor([[10.0 * r], [10.0 * r + 1]], requires_grad=True)),
+           "mask": distributed.gather_rows(torch.tensor([r == 0, True])),
+           "local": distributed.local_rows(torch.arange(4)),
+           "sum": distributed.all_sum(counts), "counts_after": counts,
+           "bounds": [distributed.shard_bounds(n) for n in (5, 1, 0)],
+           "shards": distributed.gather_shards(torch.arange(*distributed.shard_bounds(5)).view(-1, 1) * 10, 5),
+           "one_shard": distributed.gather_shards(torch.arange(*distributed.shard_bounds(1)), 1),
+           "any": [distributed.agree_any(r == 1), distributed.agree_any(False), distributed.agree_any(True)],
+           "mean": distributed.mean_over_ranks({"loss": float(r), "steps": 4.0}),
+           "broadcast": distributed.broadcast_from_main({"from": r}),
+           "objects": distributed.gather_objects(f"rank {r}"),
+           "on_main": run_on_main(lambda: f"done by rank {distributed.rank()}")}
+    try:
+        run_on_main(failing)
+    except RaisedOnRankZero as exc:
+        got["error"] = ("RaisedOnRankZero", str(exc))
+    except CisslError as exc:
+        got["error"] = (type(exc).__name__, str(exc))
+    norm = torch.nn.BatchNorm1d(2)
+    norm.running_mean.fill_(float(r))
+    norm.running_var.fill_(2.0 + 2 * r)
+    norm.num_batches_tracked.fill_(3 + r)
+    average_buffers(norm)
+    got["buffers"] = norm.state_dict()
+    folder = out / "collectives"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(got, folder / f"rank{r}.pt")
+
+
 def main(argv: list[str]) -> int:
     out, steps, methods, overrides = Path(argv[0]), int(argv[1]), argv[2].split(","), argv[3:]
     torch.set_num_threads(1)
@@ -67,6 +109,10 @@ def main(argv: list[str]) -> int:
                 time.sleep(2.0)
             body_end = time.time()
         (out / f"leave{os.environ['RANK']}.json").write_text(json.dumps({"body_end": body_end, "left": time.time()}))
+        return 0
+    if methods == ["collectives"]:
+        with launched(tiny_config(*overrides)):
+            collectives(out)
         return 0
     if methods == ["diverge"]:  # DARP as if it kept only its own rows' predictions: the ranks drift apart
         import cissl.algorithms.darp as darp

@@ -123,6 +123,20 @@ def test_collectives_are_identities_in_one_process():
     assert distributed.mean_over_ranks({"loss": 2.0}) == {"loss": 2.0}
 
 
+@pytest.mark.parametrize("world, count, bounds", [
+    (4, 5, [(0, 2), (2, 4), (4, 5), (5, 5)]), (3, 7, [(0, 3), (3, 6), (6, 7)]), (2, 0, [(0, 0), (0, 0)]),
+    (4, 1, [(0, 1), (1, 1), (1, 1), (1, 1)])])
+def test_evaluation_shards_cover_the_images_once_in_rank_order(monkeypatch, world, count, bounds):
+    """Ceil-sized shares first; a rank past the end gets an empty share at the end, not one that starts
+    beyond it."""
+    monkeypatch.setattr(distributed, "world_size", lambda: world)
+    shares = []
+    for r in range(world):
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        shares.append(distributed.shard_bounds(count))
+    assert shares == bounds
+
+
 def test_torchrun_environment_is_read_or_refused_in_one_line():
     assert torchrun_launch({}) is None
     launch = torchrun_launch({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
@@ -133,6 +147,29 @@ def test_torchrun_environment_is_read_or_refused_in_one_line():
         torchrun_launch({"RANK": "a", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
     with pytest.raises(ConfigError, match="RANK 2 is not in 0..WORLD_SIZE-1"):
         torchrun_launch({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+
+
+def test_a_rank_with_another_config_is_named_with_its_first_three_differences(monkeypatch):
+    """What each rank compares (every config key, gathered from every rank): the first rank that differs
+    from rank 0, and its first three keys in sorted order, each with rank 0's value."""
+    from cissl.config import flat_keys
+    from cissl.engine import launch
+
+    config = load_config(CONFIGS / "quickstart.yaml")  # lr 0.03, 1500 iterations, log_every 100, seed 0
+    other = config.replace({"train.seed": 1, "optim.lr": 0.5, "train.iterations": 3000, "train.log_every": 3})
+    gathered = [flat_keys(c.to_dict()) for c in (config, config, other)]
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    monkeypatch.setattr(distributed, "gather_objects", lambda obj: gathered)
+    with pytest.raises(ConfigError) as raised:
+        launch._check_consistent_launch(config)
+    assert str(raised.value) == ("distributed launch: rank 2 was started with another config than rank 0: optim.lr "
+                                 "0.5 (rank 0: 0.03), train.iterations 3000 (rank 0: 1500), train.log_every 3 (rank 0: "
+                                 "100); give every rank the same command line")
+    gathered[2] = gathered[0]
+    launch._check_consistent_launch(config.replace({"train.batch_size": 33, "train.batch_scope": "per_rank"}))
+    with pytest.raises(ConfigError, match="'train.batch_size': 32 labeled images per step do not split evenly "
+                                          "across 3 ranks"):
+        launch._check_consistent_launch(config)
 
 
 def test_a_rank_may_not_be_pinned_to_one_gpu():
@@ -148,8 +185,10 @@ def test_fingerprint_changes_with_any_value():
     assert fingerprint(state) == fingerprint(same)
     for changed in ({"a": torch.tensor([0.0, 0.0, 1e-7]), "b": state["b"]},
                     {"a": state["a"], "b": [torch.tensor([True, False]), 4]},
-                    {"a": state["a"], "b": [state["b"][0], 5]}):
+                    {"a": state["a"], "b": [state["b"][0], 5]},
+                    {"a0": state["a"], "b": state["b"]}):  # the same values, in the same order, under another name
         assert fingerprint(changed) != fingerprint(state)
+    assert fingerprint({"b": same["b"], "a": same["a"]}) == fingerprint(state)  # not the order of insertion
 
 
 def test_cross_rank_batchnorm_shares_the_parameters_and_acts_alone_as_batchnorm():
@@ -165,6 +204,28 @@ def test_cross_rank_batchnorm_shares_the_parameters_and_acts_alone_as_batchnorm(
 
 
 # ---------------------------------------------------------------------------------------------- torchrun
+def test_each_collective_gives_every_rank_the_global_result(tmp_path):
+    """Two ranks with inputs built from their rank r: each result below is written out by hand."""
+    worker(tmp_path, 0, ["collectives"])
+    for r in (0, 1):
+        got = saved(tmp_path, "collectives", r)
+        assert (got["rank"], got["world"], got["main"]) == (r, 2, r == 0)
+        assert got["rows"].tolist() == [[0.0], [1.0], [10.0], [11.0]] and not got["rows"].requires_grad
+        assert got["mask"].dtype == torch.bool and got["mask"].tolist() == [True, True, False, True]
+        assert got["local"].tolist() == [2 * r, 2 * r + 1]
+        assert got["sum"].tolist() == [2.0, 1.0] and got["counts_after"].tolist() == [1.0, r]  # the input kept
+        assert got["bounds"] == [[(0, 3), (0, 1), (0, 0)], [(3, 5), (1, 1), (0, 0)]][r]  # ceil-sized shares first
+        assert got["shards"].tolist() == [[0], [10], [20], [30], [40]] and got["one_shard"].tolist() == [0]
+        assert got["any"] == [True, False, True]
+        assert got["mean"] == {"loss": 0.5, "steps": 4.0}
+        assert got["broadcast"] == {"from": 0} and got["objects"] == ["rank 0", "rank 1"]
+        assert got["on_main"] == "done by rank 0"
+        assert got["error"] == (("CisslError", "rank 0's error"), ("RaisedOnRankZero", "rank 0's error"))[r]
+        buffers = got["buffers"]  # running statistics averaged; the step counter (an integer) left alone
+        assert buffers["running_mean"].tolist() == [0.5, 0.5] and buffers["running_var"].tolist() == [3.0, 3.0]
+        assert buffers["num_batches_tracked"].item() == 3 + r
+
+
 def test_every_rank_holds_the_same_state_for_every_method(tmp_path):
     """12 steps of every method on 2 ranks (per-rank batch norm): parameters, EMA, the method's state
     (SeMi's bank, counts and EA centre; DASO's queue; DARP's pool labels; CReST's additions; ...), the
