@@ -86,9 +86,41 @@ def collectives(out: Path) -> None:
     norm.num_batches_tracked.fill_(3 + r)
     average_buffers(norm)
     got["buffers"] = norm.state_dict()
+    got["cross_rank_batchnorm"] = {momentum: cross_rank_batchnorm(r, momentum) for momentum in (0.1, None)}
     folder = out / "collectives"
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(got, folder / f"rank{r}.pt")
+
+
+def cross_rank_batchnorm(r: int, momentum) -> dict:
+    """Two training steps of a batch norm over a batch of 4 and a loss weighing every output: as a
+    CrossRankBatchNorm2d on this rank's 2 rows ("ours"), and as a plain BatchNorm2d on all 4 in this
+    process ("whole"). For each step, this rank's rows of the output and of the input gradient; then the
+    running statistics."""
+    from cissl.models.sync_batchnorm import CrossRankBatchNorm2d
+
+    got = {}
+    for name, kind in (("ours", CrossRankBatchNorm2d), ("whole", torch.nn.BatchNorm2d)):
+        norm = kind(3, momentum=momentum)
+        with torch.no_grad():
+            norm.weight.copy_(torch.tensor([0.5, 1.0, 2.0]))
+            norm.bias.copy_(torch.tensor([0.0, -1.0, 0.25]))
+        mine = slice(2 * r, 2 * r + 2)
+        steps = []
+        for step in range(2):
+            generator = torch.Generator().manual_seed(step)
+            batch = torch.randn(4, 3, 2, 2, generator=generator) * (step + 1) + step
+            weights = torch.randn(4, 3, 2, 2, generator=generator)
+            if name == "ours":
+                batch, weights = batch[mine], weights[mine]
+            x = batch.clone().requires_grad_()
+            y = norm(x)
+            (y * weights).sum().backward()
+            rows = slice(0, 2) if name == "ours" else mine
+            steps.append((y.detach()[rows], x.grad[rows]))
+        got[name] = {"steps": steps, "running": (norm.running_mean.clone(), norm.running_var.clone(),
+                                                 int(norm.num_batches_tracked))}
+    return got
 
 
 def main(argv: list[str]) -> int:

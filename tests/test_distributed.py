@@ -205,7 +205,8 @@ def test_cross_rank_batchnorm_shares_the_parameters_and_acts_alone_as_batchnorm(
 
 # ---------------------------------------------------------------------------------------------- torchrun
 def test_each_collective_gives_every_rank_the_global_result(tmp_path):
-    """Two ranks with inputs built from their rank r: each result below is written out by hand."""
+    """Two ranks with inputs built from their rank r: each result below is written out by hand; the
+    cross-rank batch norm (train.sync_batchnorm on the CPU) against a plain one on the whole batch."""
     worker(tmp_path, 0, ["collectives"])
     for r in (0, 1):
         got = saved(tmp_path, "collectives", r)
@@ -224,6 +225,13 @@ def test_each_collective_gives_every_rank_the_global_result(tmp_path):
         buffers = got["buffers"]  # running statistics averaged; the step counter (an integer) left alone
         assert buffers["running_mean"].tolist() == [0.5, 0.5] and buffers["running_var"].tolist() == [3.0, 3.0]
         assert buffers["num_batches_tracked"].item() == 3 + r
+        for momentum, norms in got["cross_rank_batchnorm"].items():  # None: the cumulative average
+            ours, whole = norms["ours"], norms["whole"]
+            for step, ((y, grad), (y_whole, grad_whole)) in enumerate(zip(ours["steps"], whole["steps"])):
+                assert torch.allclose(y, y_whole, atol=1e-5), (momentum, step)
+                assert torch.allclose(grad, grad_whole, atol=1e-5), (momentum, step)
+            for a, b in zip(ours["running"], whole["running"]):
+                assert torch.allclose(torch.as_tensor(a), torch.as_tensor(b), atol=1e-6), momentum
 
 
 def test_every_rank_holds_the_same_state_for_every_method(tmp_path):
