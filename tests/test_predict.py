@@ -13,7 +13,7 @@ from helpers import tiny_config
 import cissl.api as api
 from cissl.errors import DataError
 from cissl.evaluation.metrics import confusion_matrix
-from cissl.evaluation.predict import as_run_images
+from cissl.evaluation.predict import Predictions, as_run_images, image_files
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +149,77 @@ def test_reading_image_files_without_pillow_says_which_extra(tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "PIL", None)  # as without the images extra
     with pytest.raises(DataError, match=r"reading image files needs Pillow: pip install 'cissl\[images\]'"):
         read_image_files([tmp_path / "a.png"])
+
+
+def test_predictions_give_the_argmax_and_the_k_most_probable_classes():
+    probs = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]])
+    predictions = Predictions(probs, ["a", "b", "c"])
+    assert predictions.labels.tolist() == [1, 0]
+    values, classes = predictions.top_k(2)
+    assert classes.tolist() == [[1, 2], [0, 2]] and torch.equal(values, torch.tensor([[0.7, 0.2], [0.5, 0.3]]))
+    values, classes = predictions.top_k(5)  # more than K: every class, most probable first
+    assert classes.tolist() == [[1, 2, 0], [0, 2, 1]] and values.shape == (2, 3)
+
+
+def test_alpha_is_dropped_and_each_layout_keeps_its_pixels():
+    """(N, H, W, 4) arrays lose their alpha channel; an (N, H, W, 3) array and the (N, 3, H, W) tensor of the
+    same pixels give the same run images; an RGB tensor feeds a grey run as its luminance; a resize is
+    PIL's antialiased bilinear; an image of the run's size is left alone."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    rgba = np.concatenate([rgb, np.full((2, 8, 8, 1), 255, dtype=np.uint8)], axis=3)
+    channels_first = torch.from_numpy(rgb.transpose(0, 3, 1, 2).copy())
+    assert torch.equal(as_run_images(rgba, 3, 8), channels_first)
+    assert torch.equal(as_run_images(rgb, 3, 8), channels_first)
+    assert torch.equal(as_run_images(channels_first, 3, 8), channels_first)
+    luminance = np.rint(rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))[:, None]
+    assert as_run_images(channels_first, 1, 8).tolist() == luminance.astype(np.uint8).tolist()
+    assert as_run_images(rgba, 1, 8).tolist() == luminance.astype(np.uint8).tolist()
+    from PIL import Image
+
+    grey = rng.integers(0, 256, (1, 24, 24), dtype=np.uint8)
+    for size in (8, 6):  # PIL's antialiased bilinear resize, to a rounding step
+        pil = np.asarray(Image.fromarray(grey[0]).resize((size, size), Image.BILINEAR), dtype=np.int64)
+        assert np.abs(as_run_images(grey, 1, size)[0, 0].numpy().astype(np.int64) - pil).max() <= 1, size
+    board = np.kron(np.array([[0, 200], [200, 0]], dtype=np.uint8), np.ones((4, 4), dtype=np.uint8))[None]
+    assert as_run_images(board, 1, 8).tolist() == board[:, None].tolist()  # the run's size: left alone
+
+
+@pytest.mark.parametrize("images, message", [(np.zeros((2, 8, 8, 2), dtype=np.uint8), "1, 3 or 4 channels, got "
+                                              "shape \\(2, 8, 8, 2\\)"),
+                                             (torch.zeros(2, 5, 8, 8, dtype=torch.uint8), "got shape \\(2, 5, 8, 8\\)"),
+                                             (torch.zeros(2, 1, 8, 8), "must be uint8 \\(0..255\\), got float32"),
+                                             (np.zeros((1, 8, 6, 3), dtype=np.uint8), "square to be resized to "
+                                              "8 x 8, got 8 x 6"),
+                                             (np.zeros((1, 6, 8), dtype=np.uint8), "8 x 8, got 6 x 8")])
+def test_bad_layouts_name_the_shape_or_the_dtype(images, message):
+    with pytest.raises(DataError, match=message):
+        as_run_images(images, 1, 8)
+
+
+def test_image_files_are_the_folders_images_recursively_in_sorted_order(tmp_path):
+    for name in ("b.png", "a.JPG", "sub/c.webp", "sub/deeper/d.TIFF", "notes.txt", "sub/e.npy"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert [p.relative_to(tmp_path).as_posix() for p in image_files(tmp_path)] == [
+        "a.JPG", "b.png", "sub/c.webp", "sub/deeper/d.TIFF"]
+    assert image_files(tmp_path / "notes.txt") == [tmp_path / "notes.txt"]  # a file given: taken as it is
+
+
+def test_predict_uses_the_configs_evaluation_batch_unless_told(trained_run, monkeypatch):
+    """Batches of train.eval_batch_size by default, of batch_size when given: the probabilities do not change."""
+    import cissl.evaluation.predict as predict_module
+
+    run = api.load_run(trained_run)
+    images = run._trained.data.test.images[:40].cpu()
+    sizes = []
+    real = predict_module.predict
+
+    def recording(model, pool, batch_size, policy):
+        sizes.append(batch_size)
+        return real(model, pool, batch_size, policy)
+
+    monkeypatch.setattr(predict_module, "predict", recording)
+    default, small = run.predict(images), run.predict(images, batch_size=7)
+    assert sizes == [run._trained.config.train.eval_batch_size, 7]
+    assert torch.allclose(default.probs, small.probs, atol=1e-6)
