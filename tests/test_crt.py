@@ -118,3 +118,32 @@ def test_crt_declares_labeled_class_aware_batches_and_a_frozen_network(parent):
     assert not Crt.trains_backbone(config)
     with pytest.raises(ValueError, match="labeled_sampling must be 'shuffled' or 'class_balanced'"):
         ViewSpec(labeled_sampling="balanced")
+
+
+def test_a_checkpoint_file_is_a_parent_and_the_log_names_it(tmp_path, parent):
+    """train.init_from names one checkpoint file (not the newest): the backbone is that file's EMA backbone,
+    and the run's log says where it came from; a parent trained on other data is named by its data key."""
+    import io
+
+    older = parent / "checkpoints/ckpt_00000004.pt"
+    stream = io.StringIO()
+    start_run(crt_config(older, "train.iterations=6", "train.report_last=1"), tmp_path / "crt", stream=stream)
+    final = load_checkpoint(tmp_path / "crt/checkpoints/ckpt_00000006.pt")
+    assert_same_state(backbone(load_checkpoint(older), "ema"), backbone(final, "model"))
+    assert (f"backbone from {older} (ema weights of a fixmatch run at iteration 4); heads start afresh"
+            in stream.getvalue())
+    with pytest.raises(CheckpointError, match=r"other data or another network: data.imbalance_ratio 10(\.0)? "
+                                              r"\(this run: 5(\.0)?\)$"):
+        start_run(crt_config(older, "data.imbalance_ratio=5"), tmp_path / "other", quiet=True)
+
+
+def test_a_parent_whose_backbone_does_not_fit_is_one_line(tmp_path, parent):
+    """A checkpoint whose recorded config matches but whose backbone weights lack a tensor (edited by hand)."""
+    state = load_checkpoint(parent / "checkpoints/ckpt_00000008.pt")
+    dropped = next(key for key in state["ema"] if key.startswith("backbone."))
+    del state["ema"][dropped]
+    torch.save(state, tmp_path / "edited.pt")
+    message = (rf"^train.init_from: {tmp_path / 'edited.pt'} does not fit this network: Error\(s\) in loading "
+               rf"state_dict for WideResNet: Missing key\(s\) in state_dict: \"{dropped[9:]}\"\.$")
+    with pytest.raises(CheckpointError, match=message):
+        start_run(crt_config(tmp_path / "edited.pt"), tmp_path / "crt", quiet=True)

@@ -332,6 +332,13 @@ def test_an_exceptions_message_is_cut_to_its_first_line_with_the_count_of_the_re
     assert first_line(RuntimeError("first\nsecond")) == "first (+1 more lines)"
     assert first_line(RuntimeError("Error(s) in loading\n\tMissing: a\n\tUnexpected: b\n")) == \
         "Error(s) in loading (+2 more lines)"
+    # a heading (ends in ':') takes its first detail along; blank lines are not counted
+    assert first_line(RuntimeError("Error(s) in loading state_dict for Net:\n\tMissing key(s): \"a\". \n\n"
+                                   "\tUnexpected key(s): \"b\". ")) == \
+        'Error(s) in loading state_dict for Net: Missing key(s): "a". (+1 more lines)'
+    assert first_line(RuntimeError("Errors:\n" + "x" * 301)) == "Errors: " + "x" * 300 + "..."
+    assert first_line(RuntimeError("Errors:\n" + "x" * 300)) == "Errors: " + "x" * 300
+    assert first_line(RuntimeError("ends in a colon:")) == "ends in a colon:"
     assert first_line(KeyError()) == "KeyError"  # no message: the exception's name
 
 

@@ -167,7 +167,8 @@ def test_an_architecture_mismatch_is_one_short_line(tmp_path, capsys):
     torch.save(state, tmp_path / "bare.pt")
     code, _, err = run_cli(["evaluate", tmp_path / "mine", "--checkpoint", tmp_path / "bare.pt"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "does not match this run's config: Error(s) in loading state_dict" in err and "more lines)" in err
+    assert ("does not match this run's config: Error(s) in loading state_dict for Classifier: Unexpected key(s) in "
+            'state_dict: "backbone.block1.0.shortcut.weight". (+33 more lines)') in err  # the first thing wrong
 
 
 def test_one_writer_per_run_directory_and_a_killed_writer_does_not_block(tmp_path):

@@ -74,11 +74,19 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
+DETAIL_CHARS = 300  # of the first detail line that follows a heading
+
+
 def first_line(exc: BaseException) -> str:
-    """An exception's message cut to its first line (torch's state-dict and unpickling errors run to dozens)."""
-    lines = str(exc).strip().splitlines() or [type(exc).__name__]
-    more = f" (+{len(lines) - 1} more lines)" if len(lines) > 1 else ""
-    return lines[0].strip() + more
+    """An exception's message cut to its first line (torch's state-dict and unpickling errors run to dozens).
+    A first line that only heads its details (ends in ':', as torch's "Error(s) in loading state_dict for
+    X:") takes the first detail with it (its first DETAIL_CHARS characters): that one says what is wrong."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+    head, rest = lines[0], lines[1:]
+    if head.endswith(":") and rest:
+        detail = rest.pop(0)
+        head += " " + (detail if len(detail) <= DETAIL_CHARS else detail[:DETAIL_CHARS] + "...")
+    return head + (f" (+{len(rest)} more lines)" if rest else "")
 
 
 # What makes a run this run: a checkpoint whose recorded values differ here belongs to another run.
