@@ -154,6 +154,34 @@ def test_ema_update_and_buffers_copied():
     assert not any(p.requires_grad for p in ema.model.parameters())
 
 
+def test_ema_compounds_over_steps_is_a_separate_eval_copy_and_round_trips():
+    """Two updates: 0.9 * (0.9 * 1 + 0.1 * 2) + 0.1 * 4 = 1.39, with no bias correction; decay 0 follows the
+    live weights exactly. The average is a deep copy in eval mode (the live model's later changes reach it
+    only through update), every buffer (the step count too) is the live model's, and its state dict
+    restores it into another EMA."""
+    model = torch.nn.BatchNorm1d(2)
+    ema = EMA(model, decay=0.9)
+    assert not ema.model.training and model.training and ema.model is not model
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    assert torch.equal(ema.model.weight, torch.ones(2))  # not shared with the live model
+    ema.update(model)
+    with torch.no_grad():
+        model.weight.fill_(4.0)
+        model.bias.fill_(-1.0)
+        model.num_batches_tracked.fill_(7)
+    ema.update(model)
+    assert torch.allclose(ema.model.weight, torch.full((2,), 1.39))
+    assert torch.allclose(ema.model.bias, torch.full((2,), 0.1 * -1.0))
+    assert ema.model.num_batches_tracked.item() == 7
+    copy = EMA(torch.nn.BatchNorm1d(2), decay=0.9)
+    copy.load_state_dict(ema.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(copy.model.state_dict().values(), ema.model.state_dict().values()))
+    follower = EMA(torch.nn.BatchNorm1d(2), decay=0.0)
+    follower.update(model)
+    assert torch.equal(follower.model.weight, model.weight) and torch.equal(follower.model.bias, model.bias)
+
+
 def test_confusion_and_summary_by_hand():
     labels = [0, 0, 0, 0, 1, 1, 2, 2]
     preds = [0, 0, 0, 1, 1, 0, 2, 2]
