@@ -1,5 +1,6 @@
 """data.class_order: which source class is the head, recorded in split.json and checked on reuse."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -55,6 +56,10 @@ def test_reorder_renames_labels_and_class_names():
     assert out.class_names == ["c", "a", "b"]
     assert out.train.labels.tolist() == [1, 2, 0, 0] and out.test.labels.tolist() == [0, 1]
     assert out.unlabeled.labels is None and source.train.labels.tolist() == [0, 1, 2, 2]
+    assert out.train.labels.dtype == np.int64 and out.train.images is source.train.images
+    known = reorder_classes(dataclasses.replace(source, unlabeled=ImageSet(images[:3], [1, 0, 2])), [2, 0, 1])
+    assert known.unlabeled.labels.tolist() == [2, 1, 0]  # an unlabeled pool's true labels (diagnostics) too
+    assert reorder_classes(source, [0, 1, 2]) is source
 
 
 def test_the_head_is_the_first_class_of_the_order(tmp_path):

@@ -55,13 +55,52 @@ def test_a_streamed_pool_extends_with_rows_of_its_own_file_only():
     labeled = ImagePool.streamed(array, [0, 1], [0, 1], "cpu")
     unlabeled = ImagePool.streamed(array, [2, 3, 4], None, "cpu")
     extended = labeled.extended(unlabeled, torch.tensor([2, 0]), torch.tensor([1, 0]))
-    images, labels, _ = extended.take(torch.arange(4))
+    images, labels, positions = extended.take(torch.arange(4))
     assert torch.equal(images, torch.from_numpy(array[[0, 1, 4, 2]])) and labels.tolist() == [0, 1, 1, 0]
+    assert images.dtype == torch.uint8 and labels.dtype == torch.long and positions.tolist() == [0, 1, 2, 3]
     assert extended.images.shape == (4, 1, 2, 2) and extended.images.dtype == torch.uint8 and len(extended) == 4
     assert torch.equal(extended.images[1:3], torch.from_numpy(array[[1, 4]]))  # a slice reads those rows
+    for pool in (unlabeled, ImagePool(array[2:])):  # a pool without labels, streamed or in memory
+        images, labels, positions = pool.take(torch.tensor([2, 0]))
+        assert images.numpy().tolist() == array[[4, 2]].tolist() and labels is None and positions.tolist() == [2, 0]
     for other in (ImagePool.streamed(array.copy(), [2, 3, 4], None, "cpu"), ImagePool(array[2:])):
-        with pytest.raises(ValueError, match="a streamed pool extends only with images of its own file"):
+        with pytest.raises(ValueError, match="^a streamed pool extends only with images of its own file$"):
             labeled.extended(other, torch.tensor([0]), torch.tensor([1]))
+
+
+def test_host_images_read_their_rows_in_file_order_as_uint8():
+    """HostImages over rows 4, 1, 5 of a file: positions (a tensor, repeats and any order) and slices read
+    those rows, as uint8 batches on the pool's device; the file is read in ascending row order whatever the
+    positions' order (sequential reads of a memory-mapped file), and the batch comes back in the positions'."""
+    from cissl.data.stream import HostImages
+
+    class RecordingFile:
+        """An array that records the row order of each read."""
+
+        def __init__(self, array):
+            self.array, self.shape, self.reads = array, array.shape, []
+
+        def __getitem__(self, rows):
+            self.reads.append(np.asarray(rows).tolist())
+            return self.array[rows]
+
+    array = np.arange(6 * 4, dtype=np.uint8).reshape(6, 1, 2, 2)
+    file = RecordingFile(array)
+    images = HostImages(file, [4, 1, 5], "cpu")
+    assert len(images) == 3 and images.shape == (3, 1, 2, 2) and images.rows.dtype == np.int64
+    batch = images[torch.tensor([2, 0, 1, 2])]
+    assert batch.dtype == torch.uint8 and batch.device.type == "cpu"
+    assert batch.numpy().tolist() == array[[5, 4, 1, 5]].tolist() and file.reads == [[1, 4, 5, 5]]
+    assert images[1:].numpy().tolist() == array[[1, 5]].tolist() and file.reads[-1] == [1, 5]
+    assert HostImages(array, [], "cpu")[torch.tensor([], dtype=torch.long)].shape == (0, 1, 2, 2)
+
+
+def test_empty_pools_are_refused_and_a_one_image_pool_streams():
+    for make in (lambda: IndexStream(0, 4, seed=0), lambda: ClassBalancedStream(torch.ones(0), 4, seed=0)):
+        with pytest.raises(ValueError, match="^an? (index|class-balanced) stream needs a non-empty pool$"):
+            make()
+    assert IndexStream(1, 3, seed=0).next().tolist() == [0, 0, 0]
+    assert ClassBalancedStream(torch.ones(1), 3, seed=0).next().tolist() == [0, 0, 0]
 
 
 def test_index_stream_uses_a_permutation_that_divides_exactly_to_its_end():

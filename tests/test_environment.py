@@ -1,6 +1,7 @@
 """A run records the code and machine it trained on, and the report says when a table mixes them."""
 
 import json
+import platform
 import shutil
 import subprocess
 
@@ -33,6 +34,28 @@ def test_processor_name_is_the_first_cores_model_with_family_model_stepping_and_
     assert processor_name(CPUINFO) == ("Intel(R) Xeon(R) Processor (cpu family 6, model 167, stepping 1, "
                                        "cache size 491520 KB)")
     assert processor_name("model name\t: Bare\n") == "Bare"
+    assert processor_name("model name\t: Odd: Core\ncache size\t: 1 KB\n") == "Odd: Core (cache size 1 KB)"
+
+
+def test_processor_name_reads_proc_cpuinfo_and_falls_back_to_platform(monkeypatch):
+    """Without an argument: this machine's /proc/cpuinfo where there is one; where it cannot be read, the
+    platform's processor name, else its machine type, else 'unknown processor'."""
+    from pathlib import Path
+
+    if Path("/proc/cpuinfo").is_file():
+        assert processor_name() == processor_name(Path("/proc/cpuinfo").read_text(encoding="utf-8"))
+
+    def unreadable(self, *args, **kwargs):
+        raise PermissionError(str(self))
+
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    monkeypatch.setattr(platform, "processor", lambda: "proc-name")
+    monkeypatch.setattr(platform, "machine", lambda: "machine-type")
+    assert processor_name() == "proc-name"
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    assert processor_name() == "machine-type"
+    monkeypatch.setattr(platform, "machine", lambda: "")
+    assert processor_name() == "unknown processor"
 
 
 def test_environment_names_this_process():
@@ -41,6 +64,10 @@ def test_environment_names_this_process():
     assert here["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and here["gpu"] is None
     assert here["processor"] == processor_name() and here["cissl"] == cissl.__version__
     assert f"threads {here['threads']}" in machine_of(here) and "gpu" not in machine_of(here)
+    assert set(here) == {"cissl", "code", "python", "torch", "processor", "cpu_capability", "threads", "gpu"}
+    assert here["code"] == source_commit() and here["python"] == platform.python_version()
+    assert machine_of({"torch": "2.13", "processor": "P", "cpu_capability": "AVX2", "threads": 2, "gpu": None,
+                       "code": "abc"}) == "torch 2.13; processor P; cpu_capability AVX2; threads 2"
     assert code_of({"code": None, "cissl": "0.1.0"}) == "cissl 0.1.0" and code_of({"code": "abc"}) == "abc"
 
 
@@ -70,6 +97,13 @@ def test_source_commit_of_a_checkout_is_its_head_and_says_when_the_package_diffe
     (package / "new.py").unlink()
     (package / "__init__.py").write_text("x = 2\n")
     assert source_commit(package) == f"{head}+dirty"
+    git("commit", "-q", "-am", "two")  # the package's newest change, one commit
+    second = git("rev-parse", "--short=12", "HEAD")
+    assert source_commit(package) == second != head
+    git("config", "status.showUntrackedFiles", "no")  # a user's setting that hides new files from git status
+    (package / "new.py").write_text("y = 2\n")
+    assert source_commit(package) == f"{second}+dirty"
+    (package / "new.py").unlink()
     installed = tmp_path / "venv" / "pkg"  # an install inside a project's repository is not its checkout
     installed.mkdir(parents=True)
     (installed / "__init__.py").write_text("x = 1\n")
