@@ -462,3 +462,44 @@ def test_pseudo_label_statistics_by_hand():
     assert state["seen"].tolist() == [3, 1, 1, 0]  # the checkpointed counts do not follow later updates
     stats.reset()
     assert all(v.sum() == 0 for v in stats.counts.values()) and matches(restored.summary(), expected)
+
+
+def test_the_first_stop_signal_is_a_request_and_a_second_acts_as_before():
+    """Inside StopSignals a SIGTERM / SIGINT only records its number and puts back the handlers that were
+    there (a second signal then does what it did before); leaving restores them; outside the main thread
+    (where Python cannot install handlers) it installs none and still works as a context."""
+    import os
+    import signal
+    import threading
+
+    from cissl.engine.stop import StopSignals
+
+    before = {sig: [] for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, lambda number, frame: before[number].append(number)) for sig in before}
+    try:
+        for sig in before:
+            installed = {s: signal.getsignal(s) for s in before}
+            with StopSignals() as signals:
+                assert all(signal.getsignal(s) == signals._handle for s in before)
+                os.kill(os.getpid(), sig)
+                assert signals.requested == sig and before[sig] == []
+                assert all(signal.getsignal(s) == installed[s] for s in before)  # the next one acts at once
+                os.kill(os.getpid(), sig)
+                assert before[sig] == [sig] and signals.requested == sig
+            assert all(signal.getsignal(s) == installed[s] for s in before)
+        with StopSignals() as signals:
+            pass
+        assert signals.requested is None and all(signal.getsignal(s) == installed[s] for s in before)
+        seen = []
+
+        def in_a_thread():
+            with StopSignals() as inner:
+                seen.append((inner._previous, {s: signal.getsignal(s) for s in before}))
+
+        thread = threading.Thread(target=in_a_thread)
+        thread.start()
+        thread.join()
+        assert seen == [({}, installed)]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
