@@ -223,3 +223,35 @@ def test_predict_uses_the_configs_evaluation_batch_unless_told(trained_run, monk
     default, small = run.predict(images), run.predict(images, batch_size=7)
     assert sizes == [run._trained.config.train.eval_batch_size, 7]
     assert torch.allclose(default.probs, small.probs, atol=1e-6)
+
+
+def test_the_python_api_resumes_evaluates_and_loads_a_chosen_checkpoint(trained_run, tmp_path):
+    """Each function of cissl.api does what its command does: load_run from a named checkpoint (the older
+    one predicts with its own weights), predict_files on a folder (the files sorted, the same probabilities
+    as the array), evaluate from a checkpoint, resume of a run cut after its first checkpoint."""
+    import shutil
+
+    from cissl.engine.checkpoint import load_checkpoint
+
+    older = trained_run / "checkpoints/ckpt_00000010.pt"
+    newest, first = api.load_run(trained_run), api.load_run(trained_run, checkpoint=older)
+    assert first.checkpoint == older and newest.checkpoint == trained_run / "checkpoints/ckpt_00000020.pt"
+    assert first.config.train.iterations == 20 and first.config.algorithm.name == "semi"
+    images = newest._trained.data.test.images[:12].cpu()
+    assert not torch.allclose(first.predict(images).probs, newest.predict(images).probs)
+    write_test_images(trained_run, tmp_path / "images")
+    files, from_files = newest.predict_files(tmp_path / "images", stream=io.StringIO())
+    assert [f.name for f in files[:3]] == ["0000.png", "0001.png", "0002.png"]
+    assert torch.allclose(from_files.probs[:12], newest.predict(images).probs, atol=1e-6)
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    at_ten = api.evaluate(run, checkpoint=run / "checkpoints/ckpt_00000010.pt")
+    assert at_ten["checkpoint"] == str(run / "checkpoints/ckpt_00000010.pt")
+    assert json.loads((run / "results.json").read_text()) == at_ten
+    assert api.evaluate(run)["checkpoint"] == str(run / "checkpoints/ckpt_00000020.pt")
+    (run / "checkpoints/ckpt_00000020.pt").unlink()
+    (run / "results.json").unlink()
+    resumed = api.resume(run)
+    assert json.loads((run / "results.json").read_text()) == resumed and resumed["iterations"] == 20
+    whole, again = (load_checkpoint(folder / "checkpoints/ckpt_00000020.pt") for folder in (trained_run, run))
+    assert all(torch.equal(a, b) for a, b in zip(whole["model"].values(), again["model"].values()))
