@@ -100,3 +100,19 @@ def test_each_figure_draws_the_runs_numbers(tmp_path, monkeypatch):
                                 [[0.2, 1.2], [1.0, 0.75], "accuracy of used pseudo-labels"],
                                 [[-0.2, 0.8], [0.625, 0.375], "used pseudo-labels (estimate)"],
                                 [[0.2, 1.2], [0.75, 0.25], "true unlabeled distribution"]]
+
+
+def test_plot_without_matplotlib_names_the_extra_and_a_cut_record_is_skipped(tmp_path, monkeypatch, capsys):
+    """`cissl plot` without matplotlib is one line naming the extra; the evaluations it draws are the eval
+    records of metrics.jsonl in order, past train records and a last line cut short by a crash."""
+    import sys
+
+    from cissl.evaluation.plots import read_evaluations
+
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "eval", "iteration": 2}\n{"kind": "train", "iteration": 3}\n'
+                                            '{"kind": "eval", "iteration": 4}\n{"kind": "eval", "itera')
+    assert read_evaluations(tmp_path) == [{"kind": "eval", "iteration": 2}, {"kind": "eval", "iteration": 4}]
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code, _, err = run_cli(["plot", tmp_path], capsys)
+    assert code == 2 and err.strip().endswith("plots need matplotlib: pip install 'cissl[plots]'")
+    assert len(err.strip().splitlines()) == 1

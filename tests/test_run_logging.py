@@ -9,6 +9,7 @@ from helpers import logged_records
 
 from cissl.engine import logging as run_logging
 from cissl.engine.logging import MetricWindow, RunLogger, format_duration
+from cissl.errors import ConfigError
 
 
 @pytest.mark.parametrize("seconds, text", [(-5, "0s"), (0, "0s"), (59.9, "59s"), (60, "1m00s"), (61, "1m01s"),
@@ -121,3 +122,51 @@ def test_averaging_over_one_rank_keeps_the_sums_and_their_kinds():
     window.average_over_ranks()
     assert isinstance(window.sums["loss"], torch.Tensor) and isinstance(window.sums["mask"], float)
     assert window.flush() == {"loss": 2.0, "mask": 0.5}
+
+
+def test_tensorboard_gets_each_train_and_evaluation_scalar_at_its_iteration(tmp_path, clock, monkeypatch):
+    """train.tensorboard with a stand-in for torch.utils.tensorboard: the writer logs into RUN/tensorboard,
+    train/KEY for each step metric, SPLIT/HEAD/KEY for each evaluation metric, and is closed with the logger."""
+    import sys
+    import types
+
+    writers = []
+
+    class SummaryWriter:
+        def __init__(self, log_dir):
+            self.log_dir, self.scalars, self.closed = log_dir, [], False
+            writers.append(self)
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, value, step))
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter))
+    logger = RunLogger(tmp_path, 10, tensorboard=True, quiet=True)
+    logger.log_train(2, {"loss": 1.5, "mask_rate": 0.25})
+    metrics = {"top1": 0.5, "balanced_accuracy": 0.25}
+    logger.log_eval({"iteration": 4, "test": {"main": metrics, "balanced": {"top1": 0.75, "balanced_accuracy": 0.5}},
+                     "val": {"main": metrics}})
+    (writer,) = writers
+    assert writer.log_dir == str(tmp_path / "tensorboard") and not writer.closed
+    logger.close()
+    assert writer.closed and writer.scalars == [
+        ("train/loss", 1.5, 2), ("train/mask_rate", 0.25, 2), ("test/main/top1", 0.5, 4),
+        ("test/main/balanced_accuracy", 0.25, 4), ("test/balanced/top1", 0.75, 4),
+        ("test/balanced/balanced_accuracy", 0.5, 4), ("val/main/top1", 0.5, 4),
+        ("val/main/balanced_accuracy", 0.25, 4)]
+
+
+def test_the_rich_bar_prints_messages_above_it_and_its_absence_names_the_extra(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("rich")
+    logger = RunLogger(tmp_path, 10, progress="rich")
+    logger.message("a [bold]message[/bold]")  # printed as it is: no markup
+    logger.close()
+    assert "[cissl] a [bold]message[/bold]" in capsys.readouterr().out
+    monkeypatch.setitem(__import__("sys").modules, "rich.progress", None)
+    with pytest.raises(ConfigError, match=r"^config key 'train.progress': 'rich' needs the rich package; "
+                                          r"pip install 'cissl\[progress\]'$"):
+        RunLogger(tmp_path, 10, progress="rich")
+    RunLogger(tmp_path, 10, progress="rich", quiet=True).close()  # quiet: no bar, so rich is not needed
