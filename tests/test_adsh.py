@@ -133,3 +133,19 @@ def test_the_step_masks_each_pseudo_label_at_its_own_class_threshold():
     batch = Batch(x=id_images([0, 1]), y=torch.tensor([0, 1]), u_weak=id_images([2, 3]), u_strong=(id_images([4, 5]),))
     out = algo.step(FixedLogitsModel(table), batch, 0)
     assert out.pseudo_labels.tolist() == [0, 1] and out.mask.tolist() == [True, False]
+
+
+def test_the_authors_rule_refits_at_each_pool_from_the_tempered_predictions():
+    """rule=authors through on_epoch_pool: the thresholds are authors_thresholds of the pool's confidence
+    lists at the config's temperature, from the previous thresholds; masks then use them per class."""
+    algo = make([8, 4, 2, 1], "algorithm.rule=authors", "algorithm.temperature=2.0")
+    logits = torch.log(torch.tensor([[0.97, 0.01, 0.01, 0.01], [0.90, 0.05, 0.03, 0.02], [0.2, 0.6, 0.1, 0.1],
+                                     [0.1, 0.1, 0.2, 0.6], [0.6, 0.3, 0.05, 0.05]]))
+    start = algo.thresholds.clone()
+    algo.on_epoch_pool(0, pool(logits))
+    lists = sorted_confidences(torch.softmax(logits.double() / 2.0, dim=1))
+    expected = authors_thresholds(lists, start, 0.95, majority=0)
+    assert torch.equal(algo.thresholds, expected) and torch.equal(algo.class_thresholds, expected.float())
+    assert not torch.equal(expected, start)  # the refit moved some threshold
+    assert not torch.equal(expected, authors_thresholds(sorted_confidences(torch.softmax(logits.double(), 1)), start,
+                                                        0.95, majority=0))  # the temperature matters here

@@ -230,3 +230,11 @@ def test_whole_views_match_the_per_image_reference(cutout_size, channels):
             centre = params["cutout_centre"][:, i]
             img = pil_cutout(img, float(centre[0]) * 32, float(centre[1]) * 32, cutout_size)
         assert np.array_equal(strong[i], scaled(from_pil(img))), i
+
+
+def test_an_unknown_op_is_named():
+    x = torch.zeros(1, 1, 4, 4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"^unknown op 'Blur'; known: AutoContrast, "):
+        apply_op(x, "Blur", torch.ones(1))
+    with pytest.raises(ValueError, match=r"^unknown op 'Blur'$"):
+        pil_op(to_pil(np.zeros((1, 4, 4), dtype=np.uint8)), "Blur", 5)

@@ -116,6 +116,8 @@ def test_schedule_warmup_first_solve_and_kept_labels():
     probs = torch.tensor([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1]])
     batch = Batch(x=None, y=None, u_index=torch.tensor([4, 1]))
     assert torch.equal(darp.refine(probs, Views, batch, 4), probs)  # warm-up: unchanged, but recorded
+    with pytest.raises(ValueError, match=r"^DARP needs each unlabeled image's pool position \(batch.u_index\)$"):
+        darp.refine(probs, Views, Batch(x=None, y=None), 4)
     assert torch.equal(darp.predictions[[4, 1]], probs)
     # t = 5: the first step after the warm-up, and (5 + 1) % 3 == 0 -> solve
     other = torch.tensor([[0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])

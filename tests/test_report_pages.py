@@ -143,6 +143,18 @@ def test_several_folders_need_out(tmp_path, capsys):
     assert code == 2 and "give --out" in err
 
 
+def test_a_report_needs_results_and_the_tsne_needs_scikit_learn(tmp_path, monkeypatch, capsys):
+    import sys
+
+    (tmp_path / "empty/run").mkdir(parents=True)
+    code, _, err = run_cli(["report", tmp_path / "empty", "--out", tmp_path / "report"], capsys)
+    assert code == 2 and err.strip().endswith(f"no results.json below {tmp_path / 'empty'}")
+    run_sweep([str(CONFIGS / "quickstart.yaml")], ["supervised"], [0], tmp_path / "runs", TINY)
+    monkeypatch.setitem(sys.modules, "sklearn.manifold", None)
+    code, _, err = run_cli(["report", tmp_path / "runs", "--out", tmp_path / "report", "--tsne"], capsys)
+    assert code == 2 and err.strip().endswith("--tsne needs scikit-learn: pip install 'cissl[digits]'")
+
+
 def test_tsne_figure_of_each_method(tmp_path, capsys):
     run_sweep([str(CONFIGS / "quickstart.yaml")], ["supervised"], [0], tmp_path / "runs", TINY)
     code, _, _ = run_cli(["report", tmp_path / "runs", "--out", tmp_path / "report", "--tsne"], capsys)

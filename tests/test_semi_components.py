@@ -133,6 +133,11 @@ def test_insertion_rules_by_hand():
     push(0.85)                      # beats the minimum 0.8: replaces it
     assert sorted(bank.confidence[0].tolist()) == pytest.approx([0.85, 0.9])
     assert sorted(bank.embeddings[0, :, 0].tolist()) == pytest.approx([0.85, 0.9])
+    before = bank.state_dict()
+    bank.push(torch.zeros(0, 1), torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0, dtype=torch.bool))
+    after = bank.state_dict()  # an empty batch (no candidate at all) changes nothing, the arrival counter too
+    assert before.keys() == after.keys() and before["counter"] == after["counter"] == 4
+    assert all(torch.equal(value, after[key]) for key, value in before.items() if key != "counter")
 
 
 def test_decay_scope_and_flags():

@@ -521,3 +521,16 @@ def test_cifar_meta_without_class_names_and_labels_outside_the_classes_are_named
     test_batch.write_bytes(pickle.dumps({"data": data, "labels": [10] * n}))
     with pytest.raises(DataError, match=r"^cifar10: test labels outside 0..9$"):
         load_cifar10(tmp_path, checksums=dict(sums, test_batch=None))
+
+
+def test_an_image_set_holds_uint8_nchw_images_and_one_int64_label_each():
+    from cissl.data.sources.base import ImageSet
+
+    images = np.zeros((3, 1, 2, 2), dtype=np.uint8)
+    assert ImageSet(images, [0, 2, 1]).labels.dtype == np.int64 and ImageSet(images, None).labels is None
+    for bad, message in ((images.astype(np.float32), r"got float32 \(3, 1, 2, 2\)"),
+                         (images[:, 0], r"got uint8 \(3, 2, 2\)")):
+        with pytest.raises(ValueError, match=r"^images must be uint8 \(N, C, H, W\), " + message + "$"):
+            ImageSet(bad, None)
+    with pytest.raises(ValueError, match=r"^labels shape \(2,\) does not match 3 images$"):
+        ImageSet(images, [0, 1])

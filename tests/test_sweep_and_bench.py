@@ -14,6 +14,7 @@ from conftest import CONFIGS, run_cli
 from helpers import tiny_config
 
 from cissl.bench.throughput import format_table, measure
+from cissl.config import load_config
 from cissl.errors import CisslError, ConfigError
 from cissl.evaluation.report import aggregate, collect_results, method_label, to_csv, to_markdown, write_report
 from cissl.sweep import plan, run_sweep
@@ -197,6 +198,9 @@ def test_synthetic_data_has_the_settings_split_sizes():
     with_labeled = synthetic_data(tiny_config("data.unlabeled_includes_labeled=true"), torch.device("cpu"))
     assert len(with_labeled.unlabeled) == len(data.unlabeled) + sum(counts) and with_labeled.val is None
     assert len(synthetic_data(tiny_config(), torch.device("cpu"), max_pool=100).unlabeled) == 100
+    with pytest.raises(ConfigError, match=r"^--synthetic needs a benchmark data set's shape; data.dataset=folder "
+                                          r"gets its shape from the data: drop --synthetic$"):
+        synthetic_data(load_config(None, ["data.dataset=folder", "data.root=/nowhere"]), torch.device("cpu"))
 
 
 def test_pool_pass_benchmark_prints_what_it_measured():
