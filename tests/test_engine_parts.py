@@ -406,6 +406,7 @@ def test_an_exceptions_message_is_cut_to_its_first_line_with_the_count_of_the_re
     assert first_line(RuntimeError("Errors:\n" + "x" * 301)) == "Errors: " + "x" * 300 + "..."
     assert first_line(RuntimeError("Errors:\n" + "x" * 300)) == "Errors: " + "x" * 300
     assert first_line(RuntimeError("ends in a colon:")) == "ends in a colon:"
+    assert first_line(RuntimeError("a \x1b[1mbold\x1b[0m word\nmore")) == "a bold word (+1 more lines)"
     assert first_line(KeyError()) == "KeyError"  # no message: the exception's name
 
 

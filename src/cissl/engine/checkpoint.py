@@ -68,20 +68,40 @@ def load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, foreign or tampered file (torch's advice to unpickle it is left out)
+        refused = refused_object(exc)
+        if refused:
+            raise CheckpointError(f"checkpoint {path} is unreadable: it holds an object other than tensors and plain "
+                                  f"values ({refused}); cissl loads checkpoints without running code") from None
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {first_line(exc)})") from None
     if not isinstance(state, dict) or "iteration" not in state or "model" not in state:
         raise CheckpointError(f"checkpoint {path} is not a cissl checkpoint (no model / iteration)")
     return state
 
 
+WEIGHTS_UNPICKLER = "WeightsUnpickler error: "  # the line of torch's weights-only refusal that names the object
+
+
+def refused_object(exc: BaseException) -> str | None:
+    """What torch's weights-only loading refused to unpickle ("Unsupported global: GLOBAL mod.Class was not an
+    allowed global by default"), or None for other errors. The rest of torch's message advises loading with
+    weights_only=False, i.e. running the file's code: not advice to pass on about a file we did not write."""
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if line.startswith(WEIGHTS_UNPICKLER):
+            return line[len(WEIGHTS_UNPICKLER):].split(". ")[0].rstrip(".")
+    return None
+
+
 DETAIL_CHARS = 300  # of the first detail line that follows a heading
+ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")  # terminal bold / colour codes in some torch messages
 
 
 def first_line(exc: BaseException) -> str:
     """An exception's message cut to its first line (torch's state-dict and unpickling errors run to dozens).
     A first line that only heads its details (ends in ':', as torch's "Error(s) in loading state_dict for
     X:") takes the first detail with it (its first DETAIL_CHARS characters): that one says what is wrong."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+    text = ANSI_STYLE.sub("", str(exc))
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()] or [type(exc).__name__]
     head, rest = lines[0], lines[1:]
     if head.endswith(":") and rest:
         detail = rest.pop(0)
