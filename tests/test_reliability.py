@@ -260,12 +260,14 @@ def test_resume_falls_back_to_the_older_checkpoint_when_the_newest_is_unreadable
     capsys.readouterr()
     results = resume_run(tmp_path / "run")
     out = capsys.readouterr().out
-    assert f"warning: skipped the newer checkpoint {newest}" in out and f"from {older.name}" in out
+    assert (f"warning: skipped the newer checkpoint {newest} is unreadable: not a whole torch.save archive (a file "
+            f"cut short, or another kind of file)") in out and f"from {older.name}" in out
     assert results["top1"] == json.loads((tmp_path / "straight/results.json").read_text())["top1"]
     for path in list_checkpoints(tmp_path / "run/checkpoints"):
         path.write_bytes(b"garbage")
     (tmp_path / "run/results.json").unlink()
-    with pytest.raises(CisslError, match="no readable checkpoint"):
+    with pytest.raises(CisslError, match=r"no readable checkpoint in .*checkpoints: checkpoint .*ckpt_00000006\.pt is "
+                                         r"unreadable: not a whole torch.save archive"):
         resume_run(tmp_path / "run")
 
 

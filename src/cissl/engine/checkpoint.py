@@ -7,6 +7,7 @@ temporary file is ignored by :func:`latest_checkpoint` and removed by the next s
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -65,6 +66,9 @@ def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):  # torch.save's archive keeps its directory at the end: a cut file has none
+        raise CheckpointError(f"checkpoint {path} is unreadable: not a whole torch.save archive (a file cut short, "
+                              f"or another kind of file)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, foreign or tampered file (torch's advice to unpickle it is left out)
