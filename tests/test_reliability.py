@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 from conftest import CONFIGS, REPO, run_cli
 from helpers import logged_records, tiny_config, uninterrupted_and_resumed
@@ -535,3 +536,30 @@ def test_a_run_resumed_between_two_logs_logs_what_an_uninterrupted_one_does(tmp_
     whole = logged("whole")
     assert len(whole) == 1 and whole[0]["iteration"] == 4 and "loss" in whole[0]
     assert logged("cut") == whole
+
+
+def test_an_out_that_is_a_file_or_under_one_is_one_line_for_every_command(tmp_path, capsys):
+    """plot, report and sweep write into folders, predict into a file: a file where the folder belongs (or on
+    the way to it) is one line with exit status 2, before any work, and the file is left alone. Before, plot,
+    report and predict ended in a traceback, and the sweep failed each job and then its table."""
+    from PIL import Image
+
+    start_run(tiny_config(*TWO_STEPS, "train.report_last=1"), tmp_path / "run", quiet=True)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "images/a.png")
+    a_file = f"{notes} is a file, not a folder; choose a folder"
+    sweep = ["sweep", "--configs", CONFIGS / "quickstart.yaml", "--algorithms", "supervised", "--seeds", "0"]
+    predict = ["predict", tmp_path / "run", "--images", tmp_path / "images"]
+    for command, out, message in (
+            (["plot", tmp_path / "run"], notes, a_file),
+            (["plot", tmp_path / "run"], notes / "x", f"cannot create the folder {notes / 'x'}: Not a directory"),
+            (["report", tmp_path / "run"], notes, a_file),
+            (sweep, notes, a_file),
+            (predict, notes / "p.csv", f"cannot write {notes / 'p.csv'}: Not a directory"),
+            (predict, tmp_path / "images", f"cannot write {tmp_path / 'images'}: Is a directory")):
+        after = [*TWO_STEPS, "train.report_last=1"] if command is sweep else []
+        code, _, err = run_cli([*command, "--out", out, *after], capsys)
+        assert code == 2 and err.strip() == f"cissl: error: {message}", command
+    assert notes.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["images", "notes.txt", "run"]

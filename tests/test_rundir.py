@@ -124,3 +124,35 @@ def test_the_file_is_fsynced_before_the_rename_and_its_folder_after(tmp_path, mo
     monkeypatch.setattr(rundir, "fsync_directory", lambda folder: events.append(f"fsync {folder.name}"))
     atomic_write_text(tmp_path / "a.txt", "x")
     assert events == ["fsync file", "rename", f"fsync {tmp_path.name}"]
+
+
+def test_a_path_that_cannot_be_a_file_is_one_line_and_leaves_nothing(tmp_path):
+    """Writing to a folder's name, under a file, or into a missing folder: one line naming the path and the
+    reason (no traceback, no temporary file); an OSError of the writer itself (a download, say) passes."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("mine")
+    for target, reason in ((tmp_path / "folder", "Is a directory"), (tmp_path / "file/out.csv", "Not a directory"),
+                           (tmp_path / "missing/out.csv", "No such file or directory")):
+        with pytest.raises(CisslError, match=f"^cannot write {re.escape(str(target))}: {reason}$"):
+            atomic_write_text(target, "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"] and not any((tmp_path / "folder").iterdir())
+    assert (tmp_path / "file").read_text() == "mine"
+
+    def download_fails(handle):
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+
+    with pytest.raises(ConnectionRefusedError):
+        atomic_write(tmp_path / "data.bin", download_fails)
+
+
+def test_ensure_folder_creates_parents_accepts_a_folder_and_names_a_file_in_the_way(tmp_path):
+    assert rundir.ensure_folder(tmp_path / "a/b") == tmp_path / "a/b" and (tmp_path / "a/b").is_dir()
+    assert rundir.ensure_folder(tmp_path / "a/b") == tmp_path / "a/b"  # already there
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(CisslError, match=f"^{re.escape(str(tmp_path / 'file'))} is a file, not a folder; choose a "
+                                         f"folder$"):
+        rundir.ensure_folder(tmp_path / "file")
+    with pytest.raises(CisslError, match=f"^cannot create the folder {re.escape(str(tmp_path / 'file/sub'))}: Not a "
+                                         f"directory$"):
+        rundir.ensure_folder(tmp_path / "file/sub")
+    assert (tmp_path / "file").read_text() == "mine"

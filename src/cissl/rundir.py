@@ -110,13 +110,32 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # its folder is a file, say: then there is no temporary file either
+            pass
         cause = _os_error_in(exc)
         if cause is not None:  # a full disk, a quota, a read-only file system: one line, the old file intact
             raise CisslError(f"cannot write {path}: {cause.strerror or cause}; the previous version, if any, "
                              f"is intact") from None
+        if isinstance(exc, OSError) and exc.filename in (str(tmp), str(path)):  # the path itself: a folder
+            # of that name, a missing folder or a file on the way, no permission
+            raise CisslError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
     fsync_directory(path.parent)
+    return path
+
+
+def ensure_folder(path: Path) -> Path:
+    """``path`` as a folder, created with its parents where missing; one line when it cannot be (a file of that
+    name or on the way, no permission)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CisslError(f"{path} is a file, not a folder; choose a folder") from None
+    except OSError as exc:
+        raise CisslError(f"cannot create the folder {path}: {exc.strerror or exc}") from None
     return path
 
 

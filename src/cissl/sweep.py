@@ -23,7 +23,7 @@ from cissl.engine.run import resume_run, start_run
 from cissl.engine.stop import StopSignals, TrainingStopped
 from cissl.errors import CisslError, ConfigError
 from cissl.evaluation.report import write_report
-from cissl.rundir import RunDir
+from cissl.rundir import RunDir, ensure_folder
 
 
 class Job(NamedTuple):
@@ -144,6 +144,7 @@ def run_sweep(configs, algorithms, seeds, out: Path, overrides=None, quiet: bool
         jobs += read_jobs_file(jobs_file, out, overrides)
     for job in jobs:
         check_same_run(job)
+    ensure_folder(out)  # a file of that name fails here once, not in every job
     labels = [f"[{i}/{len(jobs)}] {job.run_dir}" for i, job in enumerate(jobs, start=1)]
     todo = []
     for label, job in zip(labels, jobs):

@@ -10,7 +10,7 @@ import numpy as np
 
 from cissl.data.protocol import Split
 from cissl.errors import CisslError
-from cissl.rundir import METRICS, RunDir
+from cissl.rundir import METRICS, RunDir, ensure_folder
 
 
 def _pyplot():
@@ -43,9 +43,8 @@ def plot_run(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     """Write the run's figures as PNG files into ``out_dir`` (default RUN_DIR/plots)."""
     plt = _pyplot()
     run = RunDir(run_dir)
-    out_dir = Path(out_dir) if out_dir else run.plots
-    out_dir.mkdir(parents=True, exist_ok=True)
-    evaluations = read_evaluations(run.path)
+    evaluations = read_evaluations(run.path)  # before the folder: a run without metrics leaves nothing behind
+    out_dir = ensure_folder(Path(out_dir) if out_dir else run.plots)
     written = []
 
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -31,7 +31,7 @@ from cissl.evaluation.report import (
     mixed_environments,
     table_setting,
 )
-from cissl.rundir import atomic_write_text
+from cissl.rundir import atomic_write_text, ensure_folder
 
 MANY_CLASSES = 20  # beyond this, per-class figures drop their tick labels and class legends
 
@@ -257,9 +257,8 @@ def write_report_pages(roots: list[Path], out: Path, tsne: bool = False) -> list
     runs = [run for root in roots for run in collect_results(Path(root), unreadable)]
     if not runs:
         raise CisslError(f"no results.json below {', '.join(map(str, roots))}")
-    out = Path(out)
-    figures_dir = out / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
+    out = ensure_folder(Path(out))
+    figures_dir = ensure_folder(out / "figures")
     numbers = paper_numbers()
     rows_by_setting: dict[str, list[dict]] = {}
     for row in aggregate(runs):
