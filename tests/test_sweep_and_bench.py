@@ -243,6 +243,16 @@ def test_bench_cli_json_with_synthetic_paper_shape(capsys):
     assert code == 0 and result["image_shape"] == [3, 32, 32] and result["synthetic_data"]
 
 
+@pytest.mark.parametrize("flag, value, least", [("--steps", "0", 1), ("--rounds", "0", 1), ("--warmup", "-1", 0)])
+def test_bench_counts_out_of_range_are_one_line(flag, value, least, capsys, monkeypatch):
+    """--rounds 0 divided by zero, --steps 0 timed a step per round anyway: refused before the data load."""
+    import cissl.bench.throughput as throughput
+
+    monkeypatch.setattr(throughput, "prepare_data", lambda *args: pytest.fail("the data was loaded"))
+    code, _, err = run_cli(["bench", "throughput", "--config", CONFIGS / "quickstart.yaml", flag, value], capsys)
+    assert code == 2 and err.strip() == f"cissl: error: {flag} must be at least {least}, got {value}"
+
+
 def test_jobs_file_runs_side_by_side_and_reports_a_failed_run(tmp_path, capsys):
     """`cissl sweep --jobs`: a run that fails inside its worker (its data folder is missing) is reported
     with its log's last line; the other finishes; the sweep then exits 2 with one line."""

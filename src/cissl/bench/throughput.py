@@ -84,6 +84,9 @@ def measure(config, steps: int = 10, warmup: int = 3, rounds: int = 3, synthetic
             device: torch.device | None = None) -> dict:
     """Time floor, augmentation and full step of ``config``; returns the JSON-able summary. Inside a
     process group (torchrun) the step is one DDP rank's: its share of the batch, gradients all-reduced."""
+    for flag, value, least in (("--steps", steps, 1), ("--rounds", rounds, 1), ("--warmup", warmup, 0)):
+        if value < least:  # before the data load and the model
+            raise ConfigError(f"{flag} must be at least {least}, got {value}")
     device = device or resolve_device(config.train.device)
     data = synthetic_data(config, device) if synthetic else prepare_data(config, device)
     parts = build_training(config, data, device)
