@@ -277,6 +277,30 @@ def test_folder_of_colour_images_reads_each_pixel_and_resizes_as_pil(tmp_path):
     assert np.array_equal(resized.train.images[2], pil)
 
 
+def test_sixteen_bit_grey_images_are_scaled_to_eight_bits_and_float_images_refused(tmp_path):
+    """A 16-bit grey PNG (Pillow mode I;16) is grey, its values x / 257 rounded (0..65535 -> 0..255): Pillow's
+    own conversion clipped every value above 255 to white. Beside an RGB image each channel holds that level.
+    A 32-bit float TIFF has no known range: one line naming it."""
+    from PIL import Image
+
+    from cissl.data.sources.own import is_grey, read_images
+
+    deep = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000 + 7)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16" and is_grey([tmp_path / "deep.png"])
+    scaled = np.rint(deep / 257.0).astype(np.uint8)
+    assert scaled.max() == 245 and read_images([tmp_path / "deep.png"], None, True).tolist() == [[scaled.tolist()]]
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "colour.png")
+    both = read_images([tmp_path / "deep.png", tmp_path / "colour.png"], None, False)
+    assert both.shape == (2, 3, 8, 8) and all(np.array_equal(both[0, c], scaled) for c in range(3))
+    half = read_images([tmp_path / "deep.png"], 4, True)[0, 0]  # resized after the scaling, as an 8-bit image
+    assert np.array_equal(half, np.asarray(Image.fromarray(scaled).resize((4, 4), Image.BILINEAR)))
+    Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(DataError, match=r"^cannot read image .*float.tif \(ValueError: 32-bit float pixels have no "
+                                        r"known range; save the images with 8 or 16 bits\)$"):
+        read_images([tmp_path / "float.tif"], None, False)
+
+
 def test_folder_images_not_square_and_progress(tmp_path):
     from PIL import Image
 

@@ -28,7 +28,22 @@ from cissl.data.sources.base import DataSource, ImageSet
 from cissl.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-GREY_MODES = ("L", "1", "I;16", "I")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # Pillow opens 16-bit PNG / TIFF grey in these
+GREY_MODES = ("L", "1", *SIXTEEN_BIT_MODES)
+
+
+def eight_bit(image):
+    """A Pillow image whose values fit uint8: 16-bit grey scaled from 0..65535 to 0..255 (x / 257, rounded, as
+    a bit-depth reduction; Pillow's convert("L") clips every value above 255 to white). Float images ("F")
+    have no known range and are refused."""
+    from PIL import Image
+
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "F":
+        raise ValueError("32-bit float pixels have no known range; save the images with 8 or 16 bits")
+    return image
 
 
 def _files(folder: Path) -> list[Path]:
@@ -47,7 +62,7 @@ def read_images(files: list[Path], size: int | None, grey: bool, stream=None) ->
         try:
             with Image.open(path) as image:
                 image.load()
-                image = image.convert("L" if grey else "RGB")
+                image = eight_bit(image).convert("L" if grey else "RGB")
                 if size is not None and image.size != (size, size):
                     image = image.resize((size, size), Image.BILINEAR)
                 arrays.append(np.asarray(image))
