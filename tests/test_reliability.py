@@ -375,6 +375,15 @@ class Payload:
     """An arbitrary object: unpickling it would run code; weights_only loading refuses it."""
 
 
+def test_a_checkpoint_that_is_a_folder_or_missing_is_one_line(tmp_path, capsys):
+    start_run(tiny_config(*TWO_STEPS), tmp_path / "run", quiet=True)
+    for given, message in ((tmp_path / "run/checkpoints", f"checkpoint {tmp_path / 'run/checkpoints'} is a folder; "
+                                                          f"name a checkpoint file (ckpt_<iteration>.pt)"),
+                           (tmp_path / "nope.pt", f"checkpoint not found: {tmp_path / 'nope.pt'}")):
+        code, _, err = run_cli(["evaluate", tmp_path / "run", "--checkpoint", given], capsys)
+        assert code == 2 and err.strip() == f"cissl: error: {message}"
+
+
 def test_a_pickled_object_in_a_checkpoint_is_refused_in_one_line(tmp_path, capsys):
     import torch
 

@@ -64,6 +64,8 @@ def load_newest_readable(directory: Path) -> tuple[Path | None, dict | None, lis
 
 def load_checkpoint(path: Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; name a checkpoint file (ckpt_<iteration>.pt)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):  # torch.save's archive keeps its directory at the end: a cut file has none
