@@ -11,7 +11,7 @@ from conftest import run_cli
 from helpers import tiny_config
 
 import cissl.api as api
-from cissl.errors import DataError
+from cissl.errors import ConfigError, DataError
 from cissl.evaluation.metrics import confusion_matrix
 from cissl.evaluation.predict import Predictions, as_run_images, image_files
 
@@ -255,3 +255,13 @@ def test_the_python_api_resumes_evaluates_and_loads_a_chosen_checkpoint(trained_
     assert json.loads((run / "results.json").read_text()) == resumed and resumed["iterations"] == 20
     whole, again = (load_checkpoint(folder / "checkpoints/ckpt_00000020.pt") for folder in (trained_run, run))
     assert all(torch.equal(a, b) for a, b in zip(whole["model"].values(), again["model"].values()))
+
+
+def test_the_python_api_names_a_config_of_the_wrong_kind(tmp_path):
+    with pytest.raises(ConfigError, match=r"^train needs a Config \(cissl.api.load_config\(path, overrides\)\), "
+                                          r"got dict$"):
+        api.train({"train": {"iterations": 2}}, tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"^overrides must be a list of 'key=value' strings, e.g. "
+                                          r"\['train.iterations=3'\]; got a string$"):
+        api.load_config(None, "train.iterations=3")
+    assert not (tmp_path / "run").exists()

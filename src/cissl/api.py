@@ -16,6 +16,7 @@ from pathlib import Path
 from cissl.config import Config, load_config
 from cissl.engine.run import evaluate_run, resume_run, start_run
 from cissl.engine.run import load_run as _load_trained
+from cissl.errors import ConfigError
 from cissl.evaluation.predict import Predictions, image_files, predict_images, read_image_files
 
 __all__ = ["Config", "Predictions", "Run", "evaluate", "load_config", "load_run", "resume", "train"]
@@ -23,6 +24,8 @@ __all__ = ["Config", "Predictions", "Run", "evaluate", "load_config", "load_run"
 
 def train(config: Config, out: str | Path, quiet: bool = True) -> dict:
     """Train a new run into the folder ``out``; returns its results (``results.json``)."""
+    if not isinstance(config, Config):
+        raise ConfigError(f"train needs a Config (cissl.api.load_config(path, overrides)), got {type(config).__name__}")
     return start_run(config, Path(out), quiet=quiet)
 
 

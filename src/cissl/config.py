@@ -365,6 +365,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     (so a setting written for one method can run another), with the options the file's ``methods``
     section gives for it; overrides apply afterwards.
     """
+    if isinstance(overrides, str):  # one override given bare would be read character by character
+        raise ConfigError(f"overrides must be a list of 'key=value' strings, e.g. [{overrides!r}]; got a string")
     data = read_config_file(path) if path is not None else {}
     methods = method_options(data.pop("methods", None))
     if algorithm is not None:
