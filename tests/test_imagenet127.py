@@ -30,7 +30,7 @@ from cissl.data.sources.imagenet127 import (
     grouping,
     load_imagenet127,
 )
-from cissl.errors import ConfigError, DataError
+from cissl.errors import CisslError, ConfigError, DataError
 from cissl.models.resnet import ResNet50
 
 
@@ -405,6 +405,10 @@ def test_a_build_into_a_new_nested_folder_records_its_source_and_prints_its_clas
     assert err.strip().splitlines()[-1].startswith(
         f"imagenet127: {total:,} training and 127 test images in 127 classes (9 .. 1 per class) written to {out} (")
     assert all(int(s) < 600 for s in re.findall(r"(\d+) s\)", err))  # seconds since the build started
+    (tmp_path / "taken").write_text("mine")  # an --out that is a file: one line, the file left alone
+    with pytest.raises(CisslError, match=f"^{re.escape(str(tmp_path / 'taken'))} is a file, not a folder"):
+        build_imagenet127(tmp_path / "src", 32, tmp_path / "taken", partial=True)
+    assert (tmp_path / "taken").read_text() == "mine"
 
 
 def test_a_source_with_ilsvrcs_totals_is_complete_and_its_validation_ids_are_checked(tmp_path, monkeypatch):

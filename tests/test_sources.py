@@ -25,7 +25,7 @@ from cissl.data.sources import (
 )
 from cissl.data.sources.base import download_file
 from cissl.data.sources.fashion import SYSTEM_DIR
-from cissl.errors import DataError
+from cissl.errors import CisslError, DataError
 
 
 @pytest.mark.parametrize("bytes_keys", [False, True])
@@ -172,6 +172,10 @@ def test_download_is_atomic_and_a_failure_leaves_nothing(tmp_path):
     with pytest.raises(DataError, match="download of .* failed"):
         download_file((tmp_path / "missing.bin").as_uri(), tmp_path / "data" / "other.bin", "test")
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["file.bin"]  # no partial or temporary file
+    (tmp_path / "root").write_text("mine")  # data.root naming a file: one line, before any transfer
+    with pytest.raises(CisslError, match=f"^cannot create the folder {re.escape(str(tmp_path / 'root/cifar'))}: "
+                                         f"Not a directory$"):
+        download_file(source.as_uri(), tmp_path / "root/cifar/file.bin", "test")
 
 
 def test_fashion_reads_data_root_before_the_system_copy(tmp_path):

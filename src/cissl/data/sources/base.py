@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from cissl.errors import DataError
-from cissl.rundir import atomic_write
+from cissl.rundir import atomic_write, ensure_folder
 
 
 @dataclass
@@ -81,7 +81,7 @@ def check_md5(path: Path, expected: str | None, dataset: str, actual: str | None
 
 def download_file(url: str, target: Path, dataset: str) -> None:
     """Download one file to ``target`` atomically (a failed transfer leaves nothing behind)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(target.parent)
     print(f"[cissl] downloading {dataset} from {url}", flush=True)
 
     def fetch(out) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 
 from cissl.data.sources.base import DataSource, ImageSet
 from cissl.errors import DataError
-from cissl.rundir import atomic_write_json
+from cissl.rundir import atomic_write_json, ensure_folder
 
 TRAIN_FILES = tuple(f"train_data_batch_{i}" for i in range(1, 11))
 TEST_FILE = "val_data"
@@ -88,7 +88,7 @@ def build_imagenet127(source: Path, size: int, out: Path, partial: bool = False,
                         f"train_data_batch_1..10 and val_data (image-net.org, 'downsampled ImageNet')")
     if (out / "meta.json").exists():
         raise DataError(f"imagenet127: {out} already holds a build (meta.json); choose another --out or remove it")
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out)
     to_class = class_of_ilsvrc_id()
     start = time.perf_counter()
     files = [*TRAIN_FILES, TEST_FILE]
