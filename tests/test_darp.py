@@ -199,6 +199,24 @@ def test_estimate_recovers_known_counts_by_hand():
         estimate_class_counts(val[:2], torch.tensor([0, 0]), pool)
 
 
+
+def test_an_estimate_is_accepted_with_zero_counts_and_below_the_condition_limit_only():
+    """A zero count is no negative count (accepted); the condition number must stay strictly below the
+    limit, 100 by default (the DASO framework's). C = [[a, 1 - a], [1 - a, a]] has condition 1 / (2a - 1)."""
+    from cissl.evaluation.distribution import estimate_class_counts
+
+    one_hot = torch.eye(2)
+    exact = estimate_class_counts(one_hot, torch.tensor([0, 1]), torch.tensor([[1.0, 0.0]] * 7))
+    assert exact.counts.tolist() == [7.0, 0.0] and exact.condition == pytest.approx(1.0) and exact.accepted
+    assert not estimate_class_counts(one_hot, torch.tensor([0, 1]), torch.tensor([[1.0, 0.0]] * 7),
+                                     max_condition=exact.condition).accepted  # at the limit: refused
+    for a, accepted in ((0.5 + 1 / 199, True), (0.5 + 1 / 201, False)):  # condition 99.5 and 100.5
+        val = torch.tensor([[a, 1 - a], [1 - a, a]], dtype=torch.float64)
+        estimate = estimate_class_counts(val, torch.tensor([0, 1]), val.repeat(5, 1))
+        assert estimate.condition == pytest.approx(1 / (2 * a - 1)) and estimate.accepted == accepted
+        assert torch.allclose(estimate.counts, torch.tensor([5.0, 5.0], dtype=torch.float64))
+
+
 MEAN = json.loads((REPO / "tests" / "reference" / "fixtures" / "darp_estimate_mean.json").read_text())
 
 

@@ -463,6 +463,10 @@ def test_pseudo_label_statistics_by_hand():
     assert state["seen"].tolist() == [3, 1, 1, 0]  # the checkpointed counts do not follow later updates
     stats.reset()
     assert all(v.sum() == 0 for v in stats.counts.values()) and matches(restored.summary(), expected)
+    stats.update(torch.tensor([2]), torch.tensor([1]), torch.tensor([True]))  # one image: totals of 1
+    assert matches(stats.summary(), {"mask_rate": 1.0, "used_accuracy": 0.0, "per_class_mask_rate": [0, 0, 1.0, 0],
+                                     "per_class_used_accuracy": [0.0] * 4,
+                                     "pseudo_label_distribution": [0, 1.0, 0, 0], "true_distribution": [0, 0, 1.0, 0]})
 
 
 def test_the_first_stop_signal_is_a_request_and_a_second_acts_as_before():

@@ -53,3 +53,16 @@ def test_the_policy_and_the_device_a_config_names(monkeypatch):
     assert images.is_contiguous(memory_format=torch.channels_last)
     conv = fast.place(torch.nn.Conv2d(3, 4, 3))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert ComputePolicy.from_config(tiny_config("train.device=cpu").train).device == torch.device("cpu")
+
+
+def test_cudnn_autotuning_is_switched_only_for_cuda_runs(monkeypatch):
+    from cissl.engine.precision import configure_backends
+
+    before = torch.backends.cudnn.benchmark
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", before)  # restored after the test
+    configure_backends(tiny_config(f"train.cudnn_benchmark={str(not before).lower()}").train, torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is before
+    for wanted in (True, False):
+        configure_backends(tiny_config(f"train.cudnn_benchmark={str(wanted).lower()}").train, torch.device("cuda", 0))
+        assert torch.backends.cudnn.benchmark is wanted
