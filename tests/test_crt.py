@@ -132,9 +132,15 @@ def test_a_checkpoint_file_is_a_parent_and_the_log_names_it(tmp_path, parent):
     assert_same_state(backbone(load_checkpoint(older), "ema"), backbone(final, "model"))
     assert (f"backbone from {older} (ema weights of a fixmatch run at iteration 4); heads start afresh"
             in stream.getvalue())
-    with pytest.raises(CheckpointError, match=r"other data or another network: data.imbalance_ratio 10(\.0)? "
-                                              r"\(this run: 5(\.0)?\)$"):
+    with pytest.raises(CheckpointError, match=rf"^train.init_from: {older} was trained on other data or another "
+                                              rf"network: data.imbalance_ratio 10(\.0)? \(this run: 5(\.0)?\)$"):
         start_run(crt_config(older, "data.imbalance_ratio=5"), tmp_path / "other", quiet=True)
+    state = load_checkpoint(older)
+    del state["config"]  # nothing to check the parent's data and network against: refused, not trusted
+    torch.save(state, tmp_path / "bare.pt")
+    with pytest.raises(CheckpointError, match=rf"^train.init_from: {tmp_path / 'bare.pt'} records no config, so its "
+                                              rf"data and network cannot be checked against this run's$"):
+        start_run(crt_config(tmp_path / "bare.pt"), tmp_path / "bare", quiet=True)
 
 
 def test_a_parent_whose_backbone_does_not_fit_is_one_line(tmp_path, parent):

@@ -35,6 +35,9 @@ def parent_checkpoint(source: str) -> tuple[Path, dict]:
 
 
 def check_same_data_and_network(state: dict, config, path: Path) -> None:
+    if not state.get("config"):
+        raise CheckpointError(f"train.init_from: {path} records no config, so its data and network cannot be "
+                              f"checked against this run's")
     differ = config_differences(state, config, SAME_AS_PARENT, ("seed",))
     if differ:
         raise CheckpointError(f"train.init_from: {path} was trained on other data or another network: {differ}")
@@ -52,6 +55,6 @@ def load_initial_backbone(parts, config) -> tuple[str, str]:
         parts.ema.model.backbone.load_state_dict(backbone)
     except RuntimeError as exc:
         raise CheckpointError(f"train.init_from: {path} does not fit this network: {first_line(exc)}") from None
-    parent = (state.get("config") or {}).get("algorithm", {}).get("name", "?")
+    parent = state["config"].get("algorithm", {}).get("name", "?")
     return parent, (f"backbone from {path} ({config.train.init_weights} weights of a {parent} run at iteration "
                     f"{state['iteration']}); heads start afresh")
