@@ -356,6 +356,31 @@ def test_a_planned_run_is_compared_with_the_saved_one_key_by_key(tmp_path):
         check_same_run(Job(switched, tmp_path / "run"))
 
 
+def test_a_run_planned_twice_runs_once_and_two_configs_of_one_name_are_refused(tmp_path, capsys):
+    """A seed or an algorithm given twice plans the same run directory again: it runs once (before, it ran,
+    then 'resumed' its finished copy; side by side the copy would fail on the run's lock). Two config files
+    with the same name but other settings planned into one directory are refused before anything runs: the
+    second used to resume the first's run and report it as its own."""
+    from cissl.sweep import Job, unique_jobs
+
+    a, b = tiny_config(), tiny_config("optim.lr=0.5")
+    jobs = [Job(a, tmp_path / "x"), Job(b, tmp_path / "y"), Job(a, tmp_path / "x")]
+    assert unique_jobs(jobs) == jobs[:2]
+    with pytest.raises(ConfigError, match=re.escape(f"two jobs of this sweep would share the run directory "
+                                                    f"{tmp_path / 'x'} with other settings: optim.lr (0.03 first, "
+                                                    f"0.5 then); give the configs different names")):
+        unique_jobs([*jobs, Job(b, tmp_path / "x")])
+    quick = CONFIGS / "quickstart.yaml"
+    rows = run_sweep([str(quick)], ["supervised", "supervised"], [0, 0], tmp_path / "runs", TINY)
+    out = capsys.readouterr().out
+    assert len(rows) == 1 and out.count("seed0: starting") == 1 and "[1/1]" in out and "resuming" not in out
+    (tmp_path / "other.yaml").write_text(quick.read_text().replace("cutout: 4", "cutout: 2"))
+    with pytest.raises(ConfigError, match=r"share the run directory .*quickstart/supervised/seed1 with other settings: "
+                                          r"augment.cutout \(4 first, 2 then\)"):
+        run_sweep([str(quick), str(tmp_path / "other.yaml")], ["supervised"], [1], tmp_path / "runs", TINY)
+    assert not (tmp_path / "runs/quickstart/supervised/seed1").exists()
+
+
 def test_workers_run_side_by_side_and_a_deadline_leaves_runs_to_resume(tmp_path, capsys):
     """Two runs in two worker processes: both finish with their logs beside them. A deadline of 0 stops
     the runs it started, says so, and fails with one line; the same sweep without it then finishes them."""

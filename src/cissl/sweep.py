@@ -98,20 +98,41 @@ def read_jobs_file(path: Path, out: Path, overrides: list[str] | None = None) ->
     return jobs
 
 
+def _differences(first: dict, second: dict, names: tuple[str, str]) -> str | None:
+    """The keys whose values differ between two flat configs, the first three shown with both values."""
+    differ = sorted(key for key in first.keys() | second.keys() if first.get(key) != second.get(key))
+    if not differ:
+        return None
+    shown = ", ".join(f"{key} ({first.get(key)!r} {names[0]}, {second.get(key)!r} {names[1]})" for key in differ[:3])
+    return shown + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+
+
 def check_same_run(job: Job) -> None:
     """A run directory that a sweep finds started or finished must hold the run it plans: the same
     resolved config (else a changed override would count an old run as this one)."""
     saved_path = RunDir(job.run_dir).config
     if not saved_path.is_file():
         return
-    saved = flat_keys(load_config(saved_path).to_dict())
-    planned = flat_keys(job.config.to_dict())
-    differ = sorted(key for key in saved.keys() | planned.keys() if saved.get(key) != planned.get(key))
+    differ = _differences(flat_keys(load_config(saved_path).to_dict()), flat_keys(job.config.to_dict()),
+                          ("there", "planned"))
     if differ:
-        shown = ", ".join(f"{key} ({saved.get(key)!r} there, {planned.get(key)!r} planned)" for key in differ[:3])
-        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
-        raise CisslError(f"{job.run_dir} holds a run with other settings: {shown}{more}; "
+        raise CisslError(f"{job.run_dir} holds a run with other settings: {differ}; "
                          f"choose another --out or remove that run")
+
+
+def unique_jobs(jobs: list[Job]) -> list[Job]:
+    """Each run directory once. A seed, algorithm or config given twice plans the same run again (run side by
+    side, the copy would wait on the first's lock and fail); two different configs planned into one directory
+    (two config files with the same ``name``) are refused: the second would have resumed the first's run."""
+    kept: dict[Path, Job] = {}
+    for job in jobs:
+        first = kept.setdefault(Path(job.run_dir), job)
+        differ = first is not job and _differences(flat_keys(first.config.to_dict()), flat_keys(job.config.to_dict()),
+                                                   ("first", "then"))
+        if differ:
+            raise ConfigError(f"two jobs of this sweep would share the run directory {job.run_dir} with other "
+                              f"settings: {differ}; give the configs different names (the config key 'name')")
+    return list(kept.values())
 
 
 def _run_job(job: Job, quiet: bool) -> dict:
@@ -142,6 +163,7 @@ def run_sweep(configs, algorithms, seeds, out: Path, overrides=None, quiet: bool
     jobs = plan(configs, algorithms, seeds, out, overrides, grid, by_seed) if configs else []
     if jobs_file is not None:
         jobs += read_jobs_file(jobs_file, out, overrides)
+    jobs = unique_jobs(jobs)
     for job in jobs:
         check_same_run(job)
     ensure_folder(out)  # a file of that name fails here once, not in every job
