@@ -119,3 +119,6 @@ def test_a_fixed_reference_without_a_third_pairs_the_metrics_it_has():
     assert "| semi | few |" not in text
     with pytest.raises(CisslError, match="--pair s:supervised: no such row with balanced_accuracy"):
         per_seed_markdown(runs, "s:supervised")
+    with pytest.raises(CisslError, match=r"^--pair supervised: no run of that algorithm with balanced_accuracy; "
+                                         r"the rows are s:fixmatch, s:semi$"):
+        per_seed_markdown(runs, "supervised")  # a plain algorithm no setting ran: not an empty pairing

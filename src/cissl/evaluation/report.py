@@ -174,11 +174,14 @@ def reference_row(reference: str) -> tuple[str, str] | None:
 
 def check_reference(by_row: dict[tuple[str, str], dict[int, float]], reference: str,
                     key: str = "balanced_accuracy") -> None:
-    """An unknown ``SETTING:ALGORITHM`` (no row with ``key``) is one line naming the rows there are."""
+    """An unknown ``SETTING:ALGORITHM`` (no row with ``key``), or an algorithm no setting ran, is one line
+    naming the rows there are (an empty pairing would otherwise be written without a word)."""
     fixed = reference_row(reference)
+    rows_here = ", ".join(f"{s}:{a}" for s, a in sorted(by_row)) or "none"
     if fixed is not None and fixed not in by_row:
-        rows_here = ", ".join(f"{s}:{a}" for s, a in sorted(by_row)) or "none"
         raise CisslError(f"--pair {reference}: no such row with {key}; the rows are {rows_here}")
+    if fixed is None and all(algorithm != reference for _, algorithm in by_row):
+        raise CisslError(f"--pair {reference}: no run of that algorithm with {key}; the rows are {rows_here}")
 
 
 def pairs(by_row: dict[tuple[str, str], dict[int, float]], reference: str):
