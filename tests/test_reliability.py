@@ -137,6 +137,38 @@ def test_a_split_file_with_an_out_of_range_index_is_one_line(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_a_run_whose_data_moved_resumes_and_other_data_is_still_refused(tmp_path):
+    """Where the data is read from and how it is held (data.root, data.download, data.stream_images) are not
+    what a run is: with config.yaml pointing at the data's new place the run resumes, and ends as the run
+    straight through does. Before, the checkpoint 'belonged to another run: data.root ...'. A change of the
+    data itself (data.imbalance_ratio) is still refused."""
+    from test_training import assert_same_state
+
+    from cissl.config import save_config
+    from cissl.engine.checkpoint import load_checkpoint
+    from cissl.engine.run import resume_run
+
+    config = tiny_config("train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2", "train.report_last=1")
+    start_run(config, tmp_path / "whole", quiet=True)
+    start_run(config, tmp_path / "moved", quiet=True)
+    (tmp_path / "moved/checkpoints/ckpt_00000004.pt").unlink()
+    (tmp_path / "moved/results.json").unlink()
+    saved = load_config(tmp_path / "moved/config.yaml")
+    moved = saved.replace({"data.root": str(tmp_path / "elsewhere"), "data.download": not saved.data.download,
+                           "data.stream_images": "never" if saved.data.stream_images != "never" else "auto"})
+    save_config(moved, tmp_path / "moved/config.yaml")
+    resume_run(tmp_path / "moved", quiet=True)
+    whole, again = (load_checkpoint(tmp_path / f"{name}/checkpoints/ckpt_00000004.pt") for name in ("whole", "moved"))
+    assert again["config"]["data"]["root"] == str(tmp_path / "elsewhere")  # the rest of the state: as straight through
+    whole.pop("config"), again.pop("config")
+    assert_same_state(whole, again)
+    (tmp_path / "moved/checkpoints/ckpt_00000004.pt").unlink()
+    (tmp_path / "moved/results.json").unlink()
+    save_config(moved.replace({"data.imbalance_ratio": 5}), tmp_path / "moved/config.yaml")
+    with pytest.raises(CisslError, match=r"belongs to another run: data.imbalance_ratio 10(\.0)? \(this run: 5"):
+        resume_run(tmp_path / "moved", quiet=True)
+
+
 def test_a_checkpoint_of_another_run_is_refused_by_evaluate_and_resume(tmp_path, capsys):
     """Same architecture, other seed and lr: evaluate --checkpoint and --resume refuse it with one line
     naming what differs, and RUN's results.json is left as it was."""

@@ -342,6 +342,7 @@ def test_a_planned_run_is_compared_with_the_saved_one_key_by_key(tmp_path):
     (tmp_path / "run").mkdir()
     save_config(config, RunDir(tmp_path / "run").config)
     check_same_run(Job(config, tmp_path / "run"))
+    check_same_run(Job(config.replace({"data.root": "/moved/data"}), tmp_path / "run"))  # where, not which data
     other = config.replace({"optim.lr": 0.5, "train.seed": 7})
     with pytest.raises(CisslError, match=re.escape(f"{tmp_path / 'run'} holds a run with other settings: optim.lr "
                                                    f"(0.03 there, 0.5 planned), train.seed (0 there, 7 planned); "

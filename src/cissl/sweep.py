@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from cissl.config import flat_keys, load_config
-from cissl.engine.checkpoint import latest_checkpoint
+from cissl.engine.checkpoint import LOCATION_KEYS, latest_checkpoint
 from cissl.engine.run import resume_run, start_run
 from cissl.engine.stop import StopSignals, TrainingStopped
 from cissl.errors import CisslError, ConfigError
@@ -113,8 +113,10 @@ def check_same_run(job: Job) -> None:
     saved_path = RunDir(job.run_dir).config
     if not saved_path.is_file():
         return
-    differ = _differences(flat_keys(load_config(saved_path).to_dict()), flat_keys(job.config.to_dict()),
-                          ("there", "planned"))
+    saved, planned = (flat_keys(config.to_dict()) for config in (load_config(saved_path), job.config))
+    for key in LOCATION_KEYS:  # the data moved (data.root) or is held otherwise: still the same run
+        saved.pop(key, None), planned.pop(key, None)
+    differ = _differences(saved, planned, ("there", "planned"))
     if differ:
         raise CisslError(f"{job.run_dir} holds a run with other settings: {differ}; "
                          f"choose another --out or remove that run")

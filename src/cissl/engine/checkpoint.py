@@ -118,15 +118,18 @@ def first_line(exc: BaseException) -> str:
 # What makes a run this run: a checkpoint whose recorded values differ here belongs to another run.
 IDENTITY_SECTIONS = ("data", "model", "optim", "augment", "algorithm")
 IDENTITY_TRAIN_KEYS = ("seed", "iterations", "batch_size", "mu", "strong_views", "epoch_length", "ema_decay")
+# where the data is read from and how it is held, not which data: a run whose files moved is still that run
+LOCATION_KEYS = frozenset({"data.root", "data.download", "data.stream_images"})
 
 
 def config_differences(state: dict, config, sections, train_keys) -> str | None:
     """The values of a checkpoint's recorded config that differ from ``config`` in the given sections and
-    ``train`` keys (keys the checkpoint predates are not compared), as one phrase naming the first three,
-    or None when they all agree."""
+    ``train`` keys (keys the checkpoint predates, and LOCATION_KEYS, are not compared), as one phrase naming
+    the first three, or None when they all agree."""
     recorded = flat_keys(state.get("config") or {})
     current = flat_keys(config.to_dict())
-    compared = [key for key in recorded if key.split(".")[0] in sections or key in {f"train.{k}" for k in train_keys}]
+    compared = [key for key in recorded if (key.split(".")[0] in sections or key in {f"train.{k}" for k in train_keys})
+                and key not in LOCATION_KEYS]
     differ = [key for key in compared if key in current and recorded[key] != current[key]]
     if not differ:
         return None
