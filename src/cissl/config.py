@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from cissl import yamlio
 from cissl.algorithms import ALGORITHMS
@@ -302,6 +302,19 @@ def flat_keys(data: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+# where the data is read from and how it is held, not which data: a run whose files moved is still that run
+# (the identity checks of checkpoints and of a sweep's existing runs leave these keys out)
+LOCATION_KEYS = frozenset({"data.root", "data.download", "data.stream_images"})
+
+
+def name_differences(keys: list[str], show: Callable[[str], str]) -> str | None:
+    """One phrase for differing config keys: the first three as ``show(key)``, then how many more; None
+    when there are none."""
+    if not keys:
+        return None
+    return ", ".join(show(key) for key in keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
 
 # ----------------------------------------------------------------------------- files and overrides

@@ -17,8 +17,8 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import NamedTuple
 
-from cissl.config import flat_keys, load_config
-from cissl.engine.checkpoint import LOCATION_KEYS, latest_checkpoint
+from cissl.config import LOCATION_KEYS, flat_keys, load_config, name_differences
+from cissl.engine.checkpoint import latest_checkpoint
 from cissl.engine.run import resume_run, start_run
 from cissl.engine.stop import StopSignals, TrainingStopped
 from cissl.errors import CisslError, ConfigError
@@ -98,13 +98,13 @@ def read_jobs_file(path: Path, out: Path, overrides: list[str] | None = None) ->
     return jobs
 
 
-def _differences(first: dict, second: dict, names: tuple[str, str]) -> str | None:
-    """The keys whose values differ between two flat configs, the first three shown with both values."""
-    differ = sorted(key for key in first.keys() | second.keys() if first.get(key) != second.get(key))
-    if not differ:
-        return None
-    shown = ", ".join(f"{key} ({first.get(key)!r} {names[0]}, {second.get(key)!r} {names[1]})" for key in differ[:3])
-    return shown + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+def _differences(first, second, names: tuple[str, str]) -> str | None:
+    """The run-defining keys (all but LOCATION_KEYS) whose values differ between two configs, each shown with
+    both values under ``names``."""
+    first, second = (flat_keys(config.to_dict()) for config in (first, second))
+    differ = sorted(key for key in (first.keys() | second.keys()) - LOCATION_KEYS if first.get(key) != second.get(key))
+    return name_differences(differ, lambda key: f"{key} ({first.get(key)!r} {names[0]}, {second.get(key)!r} "
+                                                f"{names[1]})")
 
 
 def check_same_run(job: Job) -> None:
@@ -113,10 +113,7 @@ def check_same_run(job: Job) -> None:
     saved_path = RunDir(job.run_dir).config
     if not saved_path.is_file():
         return
-    saved, planned = (flat_keys(config.to_dict()) for config in (load_config(saved_path), job.config))
-    for key in LOCATION_KEYS:  # the data moved (data.root) or is held otherwise: still the same run
-        saved.pop(key, None), planned.pop(key, None)
-    differ = _differences(saved, planned, ("there", "planned"))
+    differ = _differences(load_config(saved_path), job.config, ("there", "planned"))
     if differ:
         raise CisslError(f"{job.run_dir} holds a run with other settings: {differ}; "
                          f"choose another --out or remove that run")
@@ -129,8 +126,9 @@ def unique_jobs(jobs: list[Job]) -> list[Job]:
     kept: dict[Path, Job] = {}
     for job in jobs:
         first = kept.setdefault(Path(job.run_dir), job)
-        differ = first is not job and _differences(flat_keys(first.config.to_dict()), flat_keys(job.config.to_dict()),
-                                                   ("first", "then"))
+        if first is job:
+            continue
+        differ = _differences(first.config, job.config, ("first", "then"))
         if differ:
             raise ConfigError(f"two jobs of this sweep would share the run directory {job.run_dir} with other "
                               f"settings: {differ}; give the configs different names (the config key 'name')")

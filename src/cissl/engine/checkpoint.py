@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from cissl.config import flat_keys
+from cissl.config import LOCATION_KEYS, flat_keys, name_differences
 from cissl.errors import CheckpointError
 from cissl.rundir import atomic_write
 
@@ -118,8 +118,6 @@ def first_line(exc: BaseException) -> str:
 # What makes a run this run: a checkpoint whose recorded values differ here belongs to another run.
 IDENTITY_SECTIONS = ("data", "model", "optim", "augment", "algorithm")
 IDENTITY_TRAIN_KEYS = ("seed", "iterations", "batch_size", "mu", "strong_views", "epoch_length", "ema_decay")
-# where the data is read from and how it is held, not which data: a run whose files moved is still that run
-LOCATION_KEYS = frozenset({"data.root", "data.download", "data.stream_images"})
 
 
 def config_differences(state: dict, config, sections, train_keys) -> str | None:
@@ -131,10 +129,7 @@ def config_differences(state: dict, config, sections, train_keys) -> str | None:
     compared = [key for key in recorded if (key.split(".")[0] in sections or key in {f"train.{k}" for k in train_keys})
                 and key not in LOCATION_KEYS]
     differ = [key for key in compared if key in current and recorded[key] != current[key]]
-    if not differ:
-        return None
-    shown = ", ".join(f"{key} {recorded[key]!r} (this run: {current[key]!r})" for key in differ[:3])
-    return shown + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+    return name_differences(differ, lambda key: f"{key} {recorded[key]!r} (this run: {current[key]!r})")
 
 
 def check_checkpoint_belongs(state: dict, config, path) -> None:
