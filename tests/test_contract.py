@@ -12,13 +12,14 @@ import dataclasses
 import json
 import math
 import re
+import time
 from dataclasses import dataclass
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import run_cli
-from helpers import tiny_config, uninterrupted_and_resumed
+from helpers import logged_records, tiny_config, uninterrupted_and_resumed
 from test_training import assert_same_state
 
 from cissl.algorithms import ALGORITHMS, AUX_HEADS, REFINERS, GenerationUpdate, Hooks, Periodic, StepOutput, ViewSpec
@@ -28,8 +29,10 @@ from cissl.algorithms.fixmatch import FixMatch, FixMatchConfig
 from cissl.algorithms.parts import AuxiliaryHead, PseudoLabelRefiner
 from cissl.algorithms.supervised import Supervised, SupervisedConfig
 from cissl.config import load_config
+from cissl.engine.assemble import build_network
 from cissl.engine.checkpoint import load_checkpoint
 from cissl.engine.data import prepare_data
+from cissl.engine.precision import ComputePolicy
 from cissl.engine.run import resume_run, start_run
 from cissl.engine.trainer import Trainer
 from cissl.errors import ConfigError
@@ -272,6 +275,7 @@ def test_generations_extend_the_labeled_set_restart_the_schedule_and_resume_exac
     start_run(config, tmp_path / "straight", quiet=True)
     data = prepare_data(config, torch.device("cpu"))
     assert [s[0] for s in SelfTraining.seen] == [0, 1]  # between generations 0-1 and 1-2, not after the last
+    assert all(type(s[0]) is int for s in SelfTraining.seen)
     assert SelfTraining.seen[0][1] == (len(data.unlabeled), 10) and SelfTraining.seen[0][2][0] == len(data.unlabeled)
     lr = [r["lr"] for r in map(json.loads, (tmp_path / "straight/metrics.jsonl").read_text().splitlines())
           if r["kind"] == "train"]
@@ -281,6 +285,14 @@ def test_generations_extend_the_labeled_set_restart_the_schedule_and_resume_exac
     at_boundary = load_checkpoint(tmp_path / "straight/checkpoints/ckpt_00000004.pt")
     added = at_boundary["batches"]["additions"]
     assert added["generation"] == 1 and 0 < len(added["indices"]) <= 20
+    policy = ComputePolicy.from_config(config.train, torch.device("cpu"))
+    for generation, boundary in ((1, 4), (2, 8)):  # saved right after the generation's end, before a step
+        fresh = build_network(config, data, policy, stream=f"model-generation{generation}").state_dict()
+        saved = load_checkpoint(tmp_path / f"straight/checkpoints/ckpt_{boundary:08d}.pt")
+        # reinitialized: the network and its EMA seeded by the generation's number; else trained on
+        same = [torch.equal(saved[part][key], value) for part in ("model", "ema") for key, value in fresh.items()
+                if value.is_floating_point()]
+        assert all(same) == reinitialize
     # resume from inside generation 1 and from the boundary itself: the same run, bit for bit
     reference = load_checkpoint(tmp_path / "straight/checkpoints/ckpt_00000012.pt")
     for cut in (6, 4, 8):
@@ -292,6 +304,28 @@ def test_generations_extend_the_labeled_set_restart_the_schedule_and_resume_exac
         (run / "results.json").unlink()
         resume_run(run, quiet=True)
         assert_same_state(reference, load_checkpoint(run / "checkpoints/ckpt_00000012.pt"))
+
+
+class PlainGenerations(FixMatch):
+    """FixMatch in generations whose ends change nothing (the contract's default hook returns None)."""
+
+    @classmethod
+    def generations(cls, config) -> int:
+        return config.generations
+
+
+def test_a_generation_end_that_adds_nothing_keeps_the_labeled_set_and_logs_no_additions(tmp_path, registered):
+    registered(ALGORITHMS, "test_plain_generations", SelfTrainingConfig, PlainGenerations)
+    config = tiny_config("train.iterations=6", "train.eval_every=6", "train.checkpoint_every=6",
+                         "algorithm.generations=2", algorithm="test_plain_generations")
+    before = time.time()
+    start_run(config, tmp_path / "run", quiet=True)
+    took = time.time() - before
+    ends = [r for r in logged_records(tmp_path / "run") if r["kind"] == "generation"]
+    assert len(ends) == 1 and (ends[0]["generation"], ends[0]["iteration"], ends[0]["added"]) == (0, 3, 0)
+    assert "added_correct" not in ends[0]  # nothing added: nothing to count against the pool's labels
+    assert 0 <= ends[0]["seconds"] <= took
+    assert "additions" not in load_checkpoint(tmp_path / "run/checkpoints/ckpt_00000006.pt")["batches"]
 
 
 class GlobalRngConfig(FixMatchConfig):
@@ -539,6 +573,9 @@ def test_every_method_lists_its_keys_even_one_that_needs_a_parent_run(capsys):
         assert code == 0 and f"algorithm.* keys of {name}:" in out_text, name
     code, out_text, _ = run_cli(["list", "--algorithm", "crt"], capsys)
     assert "algorithm.sampler_beta" in out_text
+    code, out_text, err = run_cli(["list", "--algorithm", "fixmach"], capsys)  # nothing listed before the error
+    assert (code, out_text) == (2, "") and err.startswith("cissl: error: config key 'algorithm.name': unknown "
+                                                          "algorithm 'fixmach'; allowed: acr, ")
 
 
 def test_a_name_registered_twice_is_refused_and_the_first_kept():

@@ -1,3 +1,4 @@
+import io
 import json
 import signal
 import subprocess
@@ -77,6 +78,32 @@ def test_resume_continues_bit_for_bit(tmp_path, algorithm, overrides):
     assert_same_state(reference, resumed)
     lines = logged_records(interrupted)
     assert [r["iteration"] for r in lines if r["kind"] == "eval"] == [6, 12]  # no duplicated records
+
+
+def test_a_checkpoint_from_a_gpu_ddp_or_an_earlier_release_resumes_as_if_written_here(tmp_path):
+    """A GPU run's checkpoints carry the CUDA generator's state besides the CPU one: a CPU resume leaves it.
+    One written by 2 processes resumes in one, with a note. Version-2 checkpoints written before the
+    skipped-step count (9c0d650) and the run's environments (18fe5b4) were recorded lack those keys: they
+    resume with none skipped and this machine as the first."""
+    config = tiny_config("train.iterations=12", "train.checkpoint_every=6", "train.eval_every=6")
+    start_run(config, tmp_path / "straight", quiet=True)
+    run = tmp_path / "other"
+    start_run(config, run, quiet=True)
+    (run / "checkpoints/ckpt_00000012.pt").unlink()
+    (run / "results.json").unlink()
+    middle = run / "checkpoints/ckpt_00000006.pt"
+    state = load_checkpoint(middle)
+    state["cuda_rng"] = torch.zeros(16, dtype=torch.uint8)  # what torch.cuda.get_rng_state() returns
+    state["world_size"] = 2
+    del state["skipped_steps"], state["environments"]
+    torch.save(state, middle)
+    said = io.StringIO()
+    resume_run(run, stream=said)
+    lines = said.getvalue().splitlines()
+    assert lines[0] == f"[cissl] resumed {run} from ckpt_00000006.pt at iteration 6"
+    assert lines[1].startswith("[cissl] note: the checkpoint was written by 2 process(es), 1 continue it: ")
+    assert_same_state(load_checkpoint(tmp_path / "straight/checkpoints/ckpt_00000012.pt"),
+                      load_checkpoint(run / "checkpoints/ckpt_00000012.pt"))
 
 
 def test_train_writes_run_directory_and_results(tmp_path, capsys):

@@ -172,6 +172,7 @@ def cmd_list(args) -> int:
     from cissl.algorithms import ALGORITHMS, AUX_HEADS, REFINERS
     from cissl.config import Config, algorithm_defaults, describe
 
+    algorithm = algorithm_defaults(args.algorithm) if args.algorithm else None  # an unknown name: before any list
     for title, registry in (("algorithms", ALGORITHMS), ("pseudo-label refiners (algorithm.refiner)", REFINERS),
                             ("auxiliary heads (algorithm.aux_head)", AUX_HEADS)):
         print(f"{title}:")
@@ -182,8 +183,7 @@ def cmd_list(args) -> int:
     for key, default, text in describe(Config):
         if not key.startswith("algorithm.") or key == "algorithm.name":
             print(f"  {key:<38} {default:<16} {text}")
-    if args.algorithm:
-        algorithm = algorithm_defaults(args.algorithm)
+    if algorithm is not None:
         print(f"\nalgorithm.* keys of {args.algorithm}:")
         for key, default, text in describe(type(algorithm), "algorithm", algorithm):
             print(f"  {key:<38} {default:<16} {text}")
