@@ -299,6 +299,12 @@ def test_estimate_distribution_over_several_checkpoints(tmp_path, capsys):
     code, _, err = run_cli(["estimate-distribution", tmp_path / "run", "--all-checkpoints",
                             "--checkpoint", str(checkpoints[0])], capsys)
     assert code == 2 and "not both" in err and len(err.strip().splitlines()) == 1
+    written = (tmp_path / "run" / "unlabeled_distribution.json").read_bytes()
+    for limit in ("0.5", "-1", "nan"):  # would reject every estimate (a condition number is at least 1)
+        code, out, err = run_cli(["estimate-distribution", tmp_path / "run", f"--max-condition={limit}"], capsys)
+        assert (code, out) == (2, "") and err == (f"cissl: error: the condition number limit must be 1 or more, "
+                                                  f"got {float(limit)}\n")
+    assert (tmp_path / "run" / "unlabeled_distribution.json").read_bytes() == written
 
 
 # ----------------------------------------------------------------------------- the root finder, step for step

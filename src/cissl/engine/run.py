@@ -219,6 +219,8 @@ def estimate_run_distribution(run_dir: Path, checkpoints: list[Path] | None = No
     One estimate per checkpoint (default: the newest; ``every_checkpoint``: each one the run keeps); the
     result's ``counts`` are the mean of the accepted ones, as the DASO framework combines the estimates
     of a run's evaluations, or None when none was accepted."""
+    if not max_condition >= 1:  # a confusion matrix's condition number is at least 1 (and nan compares false)
+        raise CisslError(f"the condition number limit must be 1 or more, got {max_condition}")
     run = RunDir(run_dir)
     config = read_run_config(run.path)
     if config.data.val_per_class < 1:
