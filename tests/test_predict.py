@@ -243,6 +243,10 @@ def test_the_python_api_resumes_evaluates_and_loads_a_chosen_checkpoint(trained_
     files, from_files = newest.predict_files(tmp_path / "images", stream=io.StringIO())
     assert [f.name for f in files[:3]] == ["0000.png", "0001.png", "0002.png"]
     assert torch.allclose(from_files.probs[:12], newest.predict(images).probs, atol=1e-6)
+    listed, from_list = newest.predict_files([files[2], str(files[0])], stream=io.StringIO())  # in the list's order
+    assert listed == [files[2], files[0]] and torch.allclose(from_list.probs, from_files.probs[[2, 0]], atol=1e-6)
+    with pytest.raises(DataError, match="^predict_files: no files or folders given$"):
+        newest.predict_files([])
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     at_ten = api.evaluate(run, checkpoint=run / "checkpoints/ckpt_00000010.pt")

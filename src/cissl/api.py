@@ -11,12 +11,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from cissl.config import Config, load_config
 from cissl.engine.run import evaluate_run, resume_run, start_run
 from cissl.engine.run import load_run as _load_trained
-from cissl.errors import ConfigError
+from cissl.errors import ConfigError, DataError
 from cissl.evaluation.predict import Predictions, image_files, predict_images, read_image_files
 
 __all__ = ["Config", "Predictions", "Run", "evaluate", "load_config", "load_run", "resume", "train"]
@@ -65,9 +66,13 @@ class Run:
         """Class probabilities of uint8 images (see :mod:`cissl.evaluation.predict` for the layouts)."""
         return predict_images(self._trained, images, batch_size)
 
-    def predict_files(self, path: str | Path, stream=None) -> tuple[list[Path], Predictions]:
-        """The image files of a folder (or one file), read with Pillow, and their predictions."""
-        files = image_files(Path(path))
+    def predict_files(self, paths: str | Path | list[str | Path], stream=None) -> tuple[list[Path], Predictions]:
+        """The image files of a folder (recursively, sorted), of one file, or of a list of files and folders
+        (in its order), read with Pillow, and their predictions."""
+        given = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        if not given:
+            raise DataError("predict_files: no files or folders given")
+        files = [file for path in given for file in image_files(Path(path))]
         return files, self.predict(read_image_files(files, stream))
 
 
