@@ -32,6 +32,7 @@ from cissl.engine.checkpoint import load_checkpoint
 from cissl.engine.data import prepare_data
 from cissl.engine.run import start_run
 from cissl.engine.trainer import Trainer
+from cissl.evaluation.evaluate import predict_with_features
 
 FIXTURE = json.loads((Path(__file__).parent / "reference/fixtures/cossl.json").read_text())
 
@@ -208,14 +209,21 @@ def test_pretrain_fraction_zero_warms_up_before_the_first_step(tmp_path):
 
 def test_the_stage_loads_its_weights_into_the_network_and_the_ema_and_drops_the_heads_momentum(monkeypatch):
     """After the stage's step (iteration 5, 0-based) the teacher head holds the warm-up's weights, its EMA
-    the warm-up's average, and SGD keeps no momentum of the head's earlier weights (it had some)."""
+    the warm-up's average, and SGD keeps no momentum of the head's earlier weights (it had some). The stage
+    saw the EMA model's logits and embeddings of the labeled images, row for row with their labels, and of
+    the pool."""
     config = tiny_config(*OVERRIDES, algorithm="fixmatch_cossl")
     trainer = Trainer.from_config(config, prepare_data(config, torch.device("cpu")))
     returned = []
     stage = trainer.algorithm.on_stage
 
-    def recorded_stage(*args):
-        updates = stage(*args)
+    def recorded_stage(iteration, labeled, pool):
+        for seen, images in ((labeled, trainer.data.labeled.images), (pool, trainer.data.unlabeled.images)):
+            logits, features = predict_with_features(trainer.ema.model, images, 64, trainer.parts.policy)
+            assert torch.allclose(seen.features, features, atol=1e-5)
+            assert all(torch.allclose(seen.logits[h], logits[h], atol=1e-5) for h in logits)
+        assert torch.equal(labeled.labels, trainer.data.labeled.labels.cpu())
+        updates = stage(iteration, labeled, pool)
         returned.extend(updates)
         return updates
     monkeypatch.setattr(trainer.algorithm, "on_stage", recorded_stage)

@@ -304,6 +304,52 @@ def test_resume_falls_back_to_the_older_checkpoint_when_the_newest_is_unreadable
         resume_run(tmp_path / "run")
 
 
+def test_a_signal_during_the_last_step_lets_the_run_finish(tmp_path, monkeypatch):
+    """A stop requested while the last step runs: nothing is left to resume, so the run ends as usual
+    (results.json, exit 0) instead of stopping with a checkpoint to continue from."""
+    import signal
+
+    from cissl.engine import trainer as trainer_module
+
+    steps = []
+
+    class LateSignal:  # a SIGTERM that arrives during the run's second and last step
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        @property
+        def requested(self):
+            return signal.SIGTERM if len(steps) == 2 else None
+
+    monkeypatch.setattr(trainer_module, "StopSignals", LateSignal)
+    original = trainer_module.Trainer.train_step
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", lambda self: steps.append(1) or original(self))
+    config = tiny_config("train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2")
+    results = start_run(config, tmp_path / "run", quiet=True)
+    assert results["iterations"] == 2 and (tmp_path / "run/results.json").is_file()
+
+
+def test_a_run_not_a_multiple_of_its_log_and_checkpoint_periods_logs_and_saves_its_last_step(tmp_path):
+    """5 steps, logged and saved every 2: the last, partial window is logged and a checkpoint of the
+    finished run written. A supervised run records no pseudo-label statistics, and a run without
+    train.skip_nonfinite_steps logs no skipped-step count."""
+    from cissl.engine.checkpoint import list_checkpoints
+
+    config = tiny_config("train.iterations=5", "train.log_every=2", "train.checkpoint_every=2",
+                         "train.eval_every=5", "train.keep_checkpoints=5", algorithm="supervised")
+    start_run(config, tmp_path / "run", quiet=True)
+    records = logged_records(tmp_path / "run")
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["iteration"] for r in train] == [2, 4, 5]
+    assert not any("skipped_nonfinite_steps" in r for r in train)
+    assert [r.get("pseudo_labels") for r in records if r["kind"] == "eval"] == [None]
+    assert [p.name for p in list_checkpoints(tmp_path / "run/checkpoints")] == [
+        "ckpt_00000002.pt", "ckpt_00000004.pt", "ckpt_00000005.pt"]
+
+
 def test_a_diverging_run_stops_with_one_line_and_keeps_its_last_good_checkpoint(tmp_path, capsys):
     """optim.lr=1e6 (which used to run to the end at chance accuracy with exit 0)."""
     from cissl.engine.checkpoint import list_checkpoints, load_checkpoint
@@ -332,17 +378,17 @@ def test_skip_nonfinite_steps_skips_the_update_and_counts_it(tmp_path):
     from cissl.engine.trainer import Trainer, TrainingDiverged
     from cissl.rundir import RunDir
 
-    def poisoned(config, run_dir):
+    def poisoned(config, run_dir, nan_steps=(3,)):
         run = RunDir(run_dir)
         run.path.mkdir()
         logger = RunLogger(run, config.train.iterations, False, io.StringIO(), True, "plain")
         trainer = Trainer.from_config(config, prepare_data(config, "cpu"), run, logger, torch.device("cpu"))
         step = trainer.algorithm.step
 
-        def nan_at_3(model, batch, t):
+        def nan_at(model, batch, t):
             out = step(model, batch, t)
-            return dataclasses.replace(out, loss=out.loss * float("nan")) if t == 3 else out
-        trainer.algorithm.step = nan_at_3
+            return dataclasses.replace(out, loss=out.loss * float("nan")) if t in nan_steps else out
+        trainer.algorithm.step = nan_at
         return trainer
 
     base = ("train.iterations=6", "train.log_every=2", "train.eval_every=6", "train.checkpoint_every=6")
@@ -364,6 +410,11 @@ def test_skip_nonfinite_steps_skips_the_update_and_counts_it(tmp_path):
     assert [r["skipped_nonfinite_steps"] for r in logged if r["kind"] == "train"][-1] == 1
     with pytest.raises(TrainingDiverged, match="loss"):
         poisoned(tiny_config(*base), tmp_path / "b").fit()
+    # every step of the window logged at iteration 4 skipped: nothing logged there, the run goes on
+    both = poisoned(tiny_config(*base, "train.skip_nonfinite_steps=true"), tmp_path / "d", nan_steps=(2, 3))
+    both.fit()
+    logged = [r for r in logged_records(tmp_path / "d") if r["kind"] == "train"]
+    assert [(r["iteration"], r["skipped_nonfinite_steps"]) for r in logged] == [(2, 0), (6, 2)]
 
 
 def test_a_class_without_labeled_images_is_refused():

@@ -327,7 +327,7 @@ class Trainer:
     def results(self) -> dict:
         """The run's summary (results.json), from a final full evaluation of the EMA model."""
         final = self.final_evaluation
-        if final is None or final["iteration"] != self.iteration:  # e.g. a finished run resumed to write it
+        if final is None:  # set at the last step only: e.g. a finished run resumed to write results.json
             final = self.evaluate(full=True)
         return summarize_run(self.config, self.history, final, self.algorithm.reported_head,
                              self.data.split.labeled_counts, self.iteration, self.elapsed, str(self.device),
