@@ -40,4 +40,5 @@ def test_split_reads_data_and_saves_indices(tmp_path, capsys):
                            capsys)
     summary = json.loads(out)
     assert code == 0 and summary["labeled_total"] == sum(summary["labeled"])
+    assert summary["saved"] == str(tmp_path / "s.json")
     assert json.loads((tmp_path / "s.json").read_text())["labeled_counts"] == summary["labeled"]

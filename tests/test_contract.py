@@ -573,6 +573,8 @@ def test_every_method_lists_its_keys_even_one_that_needs_a_parent_run(capsys):
         assert code == 0 and f"algorithm.* keys of {name}:" in out_text, name
     code, out_text, _ = run_cli(["list", "--algorithm", "crt"], capsys)
     assert "algorithm.sampler_beta" in out_text
+    general = out_text.split("\nalgorithm.* keys of crt:")[0]  # the method's name among the general keys
+    assert re.search(r"^  algorithm\.name +fixmatch +the method \(one of: acr, ", general, re.M)
     code, out_text, err = run_cli(["list", "--algorithm", "fixmach"], capsys)  # nothing listed before the error
     assert (code, out_text) == (2, "") and err.startswith("cissl: error: config key 'algorithm.name': unknown "
                                                           "algorithm 'fixmach'; allowed: acr, ")

@@ -49,6 +49,8 @@ def test_predictions_on_png_files_equal_evaluate(trained_run, tmp_path, capsys):
     names = api.load_run(trained_run).class_names
     predicted = np.array([names.index(r["class1"]) for r in rows])
     assert all(float(r["prob1"]) >= float(r["prob2"]) for r in rows)
+    summary = ", ".join(f"{names[k]} {n}" for k, n in enumerate(np.bincount(predicted, minlength=10)) if n)
+    assert f"{len(rows)} images (balanced head of ckpt_00000020.pt): {summary}" in out.splitlines()
     code, _, _ = run_cli(["evaluate", trained_run], capsys)
     evaluated = json.loads((trained_run / "results.json").read_text())["confusion_matrix"]
     assert confusion_matrix(predicted, labels, 10).tolist() == evaluated

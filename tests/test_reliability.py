@@ -124,6 +124,9 @@ def test_overrides_after_an_option_flag_are_overrides(capsys):
     with pytest.raises(SystemExit):
         run_cli(["split", "--config", CONFIGS / "quickstart.yaml", "--counts-only", "--bogus"], capsys)
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # an option's spelling with '=' is no override
+        run_cli(["split", "--config", CONFIGS / "quickstart.yaml", "--counts-only", "--bogus=1"], capsys)
+    assert capsys.readouterr().err.endswith("cissl: error: unrecognized arguments: --bogus=1\n")
 
 
 def test_a_split_file_with_an_out_of_range_index_is_one_line(tmp_path, capsys):
@@ -560,6 +563,8 @@ def test_out_naming_a_file_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["train", "--resume", "runs/x", "optim.lr=0.1"], "--resume continues a run with its saved config.yaml; drop "
                                                        "--config / --algorithm / overrides"),
+    (["train", "--resume", "runs/x", "--algorithm", "semi"], "--resume continues a run with its saved config.yaml; "
+                                                             "drop --config / --algorithm / overrides"),
     (["train"], "train needs --config FILE (or --resume RUN_DIR)"),
     (["predict", "runs/x", "--images", "x.png", "--top-k", "0"], "--top-k must be at least 1, got 0"),
     (["split", "--config", "examples/own_data.yaml", "--counts-only"],

@@ -489,6 +489,8 @@ def test_report_mistakes_are_one_line(tmp_path, capsys):
                           (["report", tmp_path, "--per-seed", "--out", tmp_path / "r"],
                            "--per-seed writes DIR/per_seed.md of one folder: leave out --out"),
                           (["report", tmp_path, tmp_path / "empty"],
+                           "several folders or --tsne: give --out OUT for report.md / report.html"),
+                          (["report", tmp_path / "empty", "--tsne"],
                            "several folders or --tsne: give --out OUT for report.md / report.html")):
         code, out, err = run_cli(argv, capsys)
         assert code == 2 and out == "" and err == f"cissl: error: {message}\n", argv
