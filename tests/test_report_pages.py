@@ -111,6 +111,22 @@ def test_paper_columns_for_a_cifar10_lt_setting_match_the_papers_table(tmp_path,
     assert "| semi | 0 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 |  |" in md  # not a paper setting
 
 
+def test_the_pages_name_what_was_left_out_and_escape_names_in_the_html(tmp_path, capsys):
+    """A setting name is the user's text: the HTML page shows it as text (escaped), never as markup. An
+    unreadable results.json is named on both pages, as the plain report names it."""
+    fake_run(tmp_path / "runs", 'lt<b>&"10"', "semi", 4)
+    broken = tmp_path / "runs/broken/seed0"
+    broken.mkdir(parents=True)
+    (broken / "results.json").write_text("{")
+    code, _, _ = run_cli(["report", tmp_path / "runs", "--out", tmp_path / "report"], capsys)
+    md = (tmp_path / "report/report.md").read_text()
+    page = (tmp_path / "report/report.html").read_text()
+    assert code == 0 and '## lt<b>&"10"' in md and "<h2>lt&lt;b&gt;&amp;&quot;10&quot;</h2>" in page
+    assert "<b>" not in page
+    assert "Left out, unreadable:" in md and str(broken / "results.json") in md
+    assert "<p>Left out, unreadable:</p><ul><li>" in page and str(broken / "results.json") in page
+
+
 def test_paper_numbers_are_the_transcribed_tables():
     """The shipped JSON equals what tests/reference/paper_numbers.py reads from shared/paper/tables.md."""
     tables = REPO.parent / "shared" / "paper" / "tables.md"
