@@ -270,6 +270,38 @@ def test_estimate_distribution_command(tmp_path, capsys):
     assert again["counts"] == (only["counts"] if again["accepted"] else None)
 
 
+def test_the_estimate_is_that_of_the_methods_evaluation_probabilities_on_the_val_split_and_the_pool(tmp_path,
+                                                                                                   monkeypatch):
+    """estimate-distribution's counts are estimate_class_counts of the checkpoint's EMA model through the
+    method's evaluation logits (here shifted by a class offset), on the validation images and the pool; a
+    checkpoint of another run among those named is refused."""
+    from helpers import tiny_config
+
+    from cissl.algorithms.supervised import Supervised
+    from cissl.engine.checkpoint import list_checkpoints
+    from cissl.engine.run import estimate_run_distribution, load_run, start_run
+    from cissl.errors import CheckpointError
+    from cissl.evaluation.distribution import estimate_class_counts
+    from cissl.evaluation.evaluate import predict
+
+    offset = torch.linspace(-1.0, 1.0, 10)
+    monkeypatch.setattr(Supervised, "evaluation_logits",
+                        lambda self, logits: {head: value + offset for head, value in logits.items()})
+    config = tiny_config("data.val_per_class=3", algorithm="supervised")
+    start_run(config, tmp_path / "run", quiet=True)
+    result = estimate_run_distribution(tmp_path / "run", None, 1e12)
+    trained = load_run(tmp_path / "run")
+    probs = [torch.softmax(predict(trained.model, images, 500, trained.policy)["main"] + offset, dim=1)
+             for images in (trained.data.val.images, trained.data.unlabeled.images)]
+    expected = estimate_class_counts(probs[0], trained.data.val.labels.cpu(), probs[1], 1e12)
+    assert torch.allclose(torch.tensor(result["estimates"][0]["counts"]), expected.counts.float(), atol=1e-3)
+    start_run(tiny_config("data.val_per_class=3", "train.seed=1", algorithm="supervised"), tmp_path / "other",
+              quiet=True)
+    foreign = list_checkpoints(tmp_path / "other/checkpoints")[-1]
+    with pytest.raises(CheckpointError, match="belongs to another run"):
+        estimate_run_distribution(tmp_path / "run", [list_checkpoints(tmp_path / "run/checkpoints")[-1], foreign])
+
+
 def test_estimate_distribution_over_several_checkpoints(tmp_path, capsys):
     """Each checkpoint's estimate is that checkpoint's alone (its weights are loaded in turn), and the
     written counts are the mean of the accepted ones."""

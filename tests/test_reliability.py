@@ -89,6 +89,27 @@ def test_a_run_directory_may_be_new_empty_or_one_a_run_started_in(tmp_path):
         prepare_run_directory(RunDir(tmp_path / "lock_and_notes"))
 
 
+def test_a_start_in_a_run_folder_without_checkpoints_begins_afresh_and_a_finished_one_is_refused(tmp_path):
+    """A start that stopped before its first checkpoint leaves split.json and metrics.jsonl: a new start
+    there writes metrics of its own only. A finished run whose checkpoints were deleted still holds a run
+    (results.json): a start there is refused and the results kept."""
+    from cissl.errors import CheckpointError
+
+    config = tiny_config("train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "split.json").write_text("{}")
+    (run / "metrics.jsonl").write_text('{"kind": "train", "iteration": 99}\n')
+    start_run(config, run, quiet=True)
+    assert [r["iteration"] for r in logged_records(run)] == [2, 2]  # its train and eval records
+    for checkpoint in (run / "checkpoints").iterdir():
+        checkpoint.unlink()
+    results = (run / "results.json").read_bytes()
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        start_run(config, run, quiet=True)
+    assert (run / "results.json").read_bytes() == results
+
+
 def test_a_folder_without_config_yaml_is_not_a_run_to_evaluate_or_resume(tmp_path, capsys):
     (tmp_path / "split.json").write_text("{}")
     for argv in (["evaluate", tmp_path], ["train", "--resume", tmp_path], ["predict", tmp_path, "--images", tmp_path]):
@@ -606,7 +627,7 @@ def test_a_resumed_runs_wall_time_adds_the_time_trained_before(tmp_path):
     import torch
 
     from cissl.engine.checkpoint import load_checkpoint
-    from cissl.engine.run import resume_run
+    from cissl.engine.run import evaluate_run, resume_run
 
     start_run(tiny_config("train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2"), tmp_path / "run",
               quiet=True)
@@ -617,6 +638,7 @@ def test_a_resumed_runs_wall_time_adds_the_time_trained_before(tmp_path):
     results = resume_run(tmp_path / "run", quiet=True)
     assert 1000.0 < results["wall_time_s"] < 1000.0 + 600
     assert load_checkpoint(tmp_path / "run/checkpoints/ckpt_00000004.pt")["elapsed"] == results["wall_time_s"]
+    assert evaluate_run(tmp_path / "run")["wall_time_s"] == results["wall_time_s"]  # from the checkpoint it reads
 
 
 def test_a_run_resumed_between_two_logs_logs_what_an_uninterrupted_one_does(tmp_path):
