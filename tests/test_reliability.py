@@ -110,6 +110,22 @@ def test_a_start_in_a_run_folder_without_checkpoints_begins_afresh_and_a_finishe
     assert (run / "results.json").read_bytes() == results
 
 
+def test_resume_and_evaluate_take_the_runs_split_file_and_draw_none(tmp_path, monkeypatch):
+    """A run's split is split.json's, fixed when it started: a resume, `cissl evaluate` and loading it to
+    predict never draw one again (a changed protocol or data order would otherwise move its images)."""
+    from cissl.engine import data as engine_data
+    from cissl.engine.run import evaluate_run, load_run, resume_run
+
+    start_run(tiny_config("train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2"), tmp_path / "run",
+              quiet=True)
+    (tmp_path / "run/checkpoints/ckpt_00000004.pt").unlink()
+    (tmp_path / "run/results.json").unlink()
+    monkeypatch.setattr(engine_data, "new_split", lambda *args: pytest.fail("a new split was drawn"))
+    resume_run(tmp_path / "run", quiet=True)
+    evaluate_run(tmp_path / "run")
+    load_run(tmp_path / "run")
+
+
 def test_a_folder_without_config_yaml_is_not_a_run_to_evaluate_or_resume(tmp_path, capsys):
     (tmp_path / "split.json").write_text("{}")
     for argv in (["evaluate", tmp_path], ["train", "--resume", tmp_path], ["predict", tmp_path, "--images", tmp_path]):
