@@ -353,6 +353,46 @@ def test_every_view_row_is_a_view_of_its_own_image(algorithm):
     assert (batch.x_balanced is not None) == (algorithm == "fixmatch_cossl")
 
 
+@pytest.mark.parametrize("beta", [1.0, 0.9])
+def test_a_class_balanced_labeled_stream_draws_each_class_at_its_weights_share(beta):
+    """ViewSpec(labeled_sampling="class_balanced", sampling_beta=beta) (cRT): over 4000 draws each class's
+    share of the labeled rows is its images' share of the sampling weights (beta = 1: a tenth each; 0.9:
+    between that and the labeled counts' shares), not the shuffled stream's shares (the labeled counts')."""
+    config = tiny_config("train.batch_size=40", algorithm="supervised")
+    spec = ViewSpec(unlabeled=False, labeled_sampling="class_balanced", sampling_beta=beta)
+    data, source = batch_source(config, spec)
+    labels = torch.cat([source.next()[0].y for _ in range(100)])
+    share = torch.bincount(labels, minlength=10).double() / len(labels)
+    weights = class_sampling_weights(data.labeled.labels, 10, beta)
+    expected = torch.bincount(data.labeled.labels, weights=weights, minlength=10) / weights.sum()
+    assert (share - expected).abs().max() < 0.025  # 4 standard deviations of a share of 0.2 in 4000 draws
+    counts = torch.bincount(data.labeled.labels, minlength=10).double()
+    assert (expected - counts / counts.sum()).abs().max() > 0.05  # told apart from a shuffled stream
+    assert beta == 1.0 or (expected - 0.1).abs().max() > 0.05  # and from beta = 1
+
+
+def test_a_method_that_declares_no_weak_view_of_the_pool_gets_none():
+    _, source = batch_source(tiny_config(algorithm="fixmatch"), ViewSpec(weak=False))
+    batch, _ = source.next()
+    assert batch.u_weak is None and batch.u_strong and all(len(v) == len(batch.u_index) for v in batch.u_strong)
+
+
+def test_the_class_balanced_labeled_batch_is_a_strong_view():
+    """CoSSL's class-balanced labeled rows go through the strong augmentation: with flips and Cutout only,
+    each is a flipped or plain image with a grey square, never the image itself as the weak view gives it."""
+    config = tiny_config("augment.crop_padding=0", "augment.randaugment_ops=0", "augment.cutout=4",
+                         algorithm="fixmatch_cossl")
+    data, source = batch_source(config)
+    batch, _ = source.next()
+
+    def plain_view_of_its_class(row, label):
+        images = data.labeled.images[data.labeled.labels == label].float() / 255
+        return any(torch.equal(row, image) or torch.equal(row, image.flip(-1)) for image in images)
+
+    assert all(plain_view_of_its_class(row, label) for row, label in zip(batch.x, batch.y))
+    assert not any(plain_view_of_its_class(row, label) for row, label in zip(batch.x_balanced, batch.y_balanced))
+
+
 def test_truncate_jsonl_keeps_the_records_up_to_the_checkpoint(tmp_path):
     """A resumed run rewrites what came after its checkpoint: later records and a line cut short by a
     crash go; a file that is not there stays absent."""
