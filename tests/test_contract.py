@@ -293,6 +293,7 @@ def test_generations_extend_the_labeled_set_restart_the_schedule_and_resume_exac
         same = [torch.equal(saved[part][key], value) for part in ("model", "ema") for key, value in fresh.items()
                 if value.is_floating_point()]
         assert all(same) == reinitialize
+        assert (saved["optimizer"]["state"] == {}) == reinitialize  # a fresh network starts without momentum
     # resume from inside generation 1 and from the boundary itself: the same run, bit for bit
     reference = load_checkpoint(tmp_path / "straight/checkpoints/ckpt_00000012.pt")
     for cut in (6, 4, 8):
