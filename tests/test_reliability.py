@@ -209,6 +209,40 @@ def test_a_run_whose_data_moved_resumes_and_other_data_is_still_refused(tmp_path
         resume_run(tmp_path / "moved", quiet=True)
 
 
+def test_what_makes_a_checkpoint_another_runs_and_what_does_not():
+    """Compared: every key of data / model / optim / augment / algorithm and the train keys that change what
+    a run computes (seed, iterations, batch_size, mu, strong_views, epoch_length, ema_decay). Not compared:
+    where the data is, how often a run logs, evaluates or saves, keys a checkpoint predates. The first three
+    differences are named, then how many more."""
+    from cissl.engine.checkpoint import IDENTITY_SECTIONS as SECTIONS
+    from cissl.engine.checkpoint import IDENTITY_TRAIN_KEYS as TRAIN_KEYS
+    from cissl.engine.checkpoint import check_checkpoint_belongs, config_differences
+
+    config = tiny_config()
+
+    def recorded(**changes):
+        flat = {"data.root": "/elsewhere", "data.download": True, "data.stream_images": "never",
+                "train.eval_every": 3, "train.log_every": 1, "train.checkpoint_every": 1, "train.keep_checkpoints": 9,
+                "train.device": "cuda", **changes}
+        state = {"config": config.replace(flat).to_dict()}
+        del state["config"]["data"]["test_fraction"]  # as written before the key existed: not compared
+        return state
+
+    assert config_differences(recorded(), config, SECTIONS, TRAIN_KEYS) is None
+    check_checkpoint_belongs(recorded(), config, "ckpt.pt")
+    assert config_differences(recorded(**{"train.mu": 2}), config, SECTIONS, TRAIN_KEYS) == (
+        f"train.mu 2 (this run: {config.train.mu})")
+    for key, value in (("train.seed", 7), ("train.iterations", 40), ("train.batch_size", 8),
+                       ("train.strong_views", 1), ("train.epoch_length", 7), ("augment.cutout", 3),
+                       ("model.widen", 2), ("optim.momentum", 0.5), ("algorithm.threshold", 0.5),
+                       ("data.imbalance_ratio", 3), ("train.ema_decay", 0.9)):
+        assert config_differences(recorded(**{key: value}), config, SECTIONS, TRAIN_KEYS).startswith(f"{key} "), key
+    four = recorded(**{"train.seed": 7, "optim.lr": 0.5, "model.widen": 2, "augment.cutout": 3})
+    with pytest.raises(CisslError, match=r"^checkpoint ckpt.pt belongs to another run: \S+ \S+ \(this run: "
+                                         r"\S+\), \S+ \S+ \(this run: \S+\), \S+ \S+ \(this run: \S+\) and 1 more$"):
+        check_checkpoint_belongs(four, config, "ckpt.pt")
+
+
 def test_a_checkpoint_of_another_run_is_refused_by_evaluate_and_resume(tmp_path, capsys):
     """Same architecture, other seed and lr: evaluate --checkpoint and --resume refuse it with one line
     naming what differs, and RUN's results.json is left as it was."""
