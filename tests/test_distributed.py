@@ -191,6 +191,40 @@ def test_fingerprint_changes_with_any_value():
     assert fingerprint({"b": same["b"], "a": same["a"]}) == fingerprint(state)  # not the order of insertion
 
 
+def test_the_replicated_model_gives_every_head_of_the_steps_forwards_a_zero_gradient_once():
+    """ReplicatedModel (the step's model under DDP): forwards with gradients are kept until
+    untouched_heads_term, which is 0 x every head's logits (a zero gradient for a head the loss left out,
+    none for the rest) and forgets them; forwards without gradients are not kept; attributes come from
+    the network."""
+    from cissl.engine.launch import ReplicatedModel
+    from cissl.models.classifier import ModelOutput
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.main, self.aux = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            return ModelOutput(x, {"main": self.main(x), "aux": self.aux(x)})
+
+    net = TwoHeads()
+    replicated = ReplicatedModel(torch.nn.Module())
+    replicated.ddp.module = net
+    replicated.ddp.forward = net.forward
+    assert replicated.untouched_heads_term() is None  # no forward yet
+    with torch.no_grad():
+        replicated(torch.ones(4, 3))  # an EMA-like forward: not kept
+    loss = replicated(torch.ones(4, 3)).logits["main"].sum()  # the loss leaves the "aux" head out
+    replicated(torch.ones(2, 3))
+    assert len(replicated.outputs) == 2
+    term = replicated.untouched_heads_term()
+    assert term.item() == 0.0 and replicated.untouched_heads_term() is None  # forgotten once taken
+    (loss + term).backward()
+    assert torch.equal(net.aux.weight.grad, torch.zeros(2, 3)) and torch.equal(net.aux.bias.grad, torch.zeros(2))
+    assert torch.equal(net.main.bias.grad, torch.full((2,), 4.0))  # the loss's gradient alone
+    assert replicated.main is net.main
+
+
 def test_cross_rank_batchnorm_shares_the_parameters_and_acts_alone_as_batchnorm():
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 1), torch.nn.BatchNorm2d(3, momentum=0.1))
     weight, running = net[1].weight, net[1].running_mean
