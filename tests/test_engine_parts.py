@@ -321,6 +321,17 @@ def test_images_per_step_counts_the_views_a_method_declares():
     assert per_step(ViewSpec(unlabeled=False)) == b
 
 
+def is_view_of(row, image) -> bool:
+    """Whether an augmented row is the uint8 ``image`` itself or mirrored (augmentation reduced to flips)."""
+    image = image.float() / 255
+    return torch.equal(row, image) or torch.equal(row, image.flip(-1))
+
+
+def is_view_of_its_class(data, row, label) -> bool:
+    """Whether the row is such a view of one of the labeled images of ``label``."""
+    return any(is_view_of(row, image) for image in data.labeled.images[data.labeled.labels == label])
+
+
 @pytest.mark.parametrize("algorithm", ["fixmatch", "fixmatch_cossl"])
 def test_every_view_row_is_a_view_of_its_own_image(algorithm):
     """Row i of the weak view and of every strong view is pool image u_index[i] (the authors' SeMi code
@@ -330,11 +341,6 @@ def test_every_view_row_is_a_view_of_its_own_image(algorithm):
     config = tiny_config("augment.crop_padding=0", "augment.randaugment_ops=0", "augment.cutout=0", "train.mu=2",
                          algorithm=algorithm)
     data, source = batch_source(config)
-
-    def is_view_of(row, image):
-        image = image.float() / 255
-        return torch.equal(row, image) or torch.equal(row, image.flip(-1))
-
     for _ in range(2):
         batch, truth = source.next()
         pool = data.unlabeled.images[batch.u_index]
@@ -347,9 +353,7 @@ def test_every_view_row_is_a_view_of_its_own_image(algorithm):
         for rows, labels in ((batch.x, batch.y), (batch.x_balanced, batch.y_balanced)):
             if rows is None:
                 continue
-            for row, label in zip(rows, labels):
-                candidates = data.labeled.images[data.labeled.labels == label]
-                assert any(is_view_of(row, image) for image in candidates)
+            assert all(is_view_of_its_class(data, row, label) for row, label in zip(rows, labels))
     assert (batch.x_balanced is not None) == (algorithm == "fixmatch_cossl")
 
 
@@ -384,13 +388,8 @@ def test_the_class_balanced_labeled_batch_is_a_strong_view():
                          algorithm="fixmatch_cossl")
     data, source = batch_source(config)
     batch, _ = source.next()
-
-    def plain_view_of_its_class(row, label):
-        images = data.labeled.images[data.labeled.labels == label].float() / 255
-        return any(torch.equal(row, image) or torch.equal(row, image.flip(-1)) for image in images)
-
-    assert all(plain_view_of_its_class(row, label) for row, label in zip(batch.x, batch.y))
-    assert not any(plain_view_of_its_class(row, label) for row, label in zip(batch.x_balanced, batch.y_balanced))
+    assert all(is_view_of_its_class(data, row, label) for row, label in zip(batch.x, batch.y))
+    assert not any(is_view_of_its_class(data, row, label) for row, label in zip(batch.x_balanced, batch.y_balanced))
 
 
 def test_truncate_jsonl_keeps_the_records_up_to_the_checkpoint(tmp_path):
