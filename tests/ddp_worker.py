@@ -8,8 +8,12 @@ the method's state, the streams' state and the pseudo-label statistics. ``check_
 list gives every rank another seed (a launch with mismatched configs) and prints the error; ``leave``
 keeps rank 1 two seconds longer in the process group and writes when each rank left it; ``diverge``
 trains DARP with its cross-rank gather removed, and prints the error the checkpoint check gives;
-``collectives`` calls each collective of cissl.distributed (and of the launch) on inputs that differ from
-rank to rank and saves what each rank got, in OUT/collectives/rank{R}.pt.
+``one_rank_differs`` trains a run (``cissl train`` from Python) in which rank 1 alone sees a non-finite
+loss at step 2 and alone receives SIGTERM during step 4, and saves each rank's own losses and end in
+OUT/one_rank_differs/rank{R}.json; ``released`` trains a run and writes whether its DDP wrapper was still
+alive when the process group was destroyed; ``collectives`` calls each collective of cissl.distributed (and
+of the launch) on inputs that differ from rank to rank and saves what each rank got, in
+OUT/collectives/rank{R}.pt.
 """
 
 from __future__ import annotations
@@ -92,6 +96,87 @@ def collectives(out: Path) -> None:
     torch.save(got, folder / f"rank{r}.pt")
 
 
+def one_rank_differs(out: Path, overrides: list[str]) -> None:
+    """What only one rank meets must be agreed on by all: rank 1's loss is nan at step 2 (both ranks skip
+    it: train.skip_nonfinite_steps) and rank 1 alone is signalled during step 4 (both stop after it). Each
+    rank's own loss of every step is saved, so that the test can check that the logged loss is the mean
+    over the ranks. A rank that went on alone would wait forever in the next collective."""
+    import dataclasses
+    import signal
+
+    from cissl.engine import trainer as trainer_module
+    from cissl.engine.run import start_run
+    from cissl.engine.stop import TrainingStopped
+
+    r = int(os.environ["RANK"])  # (the process group exists only inside start_run)
+    losses = []
+    original_step = trainer_module.Trainer.train_step
+
+    def train_step(self):
+        step = self.iteration + 1
+        if r == 1 and step == 2:
+            step_of = self.algorithm.step
+            self.algorithm.step = lambda *args: dataclasses.replace(step_of(*args), loss=torch.tensor(float("nan")))
+        result = original_step(self)
+        self.algorithm.__dict__.pop("step", None)
+        losses.append(float(result.loss.detach()))
+        return result
+
+    class SignalToRankOne:  # SIGTERM on rank 1 alone, while its 4th step runs
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        @property
+        def requested(self):
+            return signal.SIGTERM if r == 1 and len(losses) >= 4 else None
+
+    trainer_module.Trainer.train_step = train_step
+    trainer_module.StopSignals = SignalToRankOne
+    config = tiny_config("train.iterations=6", "train.log_every=1", "train.skip_nonfinite_steps=true", *overrides)
+    try:
+        start_run(config, out / "run", quiet=True)
+        end = "finished"
+    except TrainingStopped as exc:
+        end = {"message": str(exc), "printed": exc.printed_by_this_rank}
+    folder = out / "one_rank_differs"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank{r}.json").write_text(json.dumps({"losses": losses, "end": end}))
+
+
+def released(out: Path, overrides: list[str]) -> None:
+    """Whether the run's DistributedDataParallel wrapper (which holds the process group) was alive when
+    the launch destroyed the group, on this rank."""
+    import gc
+    import weakref
+
+    from cissl.engine import assemble
+    from cissl.engine.run import start_run
+
+    wrappers = []
+    wrap_for_ranks = assemble.wrap_for_ranks
+
+    def wrap_and_note(model, device):
+        wrapped = wrap_for_ranks(model, device)
+        wrappers.append(weakref.ref(wrapped.ddp))
+        return wrapped
+
+    destroy = torch.distributed.destroy_process_group
+    alive = []
+
+    def note_and_destroy(*args, **kwargs):
+        alive.append(wrappers[0]() is not None)
+        return destroy(*args, **kwargs)
+
+    assemble.wrap_for_ranks = wrap_and_note
+    torch.distributed.destroy_process_group = note_and_destroy
+    gc.disable()  # no collection by chance between the run's end and the group's destruction
+    start_run(tiny_config("train.iterations=2", "train.log_every=1", *overrides), out / "run", quiet=True)
+    (out / f"released{os.environ['RANK']}.json").write_text(json.dumps({"alive_at_destroy": alive}))
+
+
 def cross_rank_batchnorm(r: int, momentum) -> dict:
     """Two training steps of a batch norm over a batch of 4 and a loss weighing every output: as a
     CrossRankBatchNorm2d on this rank's 2 rows ("ours"), and as a plain BatchNorm2d on all 4 in this
@@ -145,6 +230,12 @@ def main(argv: list[str]) -> int:
     if methods == ["collectives"]:
         with launched(tiny_config(*overrides)):
             collectives(out)
+        return 0
+    if methods == ["one_rank_differs"]:  # start_run joins the process group itself
+        one_rank_differs(out, overrides)
+        return 0
+    if methods == ["released"]:
+        released(out, overrides)
         return 0
     if methods == ["diverge"]:  # DARP as if it kept only its own rows' predictions: the ranks drift apart
         import cissl.algorithms.darp as darp

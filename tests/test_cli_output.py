@@ -128,6 +128,8 @@ def test_estimate_distribution_without_an_accepted_estimate_exits_1_and_proposes
     (RaisedOnRankZero("rank 0 prints this one"), 2, ""),  # another rank's copy: rank 0 prints it, once
     (TrainingStopped(signal.SIGTERM, "stopped at iteration 7; resume with ..."), 128 + signal.SIGTERM,
      "cissl: stopped at iteration 7; resume with ...\n"),
+    (TrainingStopped(signal.SIGINT, "stopped at iteration 7; ...", printed_by_this_rank=False), 128 + signal.SIGINT,
+     ""),  # a DDP rank other than 0: the same exit status, rank 0 prints the line
     (KeyboardInterrupt(), 130, "cissl: interrupted; a run continues from its last checkpoint with "
                                "`cissl train --resume RUN_DIR`\n"),
 ])

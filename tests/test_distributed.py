@@ -337,10 +337,12 @@ def test_per_epoch_and_per_generation_updates_match_the_single_process(tmp_path)
 
 def test_torchrun_cli_writes_once_and_resumes_bit_exact(tmp_path):
     """`torchrun -m cissl train` on digits-LT: rank 0 alone prints, logs and writes; a run stopped after
-    iteration 16 and resumed under torchrun ends in the uninterrupted run's checkpoint, bit for bit."""
+    iteration 16 and resumed under torchrun ends in the uninterrupted run's checkpoint, bit for bit, and
+    logs what it logs (the checkpoint at 16 falls inside a log window of 3 steps: the steps before it
+    count with every rank's values)."""
     run = tmp_path / "run"
     args = ["-m", "cissl", "train", "--config", CONFIGS / "digits_lt" / "consistent_n20_m90_g10.yaml", "--out", run,
-            "model.depth=10", "model.widen=1", "train.iterations=24", "train.eval_every=8", "train.log_every=4",
+            "model.depth=10", "model.widen=1", "train.iterations=24", "train.eval_every=8", "train.log_every=3",
             "train.checkpoint_every=8", "train.keep_checkpoints=3", "train.report_last=1", "train.batch_size=16"]
     result = torchrun(*args)
     assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-3000:]  # how far rank 0 got, and why
@@ -360,6 +362,39 @@ def test_torchrun_cli_writes_once_and_resumes_bit_exact(tmp_path):
                       load_checkpoint(resumed / "checkpoints" / "ckpt_00000024.pt"))
     assert (resumed / "metrics.jsonl").read_text().count('"kind": "eval"') == 3
 
+    def train_records(folder):
+        return [{k: v for k, v in r.items() if k != "it_per_s"} for r in logged_records(folder) if r["kind"] == "train"]
+
+    assert train_records(resumed) == train_records(run) and len(train_records(run)) == 8
+
+
+def test_what_one_rank_alone_meets_every_rank_acts_on(tmp_path):
+    """Rank 1 alone has a nan loss at step 2 and alone is signalled during step 4 (ddp_worker.py,
+    one_rank_differs): both ranks skip step 2, both stop after step 4 with one checkpoint (each rank's
+    message names it; rank 1 leaves the printing to rank 0), and every logged loss is the mean of the two
+    ranks' own losses, not rank 0's. A rank that acted alone would leave the other waiting in a collective."""
+    from cissl.engine.checkpoint import list_checkpoints
+
+    result = torchrun(WORKER, tmp_path, 0, "one_rank_differs", timeout=150)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    ranks = [json.loads((tmp_path / "one_rank_differs" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    checkpoint = tmp_path / "run" / "checkpoints" / "ckpt_00000004.pt"
+    assert list_checkpoints(tmp_path / "run" / "checkpoints") == [checkpoint]
+    assert load_checkpoint(checkpoint)["skipped_steps"] == 1
+    for rank in ranks:
+        assert len(rank["losses"]) == 4  # nobody went on to step 5
+        assert rank["end"] == {"message": f"SIGTERM: stopped after iteration 4, checkpoint {checkpoint}; continue "
+                                          f"with `cissl train --resume {tmp_path / 'run'}`",
+                               "printed": rank is ranks[0]}
+    assert ranks[1]["losses"][1] != ranks[1]["losses"][1] and ranks[0]["losses"][1] == ranks[0]["losses"][1]  # nan
+    train = [r for r in logged_records(tmp_path / "run") if r["kind"] == "train"]
+    assert [r["iteration"] for r in train] == [1, 3, 4]  # step 2 skipped on both: nothing to log
+    assert all(r["skipped_nonfinite_steps"] == (0 if r["iteration"] == 1 else 1) for r in train)
+    for record in train:
+        own = [rank["losses"][record["iteration"] - 1] for rank in ranks]
+        assert own[0] != pytest.approx(own[1], rel=1e-3)  # the ranks' rows differ, so does their loss
+        assert record["loss"] == pytest.approx(sum(own) / 2, rel=1e-6)
+
 
 def test_launches_that_cannot_work_fail_up_front_in_one_line(tmp_path):
     result = torchrun("-m", "cissl", "train", "--config", CONFIGS / "quickstart.yaml", "--out", tmp_path / "odd",
@@ -377,13 +412,25 @@ def test_launches_that_cannot_work_fail_up_front_in_one_line(tmp_path):
 
 
 def test_no_rank_leaves_the_process_group_while_another_is_still_in_it(tmp_path):
-    """On a normal end every rank waits for the others before the groups are torn down (gloo's threads were
-    once seen to abort at exit as a peer left): rank 1 stays 2 s longer, and rank 0 leaves only after it."""
+    """On a normal end every rank waits for the others before the groups are torn down: rank 1 stays 2 s
+    longer, and rank 0 leaves only after it."""
     result = torchrun(WORKER, tmp_path, 0, "leave")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     rank0, rank1 = (json.loads((tmp_path / f"leave{rank}.json").read_text()) for rank in (0, 1))
     assert rank1["body_end"] - rank0["body_end"] > 1.5  # rank 1 did linger
     assert rank0["left"] >= rank1["body_end"]
+
+
+def test_the_run_lets_go_of_the_process_group_before_the_group_is_destroyed(tmp_path):
+    """The DDP wrapper holds the process group, and the trainer's reference cycles keep it alive past the
+    run. Were it collected only at the interpreter's exit, the group's gloo threads would free their
+    tensors while Python finalizes, and a rank would abort ("terminate called without an active
+    exception", seen about once in 40 resumed 2-rank runs on a busy machine). The launch collects it
+    first (automatic collection is off in the worker, so only that collection can free it)."""
+    result = torchrun(WORKER, tmp_path, 0, "released")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"released{rank}.json").read_text()) == {"alive_at_destroy": [False]}
 
 
 def test_ranks_that_drift_apart_are_stopped_at_the_checkpoint(tmp_path):

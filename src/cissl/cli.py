@@ -391,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cissl: error: {exc}", file=sys.stderr)
         return 2
     except TrainingStopped as exc:
-        print(f"cissl: {exc}", file=sys.stderr)
+        if exc.printed_by_this_rank:  # under torchrun, rank 0's line alone
+            print(f"cissl: {exc}", file=sys.stderr)
         return 128 + exc.signal_number
     except KeyboardInterrupt:
         print("cissl: interrupted; a run continues from its last checkpoint with "

@@ -15,9 +15,10 @@ import threading
 class TrainingStopped(Exception):
     """A run stopped on a signal after writing a checkpoint of its last finished step."""
 
-    def __init__(self, signal_number: int, message: str):
+    def __init__(self, signal_number: int, message: str, printed_by_this_rank: bool = True):
         super().__init__(message)
         self.signal_number = signal_number
+        self.printed_by_this_rank = printed_by_this_rank  # False on DDP ranks other than 0: rank 0 prints it
 
 
 class StopSignals:

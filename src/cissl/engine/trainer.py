@@ -295,10 +295,11 @@ class Trainer:
         return results
 
     def _stop(self, signal_number: int) -> None:
-        path = self.save()
+        path = distributed.broadcast_from_main(self.save())  # rank 0 writes it; every rank's message names it
         name = signal.Signals(signal_number).name
         raise TrainingStopped(signal_number, f"{name}: stopped after iteration {self.iteration}, checkpoint {path}; "
-                                             f"continue with `cissl train --resume {self.run_dir}`")
+                                             f"continue with `cissl train --resume {self.run_dir}`",
+                              printed_by_this_rank=distributed.is_main())
 
     def _fit_step(self, tc, total: int, start: float, elapsed_before: float) -> None:
         """One step and what follows it: logging, evaluation, the generation's end, the checkpoint."""
