@@ -243,7 +243,9 @@ def main(argv: list[str]) -> int:
         darp.gather_rows = lambda tensor: tensor
         methods = ["fixmatch_darp"]
     try:
-        with launched(tiny_config(*overrides)) as device:  # one process group for every method
+        # one process group for every method; one method's config may hold its own keys (algorithm.*)
+        launch_config = tiny_config(*overrides, algorithm=methods[0] if len(methods) == 1 else None)
+        with launched(launch_config) as device:
             for method in methods:
                 train(out, steps, method, overrides, device)
     except CisslError as exc:

@@ -293,8 +293,9 @@ def test_a_head_left_out_of_the_loss_trains_under_ddp(tmp_path):
 def test_two_ranks_with_half_batches_equal_one_process_with_the_whole_batch(tmp_path):
     """Same samples and augmentation draws (sharded from the same streams), batch norm over the global
     batch (train.sync_batchnorm): 2 x B/2 gives one process's B-batch step loss to float tolerance, from
-    the first step on, and after 4 steps of SeMi with every term active the same weights and bank.
-    (Beyond a few steps a float difference can flip a confidence mask; the runs then part.)"""
+    the first step on, and after 4 steps of SeMi (OHEML, EA and PLCE from the third) the same weights,
+    bank and EA centre. (Beyond a few steps a float difference can flip a confidence mask; the runs then
+    part.)"""
     worker(tmp_path / "one", 4, ["semi"], "train.sync_batchnorm=true", ranks=1)
     worker(tmp_path / "two", 4, ["semi"], "train.sync_batchnorm=true")
     one, two = saved(tmp_path / "one", "semi", 0), saved(tmp_path / "two", "semi", 0)
@@ -333,6 +334,30 @@ def test_per_epoch_and_per_generation_updates_match_the_single_process(tmp_path)
         assert two["losses"] == pytest.approx(one["losses"], rel=1e-5), method
         for part in ("model", "algorithm", "batches", "test_logits"):
             assert_close_state(two[part], one[part], atol=1e-4, path=f"{method}.{part}")
+
+
+@pytest.mark.parametrize("method, overrides, atol", [
+    ("fixmatch_abc", ["train.epoch_length=1"], 1e-5),  # unlabeled rows kept at a rate below 1 from epoch 2 on
+    ("fixmatch_cossl", ["algorithm.pretrain_fraction=0.05", "algorithm.warmup_epochs=1", "train.epoch_length=2"],
+     1e-5),
+    ("semi_paper", [], 1e-5),  # the bank filled at step 1, drawn from for the balanced head at step 2 on
+    ("acr", [], 1e-4),  # the estimate updated at step 3; one process on 1 and on 2 threads already part by 1e-5
+])
+def test_a_methods_later_draws_and_updates_match_the_single_process(tmp_path, method, overrides, atol):
+    """What the first step leaves out, at threshold 0 so that every row takes part and no mask can flip:
+    ABC's Bernoulli draws of unlabeled rows, CoSSL's co-learning stage (its classifier warm-up, TFE's mix
+    draws), SeMi's bank draws for the balanced head (their class counts summed over the ranks) and ACR's
+    estimate (from the global batch's balanced pseudo-labels). Each rank draws for the global batch and
+    keeps its rows; after 3 steps on 2 ranks the weights, the method's state and the evaluation are one
+    process's. (3 steps, not more: at this scale fixmatch_abc's weights part by 1e-3 after 5 steps even
+    between one process on 1 and on 2 threads, a float sensitivity of the trajectory, not of the draws.)"""
+    overrides = ["train.sync_batchnorm=true", "algorithm.threshold=0.0", *overrides]
+    worker(tmp_path / "one", 3, [method], *overrides, ranks=1)
+    worker(tmp_path / "two", 3, [method], *overrides)
+    one, two = saved(tmp_path / "one", method, 0), saved(tmp_path / "two", method, 0)
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-6)
+    for part in ("model", "algorithm", "test_logits"):
+        assert_close_state(two[part], one[part], atol=atol, path=part)
 
 
 def test_torchrun_cli_writes_once_and_resumes_bit_exact(tmp_path):

@@ -13,8 +13,10 @@ from cissl.engine.trainer import Trainer
                                     "train.compile=true"])
 @pytest.mark.parametrize("algorithm", ["fixmatch", "semi"])
 def test_a_few_steps_run_under_each_switch(tmp_path, switch, algorithm):
-    config = tiny_config("train.iterations=3", "train.eval_every=3", "train.checkpoint_every=3", switch,
-                         "algorithm.threshold=0.1" if algorithm == "fixmatch" else "algorithm.warmup_epochs=0",
+    # SeMi's own terms run from epoch E_w + 1: with epochs of one step, from the second step
+    extra = ["algorithm.threshold=0.1"] if algorithm == "fixmatch" else ["algorithm.warmup_epochs=0",
+                                                                         "train.epoch_length=1"]
+    config = tiny_config("train.iterations=3", "train.eval_every=3", "train.checkpoint_every=3", switch, *extra,
                          algorithm=algorithm)
     results = start_run(config, tmp_path / "run", quiet=True)
     assert math.isfinite(results["top1"]) and results["iterations"] == 3
