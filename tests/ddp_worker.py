@@ -10,8 +10,9 @@ keeps rank 1 two seconds longer in the process group and writes when each rank l
 trains DARP with its cross-rank gather removed, and prints the error the checkpoint check gives;
 ``one_rank_differs`` trains a run (``cissl train`` from Python) in which rank 1 alone sees a non-finite
 loss at step 2 and alone receives SIGTERM during step 4, and saves each rank's own losses and end in
-OUT/one_rank_differs/rank{R}.json; ``released`` trains a run and writes whether its DDP wrapper was still
-alive when the process group was destroyed; ``collectives`` calls each collective of cissl.distributed (and
+OUT/one_rank_differs/rank{R}.json; ``released`` (``released_stopped``: stopped by SIGTERM) trains a run
+and writes whether its DDP wrapper was still alive when the process group was destroyed and when the
+command returned; ``collectives`` calls each collective of cissl.distributed (and
 of the launch) on inputs that differ from rank to rank and saves what each rank got, in
 OUT/collectives/rank{R}.pt.
 """
@@ -28,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import ACTIVE_TERMS, tiny_config  # noqa: E402
+from helpers import ACTIVE_TERMS, CONFIGS, tiny_config  # noqa: E402
 
 from cissl import distributed  # noqa: E402
 from cissl.engine.data import prepare_data  # noqa: E402
@@ -146,16 +147,21 @@ def one_rank_differs(out: Path, overrides: list[str]) -> None:
     (folder / f"rank{r}.json").write_text(json.dumps({"losses": losses, "end": end}))
 
 
-def released(out: Path, overrides: list[str]) -> None:
-    """Whether the run's DistributedDataParallel wrapper (which holds the process group) was alive when
-    the launch destroyed the group, on this rank."""
+def released(out: Path, stopping: bool, overrides: list[str]) -> None:
+    """A run through the command line that finishes, or is stopped by SIGTERM after its second step:
+    whether the run's DistributedDataParallel wrapper (which holds the process group) was alive when the
+    launch destroyed the group, and when ``cissl.cli.main`` returned. Automatic garbage collection is off,
+    so only a collection of cissl's own can free the wrapper's reference cycles. (One run per process:
+    a second process group in the same torchrun workers does not always connect.)"""
     import gc
+    import signal
     import weakref
 
+    from cissl import cli
     from cissl.engine import assemble
-    from cissl.engine.run import start_run
+    from cissl.engine import trainer as trainer_module
 
-    wrappers = []
+    wrappers, steps = [], []
     wrap_for_ranks = assemble.wrap_for_ranks
 
     def wrap_and_note(model, device):
@@ -164,17 +170,33 @@ def released(out: Path, overrides: list[str]) -> None:
         return wrapped
 
     destroy = torch.distributed.destroy_process_group
-    alive = []
+    alive_at_destroy = []
 
     def note_and_destroy(*args, **kwargs):
-        alive.append(wrappers[0]() is not None)
+        alive_at_destroy.append(wrappers[-1]() is not None)
         return destroy(*args, **kwargs)
+
+    class StopAfterTwoSteps:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        @property
+        def requested(self):
+            steps.append(1)
+            return signal.SIGTERM if stopping and len(steps) >= 2 else None
 
     assemble.wrap_for_ranks = wrap_and_note
     torch.distributed.destroy_process_group = note_and_destroy
-    gc.disable()  # no collection by chance between the run's end and the group's destruction
-    start_run(tiny_config("train.iterations=2", "train.log_every=1", *overrides), out / "run", quiet=True)
-    (out / f"released{os.environ['RANK']}.json").write_text(json.dumps({"alive_at_destroy": alive}))
+    trainer_module.StopSignals = StopAfterTwoSteps
+    gc.disable()
+    code = cli.main(["train", "--config", str(CONFIGS / "quickstart.yaml"), "--out", str(out / "run"), "--quiet",
+                     "model.depth=10", "model.widen=1", "train.batch_size=16", "train.iterations=4",
+                     "train.eval_every=4", "train.checkpoint_every=4", "train.report_last=1", *overrides])
+    record = {"exit": code, "alive_at_destroy": alive_at_destroy, "alive_after_main": wrappers[-1]() is not None}
+    (out / f"released{os.environ['RANK']}.json").write_text(json.dumps(record))
 
 
 def cross_rank_batchnorm(r: int, momentum) -> dict:
@@ -234,8 +256,8 @@ def main(argv: list[str]) -> int:
     if methods == ["one_rank_differs"]:  # start_run joins the process group itself
         one_rank_differs(out, overrides)
         return 0
-    if methods == ["released"]:
-        released(out, overrides)
+    if methods in (["released"], ["released_stopped"]):
+        released(out, methods == ["released_stopped"], overrides)
         return 0
     if methods == ["diverge"]:  # DARP as if it kept only its own rows' predictions: the ranks drift apart
         import cissl.algorithms.darp as darp
