@@ -26,7 +26,11 @@ def tiny_config(*overrides: str, algorithm: str | None = None):
     return load_config(CONFIGS / "quickstart.yaml", base + list(overrides), algorithm)
 
 
-# Overrides under which every term of a method runs within a short run (20 steps, epochs of 2-10)
+# Overrides under which every term of a method runs within a short run (20 steps, epochs of 2-10).
+# EVERY_ROW: at quickstart's threshold 0.95 no unlabeled row of a fresh net is confident in 20 steps, so the
+# unlabeled loss of most methods would never run; with 10 classes the top probability is at least 0.1, so
+# at threshold 0.1 every row takes part (and no float difference can flip a mask).
+EVERY_ROW = "algorithm.threshold=0.1"
 ACTIVE_TERMS = {
     # SeMi's OHEML, EA and PLCE run from epoch E_w + 1 (strict: spec 5.0), so from step 2 with epochs of 2
     # (quickstart's epochs of 50 would leave them off for a whole short run)
@@ -35,16 +39,23 @@ ACTIVE_TERMS = {
     # DARP: solves at steps 5, 11, 17 (the CUDA sync test checks steps 6-9, between two solves)
     "fixmatch_darp": ["algorithm.refiner.warmup_fraction=0.1", "algorithm.refiner.period=6"],
     "fixmatch_la_darp": ["algorithm.refiner.warmup_fraction=0.1", "algorithm.refiner.period=6"],
-    "fixmatch_daso": ["algorithm.refiner.pretrain_fraction=0.2", "algorithm.refiner.dist_update_period=2"],
-    "fixmatch_la_daso": ["algorithm.refiner.pretrain_fraction=0.2", "algorithm.refiner.dist_update_period=2"],
-    "fixmatch_abc_daso": ["algorithm.refiner.pretrain_fraction=0.2", "algorithm.refiner.dist_update_period=2"],
-    "acr": ["algorithm.est_epoch=0", "train.epoch_length=2"],  # the adaptive estimate from epoch 1 (step 2) on
+    "fixmatch_daso": ["algorithm.refiner.pretrain_fraction=0.2", "algorithm.refiner.dist_update_period=2", EVERY_ROW],
+    "fixmatch_la_daso": ["algorithm.refiner.pretrain_fraction=0.2", "algorithm.refiner.dist_update_period=2",
+                         EVERY_ROW],
+    "fixmatch_abc_daso": ["algorithm.refiner.pretrain_fraction=0.2", "algorithm.refiner.dist_update_period=2",
+                          EVERY_ROW, "algorithm.aux_head.threshold=0.0"],
+    "acr": ["algorithm.est_epoch=0", "train.epoch_length=2", EVERY_ROW],  # the adaptive estimate from step 2 on
     "fixmatch_abc": ["algorithm.aux_head.threshold=0.0"],  # the head's unlabeled term from the first step
-    "fixmatch_saw": ["train.epoch_length=5"],   # class weights from the pool after every epoch
+    "fixmatch_la": [EVERY_ROW],
+    "fixmatch_crest": [EVERY_ROW],
+    "fixmatch_crest_plus": [EVERY_ROW],
+    "fixmatch_la_crest_plus": [EVERY_ROW],
+    "fixmatch_saw": ["train.epoch_length=5", EVERY_ROW],   # class weights from the pool after every epoch
     "fixmatch_adsh": ["train.epoch_length=5"],  # thresholds from the pool after every epoch
-    "fixmatch_tras": ["algorithm.warmup_epochs=0"],  # the student learns from the first step
-    "fixmatch_seval": ["data.val_per_class=5", "algorithm.fit_every=3"],  # fits on the validation split
-    "fixmatch_cossl": ["algorithm.pretrain_fraction=0.5", "algorithm.warmup_epochs=1"],  # co-learning half the run
+    "fixmatch_tras": ["algorithm.warmup_epochs=0", EVERY_ROW],  # the student learns from the first step
+    "fixmatch_seval": ["data.val_per_class=5", "algorithm.fit_every=3", EVERY_ROW],  # fits on the validation split
+    # co-learning half the run
+    "fixmatch_cossl": ["algorithm.pretrain_fraction=0.5", "algorithm.warmup_epochs=1", EVERY_ROW],
 }
 
 

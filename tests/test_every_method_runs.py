@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CONFIGS
-from helpers import ACTIVE_TERMS, tiny_config
+from helpers import ACTIVE_TERMS, logged_records, tiny_config
 from test_training import RESULT_KEYS
 
 from cissl.algorithms import algorithm_class, algorithm_names
@@ -38,6 +38,10 @@ def test_digits(tmp_path, algorithm):
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert RESULT_KEYS <= set(saved) and saved["iterations"] == 20 and 0.0 <= results["top1"] <= 1.0
     assert set(saved["heads"]) == expected_heads(config)
+    # ACTIVE_TERMS makes every term of the method run: each logged term is non-zero in some log window
+    train = [r for r in logged_records(tmp_path / "run") if r["kind"] == "train"]
+    terms = {key for record in train for key in record} - {"kind", "iteration", "lr", "it_per_s"}
+    assert terms and not {key for key in terms if all(record.get(key, 0) == 0 for record in train)}
 
 
 @pytest.mark.skipif(not FASHION.is_file(), reason="Debian's dataset-fashion-mnist is not installed")
