@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import ACTIVE_TERMS, CONFIGS, tiny_config  # noqa: E402
+from helpers import ACTIVE_TERMS, CONFIGS, ScriptedStop, tiny_config  # noqa: E402
 
 from cissl import distributed  # noqa: E402
 from cissl.engine.data import prepare_data  # noqa: E402
@@ -103,7 +103,6 @@ def one_rank_differs(out: Path, overrides: list[str]) -> None:
     rank's own loss of every step is saved, so that the test can check that the logged loss is the mean
     over the ranks. A rank that went on alone would wait forever in the next collective."""
     import dataclasses
-    import signal
 
     from cissl.engine import trainer as trainer_module
     from cissl.engine.run import start_run
@@ -123,19 +122,8 @@ def one_rank_differs(out: Path, overrides: list[str]) -> None:
         losses.append(float(result.loss.detach()))
         return result
 
-    class SignalToRankOne:  # SIGTERM on rank 1 alone, while its 4th step runs
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return None
-
-        @property
-        def requested(self):
-            return signal.SIGTERM if r == 1 and len(losses) >= 4 else None
-
     trainer_module.Trainer.train_step = train_step
-    trainer_module.StopSignals = SignalToRankOne
+    trainer_module.StopSignals = ScriptedStop(lambda: r == 1 and len(losses) >= 4)  # rank 1 alone, in step 4
     config = tiny_config("train.iterations=6", "train.log_every=1", "train.skip_nonfinite_steps=true", *overrides)
     try:
         start_run(config, out / "run", quiet=True)
@@ -154,7 +142,6 @@ def released(out: Path, stopping: bool, overrides: list[str]) -> None:
     so only a collection of cissl's own can free the wrapper's reference cycles. (One run per process:
     a second process group in the same torchrun workers does not always connect.)"""
     import gc
-    import signal
     import weakref
 
     from cissl import cli
@@ -176,21 +163,13 @@ def released(out: Path, stopping: bool, overrides: list[str]) -> None:
         alive_at_destroy.append(wrappers[-1]() is not None)
         return destroy(*args, **kwargs)
 
-    class StopAfterTwoSteps:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return None
-
-        @property
-        def requested(self):
-            steps.append(1)
-            return signal.SIGTERM if stopping and len(steps) >= 2 else None
-
     assemble.wrap_for_ranks = wrap_and_note
     torch.distributed.destroy_process_group = note_and_destroy
-    trainer_module.StopSignals = StopAfterTwoSteps
+    def after_the_second_step() -> bool:  # the trainer checks once after each step
+        steps.append(1)
+        return stopping and len(steps) >= 2
+
+    trainer_module.StopSignals = ScriptedStop(after_the_second_step)
     gc.disable()
     code = cli.main(["train", "--config", str(CONFIGS / "quickstart.yaml"), "--out", str(out / "run"), "--quiet",
                      "model.depth=10", "model.widen=1", "train.batch_size=16", "train.iterations=4",

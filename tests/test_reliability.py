@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 from conftest import CONFIGS, REPO, run_cli
-from helpers import logged_records, tiny_config, uninterrupted_and_resumed
+from helpers import ScriptedStop, logged_records, tiny_config, uninterrupted_and_resumed
 
 from cissl.config import load_config
 from cissl.engine.run import start_run
@@ -381,24 +381,12 @@ def test_resume_falls_back_to_the_older_checkpoint_when_the_newest_is_unreadable
 def test_a_signal_during_the_last_step_lets_the_run_finish(tmp_path, monkeypatch):
     """A stop requested while the last step runs: nothing is left to resume, so the run ends as usual
     (results.json, exit 0) instead of stopping with a checkpoint to continue from."""
-    import signal
-
     from cissl.engine import trainer as trainer_module
 
     steps = []
 
-    class LateSignal:  # a SIGTERM that arrives during the run's second and last step
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return None
-
-        @property
-        def requested(self):
-            return signal.SIGTERM if len(steps) == 2 else None
-
-    monkeypatch.setattr(trainer_module, "StopSignals", LateSignal)
+    # a SIGTERM that arrives during the run's second and last step
+    monkeypatch.setattr(trainer_module, "StopSignals", ScriptedStop(lambda: len(steps) == 2))
     original = trainer_module.Trainer.train_step
     monkeypatch.setattr(trainer_module.Trainer, "train_step", lambda self: steps.append(1) or original(self))
     config = tiny_config("train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2")
