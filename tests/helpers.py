@@ -32,19 +32,20 @@ def tiny_config(*overrides: str, algorithm: str | None = None):
 # unlabeled loss of most methods would never run; with 10 classes the top probability is at least 0.1, so
 # at threshold 0.1 every row takes part (and no float difference can flip a mask).
 EVERY_ROW = "algorithm.threshold=0.1"
+# SeMi's OHEML, EA and PLCE run from epoch E_w + 1 (strict: spec 5.0), so from step 2 with epochs of 2
+# (quickstart's epochs of 50 would leave them off for a whole short run)
+SEMI = ["algorithm.warmup_epochs=0", "algorithm.bank.decay_step=2", "train.epoch_length=2"]
+# DARP: solves at steps 5, 11, 17 (the CUDA sync test checks steps 6-9, between two solves)
+DARP = ["algorithm.refiner.warmup_fraction=0.1", "algorithm.refiner.period=6"]
+DASO = ["algorithm.refiner.pretrain_fraction=0.2", "algorithm.refiner.dist_update_period=2", EVERY_ROW]
 ACTIVE_TERMS = {
-    # SeMi's OHEML, EA and PLCE run from epoch E_w + 1 (strict: spec 5.0), so from step 2 with epochs of 2
-    # (quickstart's epochs of 50 would leave them off for a whole short run)
-    "semi": ["algorithm.warmup_epochs=0", "algorithm.bank.decay_step=2", "train.epoch_length=2"],
-    "semi_paper": ["algorithm.warmup_epochs=0", "algorithm.bank.decay_step=2", "train.epoch_length=2"],
-    # DARP: solves at steps 5, 11, 17 (the CUDA sync test checks steps 6-9, between two solves)
-    "fixmatch_darp": ["algorithm.refiner.warmup_fraction=0.1", "algorithm.refiner.period=6"],
-    "fixmatch_la_darp": ["algorithm.refiner.warmup_fraction=0.1", "algorithm.refiner.period=6"],
-    "fixmatch_daso": ["algorithm.refiner.pretrain_fraction=0.2", "algorithm.refiner.dist_update_period=2", EVERY_ROW],
-    "fixmatch_la_daso": ["algorithm.refiner.pretrain_fraction=0.2", "algorithm.refiner.dist_update_period=2",
-                         EVERY_ROW],
-    "fixmatch_abc_daso": ["algorithm.refiner.pretrain_fraction=0.2", "algorithm.refiner.dist_update_period=2",
-                          EVERY_ROW, "algorithm.aux_head.threshold=0.0"],
+    "semi": SEMI,
+    "semi_paper": SEMI,
+    "fixmatch_darp": DARP,
+    "fixmatch_la_darp": DARP,
+    "fixmatch_daso": DASO,
+    "fixmatch_la_daso": DASO,
+    "fixmatch_abc_daso": [*DASO, "algorithm.aux_head.threshold=0.0"],
     "acr": ["algorithm.est_epoch=0", "train.epoch_length=2", EVERY_ROW],  # the adaptive estimate from step 2 on
     "fixmatch_abc": ["algorithm.aux_head.threshold=0.0"],  # the head's unlabeled term from the first step
     "fixmatch_la": [EVERY_ROW],
