@@ -10,11 +10,11 @@ keeps rank 1 two seconds longer in the process group and writes when each rank l
 trains DARP with its cross-rank gather removed, and prints the error the checkpoint check gives;
 ``one_rank_differs`` trains a run (``cissl train`` from Python) in which rank 1 alone sees a non-finite
 loss at step 2 and alone receives SIGTERM during step 4, and saves each rank's own losses and end in
-OUT/one_rank_differs/rank{R}.json; ``released`` (``released_stopped``: stopped by SIGTERM) trains a run
-and writes whether its DDP wrapper was still alive when the process group was destroyed and when the
-command returned; ``collectives`` calls each collective of cissl.distributed (and
-of the launch) on inputs that differ from rank to rank and saves what each rank got, in
-OUT/collectives/rank{R}.pt.
+OUT/one_rank_differs/rank{R}.json; ``released`` (``released_stopped``: stopped by SIGTERM;
+``released_api_stopped``: the same through ``cissl.api.train``) trains a run and writes whether its DDP
+wrapper was still alive when the process group was destroyed and when the command returned;
+``collectives`` calls each collective of cissl.distributed (and of the launch) on inputs that differ
+from rank to rank and saves what each rank got, in OUT/collectives/rank{R}.pt.
 """
 
 from __future__ import annotations
@@ -135,18 +135,21 @@ def one_rank_differs(out: Path, overrides: list[str]) -> None:
     (folder / f"rank{r}.json").write_text(json.dumps({"losses": losses, "end": end}))
 
 
-def released(out: Path, stopping: bool, overrides: list[str]) -> None:
-    """A run through the command line that finishes, or is stopped by SIGTERM after its second step:
-    whether the run's DistributedDataParallel wrapper (which holds the process group) was alive when the
-    launch destroyed the group, and when ``cissl.cli.main`` returned. Automatic garbage collection is off,
-    so only a collection of cissl's own can free the wrapper's reference cycles. (One run per process:
-    a second process group in the same torchrun workers does not always connect.)"""
+def released(out: Path, mode: str, overrides: list[str]) -> None:
+    """A run that finishes (``released``), or that a SIGTERM stops after its second step, through the
+    command line (``released_stopped``) or through ``cissl.api.train``, whose caller keeps the
+    TrainingStopped it raised (``released_api_stopped``): whether the run's DistributedDataParallel wrapper
+    (which holds the process group) was alive when the launch destroyed the group, and when the command
+    or the API call had returned. Automatic garbage collection is off, so only a collection of cissl's own
+    can free the wrapper's reference cycles. (One run per process: a second process group in the same
+    torchrun workers does not always connect.)"""
     import gc
     import weakref
 
-    from cissl import cli
+    from cissl import api, cli
     from cissl.engine import assemble
     from cissl.engine import trainer as trainer_module
+    from cissl.engine.stop import TrainingStopped
 
     wrappers, steps = [], []
     wrap_for_ranks = assemble.wrap_for_ranks
@@ -167,14 +170,23 @@ def released(out: Path, stopping: bool, overrides: list[str]) -> None:
     torch.distributed.destroy_process_group = note_and_destroy
     def after_the_second_step() -> bool:  # the trainer checks once after each step
         steps.append(1)
-        return stopping and len(steps) >= 2
+        return mode != "released" and len(steps) >= 2
 
     trainer_module.StopSignals = ScriptedStop(after_the_second_step)
+    settings = ["model.depth=10", "model.widen=1", "train.batch_size=16", "train.iterations=4",
+                "train.eval_every=4", "train.checkpoint_every=4", "train.report_last=1", *overrides]
     gc.disable()
-    code = cli.main(["train", "--config", str(CONFIGS / "quickstart.yaml"), "--out", str(out / "run"), "--quiet",
-                     "model.depth=10", "model.widen=1", "train.batch_size=16", "train.iterations=4",
-                     "train.eval_every=4", "train.checkpoint_every=4", "train.report_last=1", *overrides])
-    record = {"exit": code, "alive_at_destroy": alive_at_destroy, "alive_after_main": wrappers[-1]() is not None}
+    if mode == "released_api_stopped":
+        try:
+            api.train(api.load_config(CONFIGS / "quickstart.yaml", settings), out / "run")
+            code = 0
+        except TrainingStopped as stopped:
+            held = stopped  # the caller still holds the exception, and with it its traceback
+            code = 128 + held.signal_number
+    else:
+        code = cli.main(["train", "--config", str(CONFIGS / "quickstart.yaml"), "--out", str(out / "run"), "--quiet",
+                         *settings])
+    record = {"exit": code, "alive_at_destroy": alive_at_destroy, "alive_after_return": wrappers[-1]() is not None}
     (out / f"released{os.environ['RANK']}.json").write_text(json.dumps(record))
 
 
@@ -235,8 +247,8 @@ def main(argv: list[str]) -> int:
     if methods == ["one_rank_differs"]:  # start_run joins the process group itself
         one_rank_differs(out, overrides)
         return 0
-    if methods in (["released"], ["released_stopped"]):
-        released(out, methods == ["released_stopped"], overrides)
+    if methods in (["released"], ["released_stopped"], ["released_api_stopped"]):
+        released(out, methods[0], overrides)
         return 0
     if methods == ["diverge"]:  # DARP as if it kept only its own rows' predictions: the ranks drift apart
         import cissl.algorithms.darp as darp

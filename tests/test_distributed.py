@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import traceback
+import weakref
 from pathlib import Path
 
 import pytest
@@ -25,9 +27,9 @@ from cissl.engine.assemble import method_class
 from cissl.engine.batches import BatchSource, Shard
 from cissl.engine.checkpoint import load_checkpoint
 from cissl.engine.data import prepare_data
-from cissl.engine.launch import fingerprint, rank_device, torchrun_launch
+from cissl.engine.launch import fingerprint, rank_device, release_frames, torchrun_launch
 from cissl.engine.precision import ComputePolicy
-from cissl.errors import ConfigError
+from cissl.errors import CisslError, ConfigError
 from cissl.models.sync_batchnorm import CrossRankBatchNorm2d, convert_to_cross_rank
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,6 +191,34 @@ def test_fingerprint_changes_with_any_value():
                     {"a0": state["a"], "b": state["b"]}):  # the same values, in the same order, under another name
         assert fingerprint(changed) != fingerprint(state)
     assert fingerprint({"b": same["b"], "a": same["a"]}) == fingerprint(state)  # not the order of insertion
+
+
+def test_release_frames_drops_what_the_frames_of_an_exception_and_of_its_causes_held():
+    """What a raising run's frames held (its trainer) goes when the launch releases them, in the
+    exception's own traceback and in that of the exception it was raised from; the traceback still prints."""
+    held = []
+
+    class Trainer:
+        pass
+
+    def step():
+        trainer = Trainer()
+        held.append(weakref.ref(trainer))
+        raise RuntimeError("inside the step")
+
+    def run():
+        try:
+            step()
+        except RuntimeError as exc:
+            raise CisslError("the run failed") from exc
+
+    with pytest.raises(CisslError) as caught:
+        run()
+    assert held[0]() is not None  # the step's frame, in the cause's traceback, holds it
+    release_frames(caught.value)
+    assert held[0]() is None
+    printed = "".join(traceback.format_exception(caught.value))
+    assert "raise RuntimeError(\"inside the step\")" in printed and "the run failed" in printed
 
 
 def test_the_replicated_model_gives_every_head_of_the_steps_forwards_a_zero_gradient_once():
@@ -451,18 +481,17 @@ def test_the_run_lets_go_of_the_process_group_before_python_exits(tmp_path):
     run. Were it collected only while the interpreter finalizes at exit, the group's gloo threads would
     free their tensors then, and the rank would abort ("terminate called without an active exception":
     about once in 30-40 resumed 2-rank runs on a busy 2-core machine). With automatic collection off in
-    the worker: after a finished run the launch frees the wrapper before it destroys the group; after a
-    run stopped by SIGTERM (whose traceback holds the trainer through the launch) the command line frees
-    it before it returns. The wrapper is the witness, not the whole cause: releasing the wrapper alone,
-    without the collections, still aborted once in 45 runs; it is the collection of the run's garbage
-    before the group goes that prevents it (0 in 110)."""
-    for mode, expected in (("released", {"exit": 0, "alive_at_destroy": [False], "alive_after_main": False}),
-                           ("released_stopped", {"exit": 128 + 15, "alive_at_destroy": [True],
-                                                 "alive_after_main": False})):
+    the worker, the launch frees the wrapper before it destroys the group: after a finished run, and after
+    a run stopped by SIGTERM, whose exception's traceback held the trainer, through the command line and
+    through the API (whose caller still holds that exception). The wrapper is the witness, not the whole
+    cause: releasing the wrapper alone, without the collection, still aborted once in 45 runs; it is the
+    collection of the run's garbage before the group goes that prevents it (0 in 110)."""
+    for mode, code in (("released", 0), ("released_stopped", 128 + 15), ("released_api_stopped", 128 + 15)):
         result = torchrun(WORKER, tmp_path / mode, 0, mode, timeout=150)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
         for rank in (0, 1):
-            assert json.loads((tmp_path / mode / f"released{rank}.json").read_text()) == expected, (mode, rank)
+            assert json.loads((tmp_path / mode / f"released{rank}.json").read_text()) == {
+                "exit": code, "alive_at_destroy": [False], "alive_after_return": False}, (mode, rank)
 
 
 def test_ranks_that_drift_apart_are_stopped_at_the_checkpoint(tmp_path):

@@ -6,7 +6,6 @@ Errors caused by input (config, data, checkpoints) print one line and exit with 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
@@ -383,18 +382,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run_command(args)
-    finally:
-        # a run that ended in an exception (a stop on SIGTERM, say) leaves its trainer, and under torchrun its
-        # DistributedDataParallel wrapper and gloo group, in reference cycles: freed now, not while Python
-        # finalizes at exit, where gloo's threads would abort the process (see cissl.engine.launch.launched)
-        gc.collect()
-
-
-def run_command(args) -> int:
     """The command's exit status; an error or a stop becomes one line on stderr."""
+    args = parse_args(argv)
     try:
         return args.func(args)
     except RaisedOnRankZero:  # a DDP rank's copy of the error rank 0 prints

@@ -14,6 +14,7 @@ import gc
 import hashlib
 import inspect
 import os
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -94,6 +95,11 @@ def launched(config):
         yield device
         # on a normal end, every rank waits for the others before any tears the groups down
         dist.barrier(group=distributed.control_group())
+    except BaseException as exc:
+        # a run that raised (a stop on SIGTERM, an error) left its trainer in the locals of the frames its
+        # exception passed through; without them, the collection below frees the run in this path too
+        release_frames(exc)
+        raise
     finally:
         distributed.set_control_group(None)
         # the run's DistributedDataParallel wrapper holds the group, and the trainer's reference cycles keep
@@ -102,6 +108,20 @@ def launched(config):
         # active exception", about once in 40 resumed 2-rank runs on a busy machine). Let it go now.
         gc.collect()
         dist.destroy_process_group()
+
+
+def release_frames(exc: BaseException) -> None:
+    """Clear the local variables of the finished frames in the tracebacks of ``exc`` and of the exceptions
+    it was raised from or while handling (frames still running keep theirs). The tracebacks print as
+    before (file, line, code); a post-mortem debugger no longer sees those frames' variables."""
+    pending, seen = [exc], set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        pending += [current.__cause__, current.__context__]
 
 
 def check_consistent_launch(config) -> None:
