@@ -10,7 +10,8 @@ keeps rank 1 two seconds longer in the process group and writes when each rank l
 trains DARP with its cross-rank gather removed, and prints the error the checkpoint check gives;
 ``one_rank_differs`` trains a run (``cissl train`` from Python) in which rank 1 alone sees a non-finite
 loss at step 2 and alone receives SIGTERM during step 4, and saves each rank's own losses and end in
-OUT/one_rank_differs/rank{R}.json; ``released`` (``released_stopped``: stopped by SIGTERM;
+OUT/one_rank_differs/rank{R}.json; ``other_data`` starts ``cissl train`` with rank 1's test images
+changed in one pixel and writes each rank's exit status; ``released`` (``released_stopped``: stopped by SIGTERM;
 ``released_api_stopped``: the same through ``cissl.api.train``) trains a run and writes whether its DDP
 wrapper was still alive when the process group was destroyed and when the command returned;
 ``collectives`` calls each collective of cissl.distributed (and of the launch) on inputs that differ
@@ -135,6 +136,28 @@ def one_rank_differs(out: Path, overrides: list[str]) -> None:
     (folder / f"rank{r}.json").write_text(json.dumps({"losses": losses, "end": end}))
 
 
+def other_data(out: Path, overrides: list[str]) -> None:
+    """``cissl train`` (the command line) where rank 1's copy of the data set differs from rank 0's in one
+    pixel of its first test image, as a damaged copy on another node would; writes each rank's exit status."""
+    from cissl import cli
+    from cissl.engine import data as data_module
+
+    if os.environ["RANK"] == "1":
+        load_source = data_module.load_source
+
+        def damaged(data_config):
+            source = load_source(data_config)
+            source.test.images = source.test.images.copy()
+            source.test.images[0, 0, 0, 0] ^= 1
+            return source
+
+        data_module.load_source = damaged
+    code = cli.main(["train", "--config", str(CONFIGS / "quickstart.yaml"), "--out", str(out / "run"), "--quiet",
+                     "model.depth=10", "model.widen=1", "train.batch_size=16", "train.iterations=4",
+                     "train.eval_every=4", "train.report_last=1", *overrides])
+    (out / f"other_data{os.environ['RANK']}.json").write_text(json.dumps({"exit": code}))
+
+
 def released(out: Path, mode: str, overrides: list[str]) -> None:
     """A run that finishes (``released``), or that a SIGTERM stops after its second step, through the
     command line (``released_stopped``) or through ``cissl.api.train``, whose caller keeps the
@@ -246,6 +269,9 @@ def main(argv: list[str]) -> int:
         return 0
     if methods == ["one_rank_differs"]:  # start_run joins the process group itself
         one_rank_differs(out, overrides)
+        return 0
+    if methods == ["other_data"]:
+        other_data(out, overrides)
         return 0
     if methods in (["released"], ["released_stopped"], ["released_api_stopped"]):
         released(out, methods[0], overrides)

@@ -15,6 +15,7 @@ import traceback
 import weakref
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import CONFIGS, logged_records, tiny_config
@@ -26,7 +27,7 @@ from cissl.config import load_config
 from cissl.engine.assemble import method_class
 from cissl.engine.batches import BatchSource, Shard
 from cissl.engine.checkpoint import load_checkpoint
-from cissl.engine.data import prepare_data
+from cissl.engine.data import data_identity, prepare_data
 from cissl.engine.launch import fingerprint, rank_device, release_frames, torchrun_launch
 from cissl.engine.precision import ComputePolicy
 from cissl.errors import CisslError, ConfigError
@@ -219,6 +220,34 @@ def test_release_frames_drops_what_the_frames_of_an_exception_and_of_its_causes_
     assert held[0]() is None
     printed = "".join(traceback.format_exception(caught.value))
     assert "raise RuntimeError(\"inside the step\")" in printed and "the run failed" in printed
+
+
+def test_what_identifies_a_ranks_data_changes_with_its_labels_images_split_and_classes():
+    """data_identity (what the ranks compare after reading the data): a second read gives the same; one
+    label, one pixel of a sampled image, one split index or one class name changes exactly its part."""
+    config = tiny_config()
+    reference = {name: fingerprint(part) for name, part in data_identity(prepare_data(config, "cpu")).items()}
+    assert reference.keys() == {"class names", "split", "labeled images", "unlabeled images", "test images"}
+    assert {name: fingerprint(part) for name, part in data_identity(prepare_data(config, "cpu")).items()} == reference
+
+    def damage_label(data):
+        data.labeled.labels[0] = (data.labeled.labels[0] + 1) % 10
+
+    def damage_pixel(data):
+        data.unlabeled.images[-1, 0, 0, 0] ^= 1  # the last row is always in the sample
+
+    def damage_index(data):
+        data.split.val_indices = np.array([0])
+
+    def damage_name(data):
+        data.class_names = [*data.class_names[:-1], "other"]
+
+    for damage, part in ((damage_label, "labeled images"), (damage_pixel, "unlabeled images"),
+                         (damage_index, "split"), (damage_name, "class names")):
+        data = prepare_data(config, "cpu")
+        damage(data)
+        changed = {name for name, value in data_identity(data).items() if fingerprint(value) != reference[name]}
+        assert changed == {part}, damage.__name__
 
 
 def test_the_replicated_model_gives_every_head_of_the_steps_forwards_a_zero_gradient_once():
@@ -466,6 +495,19 @@ def test_launches_that_cannot_work_fail_up_front_in_one_line(tmp_path):
     result = torchrun(WORKER, tmp_path, 0, "check_config")  # rank r is given train.seed=r
     assert result.returncode != 0
     assert "rank 1 was started with another config than rank 0: train.seed 1 (rank 0: 0)" in result.stdout
+
+
+def test_a_rank_that_read_other_data_stops_the_launch_in_one_line(tmp_path):
+    """Ranks given the same config can still read different data (a node's own copy under the same
+    data.root, another version or damaged): here rank 1's first test image differs in one pixel. Every
+    rank stops after reading the data and before the run writes anything; rank 0 prints one line."""
+    result = torchrun(WORKER, tmp_path, 0, "other_data", timeout=150)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert [json.loads((tmp_path / f"other_data{rank}.json").read_text()) for rank in (0, 1)] == [{"exit": 2}] * 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("cissl: error:")]
+    assert errors == ["cissl: error: distributed launch: rank 1 read other data than rank 0 from data.root 'data' "
+                      "(test images differ); every node must read the same copy of digits"]
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == [".lock"]
 
 
 def test_no_rank_leaves_the_process_group_while_another_is_still_in_it(tmp_path):

@@ -108,6 +108,24 @@ def prepare_data(config, device: torch.device, split: Split | None = None) -> Tr
                         source.std, split, labeled, unlabeled, test, val)
 
 
+def data_identity(data: TrainingData, sample: int = 64) -> dict:
+    """What identifies the data a run read (for ranks to compare): the class names, the split, and per
+    pool its labels and ``sample`` images spread evenly over it (not every image: a pool can be large,
+    or streamed from its file)."""
+    parts = {"class names": list(data.class_names),
+             "split": [torch.from_numpy(np.asarray(indices, dtype=np.int64)) for indices in (
+                 data.split.labeled_indices, data.split.unlabeled_indices, data.split.val_indices,
+                 data.split.test_indices)]}
+    for name, pool in (("labeled", data.labeled), ("unlabeled", data.unlabeled), ("validation", data.val),
+                       ("test", data.test)):
+        if pool is None:
+            continue
+        rows = torch.linspace(0, len(pool) - 1, min(sample, len(pool))).round().long().unique()
+        parts[f"{name} images"] = [len(pool), pool.images[rows].cpu(),
+                                   None if pool.labels is None else pool.labels.cpu()]
+    return parts
+
+
 def check_split_indices(split: Split, source: DataSource) -> None:
     """A saved split must index this data set (a split.json of another data set or a damaged one)."""
     unlabeled_size = len(source.unlabeled) if split.unlabeled_source == "unlabeled" else len(source.train)

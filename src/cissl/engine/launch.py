@@ -25,7 +25,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from cissl import distributed
 from cissl.config import flat_keys
 from cissl.engine.precision import resolve_device
-from cissl.errors import CisslError, ConfigError, RaisedOnRankZero
+from cissl.errors import CisslError, ConfigError, DataError, RaisedOnRankZero
 
 ENVIRONMENT = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -242,15 +242,38 @@ def fingerprint(tensors) -> str:
     return digest.hexdigest()
 
 
-def check_ranks_agree(parts: dict, iteration: int) -> None:
-    """Every rank holds the same ``parts`` (name -> state), else one line naming the first that differs."""
+def rank_that_differs(parts: dict) -> tuple[int, list[str]] | None:
+    """The first rank whose ``parts`` (name -> state) differ from rank 0's, with the names that differ
+    (the same answer on every rank), or None."""
     if distributed.world_size() == 1:
-        return
+        return None
     mine = {name: fingerprint(state) for name, state in parts.items()}
     every = distributed.gather_objects(mine)
     for other, prints in enumerate(every[1:], start=1):
         differ = [name for name in mine if prints[name] != every[0][name]]
         if differ:
-            raise RanksDiverged(f"at iteration {iteration} rank {other} and rank 0 hold different {', '.join(differ)}: "
-                                f"the ranks no longer train one model (a method that updates its state from its "
-                                f"own rows only? see docs/algorithms.md, 'Distributed training')")
+            return other, differ
+    return None
+
+
+def check_ranks_agree(parts: dict, iteration: int) -> None:
+    """Every rank holds the same ``parts`` (name -> state), else one line naming the first that differs."""
+    found = rank_that_differs(parts)
+    if found:
+        other, differ = found
+        raise RanksDiverged(f"at iteration {iteration} rank {other} and rank 0 hold different {', '.join(differ)}: "
+                            f"the ranks no longer train one model (a method that updates its state from its "
+                            f"own rows only? see docs/algorithms.md, 'Distributed training')")
+
+
+def check_same_data(parts: dict, data_config) -> None:
+    """Every rank read the same data (``parts``: name -> what identifies it, see
+    :func:`cissl.engine.data.data_identity`): a node whose copy under ``data.root`` differs (another
+    version, a damaged file) would otherwise train on other images than rank 0 believes."""
+    found = rank_that_differs(parts)
+    if found:
+        other, differ = found
+        message = (f"distributed launch: rank {other} read other data than rank 0 from data.root "
+                   f"{data_config.root!r} ({', '.join(differ)} differ); every node must read the same copy "
+                   f"of {data_config.dataset}")
+        raise DataError(message) if distributed.is_main() else RaisedOnRankZero(message)

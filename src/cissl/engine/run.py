@@ -24,9 +24,9 @@ from cissl.engine.checkpoint import (
     load_checkpoint,
     load_newest_readable,
 )
-from cissl.engine.data import prepare_data
+from cissl.engine.data import TrainingData, data_identity, prepare_data
 from cissl.engine.init_from import load_initial_backbone
-from cissl.engine.launch import launched, run_on_main
+from cissl.engine.launch import check_same_data, launched, run_on_main
 from cissl.engine.logging import RunLogger, truncate_jsonl
 from cissl.engine.precision import resolve_device
 from cissl.engine.trainer import Trainer
@@ -78,8 +78,16 @@ def start_run(config: Config, run_dir: Path, stream=None, quiet: bool = False) -
         return _start_claimed(config, run, device, stream, quiet)
 
 
+def prepare_rank_data(config: Config, device, split: Split | None = None) -> TrainingData:
+    """This rank's data; under torchrun, checked to be the data every other rank read."""
+    data = prepare_data(config, device, split)
+    if distributed.active():
+        check_same_data(data_identity(data), config.data)
+    return data
+
+
 def _start_claimed(config: Config, run: RunDir, device, stream, quiet: bool) -> dict:
-    data = prepare_data(config, device)
+    data = prepare_rank_data(config, device)
     logger = None
     if distributed.is_main():
         save_config(config, run.config)
@@ -144,7 +152,7 @@ def resume_run(run_dir: Path, stream=None, quiet: bool = False) -> dict:
 
 
 def _resume_claimed(config: Config, run: RunDir, device, checkpoint, state, skipped, stream, quiet: bool) -> dict:
-    data = prepare_data(config, device, Split.load(run.split))
+    data = prepare_rank_data(config, device, Split.load(run.split))
     logger = None
     if distributed.is_main():
         truncate_jsonl(run.metrics, state["iteration"] if state else 0)
