@@ -60,7 +60,7 @@ def train(out: Path, steps: int, method: str, overrides: list[str], device) -> N
 def collectives(out: Path) -> None:
     """Rank r's inputs are built from r, so that the test can write down each result by hand."""
     from cissl.engine.launch import average_buffers, run_on_main
-    from cissl.errors import RaisedOnRankZero
+    from cissl.errors import PrintedByAnotherRank
 
     def failing():
         raise CisslError("rank 0's error")
@@ -82,8 +82,8 @@ def collectives(out: Path) -> None:
            "on_main": run_on_main(lambda: f"done by rank {distributed.rank()}")}
     try:
         run_on_main(failing)
-    except RaisedOnRankZero as exc:
-        got["error"] = ("RaisedOnRankZero", str(exc))
+    except PrintedByAnotherRank as exc:
+        got["error"] = ("PrintedByAnotherRank", str(exc))
     except CisslError as exc:
         got["error"] = (type(exc).__name__, str(exc))
     norm = torch.nn.BatchNorm1d(2)

@@ -17,7 +17,7 @@ from conftest import run_cli
 
 from cissl import cli
 from cissl.engine.stop import TrainingStopped
-from cissl.errors import CisslError, RaisedOnRankZero
+from cissl.errors import CisslError, PrintedByAnotherRank
 
 
 def results(**changes) -> dict:
@@ -125,7 +125,7 @@ def test_estimate_distribution_without_an_accepted_estimate_exits_1_and_proposes
 # ------------------------------------------------------------------------------------------------ exit status
 @pytest.mark.parametrize("raised, code, message", [
     (CisslError("data.root: no such folder"), 2, "cissl: error: data.root: no such folder\n"),
-    (RaisedOnRankZero("rank 0 prints this one"), 2, ""),  # another rank's copy: rank 0 prints it, once
+    (PrintedByAnotherRank("rank 0 prints this one"), 2, ""),  # another rank's copy: rank 0 prints it, once
     (TrainingStopped(signal.SIGTERM, "stopped at iteration 7; resume with ..."), 128 + signal.SIGTERM,
      "cissl: stopped at iteration 7; resume with ...\n"),
     (TrainingStopped(signal.SIGINT, "stopped at iteration 7; ...", printed_by_this_rank=False), 128 + signal.SIGINT,

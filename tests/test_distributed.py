@@ -30,7 +30,7 @@ from cissl.engine.checkpoint import load_checkpoint
 from cissl.engine.data import data_identity, prepare_data
 from cissl.engine.launch import fingerprint, rank_device, release_frames, torchrun_launch
 from cissl.engine.precision import ComputePolicy
-from cissl.errors import CisslError, ConfigError
+from cissl.errors import CisslError, ConfigError, PrintedByAnotherRank
 from cissl.models.sync_batchnorm import CrossRankBatchNorm2d, convert_to_cross_rank
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -314,7 +314,7 @@ def test_each_collective_gives_every_rank_the_global_result(tmp_path):
         assert got["mean"] == {"loss": 0.5, "steps": 4.0}
         assert got["broadcast"] == {"from": 0} and got["objects"] == ["rank 0", "rank 1"]
         assert got["on_main"] == "done by rank 0"
-        assert got["error"] == (("CisslError", "rank 0's error"), ("RaisedOnRankZero", "rank 0's error"))[r]
+        assert got["error"] == (("CisslError", "rank 0's error"), ("PrintedByAnotherRank", "rank 0's error"))[r]
         buffers = got["buffers"]  # running statistics averaged; the step counter (an integer) left alone
         assert buffers["running_mean"].tolist() == [0.5, 0.5] and buffers["running_var"].tolist() == [3.0, 3.0]
         assert buffers["num_batches_tracked"].item() == 3 + r
@@ -496,6 +496,35 @@ def test_launches_that_cannot_work_fail_up_front_in_one_line(tmp_path):
     result = torchrun(WORKER, tmp_path, 0, "check_config")  # rank r is given train.seed=r
     assert result.returncode != 0
     assert "rank 1 was started with another config than rank 0: train.seed 1 (rank 0: 0)" in result.stdout
+
+    # met before the ranks can talk (a config that does not load, a folder that is no run): the same on
+    # every process of the node, printed by its local rank 0 alone
+    for command, line in (
+            (["--config", CONFIGS / "quickstart.yaml", "--out", tmp_path / "typo", "train.batch_sizee=16"],
+             "cissl: error: unknown config key 'train.batch_sizee' (did you mean 'train.batch_size'?)"),
+            (["--resume", tmp_path / "nothing"], f"cissl: error: {tmp_path / 'nothing'} is not a run directory")):
+        result = torchrun("-m", "cissl", "train", *command)
+        assert result.returncode != 0
+        errors = [error for error in result.stderr.splitlines() if error.startswith("cissl: error:")]
+        assert len(errors) == 1 and errors[0].startswith(line), result.stderr[-3000:]
+
+
+def test_an_error_every_process_of_a_node_meets_is_printed_by_its_local_rank_zero(monkeypatch):
+    from cissl.engine.launch import met_by_every_local_rank
+
+    for local_rank, printed_here in ((None, True), ("0", True), ("1", False)):
+        if local_rank is None:
+            monkeypatch.delenv("LOCAL_RANK", raising=False)
+        else:
+            monkeypatch.setenv("LOCAL_RANK", local_rank)
+        with pytest.raises(CisslError, match="^config key 'x': bad$") as caught:
+            with met_by_every_local_rank():
+                raise ConfigError("config key 'x': bad")
+        assert isinstance(caught.value, ConfigError) is printed_here
+        assert isinstance(caught.value, PrintedByAnotherRank) is not printed_here
+    with pytest.raises(ValueError):  # not a user's error: every process shows its own traceback
+        with met_by_every_local_rank():
+            raise ValueError("a bug")
 
 
 def test_a_rank_that_read_other_data_stops_the_launch_in_one_line(tmp_path):

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from cissl.engine.stop import TrainingStopped
-from cissl.errors import CisslError, RaisedOnRankZero
+from cissl.errors import CisslError, PrintedByAnotherRank
 from cissl.rundir import RESULTS, RunDir
 
 
@@ -25,8 +25,10 @@ def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> 
 
 def _load(args):
     from cissl.config import load_config
+    from cissl.engine.launch import met_by_every_local_rank
 
-    return load_config(args.config, args.overrides, args.algorithm)
+    with met_by_every_local_rank():  # under torchrun, printed once per node
+        return load_config(args.config, args.overrides, args.algorithm)
 
 
 def _pct(value) -> str:
@@ -63,17 +65,20 @@ def _reports() -> bool:
 
 def cmd_train(args) -> int:
     from cissl.api import resume, train
+    from cissl.engine.launch import met_by_every_local_rank
     from cissl.engine.run import default_run_dir
 
     if args.resume:
-        if args.config or args.overrides or args.algorithm:
-            raise CisslError("--resume continues a run with its saved config.yaml; "
-                             "drop --config / --algorithm / overrides")
+        with met_by_every_local_rank():
+            if args.config or args.overrides or args.algorithm:
+                raise CisslError("--resume continues a run with its saved config.yaml; "
+                                 "drop --config / --algorithm / overrides")
         run_dir = Path(args.resume)
         results = resume(run_dir, quiet=args.quiet)
     else:
-        if not args.config:
-            raise CisslError("train needs --config FILE (or --resume RUN_DIR)")
+        with met_by_every_local_rank():
+            if not args.config:
+                raise CisslError("train needs --config FILE (or --resume RUN_DIR)")
         config = _load(args)
         run_dir = Path(args.out) if args.out else default_run_dir(config)
         results = train(config, run_dir, quiet=args.quiet)
@@ -386,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return args.func(args)
-    except RaisedOnRankZero:  # a DDP rank's copy of the error rank 0 prints
+    except PrintedByAnotherRank:  # a DDP rank's copy of an error another rank prints
         return 2
     except CisslError as exc:
         print(f"cissl: error: {exc}", file=sys.stderr)

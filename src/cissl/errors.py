@@ -19,8 +19,9 @@ class DataError(CisslError):
     """A data file is missing, corrupt, or the requested split does not fit the data."""
 
 
-class RaisedOnRankZero(CisslError):
-    """A DDP rank's copy of the error rank 0 raised (and prints): the command line prints it once."""
+class PrintedByAnotherRank(CisslError):
+    """A DDP rank's copy of an error another rank prints (rank 0; before the ranks have joined their
+    process group, this node's local rank 0): the command line prints it once."""
 
 
 class CheckpointError(CisslError):

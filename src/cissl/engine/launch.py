@@ -25,7 +25,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from cissl import distributed
 from cissl.config import flat_keys
 from cissl.engine.precision import resolve_device
-from cissl.errors import CisslError, ConfigError, DataError, RaisedOnRankZero
+from cissl.errors import CisslError, ConfigError, DataError, PrintedByAnotherRank
 
 ENVIRONMENT = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -59,6 +59,19 @@ def torchrun_launch(environ=None) -> Launch | None:
     if not 0 <= launch.rank < launch.world_size:
         raise ConfigError(f"distributed launch: RANK {launch.rank} is not in 0..WORLD_SIZE-1 ({launch.world_size})")
     return launch
+
+
+@contextmanager
+def met_by_every_local_rank():
+    """For errors that depend only on the command line and this node's files (a config that does not
+    load), met before the ranks can talk: every process of a node meets the same one, so under torchrun
+    its local rank 0 alone prints it (not N copies of one line)."""
+    try:
+        yield
+    except CisslError as exc:
+        if os.environ.get("LOCAL_RANK", "0") != "0" and not isinstance(exc, PrintedByAnotherRank):
+            raise PrintedByAnotherRank(str(exc)) from None
+        raise
 
 
 def rank_device(config, launch: Launch | None) -> torch.device:
@@ -130,7 +143,7 @@ def check_consistent_launch(config) -> None:
     try:
         _check_consistent_launch(config)
     except ConfigError as exc:
-        raise exc if distributed.is_main() else RaisedOnRankZero(str(exc)) from None
+        raise exc if distributed.is_main() else PrintedByAnotherRank(str(exc)) from None
 
 
 def _check_consistent_launch(config) -> None:
@@ -158,7 +171,7 @@ def run_on_main(action):
             outcome = ("error", exc)
     kind, value = distributed.broadcast_from_main(outcome)
     if kind == "error":
-        raise value if distributed.is_main() else RaisedOnRankZero(str(value))
+        raise value if distributed.is_main() else PrintedByAnotherRank(str(value))
     return value
 
 
@@ -276,4 +289,4 @@ def check_same_data(parts: dict, data_config) -> None:
         message = (f"distributed launch: rank {other} read other data than rank 0 from data.root "
                    f"{data_config.root!r} ({', '.join(differ)} differ); every node must read the same copy "
                    f"of {data_config.dataset}")
-        raise DataError(message) if distributed.is_main() else RaisedOnRankZero(message)
+        raise DataError(message) if distributed.is_main() else PrintedByAnotherRank(message)

@@ -26,7 +26,7 @@ from cissl.engine.checkpoint import (
 )
 from cissl.engine.data import TrainingData, data_identity, prepare_data
 from cissl.engine.init_from import load_initial_backbone
-from cissl.engine.launch import check_same_data, launched, run_on_main
+from cissl.engine.launch import check_same_data, launched, met_by_every_local_rank, run_on_main
 from cissl.engine.logging import RunLogger, truncate_jsonl
 from cissl.engine.precision import resolve_device
 from cissl.engine.trainer import Trainer
@@ -138,7 +138,8 @@ def resume_run(run_dir: Path, stream=None, quiet: bool = False) -> dict:
     torchrun rank 0 reads the checkpoint and hands it to every rank (at any number of ranks: the streams
     and the method's state are the same on all of them)."""
     run = RunDir(run_dir)
-    config = read_run_config(run.path)
+    with met_by_every_local_rank():
+        config = read_run_config(run.path)
     with launched(config) as device, ExitStack() as held:
         def claim():
             held.enter_context(run.exclusive())
