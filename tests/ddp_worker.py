@@ -10,7 +10,8 @@ keeps rank 1 two seconds longer in the process group and writes when each rank l
 trains DARP with its cross-rank gather removed, and prints the error the checkpoint check gives;
 ``one_rank_differs`` trains a run (``cissl train`` from Python) in which rank 1 alone sees a non-finite
 loss at step 2 and alone receives SIGTERM during step 4, and saves each rank's own losses and end in
-OUT/one_rank_differs/rank{R}.json; ``other_data`` starts ``cissl train`` with rank 1's test images
+OUT/one_rank_differs/rank{R}.json; ``download`` reads a served CIFAR-10 with data.download=true on
+both ranks and writes who downloaded and when each read; ``other_data`` starts ``cissl train`` with rank 1's test images
 changed in one pixel and writes each rank's exit status; ``released`` (``released_stopped``: stopped by SIGTERM;
 ``released_api_stopped``: the same through ``cissl.api.train``) trains a run and writes whether its DDP
 wrapper was still alive when the process group was destroyed and when the command returned;
@@ -134,6 +135,42 @@ def one_rank_differs(out: Path, overrides: list[str]) -> None:
     folder = out / "one_rank_differs"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"rank{r}.json").write_text(json.dumps({"losses": losses, "end": end}))
+
+
+def download(out: Path, overrides: list[str]) -> None:
+    """Both ranks read CIFAR-10 with data.download=true from an empty data.root, the archive served from
+    a file:// URL (OUT/served.json: url, archive md5, file checksums, as the test wrote them); writes
+    which rank downloaded, and when each rank read the data, to OUT/download{R}.json."""
+    from cissl.data.sources import base, cifar
+    from cissl.engine import run
+
+    served = json.loads((out / "served.json").read_text())
+    sums = served["checksums"]
+    cifar.CIFAR10.update(url=served["url"], archive_md5=served["archive_md5"],
+                         train={name: sums[name] for name in cifar.CIFAR10["train"]},
+                         test={"test_batch": sums["test_batch"]}, meta=("batches.meta", sums["batches.meta"],
+                                                                        "label_names"))
+    downloads, reads = [], []
+    download_file, prepare_data = base.download_file, run.prepare_data
+
+    def noted_download(*args, **kwargs):
+        downloads.append(os.environ["RANK"])
+        return download_file(*args, **kwargs)
+
+    def noted_read(*args, **kwargs):
+        start = time.time()
+        data = prepare_data(*args, **kwargs)
+        reads.append((start, time.time()))
+        return data
+
+    base.download_file, run.prepare_data = noted_download, noted_read
+    config = tiny_config("data.dataset=cifar10", f"data.root={out / 'data'}", "data.download=true",
+                         "data.labeled_head=4", "data.unlabeled_head=1", "data.imbalance_ratio=2",
+                         "train.batch_size=4", *overrides)
+    with launched(config) as device:
+        data = run.prepare_rank_data(config, device)
+    record = {"downloads": downloads, "reads": reads, "labeled": len(data.labeled)}
+    (out / f"download{os.environ['RANK']}.json").write_text(json.dumps(record))
 
 
 def other_data(out: Path, overrides: list[str]) -> None:
@@ -269,6 +306,9 @@ def main(argv: list[str]) -> int:
         return 0
     if methods == ["one_rank_differs"]:  # start_run joins the process group itself
         one_rank_differs(out, overrides)
+        return 0
+    if methods == ["download"]:
+        download(out, overrides)
         return 0
     if methods == ["other_data"]:
         other_data(out, overrides)

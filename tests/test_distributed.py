@@ -502,7 +502,10 @@ def test_launches_that_cannot_work_fail_up_front_in_one_line(tmp_path):
     for command, line in (
             (["--config", CONFIGS / "quickstart.yaml", "--out", tmp_path / "typo", "train.batch_sizee=16"],
              "cissl: error: unknown config key 'train.batch_sizee' (did you mean 'train.batch_size'?)"),
-            (["--resume", tmp_path / "nothing"], f"cissl: error: {tmp_path / 'nothing'} is not a run directory")):
+            (["--resume", tmp_path / "nothing"], f"cissl: error: {tmp_path / 'nothing'} is not a run directory"),
+            # met by rank 0 in its turn to read the data: the other ranks hear of it and do not try
+            (["--config", CONFIGS / "quickstart.yaml", "--out", tmp_path / "nodata", "data.dataset=cifar10",
+              f"data.root={tmp_path / 'nowhere'}"], "cissl: error: cifar10: missing")):
         result = torchrun("-m", "cissl", "train", *command)
         assert result.returncode != 0
         errors = [error for error in result.stderr.splitlines() if error.startswith("cissl: error:")]
@@ -525,6 +528,25 @@ def test_an_error_every_process_of_a_node_meets_is_printed_by_its_local_rank_zer
     with pytest.raises(ValueError):  # not a user's error: every process shows its own traceback
         with met_by_every_local_rank():
             raise ValueError("a bug")
+
+
+def test_ranks_read_the_data_in_turns_so_that_one_process_downloads_it(tmp_path):
+    """data.download=true under torchrun into an empty data.root: rank 0 reads (downloads and extracts)
+    first, and rank 1 (the node's second process) reads only after it, finding the files there. Before,
+    every process downloaded and extracted the same archive into the same folder at once."""
+    from synthetic_data import md5, write_cifar10
+    from test_sources import _serve_as_archive
+
+    truth = write_cifar10(tmp_path / "built")
+    archive = _serve_as_archive(tmp_path / "built", "cifar-10-batches-py", tmp_path / "server")
+    (tmp_path / "served.json").write_text(json.dumps({"url": archive.as_uri(), "archive_md5": md5(archive),
+                                                       "checksums": truth["checksums"]}))
+    result = torchrun(WORKER, tmp_path, 0, "download", timeout=150)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"download{rank}.json").read_text()) for rank in (0, 1)]
+    assert [rank["downloads"] for rank in ranks] == [["0"], []]
+    assert ranks[1]["reads"][0][0] >= ranks[0]["reads"][0][1]  # rank 1 started reading once rank 0 was done
+    assert ranks[0]["labeled"] == ranks[1]["labeled"] > 0
 
 
 def test_a_rank_that_read_other_data_stops_the_launch_in_one_line(tmp_path):

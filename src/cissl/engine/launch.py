@@ -161,6 +161,32 @@ def _check_consistent_launch(config) -> None:
                           f"or train.batch_scope=per_rank")
 
 
+def in_turns(action):
+    """``action()`` on every rank in three turns: rank 0, then the first process of each other node,
+    then the rest, each turn ending when every rank is through it. For reading a data set that may
+    have to be downloaded: one process per node fetches and extracts it (one in all where the nodes
+    share the folder) and the others find it there, instead of N processes writing the same files at
+    once. An error in a turn stops every rank after that turn: the first rank that met one raises it,
+    the others a copy that it prints."""
+    launch = torchrun_launch()
+    mine = 0 if distributed.is_main() else 1 if launch is None or launch.local_rank == 0 else 2
+    result = None
+    for turn in range(3):
+        error = None
+        if turn == mine:
+            try:
+                result = action()
+            except Exception as exc:  # noqa: BLE001 - every rank must hear of it before any stops
+                error = exc
+        messages = distributed.gather_objects(None if error is None else str(error))
+        failed = [rank for rank, message in enumerate(messages) if message is not None]
+        if failed:
+            if error is not None and failed[0] == distributed.rank():
+                raise error
+            raise PrintedByAnotherRank(messages[failed[0]])
+    return result
+
+
 def run_on_main(action):
     """``action()`` on rank 0 only; its result, or its one-line error, on every rank."""
     outcome = None

@@ -26,7 +26,7 @@ from cissl.engine.checkpoint import (
 )
 from cissl.engine.data import TrainingData, data_identity, prepare_data
 from cissl.engine.init_from import load_initial_backbone
-from cissl.engine.launch import check_same_data, launched, met_by_every_local_rank, run_on_main
+from cissl.engine.launch import check_same_data, in_turns, launched, met_by_every_local_rank, run_on_main
 from cissl.engine.logging import RunLogger, truncate_jsonl
 from cissl.engine.precision import resolve_device
 from cissl.engine.trainer import Trainer
@@ -79,10 +79,12 @@ def start_run(config: Config, run_dir: Path, stream=None, quiet: bool = False) -
 
 
 def prepare_rank_data(config: Config, device, split: Split | None = None) -> TrainingData:
-    """This rank's data; under torchrun, checked to be the data every other rank read."""
-    data = prepare_data(config, device, split)
-    if distributed.active():
-        check_same_data(data_identity(data), config.data)
+    """This rank's data; under torchrun read in turns (one download per node at most) and checked to be
+    the data every other rank read."""
+    if not distributed.active():
+        return prepare_data(config, device, split)
+    data = in_turns(lambda: prepare_data(config, device, split))
+    check_same_data(data_identity(data), config.data)
     return data
 
 
