@@ -142,7 +142,7 @@ def download(out: Path, overrides: list[str]) -> None:
     a file:// URL (OUT/served.json: url, archive md5, file checksums, as the test wrote them); writes
     which rank downloaded, and when each rank read the data, to OUT/download{R}.json."""
     from cissl.data.sources import base, cifar
-    from cissl.engine import run
+    from cissl.engine import data as data_module
 
     served = json.loads((out / "served.json").read_text())
     sums = served["checksums"]
@@ -151,7 +151,7 @@ def download(out: Path, overrides: list[str]) -> None:
                          test={"test_batch": sums["test_batch"]}, meta=("batches.meta", sums["batches.meta"],
                                                                         "label_names"))
     downloads, reads = [], []
-    download_file, prepare_data = base.download_file, run.prepare_data
+    download_file, prepare_data = base.download_file, data_module.prepare_data
 
     def noted_download(*args, **kwargs):
         downloads.append(os.environ["RANK"])
@@ -163,12 +163,12 @@ def download(out: Path, overrides: list[str]) -> None:
         reads.append((start, time.time()))
         return data
 
-    base.download_file, run.prepare_data = noted_download, noted_read
+    base.download_file, data_module.prepare_data = noted_download, noted_read
     config = tiny_config("data.dataset=cifar10", f"data.root={out / 'data'}", "data.download=true",
                          "data.labeled_head=4", "data.unlabeled_head=1", "data.imbalance_ratio=2",
                          "train.batch_size=4", *overrides)
     with launched(config) as device:
-        data = run.prepare_rank_data(config, device)
+        data = data_module.prepare_rank_data(config, device)
     record = {"downloads": downloads, "reads": reads, "labeled": len(data.labeled)}
     (out / f"download{os.environ['RANK']}.json").write_text(json.dumps(record))
 

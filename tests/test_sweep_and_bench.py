@@ -248,7 +248,7 @@ def test_bench_counts_out_of_range_are_one_line(flag, value, least, capsys, monk
     """--rounds 0 divided by zero, --steps 0 timed a step per round anyway: refused before the data load."""
     import cissl.bench.throughput as throughput
 
-    monkeypatch.setattr(throughput, "prepare_data", lambda *args: pytest.fail("the data was loaded"))
+    monkeypatch.setattr(throughput, "prepare_rank_data", lambda *args: pytest.fail("the data was loaded"))
     code, _, err = run_cli(["bench", "throughput", "--config", CONFIGS / "quickstart.yaml", flag, value], capsys)
     assert code == 2 and err.strip() == f"cissl: error: {flag} must be at least {least}, got {value}"
 

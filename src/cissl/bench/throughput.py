@@ -25,7 +25,7 @@ from cissl.data.protocol import Split, split_counts
 from cissl.data.sources import SOURCES
 from cissl.data.stream import ImagePool
 from cissl.engine.assemble import build_network, build_training
-from cissl.engine.data import TrainingData, prepare_data
+from cissl.engine.data import TrainingData, prepare_rank_data
 from cissl.engine.optim import build_optimizer
 from cissl.engine.precision import resolve_device
 from cissl.engine.trainer import Trainer
@@ -88,7 +88,7 @@ def measure(config, steps: int = 10, warmup: int = 3, rounds: int = 3, synthetic
         if value < least:  # before the data load and the model
             raise ConfigError(f"{flag} must be at least {least}, got {value}")
     device = device or resolve_device(config.train.device)
-    data = synthetic_data(config, device) if synthetic else prepare_data(config, device)
+    data = synthetic_data(config, device) if synthetic else prepare_rank_data(config, device)
     parts = build_training(config, data, device)
     trainer = Trainer(parts)
     policy = parts.policy

@@ -8,11 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cissl import distributed
 from cissl.data.class_order import reorder_classes, resolve_class_order
 from cissl.data.protocol import Split, build_given_split, build_split
 from cissl.data.sources import SOURCES, load_source
 from cissl.data.sources.base import DataSource
 from cissl.data.stream import ImagePool
+from cissl.engine.launch import check_same_data, in_turns
 from cissl.errors import ConfigError, DataError
 
 
@@ -106,6 +108,16 @@ def prepare_data(config, device: torch.device, split: Split | None = None) -> Tr
     check_split_fits(config, split)
     return TrainingData(source.name, source.class_names, source.channels, source.image_size, source.mean,
                         source.std, split, labeled, unlabeled, test, val)
+
+
+def prepare_rank_data(config, device: torch.device, split: Split | None = None) -> TrainingData:
+    """This rank's data; under torchrun read in turns (one download per node at most) and checked to be
+    the data every other rank read."""
+    if not distributed.active():
+        return prepare_data(config, device, split)
+    data = in_turns(lambda: prepare_data(config, device, split))
+    check_same_data(data_identity(data), config.data)
+    return data
 
 
 def data_identity(data: TrainingData, sample: int = 64) -> dict:

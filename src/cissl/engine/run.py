@@ -24,9 +24,9 @@ from cissl.engine.checkpoint import (
     load_checkpoint,
     load_newest_readable,
 )
-from cissl.engine.data import TrainingData, data_identity, prepare_data
+from cissl.engine.data import prepare_data, prepare_rank_data
 from cissl.engine.init_from import load_initial_backbone
-from cissl.engine.launch import check_same_data, in_turns, launched, met_by_every_local_rank, run_on_main
+from cissl.engine.launch import launched, met_by_every_local_rank, run_on_main
 from cissl.engine.logging import RunLogger, truncate_jsonl
 from cissl.engine.precision import resolve_device
 from cissl.engine.trainer import Trainer
@@ -76,16 +76,6 @@ def start_run(config: Config, run_dir: Path, stream=None, quiet: bool = False) -
 
         run_on_main(claim)
         return _start_claimed(config, run, device, stream, quiet)
-
-
-def prepare_rank_data(config: Config, device, split: Split | None = None) -> TrainingData:
-    """This rank's data; under torchrun read in turns (one download per node at most) and checked to be
-    the data every other rank read."""
-    if not distributed.active():
-        return prepare_data(config, device, split)
-    data = in_turns(lambda: prepare_data(config, device, split))
-    check_same_data(data_identity(data), config.data)
-    return data
 
 
 def _start_claimed(config: Config, run: RunDir, device, stream, quiet: bool) -> dict:
