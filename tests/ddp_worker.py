@@ -60,7 +60,8 @@ def train(out: Path, steps: int, method: str, overrides: list[str], device) -> N
 
 def collectives(out: Path) -> None:
     """Rank r's inputs are built from r, so that the test can write down each result by hand."""
-    from cissl.engine.launch import average_buffers, run_on_main
+    from cissl.engine.agreement import run_on_main
+    from cissl.engine.replicas import average_buffers
     from cissl.errors import PrintedByAnotherRank
 
     def failing():

@@ -24,11 +24,12 @@ from test_training import assert_same_state
 from cissl import distributed
 from cissl.algorithms import ALGORITHMS
 from cissl.config import load_config
+from cissl.engine.agreement import fingerprint
 from cissl.engine.assemble import method_class
 from cissl.engine.batches import BatchSource, Shard
 from cissl.engine.checkpoint import load_checkpoint
 from cissl.engine.data import data_identity, prepare_data
-from cissl.engine.launch import fingerprint, rank_device, release_frames, torchrun_launch
+from cissl.engine.launch import rank_device, release_frames, torchrun_launch
 from cissl.engine.precision import ComputePolicy
 from cissl.errors import CisslError, ConfigError, PrintedByAnotherRank
 from cissl.models.sync_batchnorm import CrossRankBatchNorm2d, convert_to_cross_rank
@@ -255,7 +256,7 @@ def test_the_replicated_model_gives_every_head_of_the_steps_forwards_a_zero_grad
     untouched_heads_term, which is 0 x every head's logits (a zero gradient for a head the loss left out,
     none for the rest) and forgets them; forwards without gradients are not kept; attributes come from
     the network."""
-    from cissl.engine.launch import ReplicatedModel
+    from cissl.engine.replicas import ReplicatedModel
     from cissl.models.classifier import ModelOutput
 
     class TwoHeads(torch.nn.Module):

@@ -18,9 +18,9 @@ from cissl.config import Config
 from cissl.engine.batches import BatchSource, Shard
 from cissl.engine.data import TrainingData
 from cissl.engine.ema import EMA
-from cissl.engine.launch import wrap_for_ranks
 from cissl.engine.optim import build_optimizer, build_scheduler
 from cissl.engine.precision import ComputePolicy, configure_backends
+from cissl.engine.replicas import wrap_for_ranks
 from cissl.engine.seeds import derive_seed
 from cissl.models import Classifier, build_model
 from cissl.models.sync_batchnorm import synchronise_batchnorm

@@ -14,7 +14,7 @@ from cissl.data.protocol import Split, build_given_split, build_split
 from cissl.data.sources import SOURCES, load_source
 from cissl.data.sources.base import DataSource
 from cissl.data.stream import ImagePool
-from cissl.engine.launch import check_same_data, in_turns
+from cissl.engine.agreement import check_same_data, in_turns
 from cissl.errors import ConfigError, DataError
 
 

@@ -5,14 +5,13 @@ and ``LOCAL_RANK`` set (and torchrun's rendezvous for several nodes); :func:`lau
 process group (NCCL on CUDA, gloo on the CPU; host-side agreement always over a gloo group) and gives
 each rank its device (``cuda:LOCAL_RANK`` on GPUs). Without those variables it does nothing and a run
 is the plain single-process one. What stays identical across ranks, and why, is said in
-:mod:`cissl.distributed` and :mod:`cissl.engine.batches`.
+:mod:`cissl.distributed` and :mod:`cissl.engine.batches`; what the ranks check they agree on, in
+:mod:`cissl.engine.agreement`; the network as the ranks train it, in :mod:`cissl.engine.replicas`.
 """
 
 from __future__ import annotations
 
 import gc
-import hashlib
-import inspect
 import os
 import traceback
 from contextlib import contextmanager
@@ -20,18 +19,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from cissl import distributed
 from cissl.config import flat_keys
 from cissl.engine.precision import resolve_device
-from cissl.errors import CisslError, ConfigError, DataError, PrintedByAnotherRank
+from cissl.errors import CisslError, ConfigError, PrintedByAnotherRank
 
 ENVIRONMENT = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-
-
-class RanksDiverged(CisslError):
-    """The ranks of a DDP run no longer hold the same weights or method state."""
 
 
 @dataclass(frozen=True)
@@ -159,160 +153,3 @@ def _check_consistent_launch(config) -> None:
         raise ConfigError(f"config key 'train.batch_size': {config.train.batch_size} labeled images per step do not "
                           f"split evenly across {world} ranks (train.batch_scope = global); use a multiple of {world} "
                           f"or train.batch_scope=per_rank")
-
-
-def in_turns(action):
-    """``action()`` on every rank in three turns: rank 0, then the first process of each other node,
-    then the rest, each turn ending when every rank is through it. For reading a data set that may
-    have to be downloaded: one process per node fetches and extracts it (one in all where the nodes
-    share the folder) and the others find it there, instead of N processes writing the same files at
-    once. An error in a turn stops every rank after that turn: the first rank that met one raises it,
-    the others a copy that it prints."""
-    launch = torchrun_launch()
-    mine = 0 if distributed.is_main() else 1 if launch is None or launch.local_rank == 0 else 2
-    result = None
-    for turn in range(3):
-        error = None
-        if turn == mine:
-            try:
-                result = action()
-            except Exception as exc:  # noqa: BLE001 - every rank must hear of it before any stops
-                error = exc
-        messages = distributed.gather_objects(None if error is None else str(error))
-        failed = [rank for rank, message in enumerate(messages) if message is not None]
-        if failed:
-            if error is not None and failed[0] == distributed.rank():
-                raise error
-            raise PrintedByAnotherRank(messages[failed[0]])
-    return result
-
-
-def run_on_main(action):
-    """``action()`` on rank 0 only; its result, or its one-line error, on every rank."""
-    outcome = None
-    if distributed.is_main():
-        try:
-            outcome = ("ok", action())
-        except CisslError as exc:
-            outcome = ("error", exc)
-    kind, value = distributed.broadcast_from_main(outcome)
-    if kind == "error":
-        raise value if distributed.is_main() else PrintedByAnotherRank(str(value))
-    return value
-
-
-def wrap_for_ranks(model: torch.nn.Module, device: torch.device):
-    """``model`` as a method's step calls it: under a process group, through DistributedDataParallel
-    (gradients averaged over the ranks), attributes (heads, backbone) still from the network."""
-    if not distributed.active():
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    # buffers are not broadcast from rank 0 at each forward: average_buffers (or SyncBatchNorm) keeps them equal
-    no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
-                      inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                  find_unused_parameters=True,  # e.g. TRAS's student before its warm-up
-                                  **no_buffer_sync)
-    return ReplicatedModel(ddp)
-
-
-class ReplicatedModel:
-    """The forward through DDP, every other attribute from the network it wraps. It keeps the outputs of
-    the step's forwards with gradients, for :meth:`untouched_heads_term`."""
-
-    def __init__(self, ddp):
-        self.ddp = ddp
-        self.outputs = []
-
-    def __call__(self, *args, **kwargs):
-        out = self.ddp(*args, **kwargs)
-        if torch.is_grad_enabled():
-            self.outputs.append(out)
-        return out
-
-    def untouched_heads_term(self) -> torch.Tensor | None:
-        """0 x the sum of every head's logits of the step's forwards (then forgotten). DDP expects a
-        gradient for every parameter its forward's outputs reach; a head a step leaves out of its loss
-        (TRAS's student before its warm-up, CoSSL's teacher before its stage) would otherwise stop the
-        next step. So under DDP such a head gets a zero gradient, and the optimizer's weight decay and
-        momentum act on it where one process would leave it untouched."""
-        outputs, self.outputs = self.outputs, []
-        terms = [logits.sum() for out in outputs for logits in out.logits.values()]
-        return 0.0 * torch.stack(terms).sum() if terms else None
-
-    def __getattr__(self, name):
-        return getattr(self.ddp.module, name)
-
-
-@torch.no_grad()
-def average_buffers(model: torch.nn.Module) -> None:
-    """Batch-norm running statistics averaged over the ranks (without sync_batchnorm each rank's
-    statistics come from its own rows; this keeps every rank's network, and its EMA, the same)."""
-    buffers = [b for b in model.buffers() if b.is_floating_point()]
-    if not buffers or distributed.world_size() == 1:
-        return
-    flat = _flatten_dense_tensors(buffers)
-    dist.all_reduce(flat)
-    flat /= distributed.world_size()
-    for buffer, value in zip(buffers, _unflatten_dense_tensors(flat, buffers)):
-        buffer.copy_(value)
-
-
-def fingerprint(tensors) -> str:
-    """A digest of tensors' values (nested dicts / lists of tensors and numbers)."""
-    digest = hashlib.sha256()
-
-    def visit(value):
-        if isinstance(value, torch.Tensor):
-            digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-                          if value.numel() else b"")
-        elif isinstance(value, dict):
-            for key in sorted(value, key=str):
-                digest.update(str(key).encode())
-                visit(value[key])
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                visit(item)
-        else:
-            digest.update(repr(value).encode())
-
-    visit(tensors)
-    return digest.hexdigest()
-
-
-def rank_that_differs(parts: dict) -> tuple[int, list[str]] | None:
-    """The first rank whose ``parts`` (name -> state) differ from rank 0's, with the names that differ
-    (the same answer on every rank), or None."""
-    if distributed.world_size() == 1:
-        return None
-    mine = {name: fingerprint(state) for name, state in parts.items()}
-    every = distributed.gather_objects(mine)
-    for other, prints in enumerate(every[1:], start=1):
-        differ = [name for name in mine if prints[name] != every[0][name]]
-        if differ:
-            return other, differ
-    return None
-
-
-def check_ranks_agree(parts: dict, iteration: int) -> None:
-    """Every rank holds the same ``parts`` (name -> state), else one line naming the first that differs."""
-    found = rank_that_differs(parts)
-    if found:
-        other, differ = found
-        raise RanksDiverged(f"at iteration {iteration} rank {other} and rank 0 hold different {', '.join(differ)}: "
-                            f"the ranks no longer train one model (a method that updates its state from its "
-                            f"own rows only? see docs/algorithms.md, 'Distributed training')")
-
-
-def check_same_data(parts: dict, data_config) -> None:
-    """Every rank read the same data (``parts``: name -> what identifies it, see
-    :func:`cissl.engine.data.data_identity`): a node whose copy under ``data.root`` differs (another
-    version, a damaged file) would otherwise train on other images than rank 0 believes."""
-    found = rank_that_differs(parts)
-    if found:
-        other, differ = found
-        message = (f"distributed launch: rank {other} read other data than rank 0 from data.root "
-                   f"{data_config.root!r} ({', '.join(differ)} differ); every node must read the same copy "
-                   f"of {data_config.dataset}")
-        raise DataError(message) if distributed.is_main() else PrintedByAnotherRank(message)

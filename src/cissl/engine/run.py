@@ -14,6 +14,7 @@ import torch
 from cissl import distributed
 from cissl.config import Config, load_config, save_config
 from cissl.data.protocol import Split
+from cissl.engine.agreement import run_on_main
 from cissl.engine.assemble import build_evaluation, last_generation_start
 from cissl.engine.batches import global_batch_size
 from cissl.engine.checkpoint import (
@@ -26,7 +27,7 @@ from cissl.engine.checkpoint import (
 )
 from cissl.engine.data import prepare_data, prepare_rank_data
 from cissl.engine.init_from import load_initial_backbone
-from cissl.engine.launch import launched, met_by_every_local_rank, run_on_main
+from cissl.engine.launch import launched, met_by_every_local_rank
 from cissl.engine.logging import RunLogger, truncate_jsonl
 from cissl.engine.precision import resolve_device
 from cissl.engine.trainer import Trainer

@@ -21,13 +21,14 @@ from cissl import distributed
 from cissl.algorithms import LabeledPredictions, PoolPredictions, StepOutput, ValidationPredictions
 from cissl.algorithms.base import run_hooks
 from cissl.config import Config
+from cissl.engine.agreement import check_ranks_agree
 from cissl.engine.assemble import RunParts, build_training, generation_length, last_generation_start
 from cissl.engine.checkpoint import first_line, save_checkpoint
 from cissl.engine.data import TrainingData
 from cissl.engine.diagnostics import PseudoLabelStats
-from cissl.engine.launch import ReplicatedModel, average_buffers, check_ranks_agree
 from cissl.engine.logging import MetricWindow, RunLogger
 from cissl.engine.precision import resolve_device
+from cissl.engine.replicas import ReplicatedModel, average_buffers
 from cissl.engine.stop import StopSignals, TrainingStopped
 from cissl.environment import describe_environment
 from cissl.errors import CheckpointError, CisslError
