@@ -11,10 +11,11 @@ trains DARP with its cross-rank gather removed, and prints the error the checkpo
 ``one_rank_differs`` trains a run (``cissl train`` from Python) in which rank 1 alone sees a non-finite
 loss at step 2 and alone receives SIGTERM during step 4, and saves each rank's own losses and end in
 OUT/one_rank_differs/rank{R}.json; ``download`` reads a served CIFAR-10 with data.download=true on
-both ranks and writes who downloaded and when each read; ``other_data`` starts ``cissl train`` with rank 1's test images
-changed in one pixel and writes each rank's exit status; ``released`` (``released_stopped``: stopped by SIGTERM;
-``released_api_stopped``: the same through ``cissl.api.train``) trains a run and writes whether its DDP
-wrapper was still alive when the process group was destroyed and when the command returned;
+both ranks and writes who downloaded and when each read; ``other_data`` starts ``cissl train`` with
+rank 1's test images changed in one pixel and writes each rank's exit status; ``released``
+(``released_stopped``: stopped by SIGTERM; ``released_api_stopped``: the same through
+``cissl.api.train``) trains a run and writes whether its DDP wrapper was still alive when the process
+group was destroyed and when the command returned;
 ``collectives`` calls each collective of cissl.distributed (and of the launch) on inputs that differ
 from rank to rank and saves what each rank got, in OUT/collectives/rank{R}.pt.
 """
@@ -38,6 +39,10 @@ from cissl.engine.data import prepare_data  # noqa: E402
 from cissl.engine.launch import launched  # noqa: E402
 from cissl.engine.trainer import Trainer  # noqa: E402
 from cissl.errors import CisslError  # noqa: E402
+
+# a 4-step run of a WRN-10-1 on digits-LT, evaluated and checkpointed at its end (for `cissl train` commands)
+SHORT_RUN = ["model.depth=10", "model.widen=1", "train.batch_size=16", "train.iterations=4", "train.eval_every=4",
+             "train.checkpoint_every=4", "train.report_last=1"]
 
 
 def train(out: Path, steps: int, method: str, overrides: list[str], device) -> None:
@@ -191,8 +196,7 @@ def other_data(out: Path, overrides: list[str]) -> None:
 
         data_module.load_source = damaged
     code = cli.main(["train", "--config", str(CONFIGS / "quickstart.yaml"), "--out", str(out / "run"), "--quiet",
-                     "model.depth=10", "model.widen=1", "train.batch_size=16", "train.iterations=4",
-                     "train.eval_every=4", "train.report_last=1", *overrides])
+                     *SHORT_RUN, *overrides])
     (out / f"other_data{os.environ['RANK']}.json").write_text(json.dumps({"exit": code}))
 
 
@@ -234,8 +238,7 @@ def released(out: Path, mode: str, overrides: list[str]) -> None:
         return mode != "released" and len(steps) >= 2
 
     trainer_module.StopSignals = ScriptedStop(after_the_second_step)
-    settings = ["model.depth=10", "model.widen=1", "train.batch_size=16", "train.iterations=4",
-                "train.eval_every=4", "train.checkpoint_every=4", "train.report_last=1", *overrides]
+    settings = [*SHORT_RUN, *overrides]
     gc.disable()
     if mode == "released_api_stopped":
         try:

@@ -68,17 +68,16 @@ def cmd_train(args) -> int:
     from cissl.engine.launch import met_by_every_local_rank
     from cissl.engine.run import default_run_dir
 
+    with met_by_every_local_rank():  # the same on every process of a node: printed once per node
+        if args.resume and (args.config or args.overrides or args.algorithm):
+            raise CisslError("--resume continues a run with its saved config.yaml; "
+                             "drop --config / --algorithm / overrides")
+        if not args.resume and not args.config:
+            raise CisslError("train needs --config FILE (or --resume RUN_DIR)")
     if args.resume:
-        with met_by_every_local_rank():
-            if args.config or args.overrides or args.algorithm:
-                raise CisslError("--resume continues a run with its saved config.yaml; "
-                                 "drop --config / --algorithm / overrides")
         run_dir = Path(args.resume)
         results = resume(run_dir, quiet=args.quiet)
     else:
-        with met_by_every_local_rank():
-            if not args.config:
-                raise CisslError("train needs --config FILE (or --resume RUN_DIR)")
         config = _load(args)
         run_dir = Path(args.out) if args.out else default_run_dir(config)
         results = train(config, run_dir, quiet=args.quiet)

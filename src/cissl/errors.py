@@ -24,5 +24,11 @@ class PrintedByAnotherRank(CisslError):
     process group, this node's local rank 0): the command line prints it once."""
 
 
+def for_this_rank(error: CisslError, prints_it: bool) -> CisslError:
+    """The error to raise on a rank that met ``error`` with the others: itself where this rank prints it,
+    else a :class:`PrintedByAnotherRank` with its message."""
+    return error if prints_it or isinstance(error, PrintedByAnotherRank) else PrintedByAnotherRank(str(error))
+
+
 class CheckpointError(CisslError):
     """A checkpoint or run directory is missing, unreadable or does not match the config."""

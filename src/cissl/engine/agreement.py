@@ -11,7 +11,7 @@ import torch
 
 from cissl import distributed
 from cissl.engine.launch import torchrun_launch
-from cissl.errors import CisslError, DataError, PrintedByAnotherRank
+from cissl.errors import CisslError, DataError, PrintedByAnotherRank, for_this_rank
 
 
 class RanksDiverged(CisslError):
@@ -54,7 +54,7 @@ def run_on_main(action):
             outcome = ("error", exc)
     kind, value = distributed.broadcast_from_main(outcome)
     if kind == "error":
-        raise value if distributed.is_main() else PrintedByAnotherRank(str(value))
+        raise for_this_rank(value, distributed.is_main())
     return value
 
 
@@ -114,4 +114,4 @@ def check_same_data(parts: dict, data_config) -> None:
         message = (f"distributed launch: rank {other} read other data than rank 0 from data.root "
                    f"{data_config.root!r} ({', '.join(differ)} differ); every node must read the same copy "
                    f"of {data_config.dataset}")
-        raise DataError(message) if distributed.is_main() else PrintedByAnotherRank(message)
+        raise for_this_rank(DataError(message), distributed.is_main())

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from cissl import distributed
 from cissl.config import flat_keys
 from cissl.engine.precision import resolve_device
-from cissl.errors import CisslError, ConfigError, PrintedByAnotherRank
+from cissl.errors import CisslError, ConfigError, for_this_rank
 
 ENVIRONMENT = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -63,9 +63,7 @@ def met_by_every_local_rank():
     try:
         yield
     except CisslError as exc:
-        if os.environ.get("LOCAL_RANK", "0") != "0" and not isinstance(exc, PrintedByAnotherRank):
-            raise PrintedByAnotherRank(str(exc)) from None
-        raise
+        raise for_this_rank(exc, os.environ.get("LOCAL_RANK", "0") == "0") from None
 
 
 def rank_device(config, launch: Launch | None) -> torch.device:
@@ -137,7 +135,7 @@ def check_consistent_launch(config) -> None:
     try:
         _check_consistent_launch(config)
     except ConfigError as exc:
-        raise exc if distributed.is_main() else PrintedByAnotherRank(str(exc)) from None
+        raise for_this_rank(exc, distributed.is_main()) from None
 
 
 def _check_consistent_launch(config) -> None:
