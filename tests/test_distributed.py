@@ -582,7 +582,8 @@ def test_the_run_lets_go_of_the_process_group_before_python_exits(tmp_path):
     a run stopped by SIGTERM, whose exception's traceback held the trainer, through the command line and
     through the API (whose caller still holds that exception). The wrapper is the witness, not the whole
     cause: releasing the wrapper alone, without the collection, still aborted once in 45 runs; it is the
-    collection of the run's garbage before the group goes that prevents it (0 in 110)."""
+    collection of the run's garbage before the group goes that prevents it (0 in 110). Counted by
+    benchmarks/ddp_exit_stress.sh (its "resumed" loop); benchmarks/RESULTS.md, section 4."""
     for mode, code in (("released", 0), ("released_stopped", 128 + 15), ("released_api_stopped", 128 + 15)):
         result = torchrun(WORKER, tmp_path / mode, 0, mode, timeout=150)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]

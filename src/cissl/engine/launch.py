@@ -110,7 +110,7 @@ def launched(config):
         # the run's DistributedDataParallel wrapper holds the group, and the trainer's reference cycles keep
         # it alive past the run: collected only at the interpreter's exit, the group's gloo threads would
         # free their tensors while Python finalizes, and the rank would abort ("terminate called without an
-        # active exception", about once in 40 resumed 2-rank runs on a busy machine). Let it go now.
+        # active exception": 2 in 66 resumed 2-rank runs on a busy machine, benchmarks/RESULTS.md section 4).
         gc.collect()
         dist.destroy_process_group()
 
