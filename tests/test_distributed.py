@@ -410,10 +410,10 @@ def test_a_methods_later_draws_and_updates_match_the_single_process(tmp_path, me
     estimate (from the global batch's balanced pseudo-labels). Each rank draws for the global batch and
     keeps its rows; after 3 steps on 2 ranks the weights, the method's state and the evaluation are one
     process's. (3 steps, not more: at this scale fixmatch_abc's trajectory amplifies rounding. One process
-    with and without a call of torch.set_num_threads(1) after its imports (at the same thread count: the
-    call alone changes some CPU kernel's rounding) gives logits 4e-6 apart at the first forward and
-    weights 1.4e-3 apart after 5 steps, every mask and draw equal to step 4; 2 ranks sit within that
-    spread.)"""
+    at 1 and at 2 threads gives logits 4e-6 apart at the first forward and weights 1.4e-3 apart after 5
+    steps, every mask and draw equal to step 4; 2 ranks sit within that spread. At one thread count the
+    process repeats itself bit for bit, with or without a call of torch.set_num_threads:
+    benchmarks/thread_drift.py.)"""
     overrides = ["train.sync_batchnorm=true", "algorithm.threshold=0.0", *overrides]
     worker(tmp_path / "one", 3, [method], *overrides, ranks=1)
     worker(tmp_path / "two", 3, [method], *overrides)

@@ -1,5 +1,6 @@
 """A run records the code and machine it trained on, and the report says when a table mixes them."""
 
+import io
 import json
 import platform
 import shutil
@@ -13,7 +14,7 @@ from helpers import tiny_config
 import cissl.engine.trainer
 from cissl.engine.checkpoint import load_checkpoint
 from cissl.engine.run import resume_run, start_run
-from cissl.environment import code_of, describe_environment, machine_of, processor_name, source_commit
+from cissl.environment import changes, code_of, describe_environment, machine_of, processor_name, source_commit
 from cissl.evaluation.report import NOT_RECORDED, mixed_environments, write_report
 
 CPUINFO = """processor\t: 0
@@ -162,6 +163,42 @@ def test_report_says_when_runs_come_from_other_machines_or_code(tmp_path, capsys
     assert "more than one code: aaa: 2 run(s)" in err and "more than one code: bbb+dirty: 1 run(s)" in err
     for name in ("results.md", "paired.md"):
         assert "- code: bbb+dirty: 1 run(s)" in (tmp_path / "two" / name).read_text()
+
+
+def test_changes_names_what_decides_the_last_bits_and_differs():
+    assert changes(A, dict(A)) == []
+    assert changes(A, {**A, "threads": 2}) == ["threads 1 -> 2"]
+    assert changes(A, {**A, "code": "bbb", "processor": "EPYC", "python": "3.12"}) == [  # python: same arithmetic
+        "processor Xeon (model 167) -> EPYC", "code aaa -> bbb"]
+    assert changes(A, {**A, "code": None}) == ["code aaa -> cissl 0.1.0"]  # an installed release
+    assert changes({k: v for k, v in A.items() if k != "cpu_capability"}, {**A, "cpu_capability": "AVX2"}) == []
+    gpu = {**A, "gpu": "NVIDIA H100"}
+    assert changes(gpu, {**gpu, "threads": 8}) == []  # the CPU's threads do not compute a GPU run
+    assert changes(gpu, {**gpu, "gpu": "NVIDIA H200", "threads": 8}) == ["gpu NVIDIA H100 -> NVIDIA H200"]
+    assert changes(A, {**gpu, "threads": 8}) == ["threads 1 -> 8", "gpu None -> NVIDIA H100"]
+
+
+def test_a_run_resumed_at_another_thread_count_says_so(tmp_path, monkeypatch):
+    """The same run, resumed once where it trained (no note) and once at another thread count: one line
+    naming the change and the setting that resumes at the run's count."""
+    config = tiny_config("train.iterations=4", "train.checkpoint_every=2", "train.eval_every=2",
+                         algorithm="supervised")
+    here = describe_environment(torch.device("cpu"))
+    start_run(config, tmp_path / "run", quiet=True)
+    for name in ("checkpoints/ckpt_00000004.pt", "results.json"):  # as if stopped after iteration 2
+        (tmp_path / "run" / name).unlink()
+    shutil.copytree(tmp_path / "run", tmp_path / "again")
+    printed = io.StringIO()
+    resume_run(tmp_path / "run", stream=printed)
+    assert "[cissl] resumed " in printed.getvalue() and "note:" not in printed.getvalue()
+
+    more = {**here, "threads": here["threads"] + 1}
+    monkeypatch.setattr(cissl.engine.trainer, "describe_environment", lambda device: more)
+    printed = io.StringIO()
+    resume_run(tmp_path / "again", stream=printed)
+    assert (f"[cissl] note: the run goes on with threads {here['threads']} -> {more['threads']}: its steps from "
+            f"here will not repeat an uninterrupted run's last bits; OMP_NUM_THREADS={here['threads']} resumes at "
+            f"the run's thread count\n") in printed.getvalue()
 
 
 def test_runs_recorded_nowhere_or_all_alike_raise_nothing():

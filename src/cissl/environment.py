@@ -97,3 +97,14 @@ def machine_of(environment: dict) -> str:
 def code_of(environment: dict) -> str:
     """One line naming the code: the git commit where known, else the release."""
     return environment.get("code") or f"cissl {environment.get('cissl')}"
+
+
+def changes(before: dict, now: dict) -> list[str]:
+    """What decides a run's last bits and differs from ``before`` to ``now``: "threads 1 -> 2", the code,
+    the processor, ... (a key one of them lacks was not recorded: not a change; a GPU run's CPU threads
+    neither)."""
+    on_gpu = before.get("gpu") is not None and now.get("gpu") is not None  # the CPU's threads do not compute it
+    pairs = [(key, before[key], now[key]) for key in MACHINE_KEYS
+             if key in before and key in now and not (on_gpu and key == "threads")]
+    pairs.append(("code", code_of(before), code_of(now)))
+    return [f"{key} {a} -> {b}" for key, a, b in pairs if a != b]

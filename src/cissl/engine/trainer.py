@@ -30,7 +30,7 @@ from cissl.engine.logging import MetricWindow, RunLogger
 from cissl.engine.precision import resolve_device
 from cissl.engine.replicas import ReplicatedModel, average_buffers
 from cissl.engine.stop import StopSignals, TrainingStopped
-from cissl.environment import describe_environment
+from cissl.environment import changes, describe_environment
 from cissl.errors import CheckpointError, CisslError
 from cissl.evaluation.evaluate import brief, evaluate_model, predict, predict_with_features
 from cissl.evaluation.summary import summarize_run
@@ -272,14 +272,28 @@ class Trainer:
         self.window.average_over_ranks()
 
     # ------------------------------------------------------------------ the loop
+    def _record_environment(self) -> None:
+        """Where the run computes from now on joins its ``environments`` when it differs from the last
+        entry; a run resumed elsewhere says what changed (its steps from here will not repeat an
+        uninterrupted run's last bits, e.g. at another thread count)."""
+        here = describe_environment(self.device)
+        if self.environments and self.environments[-1] == here:
+            return
+        changed = changes(self.environments[-1], here) if self.environments else []
+        if changed and self.logger:
+            before = self.environments[-1].get("threads")
+            hint = (f"; OMP_NUM_THREADS={before} resumes at the run's thread count"
+                    if any(c.startswith("threads ") for c in changed) else "")
+            self.logger.message(f"note: the run goes on with {', '.join(changed)}: its steps from here will not "
+                                f"repeat an uninterrupted run's last bits{hint}")
+        self.environments.append(here)
+
     def fit(self) -> dict:
         tc = self.config.train
         total = tc.iterations
         if self.logger:
             self.logger.start(self.iteration)
-        here = describe_environment(self.device)
-        if not self.environments or self.environments[-1] != here:
-            self.environments.append(here)
+        self._record_environment()
         start = time.perf_counter()
         elapsed_before = self.elapsed
         if self.iteration == 0 and -1 in self.stage_iterations:
