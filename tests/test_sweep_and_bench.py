@@ -408,6 +408,27 @@ def test_a_deadline_already_past_is_refused_before_any_run_starts(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+def test_each_jobs_threads_are_omp_num_threads_or_the_cores_shared_and_a_bad_value_is_one_line(tmp_path,
+                                                                                               monkeypatch):
+    from cissl.sweep import threads_per_job
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert [threads_per_job(w) for w in (1, 3, 8, 16)] == [8, 2, 1, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads_per_job(2) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "")
+    assert threads_per_job(4) == 2
+    config = str(CONFIGS / "quickstart.yaml")
+    for bad in ("abc", "0", "-2", "1.5"):
+        monkeypatch.setenv("OMP_NUM_THREADS", bad)
+        with pytest.raises(ConfigError, match=rf"^OMP_NUM_THREADS '{re.escape(bad)}' is not a whole number of "
+                                              r"threads above 0; set it to one or unset it to give each job the "
+                                              r"cores / --workers$"):
+            run_sweep([config], ["fixmatch"], [0], tmp_path / "d", TINY, workers=2)
+        assert not (tmp_path / "d").exists()
+
+
 def test_runs_evaluated_on_validation_never_see_the_test_set(tmp_path):
     from cissl.engine.data import prepare_data
 
@@ -628,7 +649,7 @@ def test_a_signal_as_a_worker_starts_still_reaches_that_worker(tmp_path, monkeyp
     sent = _fake_workers(monkeypatch, on_start=signal.SIGTERM)
     job = Job(None, tmp_path / "setting/algorithm/seed0")
     with pytest.raises(TrainingStopped) as stopped:
-        _run_side_by_side([("[1/1] seed0", job)], 2, None, io.StringIO())
+        _run_side_by_side([("[1/1] seed0", job)], 2, 1, None, io.StringIO())
     assert stopped.value.signal_number == signal.SIGTERM
     assert sent == [(10 ** 7, signal.SIGTERM)]
 
@@ -643,7 +664,7 @@ def test_a_ctrl_c_during_the_deadlines_grace_is_not_a_second_signal_to_the_worke
     sent = _fake_workers(monkeypatch, on_join=signal.SIGINT)
     job = Job(None, tmp_path / "setting/algorithm/seed0")
     with pytest.raises(TrainingStopped) as stopped:
-        _run_side_by_side([("[1/1] seed0", job)], 2, 0, io.StringIO())
+        _run_side_by_side([("[1/1] seed0", job)], 2, 1, 0, io.StringIO())
     assert stopped.value.signal_number == signal.SIGINT
     assert sent == [(10 ** 7, signal.SIGTERM)]
 

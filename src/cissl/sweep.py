@@ -160,6 +160,7 @@ def run_sweep(configs, algorithms, seeds, out: Path, overrides=None, quiet: bool
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if deadline is not None and deadline < 0:
         raise ConfigError(f"--deadline must be 0 or more seconds, got {deadline:g} (a clock time already past?)")
+    threads = threads_per_job(workers)
     jobs = plan(configs, algorithms, seeds, out, overrides, grid, by_seed) if configs else []
     if jobs_file is not None:
         jobs += read_jobs_file(jobs_file, out, overrides)
@@ -189,7 +190,7 @@ def run_sweep(configs, algorithms, seeds, out: Path, overrides=None, quiet: bool
             print(f"{label}: {_summary(results, time.perf_counter() - start)}", file=stream, flush=True)
         where = "the lines above"
     else:
-        failed = _run_side_by_side(todo, workers, deadline, stream)
+        failed = _run_side_by_side(todo, workers, threads, deadline, stream)
         where = "their logs: <run dir>.log"
     rows = write_report(out)
     if failed:
@@ -304,12 +305,23 @@ def _stop_signals_raise():
             signal.signal(sig, handler)
 
 
-def _run_side_by_side(todo, workers: int, deadline: float | None, stream) -> list[str]:
+def threads_per_job(workers: int) -> int:
+    """The CPU threads of each job that runs beside others: ``OMP_NUM_THREADS`` if set, else cores / workers."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not value:
+        return max(1, (os.cpu_count() or 1) // workers)
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"OMP_NUM_THREADS {value!r} is not a whole number of threads above 0; set it to one "
+                          f"or unset it to give each job the cores / --workers")
+    return int(value)
+
+
+def _run_side_by_side(todo, workers: int, threads: int, deadline: float | None, stream) -> list[str]:
     running: dict = {}
     signalled: set = set()  # the workers already sent a signal: a second one would stop them without a checkpoint
     try:
         with _stop_signals_raise():
-            return _side_by_side_loop(todo, workers, deadline, stream, running, signalled)
+            return _side_by_side_loop(todo, workers, threads, deadline, stream, running, signalled)
     except _Signalled as exc:  # each worker gets the signal once, writes a checkpoint of its step and stops
         name = signal.Signals(exc.number).name
         alive = [process for process, *_ in running.values() if process.is_alive()]
@@ -340,9 +352,8 @@ def _stop_workers(processes, number: int, grace: float, signalled: set) -> None:
             process.join()
 
 
-def _side_by_side_loop(todo, workers: int, deadline: float | None, stream, running: dict,
+def _side_by_side_loop(todo, workers: int, threads: int, deadline: float | None, stream, running: dict,
                        signalled: set) -> list[str]:
-    threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # a clean interpreter per run: no inherited torch state
     start, pending, failed = time.monotonic(), list(todo), []
     print(f"{len(todo)} runs, {workers} at a time, {threads} thread(s) each", file=stream, flush=True)
