@@ -89,3 +89,19 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_schema_depends_on_nothing_but_errors_and_yaml():
     assert cissl_import_graph()["cissl.schema"] <= {"cissl.errors", "cissl.yamlio"}
+
+
+# what a run is made of, below the engine that assembles and runs it (and the commands above that)
+PARTS = ("cissl.algorithms", "cissl.data", "cissl.models", "cissl.evaluation")
+RUNNERS = ("cissl.engine", "cissl.sweep", "cissl.cli", "cissl.api", "cissl.bench")
+
+
+def test_the_parts_of_a_run_never_import_what_runs_them():
+    """Methods, data, models and evaluation are used by the engine and the commands, never the other way:
+    a method does not build data, optimizers or loggers, and the report gets a loaded run's features
+    handed in (cissl.engine.run.test_features), so each part is usable and testable on its own."""
+    graph = cissl_import_graph()
+    upward = sorted((module, target) for module, targets in graph.items() for target in targets
+                    if module.startswith(PARTS) and target.startswith(RUNNERS))
+    assert upward == []
+    assert ("cissl.engine.run", "cissl.evaluation.evaluate") in {(m, t) for m, ts in graph.items() for t in ts}

@@ -169,6 +169,7 @@ def test_a_report_needs_results_and_the_tsne_needs_scikit_learn(tmp_path, monkey
     monkeypatch.setitem(sys.modules, "sklearn.manifold", None)
     code, _, err = run_cli(["report", tmp_path / "runs", "--out", tmp_path / "report", "--tsne"], capsys)
     assert code == 2 and err.strip().endswith("--tsne needs scikit-learn: pip install 'cissl[digits]'")
+    assert not (tmp_path / "report").exists()  # refused before any figure is drawn
 
 
 def test_tsne_figure_of_each_method(tmp_path, capsys):
@@ -189,7 +190,7 @@ def test_tsne_embeds_the_final_ema_models_test_features_coloured_by_their_class(
     import matplotlib.axes
     import matplotlib.pyplot as plt
 
-    from cissl.engine.run import load_run
+    from cissl.engine.run import load_run, test_features
     from cissl.evaluation import report_pages
     from cissl.evaluation.evaluate import predict_with_features
 
@@ -219,8 +220,9 @@ def test_tsne_embeds_the_final_ema_models_test_features_coloured_by_their_class(
                                         trained.policy)
     labels = trained.data.test.labels.cpu().numpy()
     keep = np.random.default_rng(0).choice(len(labels), 50, replace=False)
-    assert report_pages._tsne(run, tmp_path / "small.png", plt, max_points=50).read_bytes().startswith(PNG)
-    report_pages._tsne(run, tmp_path / "all.png", plt)
+    assert report_pages._tsne(run, tmp_path / "small.png", plt, test_features,
+                              max_points=50).read_bytes().startswith(PNG)
+    report_pages._tsne(run, tmp_path / "all.png", plt, test_features)
     assert seen[0]["options"] == {"n_components": 2, "init": "pca", "random_state": 0, "perplexity": 30}
     assert np.array_equal(seen[0]["features"], features.numpy()[keep])
     assert np.array_equal(seen[0]["colours"], labels[keep])

@@ -229,9 +229,11 @@ def cmd_report(args) -> int:
     if args.out and args.per_seed:
         raise CisslError("--per-seed writes DIR/per_seed.md of one folder: leave out --out")
     if args.out:
+        from cissl.engine.run import test_features
         from cissl.evaluation.report_pages import write_report_pages
 
-        written = write_report_pages([Path(r) for r in args.roots], Path(args.out), tsne=args.tsne)
+        written = write_report_pages([Path(r) for r in args.roots], Path(args.out),
+                                     test_features=test_features if args.tsne else None)
         print(f"{written[0]}\n{written[1]}\n{len(written) - 2} figures in {Path(args.out) / 'figures'}")
         return 0
     if len(args.roots) > 1 or args.tsne:

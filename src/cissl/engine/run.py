@@ -33,7 +33,7 @@ from cissl.engine.precision import resolve_device
 from cissl.engine.trainer import Trainer
 from cissl.errors import CheckpointError, CisslError, ConfigError
 from cissl.evaluation.distribution import average_accepted, estimate_class_counts
-from cissl.evaluation.evaluate import evaluate_model, predict
+from cissl.evaluation.evaluate import evaluate_model, predict, predict_with_features
 from cissl.evaluation.summary import summarize_run
 from cissl.rundir import LOCK, RunDir, atomic_write_json
 
@@ -211,6 +211,15 @@ def load_run(run_dir: Path, checkpoint: Path | None = None) -> TrainedRun:
     """A finished or interrupted run's EMA model and method from a checkpoint (default: its newest)."""
     run = RunDir(run_dir)
     return load_trained_run(run, read_run_config(run.path), checkpoint, "load")
+
+
+def test_features(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The features of a run's test images under its final EMA model (newest checkpoint) and their labels,
+    on the CPU (``cissl report --tsne``)."""
+    trained = load_run(run_dir)
+    _, features = predict_with_features(trained.model, trained.data.test.images,
+                                        trained.config.train.eval_batch_size, trained.policy)
+    return features.cpu(), trained.data.test.labels.cpu()
 
 
 def estimate_run_distribution(run_dir: Path, checkpoints: list[Path] | None = None, max_condition: float = 100.0,

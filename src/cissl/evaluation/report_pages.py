@@ -17,6 +17,7 @@ import html
 import json
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +33,14 @@ from cissl.evaluation.report import (
     table_setting,
 )
 from cissl.rundir import atomic_write_text, ensure_folder
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import torch
+
+    # a run folder -> the test features of its final EMA model (N, D) and their true classes (N,)
+    TestFeatures = Callable[[Path], tuple[torch.Tensor, torch.Tensor]]
 
 MANY_CLASSES = 20  # beyond this, per-class figures drop their tick labels and class legends
 
@@ -204,25 +213,23 @@ def _pseudo_labels(algorithms: dict[str, list[dict]], path: Path, plt) -> Path |
     return _save(fig, path, plt)
 
 
-def _tsne(run: dict, path: Path, plt, max_points: int = 2000) -> Path:
-    """t-SNE of the final EMA model's test features of one run, coloured by true class."""
+def _tsne_class():
     try:
         from sklearn.manifold import TSNE
     except ImportError:
         raise CisslError("--tsne needs scikit-learn: pip install 'cissl[digits]'") from None
-    from cissl.engine.run import load_run
-    from cissl.evaluation.evaluate import predict_with_features
+    return TSNE
 
-    trained = load_run(Path(run["run_dir"]))
-    pool = trained.data.test
-    _, features = predict_with_features(trained.model, pool.images, trained.config.train.eval_batch_size,
-                                        trained.policy)
-    labels = pool.labels.cpu().numpy()
+
+def _tsne(run: dict, path: Path, plt, test_features: TestFeatures, max_points: int = 2000) -> Path:
+    """t-SNE of one run's test features (``test_features`` of its folder), coloured by true class."""
+    features, labels = test_features(Path(run["run_dir"]))
+    features, labels = features.numpy(), labels.numpy()
     if len(labels) > max_points:
         keep = np.random.default_rng(0).choice(len(labels), max_points, replace=False)
         features, labels = features[keep], labels[keep]
-    embedded = TSNE(n_components=2, init="pca", random_state=0, perplexity=min(30, len(labels) - 1)).fit_transform(
-        features.numpy())
+    embedded = _tsne_class()(n_components=2, init="pca", random_state=0,
+                             perplexity=min(30, len(labels) - 1)).fit_transform(features)
     k = int(labels.max()) + 1
     fig, ax = plt.subplots(figsize=(6, 5.5))
     cmap = plt.get_cmap("tab10" if k <= 10 else "tab20" if k <= 20 else "viridis")
@@ -250,9 +257,13 @@ def _table(setting: str, rows: list[dict], numbers: dict) -> tuple[list[str], li
     return header, body
 
 
-def write_report_pages(roots: list[Path], out: Path, tsne: bool = False) -> list[Path]:
-    """Write OUT/report.md, OUT/report.html and OUT/figures/*.png for every run below ``roots``."""
+def write_report_pages(roots: list[Path], out: Path, test_features: TestFeatures | None = None) -> list[Path]:
+    """Write OUT/report.md, OUT/report.html and OUT/figures/*.png for every run below ``roots``; with
+    ``test_features`` (a run folder -> its final EMA model's test features and their labels, as
+    :func:`cissl.engine.run.test_features` gives them) a t-SNE of each method's first run too."""
     plt = _pyplot()
+    if test_features is not None:
+        _tsne_class()  # scikit-learn missing: one line before any figure is drawn
     unreadable: list[str] = []
     runs = [run for root in roots for run in collect_results(Path(root), unreadable)]
     if not runs:
@@ -281,10 +292,10 @@ def write_report_pages(roots: list[Path], out: Path, tsne: bool = False) -> list
                    ("per-class accuracy", _per_class(algorithms, figures_dir / f"{slug}_per_class.png", plt)),
                    ("confusion matrices", _confusions(algorithms, figures_dir / f"{slug}_confusion.png", plt)),
                    ("pseudo-labels", _pseudo_labels(algorithms, figures_dir / f"{slug}_pseudo_labels.png", plt))]
-        if tsne:
+        if test_features is not None:
             for algorithm, members in algorithms.items():
-                figures.append((f"t-SNE {algorithm}", _tsne(members[0], figures_dir / f"{slug}_{_slug(algorithm)}"
-                                                                                     f"_tsne.png", plt)))
+                path = figures_dir / f"{slug}_{_slug(algorithm)}_tsne.png"
+                figures.append((f"t-SNE {algorithm}", _tsne(members[0], path, plt, test_features)))
         figures = [(title, path) for title, path in figures if path is not None]
         written += [path for _, path in figures]
         sections.append((setting, header, body, figures))
