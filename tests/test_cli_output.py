@@ -156,3 +156,15 @@ def test_only_rank_zero_prints_the_results(monkeypatch, capsys, tmp_path, rank, 
     monkeypatch.setattr("cissl.api.evaluate", lambda run_dir, checkpoint: results())
     code, out, _ = run_cli(["evaluate", tmp_path], capsys)
     assert code == 0 and ("balanced accuracy             41.23 %" in out) == printed and (out == "") != printed
+
+
+def test_version_names_the_release_and_the_checkouts_code(capsys, monkeypatch):
+    import cissl
+    import cissl.environment
+
+    for commit, line in (("0123456789ab", f"cissl {cissl.__version__} (code 0123456789ab)\n"),
+                         (None, f"cissl {cissl.__version__}\n")):  # an installed release: no checkout
+        monkeypatch.setattr(cissl.environment, "source_commit", lambda commit=commit: commit)
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["--version"])
+        assert exit_.value.code == 0 and capsys.readouterr().out == line

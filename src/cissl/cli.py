@@ -267,8 +267,25 @@ def cmd_data_build_imagenet127(args) -> int:
     return 0
 
 
+class _PrintVersion(argparse.Action):
+    """``--version``: the release and, in a git checkout, the commit that last changed the package (what a
+    run's ``environments`` record as its code); worked out only when asked (it runs git)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from cissl import __version__
+        from cissl.environment import source_commit
+
+        commit = source_commit()
+        print(f"cissl {__version__}" + (f" (code {commit})" if commit else ""))
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cissl", description="Class-imbalanced semi-supervised learning")
+    parser.add_argument("--version", action=_PrintVersion, help="print the version (and the checkout's code) and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a run (or resume one)")
