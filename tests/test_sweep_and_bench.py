@@ -271,6 +271,26 @@ def test_jobs_file_runs_side_by_side_and_reports_a_failed_run(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- grids, jobs files, workers
+def test_plan_keeps_the_files_own_options_where_they_differ_from_the_methods_defaults(tmp_path):
+    """CIFAR-10-LT at N1 = 500 warms SeMi up for 20 epochs (the default is 2): its own algorithm keeps them."""
+    jobs = plan([str(CONFIGS / "cifar10_lt/consistent_n500_m4000_g100.yaml")], ["semi", "fixmatch"], [0], tmp_path)
+    assert [job.config.algorithm.name for job in jobs] == ["semi", "fixmatch"]
+    assert jobs[0].config.algorithm.warmup_epochs == 20
+
+
+def test_plan_reads_each_file_with_the_overrides_and_names_a_nameless_setting_by_its_file(tmp_path):
+    """A file that is valid only with the command line's overrides (its last-k window needs more
+    evaluations than it sets) plans with them; without a `name` its setting is the file's stem."""
+    text = (CONFIGS / "quickstart.yaml").read_text().replace("name: quickstart\n", "")
+    text = text.replace("  eval_every: 100\n", "  eval_every: 1000\n")
+    (tmp_path / "mine.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="train.report_last"):
+        plan([str(tmp_path / "mine.yaml")], None, [0], tmp_path / "out")
+    (job,) = plan([str(tmp_path / "mine.yaml")], None, [0], tmp_path / "out", ["train.eval_every=100"])
+    assert job.config.algorithm.name == "fixmatch" and job.config.train.eval_every == 100
+    assert job.run_dir == tmp_path / "out/mine/fixmatch/seed0"
+
+
 def test_plan_by_seed_runs_whole_seeds_first_in_the_same_order(tmp_path):
     """Seeds 2 then 0 (the order given) of two configs x two algorithms: every seed-2 job before any seed-0 job,
     and within a seed the default order (config, then algorithm); the run directories are the default's."""
@@ -291,6 +311,7 @@ def test_grid_points_are_every_combination():
         ["algorithm.tau2=0.5", "optim.lr=0.01"], ["algorithm.tau2=0.5", "optim.lr=0.03"],
         ["algorithm.tau2=1", "optim.lr=0.01"], ["algorithm.tau2=1", "optim.lr=0.03"]]
     assert grid_points(None) == [[]]  # no grid: one point without overrides
+    assert grid_points(["data.root=/d/x=1,/d/y"]) == [["data.root=/d/x=1"], ["data.root=/d/y"]]  # key: up to the 1st =
     for bad in ("algorithm.tau2", "=1,2", "algorithm.tau2=1,,2"):
         with pytest.raises(ConfigError, match="--grid"):
             grid_points([bad])
@@ -301,6 +322,9 @@ def test_plan_with_a_grid_names_each_value(tmp_path):
     assert [job.config.algorithm.balanced.tau2 for job in jobs] == [0.5, 2.0]
     assert jobs[0].run_dir == tmp_path / "quickstart/semi/algorithm.balanced.tau2=0.5/seed3"
     assert jobs[1].config.name == "quickstart [algorithm.balanced.tau2=2]" and jobs[1].config.train.seed == 3
+    two = plan([str(CONFIGS / "quickstart.yaml")], ["semi"], [0], tmp_path, grid=["optim.lr=0.1", "train.mu=2"])
+    assert two[0].run_dir == tmp_path / "quickstart/semi/optim.lr=0.1,train.mu=2/seed0"
+    assert two[0].config.name == "quickstart [optim.lr=0.1,train.mu=2]"
 
 
 def test_jobs_file(tmp_path):
