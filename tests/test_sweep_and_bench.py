@@ -50,6 +50,9 @@ def test_sweep_runs_skips_and_resumes(tmp_path, capsys):
     assert log.count("finished, skipped") == 3 and "resuming" in log
     again = json.loads((run_dir / "results.json").read_text())
     assert again["top1"] == first["top1"]  # resumed bit-for-bit
+    done = next(line for line in log.splitlines() if line.startswith(f"[4/4] {run_dir}: top-1"))
+    assert re.fullmatch(rf"\[4/4\] {re.escape(str(run_dir))}: top-1 {100 * again['top1']:.2f} %, balanced "
+                        rf"{100 * again['balanced_accuracy']:.2f} % \(\d+ s\)", done)  # the resumed run's line
     table = (tmp_path / "results.md").read_text()
     assert "| quickstart | fixmatch | 0 1 |" in table
     # the table agrees with the runs' results.json
@@ -441,8 +444,12 @@ def test_each_jobs_threads_are_omp_num_threads_or_the_cores_shared_and_a_bad_val
     assert [threads_per_job(w) for w in (1, 3, 8, 16)] == [8, 2, 1, 1]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert threads_per_job(2) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads_per_job(2) == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "")
     assert threads_per_job(4) == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # the count unknown: one thread each
+    assert threads_per_job(1) == 1
     config = str(CONFIGS / "quickstart.yaml")
     for bad in ("abc", "0", "-2", "1.5"):
         monkeypatch.setenv("OMP_NUM_THREADS", bad)
