@@ -73,7 +73,7 @@ def estimated(monkeypatch):
             return self.result
 
     fake = Fake()
-    monkeypatch.setattr("cissl.engine.run.estimate_run_distribution", fake)
+    monkeypatch.setattr("cissl.api.estimate_run_distribution", fake)
     return fake
 
 
@@ -87,7 +87,7 @@ def test_estimate_distribution_prints_each_checkpoints_verdict_the_mean_and_darp
     code, out, err = run_cli(["estimate-distribution", "/runs/r", "--checkpoint", "a.pt", "--checkpoint", "b.pt",
                               "--max-condition", "250"], capsys)
     assert code == 0 and err == ""
-    assert estimated.calls == [(Path("/runs/r"), ["a.pt", "b.pt"], 250.0, False)]
+    assert estimated.calls == [(Path("/runs/r"), [Path("a.pt"), Path("b.pt")], 250.0, False)]
     assert out.splitlines() == [
         "estimated class counts of the 323 unlabeled images (main head), condition number limit 100:",
         "  ckpt_00000010.pt: [10.0, -2.3, 5.0], condition number 3.1: rejected (a negative count or an "

@@ -38,8 +38,9 @@ def check_command(argv: list[str], capsys) -> str | None:
     """What is wrong with ``cissl argv`` (None: nothing): the CLI's parsing verdict, then the configs'."""
     try:
         args = parse_args(argv)
-    except SystemExit:
-        return capsys.readouterr().err.strip().splitlines()[-1]  # argparse's own line
+    except SystemExit as exc:
+        printed = capsys.readouterr()
+        return None if exc.code == 0 else printed.err.strip().splitlines()[-1]  # 0: --version; else argparse's line
     overrides = getattr(args, "overrides", None) or []
     try:
         if getattr(args, "configs", None):  # cissl sweep: every job of the grid is validated up front

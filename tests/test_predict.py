@@ -113,6 +113,7 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys
     out = capsys.readouterr().out
     assert "balanced accuracy" in out and "torch.Size([5, 10])" in out
     assert (tmp_path / "runs/api_example/results.json").is_file()
+    assert "[('fixmatch', [0, 1], (" in out and (tmp_path / "runs/api_sweep/paired.md").is_file()
 
 
 def test_one_image_file_an_empty_folder_and_a_cut_image(trained_run, tmp_path, capsys):

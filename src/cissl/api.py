@@ -7,6 +7,14 @@
     run = cissl.load_run("runs/semi")                     # the EMA model of its newest checkpoint
     predictions = run.predict(images)                     # uint8 (N, H, W[, C]) array or (N, C, H, W) tensor
     predictions.labels, predictions.probs, run.class_names
+    rows = cissl.sweep(["configs/quickstart.yaml"], "runs/grid", algorithms=["fixmatch", "semi"], seeds=[0, 1])
+    rows = cissl.report("runs/grid", pair="semi")        # the mean +- std table's rows (results.md, paired.md)
+
+Each command's function: ``cissl train`` train / resume, ``evaluate`` evaluate, ``predict`` load_run, ``split``
+split / split_counts, ``sweep`` sweep, ``report`` report / report_pages, ``estimate-distribution``
+estimate_distribution, ``plot`` plot, ``bench throughput`` throughput, ``data build-imagenet127``
+build_imagenet127 (``cissl list`` prints :func:`cissl.config.describe` and the registries of
+:mod:`cissl.algorithms`).
 """
 
 from __future__ import annotations
@@ -15,18 +23,20 @@ import os
 from pathlib import Path
 
 from cissl.config import Config, load_config
-from cissl.engine.run import evaluate_run, resume_run, start_run
+from cissl.engine.run import estimate_run_distribution, evaluate_run, resume_run, start_run, test_features
 from cissl.engine.run import load_run as _load_trained
-from cissl.errors import ConfigError, DataError
+from cissl.errors import CisslError, ConfigError, DataError
 from cissl.evaluation.predict import Predictions, image_files, predict_images, read_image_files
+from cissl.rundir import RESULTS
 
-__all__ = ["Config", "Predictions", "Run", "evaluate", "load_config", "load_run", "resume", "train"]
+__all__ = ["Config", "Predictions", "Run", "build_imagenet127", "estimate_distribution", "evaluate", "load_config",
+           "load_run", "plot", "report", "report_pages", "resume", "split", "split_counts", "sweep", "throughput",
+           "train"]
 
 
 def train(config: Config, out: str | Path, quiet: bool = True) -> dict:
     """Train a new run into the folder ``out``; returns its results (``results.json``)."""
-    if not isinstance(config, Config):
-        raise ConfigError(f"train needs a Config (cissl.api.load_config(path, overrides)), got {type(config).__name__}")
+    _check_config(config, "train")
     return start_run(config, Path(out), quiet=quiet)
 
 
@@ -79,3 +89,113 @@ class Run:
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> Run:
     """A run's EMA model and method from a checkpoint (default: its newest), to predict with."""
     return Run(_load_trained(Path(run_dir), Path(checkpoint) if checkpoint else None))
+
+
+def _check_config(config, function: str) -> None:
+    if not isinstance(config, Config):
+        raise ConfigError(f"{function} needs a Config (cissl.api.load_config(path, overrides)), "
+                          f"got {type(config).__name__}")
+
+
+def split_counts(config: Config) -> dict:
+    """The per-class labeled and unlabeled counts of a benchmark setting, from the protocol alone (no data
+    read): ``{"labeled": [...], "unlabeled": [...]}``."""
+    from cissl.data.protocol import split_counts as protocol_counts
+    from cissl.data.sources import SOURCES
+
+    _check_config(config, "split_counts")
+    if SOURCES[config.data.dataset].given_split:
+        raise CisslError(f"data.dataset={config.data.dataset}: the counts come from the data; use split(config)")
+    labeled, unlabeled = protocol_counts(config.data, SOURCES[config.data.dataset].num_classes)
+    return {"labeled": labeled, "unlabeled": unlabeled}
+
+
+def split(config: Config, save: str | Path | None = None) -> dict:
+    """The split a run of ``config`` trains on (the data is read): class names, per-class labeled and
+    unlabeled counts, the totals and the seed; ``save`` also writes it as a ``split.json``."""
+    from cissl.engine.data import load_run_source, new_split
+
+    _check_config(config, "split")
+    source, order = load_run_source(config.data)
+    made = new_split(config, source, order)
+    summary = {"classes": source.class_names, "labeled": made.labeled_counts, "unlabeled": made.unlabeled_counts,
+               "labeled_total": len(made.labeled_indices), "unlabeled_total": len(made.unlabeled_indices),
+               "val_total": len(made.val_indices), "seed": made.seed}
+    if save:
+        made.save(Path(save))
+        summary["saved"] = str(save)
+    return summary
+
+
+def sweep(configs: list[str | Path] | None, out: str | Path, algorithms: list[str] | None = None,
+          seeds: list[int] = (0,), overrides: list[str] | None = None, grid: list[str] | None = None,
+          jobs_file: str | Path | None = None, workers: int = 1, deadline: float | None = None,
+          by_seed: bool = False, quiet: bool = True) -> list[dict]:
+    """Run settings x algorithms x seeds (and a jobs file's runs) into ``out``, skipping finished runs and
+    resuming interrupted ones, and write ``out/results.md`` / ``.csv``; returns the table's rows (``cissl
+    sweep``: every option as there, e.g. ``grid=["optim.lr=0.01,0.03"]``, ``workers=2``)."""
+    from cissl.sweep import run_sweep
+
+    if not configs and not jobs_file:
+        raise CisslError("sweep needs --configs FILE ... or --jobs FILE")
+    return run_sweep([str(c) for c in configs or []], algorithms, list(seeds), Path(out), overrides, quiet=quiet,
+                     grid=grid, jobs_file=Path(jobs_file) if jobs_file else None, workers=workers,
+                     deadline=deadline, by_seed=by_seed)
+
+
+def report(root: str | Path, pair: str | None = None, per_seed: bool = False) -> list[dict]:
+    """The mean +- std table of every run below ``root`` (written to ``results.md`` / ``.csv``); ``pair``
+    (an algorithm, or SETTING:ALGORITHM) also writes ``paired.md``, ``per_seed`` ``per_seed.md``."""
+    from cissl.evaluation.report import write_report
+
+    rows = write_report(Path(root), pair)
+    if not rows:
+        raise CisslError(f"no {RESULTS} below {root}")
+    if per_seed:
+        from cissl.evaluation.per_seed import write_per_seed
+
+        write_per_seed(Path(root), pair)
+    return rows
+
+
+def report_pages(roots: list[str | Path], out: str | Path, tsne: bool = False) -> list[Path]:
+    """``out/report.md``, ``out/report.html`` and the figures of every run below ``roots`` (``tsne``: a
+    t-SNE of each method's test features too); returns the files written, the two pages first."""
+    from cissl.evaluation.report_pages import write_report_pages
+
+    return write_report_pages([Path(r) for r in roots], Path(out), test_features=test_features if tsne else None)
+
+
+def estimate_distribution(run_dir: str | Path, checkpoints: list[str | Path] | None = None,
+                          max_condition: float = 100.0, every_checkpoint: bool = False) -> dict:
+    """The unlabeled pool's class counts estimated with a run's model from its validation confusion matrix
+    (written to the run as ``unlabeled_distribution.json``); ``result["counts"]`` is None when no estimate
+    was accepted."""
+    return estimate_run_distribution(Path(run_dir), [Path(c) for c in checkpoints] if checkpoints else None,
+                                     max_condition, every_checkpoint)
+
+
+def plot(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
+    """A run's figures as PNG files in ``out`` (default RUN_DIR/plots); returns their paths."""
+    from cissl.evaluation.plots import plot_run
+
+    return plot_run(Path(run_dir), Path(out) if out else None)
+
+
+def throughput(config: Config, steps: int = 10, warmup: int = 3, rounds: int = 3, synthetic: bool = False) -> dict:
+    """Time a training step of ``config`` against its floor (``cissl bench throughput``); returns the summary.
+    Under torchrun, one DDP rank's step."""
+    from cissl.bench.throughput import measure
+    from cissl.engine.launch import launched
+
+    _check_config(config, "throughput")
+    with launched(config) as device:
+        return measure(config, steps=steps, warmup=warmup, rounds=rounds, synthetic=synthetic, device=device)
+
+
+def build_imagenet127(source: str | Path, size: int, out: str | Path, partial: bool = False) -> dict:
+    """Build Small-ImageNet-127 at ``size`` px from the downsampled ImageNet pickles in ``source`` into
+    ``out``; returns its meta data."""
+    from cissl.data.sources.imagenet127 import build_imagenet127 as build
+
+    return build(Path(source), size, Path(out), partial=partial)

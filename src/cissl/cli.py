@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cissl.engine.stop import TrainingStopped
 from cissl.errors import CisslError, PrintedByAnotherRank
-from cissl.rundir import RESULTS, RunDir
+from cissl.rundir import RunDir
 
 
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -87,9 +87,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_estimate_distribution(args) -> int:
-    from cissl.engine.run import estimate_run_distribution
+    from cissl.api import estimate_distribution
 
-    result = estimate_run_distribution(Path(args.run_dir), args.checkpoint, args.max_condition, args.all_checkpoints)
+    result = estimate_distribution(args.run_dir, args.checkpoint, args.max_condition, args.all_checkpoints)
     print(f"estimated class counts of the {result['pool_size']} unlabeled images ({result['head']} head), "
           f"condition number limit {result['max_condition']:g}:")
     for estimate in result["estimates"]:
@@ -149,26 +149,10 @@ def cmd_predict(args) -> int:
 
 
 def cmd_split(args) -> int:
-    from cissl.data.protocol import split_counts
-    from cissl.data.sources import SOURCES
-    from cissl.engine.data import load_run_source, new_split
+    from cissl.api import split, split_counts
 
     config = _load(args)
-    if args.counts_only:
-        if SOURCES[config.data.dataset].given_split:
-            raise CisslError(f"data.dataset={config.data.dataset}: the counts come from the data; drop --counts-only")
-        labeled, unlabeled = split_counts(config.data, SOURCES[config.data.dataset].num_classes)
-        print(json.dumps({"labeled": labeled, "unlabeled": unlabeled}))
-        return 0
-    source, order = load_run_source(config.data)
-    split = new_split(config, source, order)
-    summary = {"classes": source.class_names, "labeled": split.labeled_counts, "unlabeled": split.unlabeled_counts,
-               "labeled_total": len(split.labeled_indices), "unlabeled_total": len(split.unlabeled_indices),
-               "val_total": len(split.val_indices), "seed": split.seed}
-    if args.save:
-        split.save(args.save)
-        summary["saved"] = args.save
-    print(json.dumps(summary))
+    print(json.dumps(split_counts(config) if args.counts_only else split(config, args.save)))
     return 0
 
 
@@ -195,75 +179,65 @@ def cmd_list(args) -> int:
 
 
 def cmd_bench_throughput(args) -> int:
-    from cissl.bench.throughput import format_table, measure
-    from cissl.engine.launch import launched
+    from cissl.api import throughput
+    from cissl.bench.throughput import format_table
 
     config = _load(args)
     if args.device:
         config = config.replace({"train.device": args.device})
-    with launched(config) as device:  # under torchrun: the step of one DDP rank (the floor stays a bare network)
-        result = measure(config, steps=args.steps, warmup=args.warmup, rounds=args.rounds, synthetic=args.synthetic,
-                         device=device)
+    # under torchrun: the step of one DDP rank (the floor stays a bare network)
+    result = throughput(config, steps=args.steps, warmup=args.warmup, rounds=args.rounds, synthetic=args.synthetic)
     if _reports():
         print(json.dumps(result) if args.json else format_table(result))
     return 0
 
 
 def cmd_sweep(args) -> int:
+    from cissl.api import sweep
     from cissl.evaluation.report import to_markdown
-    from cissl.sweep import run_sweep
 
-    if not args.configs and not args.jobs:
-        raise CisslError("sweep needs --configs FILE ... or --jobs FILE")
-    rows = run_sweep(args.configs, args.algorithms, args.seeds, Path(args.out), args.overrides, quiet=not args.verbose,
-                     grid=args.grid, jobs_file=args.jobs, workers=args.workers, deadline=args.deadline,
-                     by_seed=args.by_seed)
+    rows = sweep(args.configs, args.out, args.algorithms, args.seeds, args.overrides, grid=args.grid,
+                 jobs_file=args.jobs, workers=args.workers, deadline=args.deadline, by_seed=args.by_seed,
+                 quiet=not args.verbose)
     print(to_markdown(rows))
     print(f"tables: {Path(args.out) / 'results.md'}, {Path(args.out) / 'results.csv'}")
     return 0
 
 
 def cmd_report(args) -> int:
-    from cissl.evaluation.report import to_markdown, write_report
+    from cissl.api import report, report_pages
+    from cissl.evaluation.per_seed import PER_SEED
+    from cissl.evaluation.report import PAIRED, to_markdown
 
     if args.out and args.per_seed:
         raise CisslError("--per-seed writes DIR/per_seed.md of one folder: leave out --out")
     if args.out:
-        from cissl.engine.run import test_features
-        from cissl.evaluation.report_pages import write_report_pages
-
-        written = write_report_pages([Path(r) for r in args.roots], Path(args.out),
-                                     test_features=test_features if args.tsne else None)
+        written = report_pages(args.roots, args.out, tsne=args.tsne)
         print(f"{written[0]}\n{written[1]}\n{len(written) - 2} figures in {Path(args.out) / 'figures'}")
         return 0
     if len(args.roots) > 1 or args.tsne:
         raise CisslError("several folders or --tsne: give --out OUT for report.md / report.html")
-    root = args.roots[0]
-    rows = write_report(Path(root), args.pair)
-    if not rows:
-        raise CisslError(f"no {RESULTS} below {root}")
+    root = Path(args.roots[0])
+    rows = report(root, args.pair, args.per_seed)
     print(to_markdown(rows))
-    if args.pair:
-        print((Path(root) / "paired.md").read_text(encoding="utf-8"))
-    if args.per_seed:
-        from cissl.evaluation.per_seed import write_per_seed
-
-        print(write_per_seed(Path(root), args.pair))
+    for name, wanted in ((PAIRED, args.pair), (PER_SEED, args.per_seed)):
+        if wanted:
+            print((root / name).read_text(encoding="utf-8"))
     return 0
 
 
 def cmd_plot(args) -> int:
-    from cissl.evaluation.plots import plot_run
+    from cissl.api import plot
 
-    for path in plot_run(Path(args.run_dir), Path(args.out) if args.out else None):
+    for path in plot(args.run_dir, args.out):
         print(path)
     return 0
 
 
 def cmd_data_build_imagenet127(args) -> int:
-    from cissl.data.sources.imagenet127 import build_imagenet127
+    from cissl.api import build_imagenet127
 
-    build_imagenet127(Path(args.source), args.size, Path(args.out), partial=args.partial)
+    build_imagenet127(args.source, args.size, args.out, partial=args.partial)
     return 0
 
 

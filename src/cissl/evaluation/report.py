@@ -87,6 +87,7 @@ def duplicate_seeds(runs: list[dict]) -> list[str]:
             for (setting, name, seed), dirs in sorted(where.items()) if len(dirs) > 1]
 
 
+PAIRED = "paired.md"  # written beside results.md by --pair
 NOT_RECORDED = "not recorded (runs from before 2026-12-02)"
 MIXED_TITLE = ("The runs come from more than one machine or version of the code (runs repeat bit for bit only on "
                "one kind of machine with one code; compare and pair runs of one):")
@@ -237,7 +238,7 @@ def write_report(root: Path, pair_with: str | None = None) -> list[dict]:
     if pair_with is not None:
         note = (f"{pair_with} minus each algorithm, balanced accuracy, per seed on the same split; mean ± sample "
                 f"std over the seeds both ran, in points.\n\n") + mixed_note
-        atomic_write_text(root / "paired.md", note + paired_markdown(paired_differences(runs, pair_with), pair_with))
+        atomic_write_text(root / PAIRED, note + paired_markdown(paired_differences(runs, pair_with), pair_with))
     rows = aggregate(runs)
     note = ("Mean ± sample std over seeds (no ± where one seed ran), in %; final EMA model on the test set, "
             "the algorithm's reported head (SeMi: balanced); settings marked (validation) were evaluated on the "

@@ -1,0 +1,84 @@
+"""cissl.api: every command of the command line is a function of the API, which the command calls."""
+
+import json
+
+import pytest
+from conftest import CONFIGS, run_cli
+
+import cissl.api as api
+from cissl.cli import build_parser
+from cissl.errors import CisslError
+
+QUICKSTART = str(CONFIGS / "quickstart.yaml")
+TINY = ["model.depth=10", "model.widen=1", "train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2",
+        "train.report_last=1", "train.batch_size=16", "train.device=cpu"]
+
+# command line -> the cissl.api function it calls
+COMMANDS = [
+    (["train", "--config", QUICKSTART, "--out", "r"], "train"),
+    (["train", "--resume", "r"], "resume"),
+    (["evaluate", "r"], "evaluate"),
+    (["predict", "r", "--images", "x.png"], "load_run"),
+    (["split", "--config", QUICKSTART], "split"),
+    (["split", "--config", QUICKSTART, "--counts-only"], "split_counts"),
+    (["sweep", "--configs", QUICKSTART, "--out", "o"], "sweep"),
+    (["report", "o"], "report"),
+    (["report", "o", "--out", "pages"], "report_pages"),
+    (["estimate-distribution", "r"], "estimate_distribution"),
+    (["plot", "r"], "plot"),
+    (["bench", "throughput", "--config", QUICKSTART, "--steps", "1"], "throughput"),
+    (["data", "build-imagenet127", "--source", "s", "--size", "32", "--out", "o"], "build_imagenet127"),
+]
+
+
+def subcommands(parser) -> set[str]:
+    """Every runnable command of the parser, as 'name' or 'name sub' (cissl list only prints)."""
+    found = set()
+    for action in parser._subparsers._group_actions:
+        for name, sub in action.choices.items():
+            found |= {f"{name} {s}" for s in subcommands(sub)} if sub._subparsers else {name}
+    return found
+
+
+def test_every_command_but_list_has_its_api_function():
+    covered = {" ".join(argv[:2]) if argv[0] in ("bench", "data") else argv[0] for argv, _ in COMMANDS}
+    assert subcommands(build_parser()) - {"list"} == covered
+    assert {name for _, name in COMMANDS} <= set(api.__all__)
+
+
+@pytest.mark.parametrize("argv, function", COMMANDS, ids=[" ".join(argv[:2]) for argv, _ in COMMANDS])
+def test_the_command_calls_its_api_function(argv, function, monkeypatch, capsys):
+    def called(*args, **kwargs):
+        raise CisslError(f"called {function}")
+
+    monkeypatch.setattr(api, function, called)
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and err == f"cissl: error: called {function}\n"
+
+
+def test_a_sweep_and_its_report_from_python(tmp_path):
+    """The module docstring's sweep and report: the rows a script gets are the tables the files hold."""
+    rows = api.sweep([QUICKSTART], tmp_path, algorithms=["supervised", "fixmatch"], seeds=[0, 1], overrides=TINY)
+    assert [(row["algorithm"], row["seeds"]) for row in rows] == [("fixmatch", [0, 1]), ("supervised", [0, 1])]
+    again = api.report(tmp_path, pair="fixmatch", per_seed=True)
+    assert again == rows
+    assert all((tmp_path / name).is_file() for name in ("results.md", "results.csv", "paired.md", "per_seed.md"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CisslError, match=r"^no results.json below .*empty$"):
+        api.report(tmp_path / "empty")
+    with pytest.raises(CisslError, match=r"^sweep needs --configs FILE \.\.\. or --jobs FILE$"):
+        api.sweep([], tmp_path)
+
+
+def test_split_and_split_counts_give_what_the_command_prints(tmp_path, capsys):
+    """quickstart: N1 = 40, M1 = 80, gamma 10: floor(N1 r^k) with r = (1/10)^(1/9), N_9 = N1 / 10."""
+    config = api.load_config(QUICKSTART)
+    code, out, _ = run_cli(["split", "--config", QUICKSTART, "--counts-only"], capsys)
+    assert code == 0 and json.loads(out) == api.split_counts(config) == {
+        "labeled": [40, 30, 23, 18, 14, 11, 8, 6, 5, 4], "unlabeled": [80, 61, 47, 37, 28, 22, 17, 13, 10, 8]}
+    summary = api.split(config, save=tmp_path / "split.json")
+    assert summary["labeled"] == api.split_counts(config)["labeled"]
+    assert summary["saved"] == str(tmp_path / "split.json")
+    assert json.loads((tmp_path / "split.json").read_text())["seed"] == summary["seed"] == 0
+    with pytest.raises(CisslError, match=r"^split needs a Config \(cissl.api.load_config\(path, overrides\)\), got"):
+        api.split(QUICKSTART)
