@@ -16,7 +16,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import cissl.api as cissl
-from cissl.evaluation.report import to_markdown, write_report
+from cissl.evaluation.report import to_markdown
 
 LABELED_PER_CLASS = [20, 15, 11, 9, 7, 5, 4, 3, 2, 2]  # a long tail, as a user's few labels often are
 
@@ -50,7 +50,7 @@ def main() -> None:
                                              "train.report_last=1", "train.device=cpu"])
     results = cissl.train(config, args.out / "runs" / "semi" / "seed0", quiet=False)
     print(f"balanced accuracy on the test folder: {100 * results['balanced_accuracy']:.2f} %")
-    print(to_markdown(write_report(args.out / "runs")))
+    print(to_markdown(cissl.report(args.out / "runs")))
     run = cissl.load_run(args.out / "runs" / "semi" / "seed0")
     files, predictions = run.predict_files(data / "test" / "digit_9")
     names = [run.class_names[k] for k in predictions.labels]
