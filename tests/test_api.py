@@ -70,6 +70,15 @@ def test_a_sweep_and_its_report_from_python(tmp_path):
         api.sweep([], tmp_path)
 
 
+def test_one_config_algorithm_seed_or_folder_may_be_given_alone(tmp_path):
+    """A string is one config / algorithm / folder, not a list of its letters; a number is one seed."""
+    rows = api.sweep(QUICKSTART, tmp_path / "one", algorithms="supervised", seeds=1, overrides=TINY)
+    assert [(row["algorithm"], row["seeds"]) for row in rows] == [("supervised", [1])]
+    pytest.importorskip("matplotlib")
+    written = api.report_pages(tmp_path / "one", tmp_path / "pages")
+    assert written[:2] == [tmp_path / "pages/report.md", tmp_path / "pages/report.html"]
+
+
 def test_split_and_split_counts_give_what_the_command_prints(tmp_path, capsys):
     """quickstart: N1 = 40, M1 = 80, gamma 10: floor(N1 r^k) with r = (1/10)^(1/9), N_9 = N1 / 10."""
     config = api.load_config(QUICKSTART)

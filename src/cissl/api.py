@@ -91,6 +91,16 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> Run:
     return Run(_load_trained(Path(run_dir), Path(checkpoint) if checkpoint else None))
 
 
+def _listed(value) -> list | None:
+    """A list of the values given: one path, name or number stands for a list of one (a string is not a list of
+    its letters); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, (str, os.PathLike, int)):
+        return [value]
+    return list(value)
+
+
 def _check_config(config, function: str) -> None:
     if not isinstance(config, Config):
         raise ConfigError(f"{function} needs a Config (cissl.api.load_config(path, overrides)), "
@@ -127,19 +137,21 @@ def split(config: Config, save: str | Path | None = None) -> dict:
     return summary
 
 
-def sweep(configs: list[str | Path] | None, out: str | Path, algorithms: list[str] | None = None,
-          seeds: list[int] = (0,), overrides: list[str] | None = None, grid: list[str] | None = None,
+def sweep(configs: str | Path | list[str | Path] | None, out: str | Path, algorithms: str | list[str] | None = None,
+          seeds: int | list[int] = (0,), overrides: list[str] | None = None, grid: str | list[str] | None = None,
           jobs_file: str | Path | None = None, workers: int = 1, deadline: float | None = None,
           by_seed: bool = False, quiet: bool = True) -> list[dict]:
     """Run settings x algorithms x seeds (and a jobs file's runs) into ``out``, skipping finished runs and
     resuming interrupted ones, and write ``out/results.md`` / ``.csv``; returns the table's rows (``cissl
-    sweep``: every option as there, e.g. ``grid=["optim.lr=0.01,0.03"]``, ``workers=2``)."""
+    sweep``: every option as there, e.g. ``grid=["optim.lr=0.01,0.03"]``, ``workers=2``; one config,
+    algorithm, seed or grid axis may be given alone)."""
     from cissl.sweep import run_sweep
 
+    configs = [str(c) for c in _listed(configs) or []]
     if not configs and not jobs_file:
         raise CisslError("sweep needs --configs FILE ... or --jobs FILE")
-    return run_sweep([str(c) for c in configs or []], algorithms, list(seeds), Path(out), overrides, quiet=quiet,
-                     grid=grid, jobs_file=Path(jobs_file) if jobs_file else None, workers=workers,
+    return run_sweep(configs, _listed(algorithms), _listed(seeds), Path(out), overrides, quiet=quiet,
+                     grid=_listed(grid), jobs_file=Path(jobs_file) if jobs_file else None, workers=workers,
                      deadline=deadline, by_seed=by_seed)
 
 
@@ -158,20 +170,22 @@ def report(root: str | Path, pair: str | None = None, per_seed: bool = False) ->
     return rows
 
 
-def report_pages(roots: list[str | Path], out: str | Path, tsne: bool = False) -> list[Path]:
-    """``out/report.md``, ``out/report.html`` and the figures of every run below ``roots`` (``tsne``: a
-    t-SNE of each method's test features too); returns the files written, the two pages first."""
+def report_pages(roots: str | Path | list[str | Path], out: str | Path, tsne: bool = False) -> list[Path]:
+    """``out/report.md``, ``out/report.html`` and the figures of every run below ``roots`` (one folder or
+    several; ``tsne``: a t-SNE of each method's test features too); returns the files written, the two
+    pages first."""
     from cissl.evaluation.report_pages import write_report_pages
 
-    return write_report_pages([Path(r) for r in roots], Path(out), test_features=test_features if tsne else None)
+    return write_report_pages([Path(r) for r in _listed(roots)], Path(out),
+                              test_features=test_features if tsne else None)
 
 
-def estimate_distribution(run_dir: str | Path, checkpoints: list[str | Path] | None = None,
+def estimate_distribution(run_dir: str | Path, checkpoints: str | Path | list[str | Path] | None = None,
                           max_condition: float = 100.0, every_checkpoint: bool = False) -> dict:
     """The unlabeled pool's class counts estimated with a run's model from its validation confusion matrix
     (written to the run as ``unlabeled_distribution.json``); ``result["counts"]`` is None when no estimate
     was accepted."""
-    return estimate_run_distribution(Path(run_dir), [Path(c) for c in checkpoints] if checkpoints else None,
+    return estimate_run_distribution(Path(run_dir), [Path(c) for c in _listed(checkpoints) or []] or None,
                                      max_condition, every_checkpoint)
 
 
