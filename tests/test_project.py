@@ -99,7 +99,7 @@ RUNNERS = ("cissl.engine", "cissl.sweep", "cissl.cli", "cissl.api", "cissl.bench
 def test_the_parts_of_a_run_never_import_what_runs_them():
     """Methods, data, models and evaluation are used by the engine and the commands, never the other way:
     a method does not build data, optimizers or loggers, and the report gets a loaded run's features
-    handed in (cissl.engine.run.test_features), so each part is usable and testable on its own."""
+    handed in (cissl.engine.run.features_on_test_set), so each part is usable and testable on its own."""
     graph = cissl_import_graph()
     upward = sorted((module, target) for module, targets in graph.items() for target in targets
                     if module.startswith(PARTS) and target.startswith(RUNNERS))

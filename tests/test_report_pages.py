@@ -190,7 +190,7 @@ def test_tsne_embeds_the_final_ema_models_test_features_coloured_by_their_class(
     import matplotlib.axes
     import matplotlib.pyplot as plt
 
-    from cissl.engine.run import load_run, test_features
+    from cissl.engine.run import features_on_test_set, load_run
     from cissl.evaluation import report_pages
     from cissl.evaluation.evaluate import predict_with_features
 
@@ -220,9 +220,9 @@ def test_tsne_embeds_the_final_ema_models_test_features_coloured_by_their_class(
                                         trained.policy)
     labels = trained.data.test.labels.cpu().numpy()
     keep = np.random.default_rng(0).choice(len(labels), 50, replace=False)
-    assert report_pages._tsne(run, tmp_path / "small.png", plt, test_features,
+    assert report_pages._tsne(run, tmp_path / "small.png", plt, features_on_test_set,
                               max_points=50).read_bytes().startswith(PNG)
-    report_pages._tsne(run, tmp_path / "all.png", plt, test_features)
+    report_pages._tsne(run, tmp_path / "all.png", plt, features_on_test_set)
     assert seen[0]["options"] == {"n_components": 2, "init": "pca", "random_state": 0, "perplexity": 30}
     assert np.array_equal(seen[0]["features"], features.numpy()[keep])
     assert np.array_equal(seen[0]["colours"], labels[keep])

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from cissl.config import Config, load_config
-from cissl.engine.run import estimate_run_distribution, evaluate_run, resume_run, start_run, test_features
+from cissl.engine.run import estimate_run_distribution, evaluate_run, features_on_test_set, resume_run, start_run
 from cissl.engine.run import load_run as _load_trained
 from cissl.errors import CisslError, ConfigError, DataError
 from cissl.evaluation.predict import Predictions, image_files, predict_images, read_image_files
@@ -177,7 +177,7 @@ def report_pages(roots: str | Path | list[str | Path], out: str | Path, tsne: bo
     from cissl.evaluation.report_pages import write_report_pages
 
     return write_report_pages([Path(r) for r in _listed(roots)], Path(out),
-                              test_features=test_features if tsne else None)
+                              features_on_test_set=features_on_test_set if tsne else None)
 
 
 def estimate_distribution(run_dir: str | Path, checkpoints: str | Path | list[str | Path] | None = None,

@@ -213,7 +213,7 @@ def load_run(run_dir: Path, checkpoint: Path | None = None) -> TrainedRun:
     return load_trained_run(run, read_run_config(run.path), checkpoint, "load")
 
 
-def test_features(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def features_on_test_set(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The features of a run's test images under its final EMA model (newest checkpoint) and their labels,
     on the CPU (``cissl report --tsne``)."""
     trained = load_run(run_dir)

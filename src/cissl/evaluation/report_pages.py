@@ -221,9 +221,9 @@ def _tsne_class():
     return TSNE
 
 
-def _tsne(run: dict, path: Path, plt, test_features: TestFeatures, max_points: int = 2000) -> Path:
-    """t-SNE of one run's test features (``test_features`` of its folder), coloured by true class."""
-    features, labels = test_features(Path(run["run_dir"]))
+def _tsne(run: dict, path: Path, plt, features_on_test_set: TestFeatures, max_points: int = 2000) -> Path:
+    """t-SNE of one run's test features (``features_on_test_set`` of its folder), coloured by true class."""
+    features, labels = features_on_test_set(Path(run["run_dir"]))
     features, labels = features.numpy(), labels.numpy()
     if len(labels) > max_points:
         keep = np.random.default_rng(0).choice(len(labels), max_points, replace=False)
@@ -257,12 +257,13 @@ def _table(setting: str, rows: list[dict], numbers: dict) -> tuple[list[str], li
     return header, body
 
 
-def write_report_pages(roots: list[Path], out: Path, test_features: TestFeatures | None = None) -> list[Path]:
+def write_report_pages(roots: list[Path], out: Path,
+                       features_on_test_set: TestFeatures | None = None) -> list[Path]:
     """Write OUT/report.md, OUT/report.html and OUT/figures/*.png for every run below ``roots``; with
-    ``test_features`` (a run folder -> its final EMA model's test features and their labels, as
-    :func:`cissl.engine.run.test_features` gives them) a t-SNE of each method's first run too."""
+    ``features_on_test_set`` (a run folder -> its final EMA model's test features and their labels, as
+    :func:`cissl.engine.run.features_on_test_set` gives them) a t-SNE of each method's first run too."""
     plt = _pyplot()
-    if test_features is not None:
+    if features_on_test_set is not None:
         _tsne_class()  # scikit-learn missing: one line before any figure is drawn
     unreadable: list[str] = []
     runs = [run for root in roots for run in collect_results(Path(root), unreadable)]
@@ -292,10 +293,10 @@ def write_report_pages(roots: list[Path], out: Path, test_features: TestFeatures
                    ("per-class accuracy", _per_class(algorithms, figures_dir / f"{slug}_per_class.png", plt)),
                    ("confusion matrices", _confusions(algorithms, figures_dir / f"{slug}_confusion.png", plt)),
                    ("pseudo-labels", _pseudo_labels(algorithms, figures_dir / f"{slug}_pseudo_labels.png", plt))]
-        if test_features is not None:
+        if features_on_test_set is not None:
             for algorithm, members in algorithms.items():
                 path = figures_dir / f"{slug}_{_slug(algorithm)}_tsne.png"
-                figures.append((f"t-SNE {algorithm}", _tsne(members[0], path, plt, test_features)))
+                figures.append((f"t-SNE {algorithm}", _tsne(members[0], path, plt, features_on_test_set)))
         figures = [(title, path) for title, path in figures if path is not None]
         written += [path for _, path in figures]
         sections.append((setting, header, body, figures))
