@@ -39,6 +39,9 @@ def test_sweep_runs_skips_and_resumes(tmp_path, capsys):
     config = str(CONFIGS / "quickstart.yaml")
     rows = run_sweep([config], ["supervised", "fixmatch"], [0, 1], tmp_path, TINY)
     assert [(r["algorithm"], r["seeds"]) for r in rows] == [("fixmatch", [0, 1]), ("supervised", [0, 1])]
+    started = [line.split("quickstart/")[1] for line in capsys.readouterr().out.splitlines() if "starting" in line]
+    assert started == ["supervised/seed0: starting", "supervised/seed1: starting", "fixmatch/seed0: starting",
+                       "fixmatch/seed1: starting"]  # algorithm by algorithm, seed by seed (not --by-seed)
     first = json.loads((tmp_path / "quickstart/fixmatch/seed1/results.json").read_text())
     # an interrupted run (checkpoint at 2, no results) is resumed; finished ones are skipped
     run_dir = tmp_path / "quickstart/fixmatch/seed1"
@@ -47,12 +50,13 @@ def test_sweep_runs_skips_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     rows = run_sweep([config], ["supervised", "fixmatch"], [0, 1], tmp_path, TINY)
     log = capsys.readouterr().out
-    assert log.count("finished, skipped") == 3 and "resuming" in log
+    assert log.count("finished, skipped") == 3 and f"[4/4] {run_dir}: resuming\n" in log
     again = json.loads((run_dir / "results.json").read_text())
     assert again["top1"] == first["top1"]  # resumed bit-for-bit
     done = next(line for line in log.splitlines() if line.startswith(f"[4/4] {run_dir}: top-1"))
     assert re.fullmatch(rf"\[4/4\] {re.escape(str(run_dir))}: top-1 {100 * again['top1']:.2f} %, balanced "
-                        rf"{100 * again['balanced_accuracy']:.2f} % \(\d+ s\)", done)  # the resumed run's line
+                        rf"{100 * again['balanced_accuracy']:.2f} % \((\d+) s\)", done)  # the resumed run's line
+    assert int(re.search(r"\((\d+) s\)$", done).group(1)) < 300  # its own duration, not a clock reading
     table = (tmp_path / "results.md").read_text()
     assert "| quickstart | fixmatch | 0 1 |" in table
     # the table agrees with the runs' results.json
@@ -264,10 +268,13 @@ def test_jobs_file_runs_side_by_side_and_reports_a_failed_run(tmp_path, capsys):
     jobs = tmp_path / "grid.jobs"
     jobs.write_text("# a comment line\n"
                     f"done {quick} supervised {tiny}\n"
-                    f"missing {quick} supervised {tiny} data.dataset=cifar10 data.root={tmp_path / 'nowhere'}\n")
+                    f"missing {quick} supervised {tiny} data.dataset=cifar10 data.root={tmp_path / 'nowhere'}\n"
+                    f"absent {quick} supervised {tiny} data.dataset=cifar10 data.root={tmp_path / 'nowhere'}\n")
     code, out, err = run_cli(["sweep", "--jobs", jobs, "--workers", "2", "--out", tmp_path / "out", "train.device=cpu"],
                              capsys)
-    assert code == 2 and "1 of 2 runs did not finish" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and err == (f"cissl: error: 2 of 3 runs did not finish: {tmp_path / 'out/missing'}, "
+                                 f"{tmp_path / 'out/absent'} (their logs: <run dir>.log; run the same sweep again to "
+                                 f"resume them)\n")
     assert (tmp_path / "out/done/results.json").is_file()
     failed = next(line for line in out.splitlines() if "FAILED" in line)
     assert "/out/missing: FAILED (exit 2) cissl: error: cifar10: missing file" in failed and "nowhere" in failed
@@ -413,8 +420,9 @@ def test_workers_run_side_by_side_and_a_deadline_leaves_runs_to_resume(tmp_path,
     """Two runs in two worker processes: both finish with their logs beside them. A deadline of 0 stops
     the runs it started, says so, and fails with one line; the same sweep without it then finishes them."""
     config = str(CONFIGS / "quickstart.yaml")
-    rows = run_sweep([config], ["supervised"], [0, 1], tmp_path / "a", TINY, workers=2)
-    assert rows[0]["seeds"] == [0, 1]
+    stream = io.StringIO()
+    rows = run_sweep([config], ["supervised"], [0, 1], tmp_path / "a", TINY, workers=2, stream=stream)
+    assert rows[0]["seeds"] == [0, 1] and re.match(r"2 runs, 2 at a time, \d+ thread\(s\) each\n", stream.getvalue())
     assert (tmp_path / "a/quickstart/supervised/seed1.log").is_file()
     sequential = run_sweep([config], ["supervised"], [0], tmp_path / "b", TINY)
     first = json.loads((tmp_path / "a/quickstart/supervised/seed0/results.json").read_text())
@@ -424,6 +432,34 @@ def test_workers_run_side_by_side_and_a_deadline_leaves_runs_to_resume(tmp_path,
     assert "stopped at the deadline" in capsys.readouterr().out
     rows = run_sweep([config], ["fixmatch"], [0, 1], tmp_path / "c", TINY, workers=2)
     assert rows[0]["seeds"] == [0, 1]
+
+
+def test_a_sweep_runs_its_grid_and_its_jobs_file_together_quietly_into_its_stream(tmp_path, capsys):
+    """The grid's runs and the jobs file's run in one sweep, the overrides applied to both; every line on
+    the given stream (none on stdout) and no run's progress lines (quiet); run again, both are skipped."""
+    config = str(CONFIGS / "quickstart.yaml")
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text(f"extra {config} supervised train.seed=3\n")
+    stream = io.StringIO()
+    run_sweep([config], ["supervised"], [0], tmp_path / "out", TINY, stream=stream, grid=["optim.lr=0.01,0.02"],
+              jobs_file=jobs)
+    for name in ("quickstart/supervised/optim.lr=0.01/seed0", "quickstart/supervised/optim.lr=0.02/seed0", "extra"):
+        assert json.loads((tmp_path / "out" / name / "results.json").read_text())["iterations"] == 4  # TINY's
+    printed = stream.getvalue()
+    assert capsys.readouterr().out == "" and "[cissl]" not in printed
+    lines = printed.splitlines()  # each run: its start, then its result
+    assert len(lines) == 6 and all(line.endswith(": starting") for line in lines[::2])
+    assert all(": top-1 " in line for line in lines[1::2])
+    stream = io.StringIO()
+    run_sweep([config], ["supervised"], [0], tmp_path / "out", TINY, stream=stream, grid=["optim.lr=0.01,0.02"],
+              jobs_file=jobs)
+    assert stream.getvalue().count(": finished, skipped\n") == 3 and capsys.readouterr().out == ""
+
+
+def test_workers_below_one_are_refused_in_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"^--workers must be at least 1, got 0$"):
+        run_sweep([str(CONFIGS / "quickstart.yaml")], ["fixmatch"], [0], tmp_path / "w", TINY, workers=0)
+    assert not (tmp_path / "w").exists()
 
 
 def test_a_deadline_already_past_is_refused_before_any_run_starts(tmp_path):
@@ -570,9 +606,11 @@ def test_a_run_that_fails_does_not_stop_the_sweep(tmp_path, capsys):
     (run_dir / "results.json").unlink()
     for path in (run_dir / "checkpoints").glob("ckpt_*.pt"):
         path.write_bytes(b"garbage")
-    with pytest.raises(CisslError, match="1 of 2 runs did not finish"):
-        run_sweep([config], ["supervised"], [0, 1], tmp_path, TINY)
-    assert "seed0: FAILED: no readable checkpoint" in capsys.readouterr().out
+    stream, _ = io.StringIO(), capsys.readouterr()
+    with pytest.raises(CisslError, match=rf"^1 of 2 runs did not finish: {re.escape(str(run_dir))} \(the lines "
+                                         r"above; run the same sweep again to resume them\)$"):
+        run_sweep([config], ["supervised"], [0, 1], tmp_path, TINY, stream=stream)
+    assert f"[1/2] {run_dir}: FAILED: no readable checkpoint" in stream.getvalue() and capsys.readouterr().out == ""
     assert (tmp_path / "quickstart/supervised/seed1/results.json").is_file()
 
 

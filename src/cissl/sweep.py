@@ -194,7 +194,8 @@ def run_sweep(configs, algorithms, seeds, out: Path, overrides=None, quiet: bool
         where = "their logs: <run dir>.log"
     rows = write_report(out)
     if failed:
-        raise CisslError(f"{len(failed)} of {len(todo)} runs did not finish: {', '.join(failed)} "
+        in_order = [str(job.run_dir) for _, job in todo if str(job.run_dir) in failed]  # not in the order they ended
+        raise CisslError(f"{len(failed)} of {len(todo)} runs did not finish: {', '.join(in_order)} "
                          f"({where}; run the same sweep again to resume them)")
     return rows
 
