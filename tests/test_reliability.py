@@ -627,7 +627,7 @@ def test_out_naming_a_file_is_refused(tmp_path, capsys):
     (["train"], "train needs --config FILE (or --resume RUN_DIR)"),
     (["predict", "runs/x", "--images", "x.png", "--top-k", "0"], "--top-k must be at least 1, got 0"),
     (["split", "--config", "examples/own_data.yaml", "--counts-only"],
-     "data.dataset=folder: the counts come from the data; drop --counts-only"),
+     "data.dataset=folder: the counts come from the data; drop --counts-only (in Python: cissl.api.split(config))"),
     (["sweep", "--out", "x"], "sweep needs --configs FILE ... or --jobs FILE"),
     (["split", "--config", "Q", "--counts-only", "data.unlabeled_head=null"],
      "'data.unlabeled_head': required unless data.unlabeled_distribution is 'unknown'"),

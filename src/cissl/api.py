@@ -115,7 +115,8 @@ def split_counts(config: Config) -> dict:
 
     _check_config(config, "split_counts")
     if SOURCES[config.data.dataset].given_split:
-        raise CisslError(f"data.dataset={config.data.dataset}: the counts come from the data; use split(config)")
+        raise CisslError(f"data.dataset={config.data.dataset}: the counts come from the data; drop --counts-only "
+                         f"(in Python: cissl.api.split(config))")
     labeled, unlabeled = protocol_counts(config.data, SOURCES[config.data.dataset].num_classes)
     return {"labeled": labeled, "unlabeled": unlabeled}
 
