@@ -28,11 +28,13 @@ COMMANDS = [
     (["plot", "r"], "plot"),
     (["bench", "throughput", "--config", QUICKSTART, "--steps", "1"], "throughput"),
     (["data", "build-imagenet127", "--source", "s", "--size", "32", "--out", "o"], "build_imagenet127"),
+    (["list"], "registered"),
+    (["list", "--algorithm", "semi"], "config_keys"),
 ]
 
 
 def subcommands(parser) -> set[str]:
-    """Every runnable command of the parser, as 'name' or 'name sub' (cissl list only prints)."""
+    """Every runnable command of the parser, as 'name' or 'name sub'."""
     found = set()
     for action in parser._subparsers._group_actions:
         for name, sub in action.choices.items():
@@ -40,9 +42,9 @@ def subcommands(parser) -> set[str]:
     return found
 
 
-def test_every_command_but_list_has_its_api_function():
+def test_every_command_has_its_api_function():
     covered = {" ".join(argv[:2]) if argv[0] in ("bench", "data") else argv[0] for argv, _ in COMMANDS}
-    assert subcommands(build_parser()) - {"list"} == covered
+    assert subcommands(build_parser()) == covered
     assert {name for _, name in COMMANDS} <= set(api.__all__)
 
 
@@ -91,3 +93,19 @@ def test_split_and_split_counts_give_what_the_command_prints(tmp_path, capsys):
     assert json.loads((tmp_path / "split.json").read_text())["seed"] == summary["seed"] == 0
     with pytest.raises(CisslError, match=r"^split needs a Config \(cissl.api.load_config\(path, overrides\)\), got"):
         api.split(QUICKSTART)
+
+
+def test_what_list_prints_comes_from_registered_and_config_keys(capsys):
+    code, out, _ = run_cli(["list", "--algorithm", "semi"], capsys)
+    kinds = api.registered()
+    assert code == 0 and set(kinds) == {"algorithms", "refiners", "aux_heads"}
+    assert {"semi", "fixmatch", "acr"} <= set(kinds["algorithms"]) and {"darp", "daso"} <= set(kinds["refiners"])
+    assert f"  semi{' ' * (max(map(len, kinds['algorithms'])) - 4)}  {kinds['algorithms']['semi']}\n" in out
+    general, semi = api.config_keys(), api.config_keys("semi")
+    assert ("algorithm.name" in [key for key, _, _ in general]
+            and not any(key.startswith("algorithm.") and key != "algorithm.name" for key, _, _ in general))
+    assert ("algorithm.threshold", "0.7", semi[[k for k, _, _ in semi].index("algorithm.threshold")][2]) in semi
+    for key, default, text in general + semi:
+        assert f"  {key:<38} {default:<16} {text}\n" in out
+    with pytest.raises(CisslError, match=r"^config key 'algorithm.name': unknown algorithm 'nope'; allowed: acr, "):
+        api.config_keys("nope")

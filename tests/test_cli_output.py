@@ -168,3 +168,18 @@ def test_version_names_the_release_and_the_checkouts_code(capsys, monkeypatch):
         with pytest.raises(SystemExit) as exit_:
             cli.main(["--version"])
         assert exit_.value.code == 0 and capsys.readouterr().out == line
+
+
+def test_output_read_by_a_reader_that_went_away_ends_quietly():
+    """`cissl list | head -1`: the reader closes the pipe; the command stops with the SIGPIPE status and
+    prints no traceback (nor Python's 'Exception ignored' at exit)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}
+    process = subprocess.Popen([sys.executable, "-m", "cissl", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=env)
+    process.stdout.close()  # before the command writes its first line
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 141 and err == b""

@@ -13,8 +13,7 @@
 Each command's function: ``cissl train`` train / resume, ``evaluate`` evaluate, ``predict`` load_run, ``split``
 split / split_counts, ``sweep`` sweep, ``report`` report / report_pages, ``estimate-distribution``
 estimate_distribution, ``plot`` plot, ``bench throughput`` throughput, ``data build-imagenet127``
-build_imagenet127 (``cissl list`` prints :func:`cissl.config.describe` and the registries of
-:mod:`cissl.algorithms`).
+build_imagenet127, ``list`` registered / config_keys.
 """
 
 from __future__ import annotations
@@ -29,9 +28,9 @@ from cissl.errors import CisslError, ConfigError, DataError
 from cissl.evaluation.predict import Predictions, image_files, predict_images, read_image_files
 from cissl.rundir import RESULTS
 
-__all__ = ["Config", "Predictions", "Run", "build_imagenet127", "estimate_distribution", "evaluate", "load_config",
-           "load_run", "plot", "report", "report_pages", "resume", "split", "split_counts", "sweep", "throughput",
-           "train"]
+__all__ = ["Config", "Predictions", "Run", "build_imagenet127", "config_keys", "estimate_distribution", "evaluate",
+           "load_config", "load_run", "plot", "registered", "report", "report_pages", "resume", "split", "split_counts",
+           "sweep", "throughput", "train"]
 
 
 def train(config: Config, out: str | Path, quiet: bool = True) -> dict:
@@ -214,3 +213,26 @@ def build_imagenet127(source: str | Path, size: int, out: str | Path, partial: b
     from cissl.data.sources.imagenet127 import build_imagenet127 as build
 
     return build(Path(source), size, Path(out), partial=partial)
+
+
+REGISTRIES = ("algorithms", "refiners", "aux_heads")
+
+
+def registered() -> dict[str, dict[str, str]]:
+    """What can be named in a config: ``{"algorithms": {name: summary}, "refiners": {...}, "aux_heads":
+    {...}}`` (``algorithm.name``, ``algorithm.refiner``, ``algorithm.aux_head``)."""
+    from cissl.algorithms import ALGORITHMS, AUX_HEADS, REFINERS
+
+    return {kind: {name: registry.entry(name).summary for name in registry.names()}
+            for kind, registry in zip(REGISTRIES, (ALGORITHMS, REFINERS, AUX_HEADS))}
+
+
+def config_keys(algorithm: str | None = None) -> list[tuple[str, str, str]]:
+    """(dotted key, default, meaning) of every config key outside ``algorithm.*`` (``algorithm.name``
+    included) or, given an algorithm's name, of that algorithm's ``algorithm.*`` keys."""
+    from cissl.config import Config, algorithm_defaults, describe
+
+    if algorithm is None:
+        return [row for row in describe(Config) if not row[0].startswith("algorithm.") or row[0] == "algorithm.name"]
+    defaults = algorithm_defaults(algorithm)  # an unknown name: one line naming the known ones
+    return list(describe(type(defaults), "algorithm", defaults))

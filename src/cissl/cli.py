@@ -157,23 +157,22 @@ def cmd_split(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from cissl.algorithms import ALGORITHMS, AUX_HEADS, REFINERS
-    from cissl.config import Config, algorithm_defaults, describe
+    from cissl.api import config_keys, registered
 
-    algorithm = algorithm_defaults(args.algorithm) if args.algorithm else None  # an unknown name: before any list
-    for title, registry in (("algorithms", ALGORITHMS), ("pseudo-label refiners (algorithm.refiner)", REFINERS),
-                            ("auxiliary heads (algorithm.aux_head)", AUX_HEADS)):
-        print(f"{title}:")
-        width = max(map(len, registry.names()))
-        for name in registry.names():
-            print(f"  {name:<{width}}  {registry.entry(name).summary}")
+    own = config_keys(args.algorithm) if args.algorithm else None  # an unknown name: before any list
+    titles = {"algorithms": "algorithms", "refiners": "pseudo-label refiners (algorithm.refiner)",
+              "aux_heads": "auxiliary heads (algorithm.aux_head)"}
+    for kind, entries in registered().items():
+        print(f"{titles[kind]}:")
+        width = max(map(len, entries))
+        for name, summary in entries.items():
+            print(f"  {name:<{width}}  {summary}")
     print("\nconfig keys (key, default, meaning):")
-    for key, default, text in describe(Config):
-        if not key.startswith("algorithm.") or key == "algorithm.name":
-            print(f"  {key:<38} {default:<16} {text}")
-    if algorithm is not None:
+    for key, default, text in config_keys():
+        print(f"  {key:<38} {default:<16} {text}")
+    if own is not None:
         print(f"\nalgorithm.* keys of {args.algorithm}:")
-        for key, default, text in describe(type(algorithm), "algorithm", algorithm):
+        for key, default, text in own:
             print(f"  {key:<38} {default:<16} {text}")
     return 0
 
@@ -396,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
         print("cissl: interrupted; a run continues from its last checkpoint with "
               "`cissl train --resume RUN_DIR`", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of the output went away (`cissl list | head`): stop without a word
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor a second error as Python exits
+        return 128 + 13  # as a process ended by SIGPIPE
 
 
 if __name__ == "__main__":
