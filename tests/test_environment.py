@@ -118,8 +118,14 @@ def test_results_name_where_the_run_trained_and_a_resume_elsewhere_adds_the_mach
     start_run(config, tmp_path / "run", quiet=True)
     assert json.loads((tmp_path / "run/results.json").read_text())["environments"] == [here]
 
-    (tmp_path / "run/checkpoints/ckpt_00000004.pt").unlink()  # as if stopped after iteration 2
-    (tmp_path / "run/results.json").unlink()
+    def as_if_stopped_after_iteration_2():
+        (tmp_path / "run/checkpoints/ckpt_00000004.pt").unlink()
+        (tmp_path / "run/results.json").unlink()
+
+    as_if_stopped_after_iteration_2()
+    resume_run(tmp_path / "run", quiet=True)  # where it trained: still one entry
+    assert json.loads((tmp_path / "run/results.json").read_text())["environments"] == [here]
+    as_if_stopped_after_iteration_2()
     elsewhere = {**here, "processor": "another processor"}
     monkeypatch.setattr(cissl.engine.trainer, "describe_environment", lambda device: elsewhere)
     resume_run(tmp_path / "run", quiet=True)
@@ -179,8 +185,9 @@ def test_changes_names_what_decides_the_last_bits_and_differs():
 
 
 def test_a_run_resumed_at_another_thread_count_says_so(tmp_path, monkeypatch):
-    """The same run, resumed once where it trained (no note) and once at another thread count: one line
-    naming the change and the setting that resumes at the run's count."""
+    """The same run resumed three times: where it trained but under another Python (the same arithmetic: no
+    note), at another thread count (one line naming the change and the setting that resumes at the run's
+    count) and on another processor (the line without that hint)."""
     config = tiny_config("train.iterations=4", "train.checkpoint_every=2", "train.eval_every=2",
                          algorithm="supervised")
     here = describe_environment(torch.device("cpu"))
@@ -188,6 +195,8 @@ def test_a_run_resumed_at_another_thread_count_says_so(tmp_path, monkeypatch):
     for name in ("checkpoints/ckpt_00000004.pt", "results.json"):  # as if stopped after iteration 2
         (tmp_path / "run" / name).unlink()
     shutil.copytree(tmp_path / "run", tmp_path / "again")
+    shutil.copytree(tmp_path / "run", tmp_path / "elsewhere")
+    monkeypatch.setattr(cissl.engine.trainer, "describe_environment", lambda device: {**here, "python": "3.99"})
     printed = io.StringIO()
     resume_run(tmp_path / "run", stream=printed)
     assert "[cissl] resumed " in printed.getvalue() and "note:" not in printed.getvalue()
@@ -199,6 +208,13 @@ def test_a_run_resumed_at_another_thread_count_says_so(tmp_path, monkeypatch):
     assert (f"[cissl] note: the run goes on with threads {here['threads']} -> {more['threads']}: its steps from "
             f"here will not repeat an uninterrupted run's last bits; OMP_NUM_THREADS={here['threads']} resumes at "
             f"the run's thread count\n") in printed.getvalue()
+
+    other = {**here, "processor": "another processor"}  # no thread hint where the threads stayed
+    monkeypatch.setattr(cissl.engine.trainer, "describe_environment", lambda device: other)
+    printed = io.StringIO()
+    resume_run(tmp_path / "elsewhere", stream=printed)
+    assert (f"[cissl] note: the run goes on with processor {here['processor']} -> another processor: its steps "
+            f"from here will not repeat an uninterrupted run's last bits\n") in printed.getvalue()
 
 
 def test_runs_recorded_nowhere_or_all_alike_raise_nothing():
