@@ -215,16 +215,14 @@ def build_imagenet127(source: str | Path, size: int, out: str | Path, partial: b
     return build(Path(source), size, Path(out), partial=partial)
 
 
-REGISTRIES = ("algorithms", "refiners", "aux_heads")
-
-
 def registered() -> dict[str, dict[str, str]]:
     """What can be named in a config: ``{"algorithms": {name: summary}, "refiners": {...}, "aux_heads":
     {...}}`` (``algorithm.name``, ``algorithm.refiner``, ``algorithm.aux_head``)."""
     from cissl.algorithms import ALGORITHMS, AUX_HEADS, REFINERS
 
+    registries = {"algorithms": ALGORITHMS, "refiners": REFINERS, "aux_heads": AUX_HEADS}
     return {kind: {name: registry.entry(name).summary for name in registry.names()}
-            for kind, registry in zip(REGISTRIES, (ALGORITHMS, REFINERS, AUX_HEADS))}
+            for kind, registry in registries.items()}
 
 
 def config_keys(algorithm: str | None = None) -> list[tuple[str, str, str]]:
