@@ -49,8 +49,8 @@ MISSING_DATA = ["data.dataset=cifar10", "data.root=/nonexistent"]  # would fail 
 
 def test_out_at_a_file_or_under_a_file_fails_before_the_data_load(tmp_path, capsys):
     (tmp_path / "a_file").write_text("x")
-    for out, message in ((tmp_path / "a_file", "a file of that name exists"),
-                         (tmp_path / "a_file" / "run", "cannot create the run directory")):
+    for out, message in ((tmp_path / "a_file", f"{tmp_path / 'a_file'} is a file, not a folder; choose a folder"),
+                         (tmp_path / "a_file" / "run", f"cannot create the folder {tmp_path / 'a_file' / 'run'}: ")):
         code, _, err = run_cli(["train", "--config", CONFIGS / "quickstart.yaml", *MISSING_DATA, "--out", out], capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
@@ -615,7 +615,7 @@ def test_evaluate_names_a_missing_or_foreign_checkpoint(tmp_path, capsys):
 def test_out_naming_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "taken").write_text("mine")
     code, _, err = run_cli(["train", "--config", CONFIGS / "quickstart.yaml", "--out", tmp_path / "taken"], capsys)
-    assert code == 2 and "a file of that name exists; choose a folder" in err
+    assert code == 2 and f"{tmp_path / 'taken'} is a file, not a folder; choose a folder" in err
     assert (tmp_path / "taken").read_text() == "mine"
 
 

@@ -35,7 +35,7 @@ from cissl.errors import CheckpointError, CisslError, ConfigError
 from cissl.evaluation.distribution import average_accepted, estimate_class_counts
 from cissl.evaluation.evaluate import evaluate_model, predict, predict_with_features
 from cissl.evaluation.summary import summarize_run
-from cissl.rundir import LOCK, RunDir, atomic_write_json
+from cissl.rundir import LOCK, RunDir, atomic_write_json, ensure_folder
 
 
 def default_run_dir(config: Config) -> Path:
@@ -104,14 +104,7 @@ def _start_claimed(config: Config, run: RunDir, device, stream, quiet: bool) -> 
 def prepare_run_directory(run: RunDir) -> None:
     """Create a new run's directory, or accept an empty one or one a run started in (it holds
     split.json); anything else (a file, a path under a file, a read-only or foreign folder) is one line."""
-    try:
-        run.path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise CisslError(f"--out {run}: a file of that name exists; choose a folder") from None
-    except OSError as exc:
-        raise CisslError(f"--out {run}: cannot create the run directory ({exc.strerror or exc})") from None
-    if not run.path.is_dir():
-        raise CisslError(f"--out {run}: a file of that name exists; choose a folder")
+    ensure_folder(run.path)
     if not os.access(run.path, os.W_OK | os.X_OK):
         raise CisslError(f"--out {run}: the folder is not writable")
     if any(p.name != LOCK for p in run.path.iterdir()) and not run.split.is_file():
