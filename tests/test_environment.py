@@ -127,7 +127,7 @@ def test_results_name_where_the_run_trained_and_a_resume_elsewhere_adds_the_mach
     assert json.loads((tmp_path / "run/results.json").read_text())["environments"] == [here]
     as_if_stopped_after_iteration_2()
     elsewhere = {**here, "processor": "another processor"}
-    monkeypatch.setattr(cissl.engine.trainer, "describe_environment", lambda device: elsewhere)
+    monkeypatch.setattr(cissl.engine.trainer, "describe_environment", lambda device, plugins=None: elsewhere)
     resume_run(tmp_path / "run", quiet=True)
     assert json.loads((tmp_path / "run/results.json").read_text())["environments"] == [here, elsewhere]
     assert load_checkpoint(tmp_path / "run/checkpoints/ckpt_00000004.pt")["environments"] == [here, elsewhere]
@@ -196,13 +196,14 @@ def test_a_run_resumed_at_another_thread_count_says_so(tmp_path, monkeypatch):
         (tmp_path / "run" / name).unlink()
     shutil.copytree(tmp_path / "run", tmp_path / "again")
     shutil.copytree(tmp_path / "run", tmp_path / "elsewhere")
-    monkeypatch.setattr(cissl.engine.trainer, "describe_environment", lambda device: {**here, "python": "3.99"})
+    monkeypatch.setattr(cissl.engine.trainer, "describe_environment",
+                        lambda device, plugins=None: {**here, "python": "3.99"})
     printed = io.StringIO()
     resume_run(tmp_path / "run", stream=printed)
     assert "[cissl] resumed " in printed.getvalue() and "note:" not in printed.getvalue()
 
     more = {**here, "threads": here["threads"] + 1}
-    monkeypatch.setattr(cissl.engine.trainer, "describe_environment", lambda device: more)
+    monkeypatch.setattr(cissl.engine.trainer, "describe_environment", lambda device, plugins=None: more)
     printed = io.StringIO()
     resume_run(tmp_path / "again", stream=printed)
     assert (f"[cissl] note: the run goes on with threads {here['threads']} -> {more['threads']}: its steps from "
@@ -210,7 +211,7 @@ def test_a_run_resumed_at_another_thread_count_says_so(tmp_path, monkeypatch):
             f"the run's thread count\n") in printed.getvalue()
 
     other = {**here, "processor": "another processor"}  # no thread hint where the threads stayed
-    monkeypatch.setattr(cissl.engine.trainer, "describe_environment", lambda device: other)
+    monkeypatch.setattr(cissl.engine.trainer, "describe_environment", lambda device, plugins=None: other)
     printed = io.StringIO()
     resume_run(tmp_path / "elsewhere", stream=printed)
     assert (f"[cissl] note: the run goes on with processor {here['processor']} -> another processor: its steps "

@@ -26,6 +26,7 @@ from cissl.engine.run import estimate_run_distribution, evaluate_run, features_o
 from cissl.engine.run import load_run as _load_trained
 from cissl.errors import CisslError, ConfigError, DataError
 from cissl.evaluation.predict import Predictions, image_files, predict_images, read_image_files
+from cissl.plugins import import_plugins, resolve_plugins
 from cissl.rundir import RESULTS
 
 __all__ = ["Config", "Predictions", "Run", "build_imagenet127", "config_keys", "estimate_distribution", "evaluate",
@@ -215,22 +216,32 @@ def build_imagenet127(source: str | Path, size: int, out: str | Path, partial: b
     return build(Path(source), size, Path(out), partial=partial)
 
 
-def registered() -> dict[str, dict[str, str]]:
+def registered(plugins: str | list[str] | None = None) -> dict[str, dict[str, str]]:
     """What can be named in a config: ``{"algorithms": {name: summary}, "refiners": {...}, "aux_heads":
-    {...}}`` (``algorithm.name``, ``algorithm.refiner``, ``algorithm.aux_head``)."""
+    {...}}`` (``algorithm.name``, ``algorithm.refiner``, ``algorithm.aux_head``), with what ``plugins`` (.py
+    files, relative to the working directory, or module names) register."""
     from cissl.algorithms import ALGORITHMS, AUX_HEADS, REFINERS
+
+    _import_plugins(plugins)
 
     registries = {"algorithms": ALGORITHMS, "refiners": REFINERS, "aux_heads": AUX_HEADS}
     return {kind: {name: registry.entry(name).summary for name in registry.names()}
             for kind, registry in registries.items()}
 
 
-def config_keys(algorithm: str | None = None) -> list[tuple[str, str, str]]:
+def config_keys(algorithm: str | None = None, plugins: str | list[str] | None = None) -> list[tuple[str, str, str]]:
     """(dotted key, default, meaning) of every config key outside ``algorithm.*`` (``algorithm.name``
-    included) or, given an algorithm's name, of that algorithm's ``algorithm.*`` keys."""
+    included) or, given an algorithm's name (one of cissl's or of ``plugins``), of that algorithm's
+    ``algorithm.*`` keys."""
     from cissl.config import Config, algorithm_defaults, describe
+
+    _import_plugins(plugins)
 
     if algorithm is None:
         return [row for row in describe(Config) if not row[0].startswith("algorithm.") or row[0] == "algorithm.name"]
     defaults = algorithm_defaults(algorithm)  # an unknown name: one line naming the known ones
     return list(describe(type(defaults), "algorithm", defaults))
+
+
+def _import_plugins(plugins) -> None:
+    import_plugins(resolve_plugins(plugins, Path.cwd()))

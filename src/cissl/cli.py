@@ -159,10 +159,10 @@ def cmd_split(args) -> int:
 def cmd_list(args) -> int:
     from cissl.api import config_keys, registered
 
-    own = config_keys(args.algorithm) if args.algorithm else None  # an unknown name: before any list
+    own = config_keys(args.algorithm, args.plugins) if args.algorithm else None  # an unknown name: before any list
     titles = {"algorithms": "algorithms", "refiners": "pseudo-label refiners (algorithm.refiner)",
               "aux_heads": "auxiliary heads (algorithm.aux_head)"}
-    for kind, entries in registered().items():
+    for kind, entries in registered(args.plugins).items():
         print(f"{titles[kind]}:")
         width = max(map(len, entries))
         for name, summary in entries.items():
@@ -361,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     lister = sub.add_parser("list", help="list algorithms and config keys")
     lister.add_argument("--algorithm", help="also list this algorithm's keys")
+    lister.add_argument("--plugins", nargs="+", metavar="FILE_OR_MODULE",
+                        help="also list what these modules register (the config key plugins)")
     lister.set_defaults(func=cmd_list)
     return parser
 

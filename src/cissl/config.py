@@ -26,6 +26,7 @@ from cissl.data.protocol import long_tailed_counts
 from cissl.data.sources import SOURCES
 from cissl.errors import ConfigError
 from cissl.models import BACKBONES
+from cissl.plugins import import_plugins, plugin_of, resolve_plugins
 from cissl.rundir import atomic_write_text
 from cissl.schema import AlgorithmConfig, build_section, choice, describe, merge_config, option, section
 
@@ -206,6 +207,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class Config:
     name: str = option("", help="name of the setting (used in run directory names)")
+    plugins: list[str] = option([], help="your own modules that register methods, imported first: .py files "
+                                         "(relative to the config file) or importable module names")
     data: DataConfig = section(DataConfig)
     model: ModelConfig = section(ModelConfig)
     optim: OptimConfig = section(OptimConfig)
@@ -215,6 +218,11 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def __reduce__(self):
+        """Pickled as its plain dict, rebuilt with :func:`build`, which imports the plugins first (a sweep's
+        worker process gets a config whose method a plugin file defines)."""
+        return build, (self.to_dict(),)
 
     def replace(self, overrides: dict[str, Any] | list[str]) -> "Config":
         """A new validated config with dotted overrides applied."""
@@ -238,11 +246,25 @@ def build(data: dict) -> Config:
     """Build a validated :class:`Config` from a plain nested dict."""
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    import_plugins(data.get("plugins"))  # before the algorithm section names what they register
     check_own_data(data.get("data"))
-    config = build_section(Config, data, "")
+    config = with_its_plugins(build_section(Config, data, ""))
     check_evaluation(config)
     check_method(config)
     return config
+
+
+def with_its_plugins(config: Config) -> Config:
+    """The config with the plugin of each method or part it names added to ``plugins`` where missing (a
+    method another config's plugin registered in this process): the run's saved config then imports what
+    it needs wherever it is read again."""
+    algorithm = config.algorithm
+    targets = [ALGORITHMS.entry(algorithm.name).target] + [
+        f.metadata["registry"].entry(getattr(algorithm, f.name).name).target
+        for f in dataclasses.fields(algorithm) if "registry" in f.metadata]
+    needed = [entry for target in targets if (entry := plugin_of(getattr(target, "__module__", "")))]
+    missing = [entry for entry in dict.fromkeys(needed) if entry not in config.plugins]
+    return dataclasses.replace(config, plugins=[*config.plugins, *missing]) if missing else config
 
 
 PROTOCOL_KEYS = ("labeled_head", "unlabeled_head", "imbalance_ratio", "unlabeled_distribution",
@@ -360,6 +382,9 @@ def read_config_file(path: str | Path, _seen: tuple = ()) -> dict:
         raise ConfigError(f"config file {path} is empty: it would mean a 250k-iteration run of the defaults; "
                           f"start from a file in configs/")
     parents = data.pop("inherit", None)
+    if "plugins" in data:  # imported now: merging an algorithm section over a parent's needs its config class
+        data["plugins"] = resolve_plugins(data["plugins"], path.parent)
+        import_plugins(data["plugins"])
     if parents is None:
         return data
     if isinstance(parents, str):
@@ -381,10 +406,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if isinstance(overrides, str):  # one override given bare would be read character by character
         raise ConfigError(f"overrides must be a list of 'key=value' strings, e.g. [{overrides!r}]; got a string")
     data = read_config_file(path) if path is not None else {}
+    # a plugin given on the command line: its relative path from the working directory, imported before the
+    # methods section names what it registers
+    items = [(key, resolve_plugins(value, Path.cwd()) if key == "plugins" else value)
+             for key, value in parse_overrides(overrides or [])]
+    for key, value in items:
+        if key == "plugins":
+            import_plugins(value)
     methods = method_options(data.pop("methods", None))
     if algorithm is not None:
         data["algorithm"] = {"name": algorithm, **methods.get(algorithm, {})}
-    for key, value in parse_overrides(overrides or []):
+    for key, value in items:
         _set_dotted(data, key, value)
     return build(data)
 

@@ -69,8 +69,10 @@ def source_commit(package_dir: Path | None = None) -> str | None:
     return f"{commit}+dirty" if dirty else commit
 
 
-def describe_environment(device: torch.device) -> dict:
-    """The code, libraries and machine a run computes on now (a ``results.json`` ``environments`` entry)."""
+def describe_environment(device: torch.device, plugins: dict[str, str] | None = None) -> dict:
+    """The code, libraries and machine a run computes on now (a ``results.json`` ``environments`` entry); a
+    run with plugins (the config key) also records them, each with its source's digest
+    (:func:`cissl.plugins.plugin_digests`)."""
     import torch
 
     return {
@@ -82,7 +84,7 @@ def describe_environment(device: torch.device) -> dict:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-    }
+    } | ({"plugins": dict(plugins)} if plugins else {})
 
 
 # what, besides the code, the bits of a run depend on
@@ -95,8 +97,10 @@ def machine_of(environment: dict) -> str:
 
 
 def code_of(environment: dict) -> str:
-    """One line naming the code: the git commit where known, else the release."""
-    return environment.get("code") or f"cissl {environment.get('cissl')}"
+    """One line naming the code: the git commit where known, else the release; then each plugin's digest."""
+    plugins = environment.get("plugins") or {}
+    return (environment.get("code") or f"cissl {environment.get('cissl')}") + "".join(
+        f" + {Path(entry).name} {digest}" for entry, digest in plugins.items())
 
 
 def changes(before: dict, now: dict) -> list[str]:

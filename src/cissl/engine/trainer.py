@@ -34,6 +34,7 @@ from cissl.environment import changes, describe_environment
 from cissl.errors import CheckpointError, CisslError
 from cissl.evaluation.evaluate import brief, evaluate_model, predict, predict_with_features
 from cissl.evaluation.summary import summarize_run
+from cissl.plugins import plugin_digests
 from cissl.rundir import RunDir, atomic_write_json
 
 CHECKPOINT_VERSION = 2
@@ -276,7 +277,7 @@ class Trainer:
         """Where the run computes from now on joins its ``environments`` when it differs from the last
         entry; a run resumed elsewhere says what changed (its steps from here will not repeat an
         uninterrupted run's last bits, e.g. at another thread count)."""
-        here = describe_environment(self.device)
+        here = describe_environment(self.device, plugin_digests(self.config.plugins))
         if self.environments and self.environments[-1] == here:
             return
         changed = changes(self.environments[-1], here) if self.environments else []

@@ -1,0 +1,209 @@
+"""Methods in the user's own modules (the config key ``plugins``): registered, trained, saved with the run and
+imported again wherever the run is read (a fresh process, a sweep's worker), and every failure one line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONFIGS, REPO, run_cli
+from helpers import tiny_config
+
+from cissl import api, plugins
+from cissl.algorithms import ALGORITHMS, AUX_HEADS, REFINERS, AlgorithmContext
+from cissl.config import load_config
+from cissl.environment import changes, code_of
+from cissl.errors import ConfigError
+
+TOY = '''
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cissl.algorithms import Algorithm, StepOutput, ViewSpec
+from cissl.algorithms.components.views import forward_views
+from cissl.algorithms.registry import register
+from cissl.schema import AlgorithmConfig, option
+
+
+@dataclass(frozen=True)
+class ToyConfig(AlgorithmConfig):
+    name: str = option("NAME", help="algorithm name")
+    threshold: float = option(0.95, min=0.0, max=1.0, help="toy threshold")
+
+
+@register("NAME", ToyConfig, summary="a toy pseudo-label method")
+class Toy(Algorithm):
+    @classmethod
+    def views(cls, config):
+        return ViewSpec(strong_views=None)
+
+    def step(self, model, batch, iteration):
+        views = forward_views(model, batch)
+        loss_x = F.cross_entropy(views.labeled_logits["main"], batch.y)
+        weak = views.weak_logits["main"]
+        confidence, labels = torch.softmax(weak.detach(), dim=1).max(dim=1)
+        mask = confidence >= self.config.threshold
+        loss_u = (F.cross_entropy(weak, labels, reduction="none") * mask).mean()
+        return StepOutput(loss_x + loss_u, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach()}, labels, mask)
+'''
+TINY = ["model.depth=10", "model.widen=1", "train.iterations=4", "train.batch_size=16", "train.eval_every=2",
+        "train.checkpoint_every=2", "train.device=cpu", "train.report_last=1", "train.eval_batch_size=500"]
+
+
+@pytest.fixture(autouse=True)
+def registries_restored():
+    """What a test's plugins register is taken back afterwards, and their modules forgotten, so that the other
+    tests (which train every registered method) see cissl's own methods only."""
+    registries = (ALGORITHMS, REFINERS, AUX_HEADS)
+    before, loaded = [set(r.names()) for r in registries], dict(plugins._LOADED)
+    yield
+    for registry, names in zip(registries, before):
+        for added in set(registry.names()) - names:
+            registry.unregister(added)
+    for name in [name for name in sys.modules if name.startswith(("cissl_plugin_", "toy_plugins_pkg"))]:
+        del sys.modules[name]
+    plugins._LOADED.clear()
+    plugins._LOADED.update(loaded)
+
+
+def write_toy(path: Path, name: str, extra: str = "") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(TOY.replace("NAME", name) + extra)
+    return path
+
+
+def write_setting(folder: Path, plugin_entry: str, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "setting.yaml"
+    path.write_text(f"inherit: {CONFIGS / 'quickstart.yaml'}\nplugins: [{plugin_entry}]\nalgorithm:\n"
+                    f"  name: {name}\n  threshold: 0.5\n")
+    return path
+
+
+def test_a_method_in_a_plugin_file_trains_and_a_fresh_process_reads_its_run(tmp_path, capsys):
+    """The file's path is read from the config file's folder and saved absolute; `cissl evaluate` in a new
+    interpreter, started elsewhere, imports it from the run's config.yaml. The run records the file's digest."""
+    toy = write_toy(tmp_path / "methods" / "toy.py", "toy_file")
+    setting = write_setting(tmp_path / "settings", "../methods/toy.py", "toy_file")
+    run = tmp_path / "runs" / "toy"
+    code, out, err = run_cli(["train", "--config", setting, *TINY, "--out", run], capsys)
+    assert code == 0, err
+    config = load_config(run / "config.yaml")
+    assert config.plugins == [str(toy)] and config.algorithm.name == "toy_file" and config.algorithm.threshold == 0.5
+    results = json.loads((run / "results.json").read_text())
+    digest = hashlib.sha256(toy.read_bytes()).hexdigest()[:12]
+    assert results["algorithm"] == "toy_file" and results["environments"][-1]["plugins"] == {str(toy): digest}
+
+    fresh = subprocess.run([sys.executable, "-m", "cissl", "evaluate", str(run)], cwd="/", capture_output=True,
+                           text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""})
+    assert fresh.returncode == 0, fresh.stderr
+    assert "toy_file on quickstart" in fresh.stdout
+
+
+def test_a_sweep_runs_a_plugin_method_in_its_worker_processes(tmp_path):
+    """Each worker is a fresh interpreter that gets its job's config pickled: rebuilt there, with the plugin
+    imported first."""
+    write_toy(tmp_path / "toy.py", "toy_sweep")
+    setting = write_setting(tmp_path, "toy.py", "toy_sweep")
+    rows = api.sweep(setting, tmp_path / "sweep", seeds=[0, 1], overrides=TINY, workers=2)
+    assert [(row["algorithm"], row["seeds"]) for row in rows] == [("toy_sweep", [0, 1])]
+
+
+def test_a_plugin_module_by_name_and_a_command_line_plugin_path(tmp_path, monkeypatch):
+    """A module name is imported as Python imports it; a .py path given as an override is read from the
+    working directory and saved absolute."""
+    package = tmp_path / "site" / "toy_plugins_pkg"
+    write_toy(package / "methods.py", "toy_module")
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    config = tiny_config("plugins=[toy_plugins_pkg.methods]", algorithm="toy_module")
+    assert config.plugins == ["toy_plugins_pkg.methods"] and config.algorithm.name == "toy_module"
+
+    write_toy(tmp_path / "here" / "mine.py", "toy_override")
+    monkeypatch.chdir(tmp_path / "here")
+    config = tiny_config("plugins=mine.py", "algorithm.name=toy_override")
+    assert config.plugins == [str(tmp_path / "here" / "mine.py")]
+    assert pickle.loads(pickle.dumps(config)) == config
+
+
+def test_a_config_that_names_a_plugin_method_without_its_plugin_gets_it_added(tmp_path):
+    """Another config of the same process imported the plugin (a sweep of several configs): the run's config
+    still lists it, so the run can be read again in a process that has not imported it."""
+    toy = write_toy(tmp_path / "toy.py", "toy_added")
+    tiny_config(f"plugins=[{toy}]", algorithm="toy_added")
+    assert tiny_config(algorithm="toy_added").plugins == [str(toy)]
+    assert tiny_config(algorithm="fixmatch").plugins == []  # cissl's own methods need none
+
+
+def test_the_example_plugin_lowers_the_threshold_of_classes_with_fewer_labels(tmp_path, capsys):
+    """examples/my_methods.py by hand: tau_k = tau * (N_k / max N) ** power; its setting trains."""
+    config = load_config(REPO / "examples/plugin_setting.yaml", TINY)
+    assert config.plugins == [str(REPO / "examples/my_methods.py")]
+    module = sys.modules[plugins._module_name(REPO / "examples/my_methods.py")]
+    assert module.class_thresholds(0.95, (20, 5, 1), 0.5).tolist() == pytest.approx([0.95, 0.475, 0.95 / 20 ** 0.5])
+    assert module.class_thresholds(0.95, (20, 5), 0.0).tolist() == pytest.approx([0.95, 0.95])  # FixMatch
+    method = module.ClassThresholdFixMatch(config.algorithm, AlgorithmContext(
+        num_classes=3, labeled_counts=(20, 5, 1), feature_dim=4, iterations=4, epoch_length=2))
+    mask = method.confidence_mask(torch.tensor([0.9, 0.9, 0.3, 0.2]), torch.tensor([0, 1, 2, 2]))
+    assert mask.tolist() == [False, True, True, False]  # 0.9 < 0.95; 0.9 >= 0.475; 0.3 >= 0.2124; 0.2 < 0.2124
+    code, _, err = run_cli(["train", "--config", REPO / "examples/plugin_setting.yaml", *TINY, "--out",
+                            tmp_path / "run"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "run/results.json").read_text())["algorithm"] == "fixmatch_class_threshold"
+
+
+def test_cissl_list_shows_what_a_plugin_registers(tmp_path, capsys, monkeypatch):
+    write_toy(tmp_path / "toy.py", "toy_listed")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["list", "--plugins", "toy.py", "--algorithm", "toy_listed"], capsys)
+    assert code == 0, err
+    assert "  toy_listed" in out and "a toy pseudo-label method" in out
+    assert out.split("algorithm.* keys of toy_listed:")[1].split() == [
+        "algorithm.name", "toy_listed", "algorithm", "name", "algorithm.threshold", "0.95", "toy", "threshold"]
+
+
+def test_a_plugin_that_fails_is_one_line_and_leaves_nothing_registered(tmp_path):
+    broken = write_toy(tmp_path / "broken.py", "toy_broken", extra="\n\nundefined_name + 1\n")
+    with pytest.raises(ConfigError, match=rf"^config key 'plugins': importing {broken} failed: NameError: name "
+                                          rf"'undefined_name' is not defined \({broken}, line \d+\)$"):
+        tiny_config(f"plugins=[{broken}]")
+    assert "toy_broken" not in ALGORITHMS.names()  # registered before the error: taken back
+    write_toy(broken, "toy_broken")  # mended: the same file now imports
+    assert tiny_config(f"plugins=[{broken}]", algorithm="toy_broken").algorithm.name == "toy_broken"
+
+    taken = write_toy(tmp_path / "taken.py", "semi")
+    with pytest.raises(ConfigError, match=r"importing .*taken.py failed: ValueError: algorithm 'semi' registered "
+                                          r"twice"):
+        tiny_config(f"plugins=[{taken}]")
+    needs = write_toy(tmp_path / "needs.py", "toy_needs", extra="\nimport a_library_not_installed\n")
+    with pytest.raises(ConfigError, match=r"importing .*needs.py failed: ModuleNotFoundError: No module named "
+                                          r"'a_library_not_installed'"):
+        tiny_config(f"plugins=[{needs}]")
+    with pytest.raises(ConfigError, match=rf"^config key 'plugins': no such file {tmp_path / 'absent.py'}$"):
+        tiny_config(f"plugins=[{tmp_path / 'absent.py'}]")
+    with pytest.raises(ConfigError, match=r"^config key 'plugins': cannot import 'no_such_plugin_module' \(No module "
+                                          r"named 'no_such_plugin_module'\); give a \.py file, or a module Python "
+                                          r"imports here \(installed, or on PYTHONPATH\)$"):
+        tiny_config("plugins=[no_such_plugin_module]")
+    with pytest.raises(ConfigError, match=r"^config key 'plugins': expected a list of \.py files or module names, "
+                                          r"got \[3\]$"):
+        tiny_config("plugins=[3]")
+
+
+def test_a_plugin_is_part_of_the_code_a_run_records():
+    """code_of names each plugin's file and digest, so a report sees runs of two versions of a plugin as
+    different code, and a resumed run says the plugin changed."""
+    before = {"code": "04dd1d228f71", "plugins": {"/work/toy.py": "0123456789ab"}}
+    now = {"code": "04dd1d228f71", "plugins": {"/work/toy.py": "ba9876543210"}}
+    assert code_of(before) == "04dd1d228f71 + toy.py 0123456789ab"
+    assert changes(before, now) == ["code 04dd1d228f71 + toy.py 0123456789ab -> 04dd1d228f71 + toy.py ba9876543210"]
+    assert code_of({"code": None, "cissl": "0.1.0"}) == "cissl 0.1.0"
