@@ -456,6 +456,19 @@ def test_torchrun_cli_writes_once_and_resumes_bit_exact(tmp_path):
     assert train_records(resumed) == train_records(run) and len(train_records(run)) == 8
 
 
+def test_torchrun_trains_a_method_of_a_plugin_on_every_rank(tmp_path):
+    """Each rank reads the config and imports the plugin it names (examples/my_methods.py) before it builds
+    the method; rank 0 writes the run."""
+    run = tmp_path / "run"
+    result = torchrun("-m", "cissl", "train", "--config", ROOT / "examples" / "plugin_setting.yaml", "--out", run,
+                      "model.depth=10", "model.widen=1", "train.iterations=4", "train.eval_every=2",
+                      "train.report_last=1", "train.batch_size=16")
+    assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-3000:]
+    assert result.stdout.count("DDP over 2 ranks (gloo)") == 1
+    results = json.loads((run / "results.json").read_text())
+    assert results["algorithm"] == "fixmatch_class_threshold" and results["iterations"] == 4
+
+
 def test_what_one_rank_alone_meets_every_rank_acts_on(tmp_path):
     """Rank 1 alone has a nan loss at step 2 and alone is signalled during step 4 (ddp_worker.py,
     one_rank_differs): both ranks skip step 2, both stop after step 4 with one checkpoint (each rank's
