@@ -9,6 +9,7 @@ import os
 import pickle
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,12 @@ def test_a_plugin_module_by_name_and_a_command_line_plugin_path(tmp_path, monkey
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     config = tiny_config("plugins=[toy_plugins_pkg.methods]", algorithm="toy_module")
     assert config.plugins == ["toy_plugins_pkg.methods"] and config.algorithm.name == "toy_module"
+    assert tiny_config(algorithm="toy_module").plugins == ["toy_plugins_pkg.methods"]  # added by name, too
+    source = (package / "methods.py").read_bytes()
+    assert plugins.plugin_digests(["toy_plugins_pkg.methods"]) == {
+        "toy_plugins_pkg.methods": hashlib.sha256(source).hexdigest()[:12]}
+    monkeypatch.setitem(sys.modules, "toy_plugins_pkg_without_file", types.ModuleType("toy_plugins_pkg_without_file"))
+    assert plugins.plugin_digests("toy_plugins_pkg_without_file") == {"toy_plugins_pkg_without_file": "unknown"}
 
     write_toy(tmp_path / "here" / "mine.py", "toy_override")
     monkeypatch.chdir(tmp_path / "here")
@@ -142,6 +149,38 @@ def test_a_config_that_names_a_plugin_method_without_its_plugin_gets_it_added(tm
     tiny_config(f"plugins=[{toy}]", algorithm="toy_added")
     assert tiny_config(algorithm="toy_added").plugins == [str(toy)]
     assert tiny_config(algorithm="fixmatch").plugins == []  # cissl's own methods need none
+
+
+REFINER = '''
+from dataclasses import dataclass
+
+from cissl.algorithms.parts import PseudoLabelRefiner
+from cissl.algorithms.registry import REFINERS
+from cissl.schema import NamedConfig, option
+
+
+@dataclass(frozen=True)
+class SharpenConfig(NamedConfig):
+    name: str = option("toy_sharpen", help="refiner name")
+
+
+@REFINERS.register("toy_sharpen", SharpenConfig, summary="squares and renormalises p")
+class Sharpen(PseudoLabelRefiner):
+    def refine(self, probs, views, batch, iteration):
+        sharper = probs ** 2
+        return sharper / sharper.sum(dim=1, keepdim=True)
+'''
+
+
+def test_a_refiner_of_a_plugin_composes_with_fixmatch_and_brings_its_plugin(tmp_path):
+    """A part (here a pseudo-label refiner) registered by a plugin is chosen by name like cissl's own, and a
+    config that names it gets its plugin as a method's would."""
+    (tmp_path / "sharpen.py").write_text(REFINER)
+    config = tiny_config(f"plugins=[{tmp_path / 'sharpen.py'}]", "algorithm.refiner=toy_sharpen", algorithm="fixmatch")
+    assert config.algorithm.refiner.name == "toy_sharpen"
+    assert api.train(config.replace(TINY), tmp_path / "run", quiet=True)["iterations"] == 4
+    again = tiny_config("algorithm.refiner=toy_sharpen", algorithm="fixmatch")
+    assert again.plugins == [str(tmp_path / "sharpen.py")]
 
 
 def test_the_example_plugin_lowers_the_threshold_of_classes_with_fewer_labels(tmp_path, capsys):
@@ -171,10 +210,19 @@ def test_cissl_list_shows_what_a_plugin_registers(tmp_path, capsys, monkeypatch)
         "algorithm.name", "toy_listed", "algorithm", "name", "algorithm.threshold", "0.95", "toy", "threshold"]
 
 
+def test_two_plugin_files_of_one_name_in_two_folders_are_two_modules(tmp_path):
+    first = write_toy(tmp_path / "a" / "my-toy.v1.py", "toy_a")
+    second = write_toy(tmp_path / "b" / "my-toy.v1.py", "toy_b")
+    config = tiny_config(f"plugins=[{first}, {second}]", algorithm="toy_b")
+    assert config.plugins == [str(first), str(second)] and {"toy_a", "toy_b"} <= set(ALGORITHMS.names())
+    assert all(plugins._module_name(path).isidentifier() for path in (first, second))
+
+
 def test_a_plugin_that_fails_is_one_line_and_leaves_nothing_registered(tmp_path):
     broken = write_toy(tmp_path / "broken.py", "toy_broken", extra="\n\nundefined_name + 1\n")
+    line = len(broken.read_text().splitlines())
     with pytest.raises(ConfigError, match=rf"^config key 'plugins': importing {broken} failed: NameError: name "
-                                          rf"'undefined_name' is not defined \({broken}, line \d+\)$"):
+                                          rf"'undefined_name' is not defined \({broken}, line {line}\)$"):
         tiny_config(f"plugins=[{broken}]")
     assert "toy_broken" not in ALGORITHMS.names()  # registered before the error: taken back
     write_toy(broken, "toy_broken")  # mended: the same file now imports
