@@ -16,6 +16,26 @@ def repo():
     return REPO
 
 
+@pytest.fixture(autouse=True)
+def registries_restored():
+    """What a test's plugins register is taken back afterwards and their modules forgotten (a documented
+    command, an example or a plugin test imports one in this process), so every test sees cissl's own
+    methods only and a later import of the same plugin registers afresh."""
+    from cissl import plugins
+    from cissl.algorithms import ALGORITHMS, AUX_HEADS, REFINERS
+
+    registries = (ALGORITHMS, REFINERS, AUX_HEADS)
+    before, loaded = [set(r.names()) for r in registries], dict(plugins._LOADED)
+    yield
+    for registry, names in zip(registries, before):
+        for added in set(registry.names()) - names:
+            registry.unregister(added)
+    for name in [name for name in sys.modules if name.startswith(("cissl_plugin_", "toy_plugins_pkg"))]:
+        del sys.modules[name]
+    plugins._LOADED.clear()
+    plugins._LOADED.update(loaded)
+
+
 def run_cli(args, capsys):
     """Run the cissl CLI in-process; returns (exit code, stdout, stderr)."""
     from cissl.cli import main

@@ -1,5 +1,6 @@
 """Methods in the user's own modules (the config key ``plugins``): registered, trained, saved with the run and
-imported again wherever the run is read (a fresh process, a sweep's worker), and every failure one line."""
+imported again wherever the run is read (a fresh process, a sweep's worker), and every failure one line.
+What a test's plugin registers is taken back after it (conftest.py, registries_restored)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from conftest import CONFIGS, REPO, run_cli
 from helpers import tiny_config
 
 from cissl import api, plugins
-from cissl.algorithms import ALGORITHMS, AUX_HEADS, REFINERS, AlgorithmContext
+from cissl.algorithms import ALGORITHMS, AlgorithmContext
 from cissl.config import load_config
 from cissl.environment import changes, code_of
 from cissl.errors import ConfigError
@@ -58,22 +59,6 @@ class Toy(Algorithm):
 '''
 TINY = ["model.depth=10", "model.widen=1", "train.iterations=4", "train.batch_size=16", "train.eval_every=2",
         "train.checkpoint_every=2", "train.device=cpu", "train.report_last=1", "train.eval_batch_size=500"]
-
-
-@pytest.fixture(autouse=True)
-def registries_restored():
-    """What a test's plugins register is taken back afterwards, and their modules forgotten, so that the other
-    tests (which train every registered method) see cissl's own methods only."""
-    registries = (ALGORITHMS, REFINERS, AUX_HEADS)
-    before, loaded = [set(r.names()) for r in registries], dict(plugins._LOADED)
-    yield
-    for registry, names in zip(registries, before):
-        for added in set(registry.names()) - names:
-            registry.unregister(added)
-    for name in [name for name in sys.modules if name.startswith(("cissl_plugin_", "toy_plugins_pkg"))]:
-        del sys.modules[name]
-    plugins._LOADED.clear()
-    plugins._LOADED.update(loaded)
 
 
 def write_toy(path: Path, name: str, extra: str = "") -> Path:
