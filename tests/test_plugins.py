@@ -23,6 +23,7 @@ from cissl.algorithms import ALGORITHMS, AlgorithmContext
 from cissl.config import load_config
 from cissl.environment import changes, code_of
 from cissl.errors import ConfigError
+from cissl.models import BACKBONES, register_backbone
 
 TOY = '''
 from dataclasses import dataclass
@@ -185,6 +186,29 @@ def test_the_example_plugin_lowers_the_threshold_of_classes_with_fewer_labels(tm
     assert json.loads((tmp_path / "run/results.json").read_text())["algorithm"] == "fixmatch_class_threshold"
 
 
+def test_a_backbone_of_a_plugin_trains_under_its_name(tmp_path, capsys):
+    """examples/my_methods.py's example_cnn: model.name picks it (unknown names are still refused, naming the
+    plugin's among the allowed ones), the run's network is that CNN, and a config naming it gets the plugin."""
+    with pytest.raises(ConfigError, match=r"^config key 'model.name': must be one of wrn, resnet50; got "
+                                          r"'example_cnn'$"):
+        tiny_config("model.name=example_cnn")
+    example = str(REPO / "examples/my_methods.py")
+    with pytest.raises(ConfigError, match=r"must be one of wrn, resnet50, example_cnn; got 'example_cn'$"):
+        tiny_config(f"plugins=[{example}]", "model.name=example_cn")
+    assert tiny_config(f"plugins=[{example}]", "model.name=example_cnn").model.name == "example_cnn"
+    assert tiny_config("model.name=example_cnn").plugins == [example]
+    code, _, err = run_cli(["train", "--config", REPO / "examples/plugin_setting.yaml", *TINY, "model.name=example_cnn",
+                            "--algorithm", "fixmatch", "--out", tmp_path / "run"], capsys)
+    assert code == 0, err
+    state = torch.load(tmp_path / "run/checkpoints/ckpt_00000004.pt", weights_only=True)
+    shapes = {key: tuple(value.shape) for key, value in state["model"].items() if key.endswith("weight")}
+    # digits are grey: one input channel
+    assert shapes == {"backbone.layers.0.weight": (32, 1, 3, 3), "backbone.layers.1.weight": (32,),
+                      "backbone.layers.4.weight": (64, 32, 3, 3), "backbone.layers.5.weight": (64,),
+                      "backbone.layers.8.weight": (128, 64, 3, 3), "backbone.layers.9.weight": (128,),
+                      "heads.main.weight": (10, 128)}
+
+
 def test_cissl_list_shows_what_a_plugin_registers(tmp_path, capsys, monkeypatch):
     write_toy(tmp_path / "toy.py", "toy_listed")
     monkeypatch.chdir(tmp_path)
@@ -204,12 +228,16 @@ def test_two_plugin_files_of_one_name_in_two_folders_are_two_modules(tmp_path):
 
 
 def test_a_plugin_that_fails_is_one_line_and_leaves_nothing_registered(tmp_path):
-    broken = write_toy(tmp_path / "broken.py", "toy_broken", extra="\n\nundefined_name + 1\n")
+    broken = write_toy(tmp_path / "broken.py", "toy_broken", extra="\n\nfrom cissl.models import register_backbone\n"
+                       "register_backbone('toy_broken_net')(lambda model_config, in_channels: None)\n"
+                       "undefined_name + 1\n")
     line = len(broken.read_text().splitlines())
     with pytest.raises(ConfigError, match=rf"^config key 'plugins': importing {broken} failed: NameError: name "
                                           rf"'undefined_name' is not defined \({broken}, line {line}\)$"):
         tiny_config(f"plugins=[{broken}]")
-    assert "toy_broken" not in ALGORITHMS.names()  # registered before the error: taken back
+    assert "toy_broken" not in ALGORITHMS.names() and "toy_broken_net" not in BACKBONES  # registered before
+    with pytest.raises(ValueError, match="^backbone 'wrn' registered twice$"):           # the error: taken back
+        register_backbone("wrn")(lambda model_config, in_channels: None)
     write_toy(broken, "toy_broken")  # mended: the same file now imports
     assert tiny_config(f"plugins=[{broken}]", algorithm="toy_broken").algorithm.name == "toy_broken"
 

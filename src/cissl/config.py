@@ -109,13 +109,15 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = option("wrn", choices=tuple(BACKBONES), help="backbone")
+    name: str = option("wrn", help="backbone: wrn, resnet50, or one a plugin registers")
     depth: int = option(28, min=10, help="WRN depth, 6n + 4 (wrn only)")
     widen: int = option(2, min=1, help="WRN widening factor (wrn only)")
     leaky_slope: float = option(0.1, min=0.0, help="LeakyReLU negative slope (wrn only)")
     bn_momentum: float = option(0.001, min=0.0, max=1.0, help="BatchNorm momentum (PyTorch convention)")
 
     def validate(self) -> None:
+        if self.name not in BACKBONES:  # checked here, not by choices: a plugin may register one
+            raise ConfigError(f"config key 'model.name': must be one of {', '.join(BACKBONES)}; got {self.name!r}")
         if (self.depth - 4) % 6:
             raise ConfigError(f"config key 'model.depth': must be 6n + 4 (10, 16, 22, 28, ...), "
                               f"got {self.depth}")
@@ -255,11 +257,11 @@ def build(data: dict) -> Config:
 
 
 def with_its_plugins(config: Config) -> Config:
-    """The config with the plugin of each method or part it names added to ``plugins`` where missing (a
-    method another config's plugin registered in this process): the run's saved config then imports what
+    """The config with the plugin of each method, part or backbone it names added to ``plugins`` where
+    missing (one another config's plugin registered in this process): the run's saved config then imports what
     it needs wherever it is read again."""
     algorithm = config.algorithm
-    targets = [ALGORITHMS.entry(algorithm.name).target] + [
+    targets = [BACKBONES[config.model.name], ALGORITHMS.entry(algorithm.name).target] + [
         f.metadata["registry"].entry(getattr(algorithm, f.name).name).target
         for f in dataclasses.fields(algorithm) if "registry" in f.metadata]
     needed = [entry for target in targets if (entry := plugin_of(getattr(target, "__module__", "")))]

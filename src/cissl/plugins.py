@@ -1,7 +1,8 @@
 """Methods and parts from the user's own modules: the config key ``plugins``.
 
 A plugin is a module that registers algorithms, pseudo-label refiners or auxiliary heads the way the
-modules of :mod:`cissl.algorithms` do (``docs/algorithms.md``), kept outside the package: a ``.py`` file
+modules of :mod:`cissl.algorithms` do, or backbones (:func:`cissl.models.register_backbone`)
+(``docs/algorithms.md``), kept outside the package: a ``.py`` file
 (a relative path is read from the folder of the config file that names it, or from the working directory
 on the command line) or the name of a module Python can import where cissl runs (an installed package,
 or one on ``PYTHONPATH``). :func:`cissl.config.load_config` imports the plugins before it reads any
@@ -24,6 +25,7 @@ from typing import Any
 
 from cissl.algorithms.registry import ALGORITHMS, AUX_HEADS, REFINERS
 from cissl.errors import ConfigError
+from cissl.models import BACKBONES
 
 KEY = "plugins"
 _LOADED: dict[str, str] = {}  # module name -> the plugins entry that imported it, in this process
@@ -82,7 +84,7 @@ def _import_one(entry: str) -> ModuleType:
     elif entry in sys.modules:
         return sys.modules[entry]
     registries = (ALGORITHMS, REFINERS, AUX_HEADS)
-    before = [set(registry.names()) for registry in registries]
+    before, backbones = [set(registry.names()) for registry in registries], set(BACKBONES)
     try:
         if is_file_entry(entry):
             spec = importlib.util.spec_from_file_location(name, path)
@@ -102,6 +104,8 @@ def _import_one(entry: str) -> ModuleType:
         for registry, names in zip(registries, before):
             for added in set(registry.names()) - names:
                 registry.unregister(added)
+        for added in set(BACKBONES) - backbones:
+            del BACKBONES[added]
         if isinstance(exc, ModuleNotFoundError) and (entry == exc.name or entry.startswith(f"{exc.name}.")):
             raise ConfigError(f"config key '{KEY}': cannot import {entry!r} ({exc}); give a .py file, or a module "
                               f"Python imports here (installed, or on PYTHONPATH)") from None

@@ -130,7 +130,8 @@ def measure(config, steps: int = 10, warmup: int = 3, rounds: int = 3, synthetic
     return {
         "algorithm": config.algorithm.name,
         "setting": config.name,
-        "model": f"WRN-{config.model.depth}-{config.model.widen}" if config.model.name == "wrn" else "ResNet-50",
+        "model": f"WRN-{config.model.depth}-{config.model.widen}" if config.model.name == "wrn" else
+        {"resnet50": "ResNet-50"}.get(config.model.name, config.model.name),
         "image_shape": [data.channels, data.image_size, data.image_size],
         "images_per_step": images_per_step,
         "precision": tc.precision,

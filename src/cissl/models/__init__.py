@@ -2,7 +2,7 @@
 
 ``BACKBONES`` maps ``model.name`` to a builder ``(model_config, in_channels) -> backbone``; a backbone
 returns the pooled embedding (N, D) and has a ``feature_dim`` attribute. Heads live in
-:class:`Classifier`.
+:class:`Classifier`. :func:`register_backbone` adds one (a plugin's: docs/algorithms.md).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from cissl.models.classifier import Classifier, ModelOutput
 from cissl.models.resnet import ResNet50
 from cissl.models.wrn import WideResNet
 
-__all__ = ["BACKBONES", "Classifier", "ModelOutput", "ResNet50", "WideResNet", "build_model"]
+__all__ = ["BACKBONES", "Classifier", "ModelOutput", "ResNet50", "WideResNet", "build_model", "register_backbone"]
 
 HEAD_STREAM = 7919  # extra heads are initialised from their own seed, after the shared parameters
 
@@ -30,6 +30,19 @@ def _resnet50(model_config, in_channels: int) -> ResNet50:
 
 
 BACKBONES: dict[str, Callable[..., torch.nn.Module]] = {"wrn": _wide_resnet, "resnet50": _resnet50}
+
+
+def register_backbone(name: str):
+    """Decorator: ``@register_backbone("my_net")`` on a builder ``(model_config, in_channels) -> backbone``
+    makes ``model.name: my_net`` build it (the model section's other keys reach the builder as they are)."""
+
+    def decorate(builder):
+        if name in BACKBONES:
+            raise ValueError(f"backbone {name!r} registered twice")
+        BACKBONES[name] = builder
+        return builder
+
+    return decorate
 
 
 def build_model(model_config, in_channels: int, num_classes: int, mean, std, seed: int,
