@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import CONFIGS, run_cli
+from conftest import CONFIGS, REPO, run_cli
 from helpers import tiny_config
 
 from cissl.bench.throughput import format_table, measure
@@ -176,6 +176,10 @@ def test_bench_reports_the_median_of_interleaved_rounds_and_what_follows_from_it
     assert result["it_per_s"] == 0.2 and result["images_per_s"] == result["images_per_step"] / 5.0 == 64 / 5.0
     assert (result["algorithm"], result["model"], result["image_shape"]) == ("fixmatch", "WRN-10-1", [1, 8, 8])
     assert result["ddp_ranks"] is None and result["cuda_graphs"] is False and result["synthetic_data"] is False
+    example = tiny_config(f"plugins=[{REPO / 'examples/my_methods.py'}]", "model.name=example_cnn",
+                          algorithm="fixmatch")
+    calls.clear()  # the script again
+    assert measure(example, steps=7, warmup=1, rounds=3)["model"] == "example_cnn"  # a plugin's backbone: its name
 
 
 def test_bench_table_says_what_was_measured():
