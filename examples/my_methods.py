@@ -75,5 +75,8 @@ class ExampleCNN(nn.Module):
 
 @register_backbone("example_cnn")
 def example_cnn(model_config, in_channels: int) -> ExampleCNN:
-    """The builder cissl calls with the config's model section and the images' channels."""
+    """Example plugin backbone: three 3x3 conv blocks (32, 64, 128 channels), a 128-d embedding.
+
+    cissl calls the builder with the config's model section (here only model.bn_momentum is used) and the
+    images' channels."""
     return ExampleCNN(in_channels, model_config.bn_momentum)

@@ -98,7 +98,11 @@ def test_split_and_split_counts_give_what_the_command_prints(tmp_path, capsys):
 def test_what_list_prints_comes_from_registered_and_config_keys(capsys):
     code, out, _ = run_cli(["list", "--algorithm", "semi"], capsys)
     kinds = api.registered()
-    assert code == 0 and set(kinds) == {"algorithms", "refiners", "aux_heads"}
+    assert code == 0 and set(kinds) == {"algorithms", "refiners", "aux_heads", "backbones"}
+    assert kinds["backbones"] == {"wrn": "Wide ResNet (model.depth, widen, leaky_slope, bn_momentum): WRN-28-2 in the "
+                                         "CIFAR / STL-10 settings.",
+                                  "resnet50": "ResNet-50 with the CIFAR stem (model.bn_momentum): Small-ImageNet-127."}
+    assert "backbones (model.name):\n  wrn       Wide ResNet" in out
     assert {"semi", "fixmatch", "acr"} <= set(kinds["algorithms"]) and {"darp", "daso"} <= set(kinds["refiners"])
     assert f"  semi{' ' * (max(map(len, kinds['algorithms'])) - 4)}  {kinds['algorithms']['semi']}\n" in out
     general, semi = api.config_keys(), api.config_keys("semi")

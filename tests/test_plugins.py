@@ -197,6 +197,8 @@ def test_a_backbone_of_a_plugin_trains_under_its_name(tmp_path, capsys):
         tiny_config(f"plugins=[{example}]", "model.name=example_cn")
     assert tiny_config(f"plugins=[{example}]", "model.name=example_cnn").model.name == "example_cnn"
     assert tiny_config("model.name=example_cnn").plugins == [example]
+    assert api.registered(example)["backbones"]["example_cnn"] == ("Example plugin backbone: three 3x3 conv blocks "
+                                                                   "(32, 64, 128 channels), a 128-d embedding.")
     code, _, err = run_cli(["train", "--config", REPO / "examples/plugin_setting.yaml", *TINY, "model.name=example_cnn",
                             "--algorithm", "fixmatch", "--out", tmp_path / "run"], capsys)
     assert code == 0, err

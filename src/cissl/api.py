@@ -218,15 +218,18 @@ def build_imagenet127(source: str | Path, size: int, out: str | Path, partial: b
 
 def registered(plugins: str | list[str] | None = None) -> dict[str, dict[str, str]]:
     """What can be named in a config: ``{"algorithms": {name: summary}, "refiners": {...}, "aux_heads":
-    {...}}`` (``algorithm.name``, ``algorithm.refiner``, ``algorithm.aux_head``), with what ``plugins`` (.py
-    files, relative to the working directory, or module names) register."""
+    {...}, "backbones": {...}}`` (``algorithm.name``, ``algorithm.refiner``, ``algorithm.aux_head``,
+    ``model.name``), with what ``plugins`` (.py files, relative to the working directory, or module names)
+    register."""
     from cissl.algorithms import ALGORITHMS, AUX_HEADS, REFINERS
+    from cissl.models import BACKBONES
 
     _import_plugins(plugins)
 
     registries = {"algorithms": ALGORITHMS, "refiners": REFINERS, "aux_heads": AUX_HEADS}
     return {kind: {name: registry.entry(name).summary for name in registry.names()}
-            for kind, registry in registries.items()}
+            for kind, registry in registries.items()} | {
+        "backbones": {name: (builder.__doc__ or "").strip().split("\n")[0] for name, builder in BACKBONES.items()}}
 
 
 def config_keys(algorithm: str | None = None, plugins: str | list[str] | None = None) -> list[tuple[str, str, str]]:

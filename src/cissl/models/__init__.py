@@ -21,11 +21,13 @@ HEAD_STREAM = 7919  # extra heads are initialised from their own seed, after the
 
 
 def _wide_resnet(model_config, in_channels: int) -> WideResNet:
+    """Wide ResNet (model.depth, widen, leaky_slope, bn_momentum): WRN-28-2 in the CIFAR / STL-10 settings."""
     return WideResNet(in_channels, model_config.depth, model_config.widen, model_config.leaky_slope,
                       model_config.bn_momentum)
 
 
 def _resnet50(model_config, in_channels: int) -> ResNet50:
+    """ResNet-50 with the CIFAR stem (model.bn_momentum): Small-ImageNet-127."""
     return ResNet50(in_channels, model_config.bn_momentum)
 
 
