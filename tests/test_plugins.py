@@ -125,6 +125,7 @@ def test_a_plugin_module_by_name_and_a_command_line_plugin_path(tmp_path, monkey
     monkeypatch.chdir(tmp_path / "here")
     config = tiny_config("plugins=mine.py", "algorithm.name=toy_override")
     assert config.plugins == [str(tmp_path / "here" / "mine.py")]
+    assert tiny_config().replace(["plugins=[mine.py]"]).plugins == [str(tmp_path / "here" / "mine.py")]  # in Python
     assert pickle.loads(pickle.dumps(config)) == config
 
 

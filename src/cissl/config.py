@@ -248,7 +248,9 @@ def build(data: dict) -> Config:
     """Build a validated :class:`Config` from a plain nested dict."""
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
-    import_plugins(data.get("plugins"))  # before the algorithm section names what they register
+    if "plugins" in data:  # a file's relative path from the working directory (a config file's are resolved
+        data = {**data, "plugins": resolve_plugins(data["plugins"], Path.cwd())}  # against it when read)
+        import_plugins(data["plugins"])  # before the algorithm and model sections name what they register
     check_own_data(data.get("data"))
     config = with_its_plugins(build_section(Config, data, ""))
     check_evaluation(config)
@@ -408,11 +410,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if isinstance(overrides, str):  # one override given bare would be read character by character
         raise ConfigError(f"overrides must be a list of 'key=value' strings, e.g. [{overrides!r}]; got a string")
     data = read_config_file(path) if path is not None else {}
-    # a plugin given on the command line: its relative path from the working directory, imported before the
-    # methods section names what it registers
-    items = [(key, resolve_plugins(value, Path.cwd()) if key == "plugins" else value)
-             for key, value in parse_overrides(overrides or [])]
-    for key, value in items:
+    items = parse_overrides(overrides or [])
+    for key, value in items:  # a plugin given on the command line, before the methods section names what it registers
         if key == "plugins":
             import_plugins(value)
     methods = method_options(data.pop("methods", None))
