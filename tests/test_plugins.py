@@ -230,6 +230,16 @@ def test_two_plugin_files_of_one_name_in_two_folders_are_two_modules(tmp_path):
     assert all(plugins._module_name(path).isidentifier() for path in (first, second))
 
 
+def test_a_plugin_reached_through_a_symbolic_link_is_listed_as_the_config_spells_it(tmp_path):
+    """The config's path stays as written (made absolute, not resolved); naming its method adds nothing more."""
+    write_toy(tmp_path / "real" / "toy.py", "toy_linked")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    linked = str(tmp_path / "link" / "toy.py")
+    assert tiny_config(f"plugins=[{linked}]", algorithm="toy_linked").plugins == [linked]
+    assert tiny_config(algorithm="toy_linked").plugins == [linked]
+    assert tiny_config(f"plugins=[{tmp_path / 'real' / 'toy.py'}]").plugins == [str(tmp_path / "real" / "toy.py")]
+
+
 def test_a_plugin_that_fails_is_one_line_and_leaves_nothing_registered(tmp_path):
     broken = write_toy(tmp_path / "broken.py", "toy_broken", extra="\n\nfrom cissl.models import register_backbone\n"
                        "register_backbone('toy_broken_net')(lambda model_config, in_channels: None)\n"

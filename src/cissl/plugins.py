@@ -75,8 +75,8 @@ def _module_name(path: Path) -> str:
 
 def _import_one(entry: str) -> ModuleType:
     if is_file_entry(entry):
-        path = Path(entry).resolve()
-        name = _module_name(path)
+        path = Path(os.path.abspath(entry))  # as configs spell it (resolve_plugins); its module by the real file
+        name = _module_name(path.resolve())
         if name in sys.modules:
             return sys.modules[name]
         if not path.is_file():
