@@ -22,17 +22,10 @@ def registries_restored():
     command, an example or a plugin test imports one in this process), so every test sees cissl's own
     methods only and a later import of the same plugin registers afresh."""
     from cissl import plugins
-    from cissl.algorithms import ALGORITHMS, AUX_HEADS, REFINERS
-    from cissl.models import BACKBONES
 
-    registries = (ALGORITHMS, REFINERS, AUX_HEADS)
-    before, loaded, backbones = [set(r.names()) for r in registries], dict(plugins._LOADED), dict(BACKBONES)
+    before, loaded = plugins.registrations(), dict(plugins._LOADED)
     yield
-    for registry, names in zip(registries, before):
-        for added in set(registry.names()) - names:
-            registry.unregister(added)
-    BACKBONES.clear()
-    BACKBONES.update(backbones)
+    plugins.take_back(before)
     for name in [name for name in sys.modules if name.startswith(("cissl_plugin_", "toy_plugins_pkg"))]:
         del sys.modules[name]
     plugins._LOADED.clear()

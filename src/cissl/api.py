@@ -26,7 +26,7 @@ from cissl.engine.run import estimate_run_distribution, evaluate_run, features_o
 from cissl.engine.run import load_run as _load_trained
 from cissl.errors import CisslError, ConfigError, DataError
 from cissl.evaluation.predict import Predictions, image_files, predict_images, read_image_files
-from cissl.plugins import import_plugins, resolve_plugins
+from cissl.plugins import import_plugins
 from cissl.rundir import RESULTS
 
 __all__ = ["Config", "Predictions", "Run", "build_imagenet127", "config_keys", "estimate_distribution", "evaluate",
@@ -224,7 +224,7 @@ def registered(plugins: str | list[str] | None = None) -> dict[str, dict[str, st
     from cissl.algorithms import ALGORITHMS, AUX_HEADS, REFINERS
     from cissl.models import BACKBONES
 
-    _import_plugins(plugins)
+    import_plugins(plugins)  # a relative file from the working directory
 
     registries = {"algorithms": ALGORITHMS, "refiners": REFINERS, "aux_heads": AUX_HEADS}
     return {kind: {name: registry.entry(name).summary for name in registry.names()}
@@ -236,15 +236,11 @@ def config_keys(algorithm: str | None = None, plugins: str | list[str] | None = 
     """(dotted key, default, meaning) of every config key outside ``algorithm.*`` (``algorithm.name``
     included) or, given an algorithm's name (one of cissl's or of ``plugins``), of that algorithm's
     ``algorithm.*`` keys."""
-    from cissl.config import Config, algorithm_defaults, describe
+    from cissl.config import algorithm_defaults, describe
 
-    _import_plugins(plugins)
+    import_plugins(plugins)  # a relative file from the working directory
 
     if algorithm is None:
         return [row for row in describe(Config) if not row[0].startswith("algorithm.") or row[0] == "algorithm.name"]
     defaults = algorithm_defaults(algorithm)  # an unknown name: one line naming the known ones
     return list(describe(type(defaults), "algorithm", defaults))
-
-
-def _import_plugins(plugins) -> None:
-    import_plugins(resolve_plugins(plugins, Path.cwd()))

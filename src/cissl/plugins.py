@@ -48,8 +48,8 @@ def is_file_entry(entry: str) -> bool:
 
 def resolve_plugins(value: Any, base: Path) -> Any:
     """The entries with each relative ``.py`` path made absolute against ``base`` (a config file's folder,
-    or the working directory for a command-line override); a value of the wrong type is returned as it is,
-    for the config check to name."""
+    or the working directory for a command-line override); None or a value of the wrong type is returned as
+    it is, for the config check to name."""
     try:
         entries = plugin_entries(value)
     except ConfigError:
@@ -64,6 +64,22 @@ def import_plugins(value: Any) -> list[ModuleType]:
     """Import each plugin (once per process) and return the modules. A plugin that cannot be found or
     fails while it is imported is one line naming it, and what it had registered is taken back."""
     return [_import_one(entry) for entry in plugin_entries(value)]
+
+
+def registrations() -> tuple[list[set[str]], set[str]]:
+    """The names registered now in every registry a plugin may add to (methods, parts, backbones): a snapshot
+    for :func:`take_back`."""
+    return [set(registry.names()) for registry in (ALGORITHMS, REFINERS, AUX_HEADS)], set(BACKBONES)
+
+
+def take_back(snapshot: tuple[list[set[str]], set[str]]) -> None:
+    """Unregister every name registered since ``snapshot`` (:func:`registrations`)."""
+    names, backbones = snapshot
+    for registry, before in zip((ALGORITHMS, REFINERS, AUX_HEADS), names):
+        for added in set(registry.names()) - before:
+            registry.unregister(added)
+    for added in set(BACKBONES) - backbones:
+        del BACKBONES[added]
 
 
 def _module_name(path: Path) -> str:
@@ -83,8 +99,7 @@ def _import_one(entry: str) -> ModuleType:
             raise ConfigError(f"config key '{KEY}': no such file {path}")
     elif entry in sys.modules:
         return sys.modules[entry]
-    registries = (ALGORITHMS, REFINERS, AUX_HEADS)
-    before, backbones = [set(registry.names()) for registry in registries], set(BACKBONES)
+    before = registrations()
     try:
         if is_file_entry(entry):
             spec = importlib.util.spec_from_file_location(name, path)
@@ -101,11 +116,7 @@ def _import_one(entry: str) -> ModuleType:
             _LOADED[entry] = entry
         return module
     except Exception as exc:
-        for registry, names in zip(registries, before):
-            for added in set(registry.names()) - names:
-                registry.unregister(added)
-        for added in set(BACKBONES) - backbones:
-            del BACKBONES[added]
+        take_back(before)
         if isinstance(exc, ModuleNotFoundError) and (entry == exc.name or entry.startswith(f"{exc.name}.")):
             raise ConfigError(f"config key '{KEY}': cannot import {entry!r} ({exc}); give a .py file, or a module "
                               f"Python imports here (installed, or on PYTHONPATH)") from None
