@@ -19,6 +19,12 @@ def logged_records(run_dir) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
+# a 4-step run of a WRN-10-1 on the quickstart setting, evaluated and checkpointed at steps 2 and 4 (overrides
+# for a command line or load_config)
+FOUR_STEPS = ["model.depth=10", "model.widen=1", "train.iterations=4", "train.batch_size=16", "train.eval_every=2",
+              "train.checkpoint_every=2", "train.device=cpu", "train.report_last=1", "train.eval_batch_size=500"]
+
+
 def tiny_config(*overrides: str, algorithm: str | None = None):
     """digits-LT with a WRN-10-1, for tests that train a few steps."""
     base = ["model.depth=10", "model.widen=1", "train.iterations=20", "train.batch_size=16",

@@ -4,14 +4,13 @@ import json
 
 import pytest
 from conftest import CONFIGS, run_cli
+from helpers import FOUR_STEPS
 
 import cissl.api as api
 from cissl.cli import build_parser
 from cissl.errors import CisslError
 
 QUICKSTART = str(CONFIGS / "quickstart.yaml")
-TINY = ["model.depth=10", "model.widen=1", "train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2",
-        "train.report_last=1", "train.batch_size=16", "train.device=cpu"]
 
 # command line -> the cissl.api function it calls
 COMMANDS = [
@@ -60,7 +59,7 @@ def test_the_command_calls_its_api_function(argv, function, monkeypatch, capsys)
 
 def test_a_sweep_and_its_report_from_python(tmp_path):
     """The module docstring's sweep and report: the rows a script gets are the tables the files hold."""
-    rows = api.sweep([QUICKSTART], tmp_path, algorithms=["supervised", "fixmatch"], seeds=[0, 1], overrides=TINY)
+    rows = api.sweep([QUICKSTART], tmp_path, algorithms=["supervised", "fixmatch"], seeds=[0, 1], overrides=FOUR_STEPS)
     assert [(row["algorithm"], row["seeds"]) for row in rows] == [("fixmatch", [0, 1]), ("supervised", [0, 1])]
     again = api.report(tmp_path, pair="fixmatch", per_seed=True)
     assert again == rows
@@ -74,7 +73,7 @@ def test_a_sweep_and_its_report_from_python(tmp_path):
 
 def test_one_config_algorithm_seed_or_folder_may_be_given_alone(tmp_path):
     """A string is one config / algorithm / folder, not a list of its letters; a number is one seed."""
-    rows = api.sweep(QUICKSTART, tmp_path / "one", algorithms="supervised", seeds=1, overrides=TINY)
+    rows = api.sweep(QUICKSTART, tmp_path / "one", algorithms="supervised", seeds=1, overrides=FOUR_STEPS)
     assert [(row["algorithm"], row["seeds"]) for row in rows] == [("supervised", [1])]
     pytest.importorskip("matplotlib")
     written = api.report_pages(tmp_path / "one", tmp_path / "pages")

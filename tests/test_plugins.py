@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONFIGS, REPO, run_cli
-from helpers import tiny_config
+from helpers import FOUR_STEPS, tiny_config
 
 from cissl import api, plugins
 from cissl.algorithms import ALGORITHMS, AlgorithmContext
@@ -58,8 +58,6 @@ class Toy(Algorithm):
         loss_u = (F.cross_entropy(weak, labels, reduction="none") * mask).mean()
         return StepOutput(loss_x + loss_u, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach()}, labels, mask)
 '''
-TINY = ["model.depth=10", "model.widen=1", "train.iterations=4", "train.batch_size=16", "train.eval_every=2",
-        "train.checkpoint_every=2", "train.device=cpu", "train.report_last=1", "train.eval_batch_size=500"]
 
 
 def write_toy(path: Path, name: str, extra: str = "") -> Path:
@@ -82,7 +80,7 @@ def test_a_method_in_a_plugin_file_trains_and_a_fresh_process_reads_its_run(tmp_
     toy = write_toy(tmp_path / "methods" / "toy.py", "toy_file")
     setting = write_setting(tmp_path / "settings", "../methods/toy.py", "toy_file")
     run = tmp_path / "runs" / "toy"
-    code, out, err = run_cli(["train", "--config", setting, *TINY, "--out", run], capsys)
+    code, out, err = run_cli(["train", "--config", setting, *FOUR_STEPS, "--out", run], capsys)
     assert code == 0, err
     config = load_config(run / "config.yaml")
     assert config.plugins == [str(toy)] and config.algorithm.name == "toy_file" and config.algorithm.threshold == 0.5
@@ -101,7 +99,7 @@ def test_a_sweep_runs_a_plugin_method_in_its_worker_processes(tmp_path):
     imported first."""
     write_toy(tmp_path / "toy.py", "toy_sweep")
     setting = write_setting(tmp_path, "toy.py", "toy_sweep")
-    rows = api.sweep(setting, tmp_path / "sweep", seeds=[0, 1], overrides=TINY, workers=2)
+    rows = api.sweep(setting, tmp_path / "sweep", seeds=[0, 1], overrides=FOUR_STEPS, workers=2)
     assert [(row["algorithm"], row["seeds"]) for row in rows] == [("toy_sweep", [0, 1])]
 
 
@@ -165,14 +163,14 @@ def test_a_refiner_of_a_plugin_composes_with_fixmatch_and_brings_its_plugin(tmp_
     (tmp_path / "sharpen.py").write_text(REFINER)
     config = tiny_config(f"plugins=[{tmp_path / 'sharpen.py'}]", "algorithm.refiner=toy_sharpen", algorithm="fixmatch")
     assert config.algorithm.refiner.name == "toy_sharpen"
-    assert api.train(config.replace(TINY), tmp_path / "run", quiet=True)["iterations"] == 4
+    assert api.train(config.replace(FOUR_STEPS), tmp_path / "run", quiet=True)["iterations"] == 4
     again = tiny_config("algorithm.refiner=toy_sharpen", algorithm="fixmatch")
     assert again.plugins == [str(tmp_path / "sharpen.py")]
 
 
 def test_the_example_plugin_lowers_the_threshold_of_classes_with_fewer_labels(tmp_path, capsys):
     """examples/my_methods.py by hand: tau_k = tau * (N_k / max N) ** power; its setting trains."""
-    config = load_config(REPO / "examples/plugin_setting.yaml", TINY)
+    config = load_config(REPO / "examples/plugin_setting.yaml", FOUR_STEPS)
     assert config.plugins == [str(REPO / "examples/my_methods.py")]
     module = sys.modules[plugins._module_name(REPO / "examples/my_methods.py")]
     assert module.class_thresholds(0.95, (20, 5, 1), 0.5).tolist() == pytest.approx([0.95, 0.475, 0.95 / 20 ** 0.5])
@@ -181,7 +179,7 @@ def test_the_example_plugin_lowers_the_threshold_of_classes_with_fewer_labels(tm
         num_classes=3, labeled_counts=(20, 5, 1), feature_dim=4, iterations=4, epoch_length=2))
     mask = method.confidence_mask(torch.tensor([0.9, 0.9, 0.3, 0.2]), torch.tensor([0, 1, 2, 2]))
     assert mask.tolist() == [False, True, True, False]  # 0.9 < 0.95; 0.9 >= 0.475; 0.3 >= 0.2124; 0.2 < 0.2124
-    code, _, err = run_cli(["train", "--config", REPO / "examples/plugin_setting.yaml", *TINY, "--out",
+    code, _, err = run_cli(["train", "--config", REPO / "examples/plugin_setting.yaml", *FOUR_STEPS, "--out",
                             tmp_path / "run"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "run/results.json").read_text())["algorithm"] == "fixmatch_class_threshold"
@@ -200,8 +198,8 @@ def test_a_backbone_of_a_plugin_trains_under_its_name(tmp_path, capsys):
     assert tiny_config("model.name=example_cnn").plugins == [example]
     assert api.registered(example)["backbones"]["example_cnn"] == ("Example plugin backbone: three 3x3 conv blocks "
                                                                    "(32, 64, 128 channels), a 128-d embedding.")
-    code, _, err = run_cli(["train", "--config", REPO / "examples/plugin_setting.yaml", *TINY, "model.name=example_cnn",
-                            "--algorithm", "fixmatch", "--out", tmp_path / "run"], capsys)
+    code, _, err = run_cli(["train", "--config", REPO / "examples/plugin_setting.yaml", *FOUR_STEPS,
+                            "model.name=example_cnn", "--algorithm", "fixmatch", "--out", tmp_path / "run"], capsys)
     assert code == 0, err
     state = torch.load(tmp_path / "run/checkpoints/ckpt_00000004.pt", weights_only=True)
     shapes = {key: tuple(value.shape) for key, value in state["model"].items() if key.endswith("weight")}
