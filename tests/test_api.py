@@ -97,7 +97,10 @@ def test_split_and_split_counts_give_what_the_command_prints(tmp_path, capsys):
 def test_what_list_prints_comes_from_registered_and_config_keys(capsys):
     code, out, _ = run_cli(["list", "--algorithm", "semi"], capsys)
     kinds = api.registered()
-    assert code == 0 and set(kinds) == {"algorithms", "refiners", "aux_heads", "backbones"}
+    assert code == 0 and set(kinds) == {"algorithms", "refiners", "aux_heads", "backbones", "datasets"}
+    assert list(kinds["datasets"]) == ["cifar10", "cifar100", "stl10", "fashion_mnist", "digits", "imagenet127",
+                                       "folder", "arrays"]
+    assert kinds["datasets"]["fashion_mnist"] == "Fashion-MNIST (IDX files); 10 classes, 28x28 grey"
     assert kinds["backbones"] == {"wrn": "Wide ResNet (model.depth, widen, leaky_slope, bn_momentum): WRN-28-2 in the "
                                          "CIFAR / STL-10 settings.",
                                   "resnet50": "ResNet-50 with the CIFAR stem (model.bn_momentum): Small-ImageNet-127."}

@@ -142,6 +142,21 @@ def test_weak_draw_frequencies(padding):
     assert not torch.equal(params["offset"][0], params["offset"][1])
 
 
+def test_without_horizontal_flip_no_view_is_mirrored_and_every_other_draw_is_the_same():
+    """augment.horizontal_flip=false (FixMatch on SVHN): the flip flags are all false; the flip is still drawn,
+    so the crop offsets and RandAugment draws (and every later draw of the stream) are those of the default."""
+    flipping, still = (BatchAugment(32, generator=torch.Generator().manual_seed(3), horizontal_flip=flip)
+                       for flip in (True, False))
+    a, b = flipping.draw_strong(1000), still.draw_strong(1000)
+    assert a["flip"].any() and not b["flip"].any()
+    assert all(torch.equal(a[key], b[key]) for key in a if key != "flip")
+    images = torch.from_numpy(random_images(8, 3))
+    params = still.draw_weak(8)
+    expected = np.stack([pil_flip_crop(im, False, int(x), int(y), 4, "reflect") for im, x, y in
+                         zip(images.numpy(), params["offset"][0], params["offset"][1])])
+    assert np.array_equal(still.apply_weak(images, params).mul(255).round().byte().numpy(), expected)
+
+
 def test_the_crop_padding_mode_reaches_the_views():
     """augment.padding_mode=constant pads with zeros (FixMatch's default, reflect, mirrors the border)."""
     images = torch.full((4, 1, 8, 8), 200, dtype=torch.uint8)

@@ -270,6 +270,14 @@ def batch_source(config, spec=None):
     return data, BatchSource(data, config.train, config.augment, spec, ComputePolicy(torch.device("cpu")), 0)
 
 
+def test_augment_horizontal_flip_reaches_the_views_of_the_run():
+    """The run's views are drawn by the BatchSource's augmentation: with augment.horizontal_flip=false none
+    is mirrored (the default mirrors about half)."""
+    for flip, mirrored in (("true", True), ("false", False)):
+        source = batch_source(tiny_config(f"augment.horizontal_flip={flip}", algorithm="fixmatch"))[1]
+        assert bool(source.augment.draw_weak(200)["flip"].any()) is mirrored
+
+
 def test_labeled_additions_extend_the_pool_and_refuse_mismatched_rows():
     """CReST's additions: pool positions and their labels, one each; the labeled pool grows by them."""
     config = tiny_config(algorithm="fixmatch")

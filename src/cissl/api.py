@@ -218,10 +218,11 @@ def build_imagenet127(source: str | Path, size: int, out: str | Path, partial: b
 
 def registered(plugins: str | list[str] | None = None) -> dict[str, dict[str, str]]:
     """What can be named in a config: ``{"algorithms": {name: summary}, "refiners": {...}, "aux_heads":
-    {...}, "backbones": {...}}`` (``algorithm.name``, ``algorithm.refiner``, ``algorithm.aux_head``,
-    ``model.name``), with what ``plugins`` (.py files, relative to the working directory, or module names)
-    register."""
+    {...}, "backbones": {...}, "datasets": {...}}`` (``algorithm.name``, ``algorithm.refiner``,
+    ``algorithm.aux_head``, ``model.name``, ``data.dataset``), with what ``plugins`` (.py files, relative to
+    the working directory, or module names) register."""
     from cissl.algorithms import ALGORITHMS, AUX_HEADS, REFINERS
+    from cissl.data.sources import SOURCES
     from cissl.models import BACKBONES
 
     import_plugins(plugins)  # a relative file from the working directory
@@ -229,7 +230,16 @@ def registered(plugins: str | list[str] | None = None) -> dict[str, dict[str, st
     registries = {"algorithms": ALGORITHMS, "refiners": REFINERS, "aux_heads": AUX_HEADS}
     return {kind: {name: registry.entry(name).summary for name in registry.names()}
             for kind, registry in registries.items()} | {
-        "backbones": {name: (builder.__doc__ or "").strip().split("\n")[0] for name, builder in BACKBONES.items()}}
+        "backbones": {name: (builder.__doc__ or "").strip().split("\n")[0] for name, builder in BACKBONES.items()},
+        "datasets": {name: _facts(info) for name, info in SOURCES.items()}}
+
+
+def _facts(info) -> str:
+    """A data set's ``cissl list`` line: its summary and, where registered, classes and image shape."""
+    if info.num_classes is None:
+        return info.summary
+    colour = "grey" if info.channels == 1 else "RGB"
+    return f"{info.summary}; {info.num_classes} classes, {info.image_size}x{info.image_size} {colour}".lstrip("; ")
 
 
 def config_keys(algorithm: str | None = None, plugins: str | list[str] | None = None) -> list[tuple[str, str, str]]:

@@ -161,7 +161,8 @@ def cmd_list(args) -> int:
 
     own = config_keys(args.algorithm, args.plugins) if args.algorithm else None  # an unknown name: before any list
     titles = {"algorithms": "algorithms", "refiners": "pseudo-label refiners (algorithm.refiner)",
-              "aux_heads": "auxiliary heads (algorithm.aux_head)", "backbones": "backbones (model.name)"}
+              "aux_heads": "auxiliary heads (algorithm.aux_head)", "backbones": "backbones (model.name)",
+              "datasets": "data sets (data.dataset)"}
     for kind, entries in registered(args.plugins).items():
         print(f"{titles[kind]}:")
         width = max(map(len, entries))

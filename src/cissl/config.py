@@ -36,7 +36,7 @@ __all__ = ["Config", "DataConfig", "ModelConfig", "OptimConfig", "AugmentConfig"
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = option("digits", choices=tuple(SOURCES), help="which data set")
+    dataset: str = option("digits", choices=SOURCES, help="which data set (`cissl list`; a plugin may add one)")
     root: str = option("data", help="folder holding the data set files (see README)")
     download: bool = option(False, help="download missing files (needs a network)")
     image_size: Optional[int] = option(None, min=4, help="resize images to this size (STL-10: 32)")
@@ -109,15 +109,13 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = option("wrn", help="backbone: wrn, resnet50, or one a plugin registers")
+    name: str = option("wrn", choices=BACKBONES, help="backbone: wrn, resnet50, or one a plugin registers")
     depth: int = option(28, min=10, help="WRN depth, 6n + 4 (wrn only)")
     widen: int = option(2, min=1, help="WRN widening factor (wrn only)")
     leaky_slope: float = option(0.1, min=0.0, help="LeakyReLU negative slope (wrn only)")
     bn_momentum: float = option(0.001, min=0.0, max=1.0, help="BatchNorm momentum (PyTorch convention)")
 
     def validate(self) -> None:
-        if self.name not in BACKBONES:  # checked here, not by choices: a plugin may register one
-            raise ConfigError(f"config key 'model.name': must be one of {', '.join(BACKBONES)}; got {self.name!r}")
         if (self.depth - 4) % 6:
             raise ConfigError(f"config key 'model.depth': must be 6n + 4 (10, 16, 22, 28, ...), "
                               f"got {self.depth}")
@@ -143,6 +141,8 @@ class AugmentConfig:
     randaugment_ops: int = option(2, min=0, max=8, help="RandAugment ops per strong view")
     randaugment_prob: float = option(0.5, min=0.0, max=1.0, help="probability each drawn op is applied")
     cutout: int = option(16, min=0, help="Cutout side length in px (0: off)")
+    horizontal_flip: bool = option(True, help="flip weak and strong views left-right with probability 0.5 "
+                                              "(false for digits and text, as FixMatch on SVHN)")
 
 
 @dataclass(frozen=True)
@@ -209,8 +209,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class Config:
     name: str = option("", help="name of the setting (used in run directory names)")
-    plugins: list[str] = option([], help="your own modules that register methods, imported first: .py files "
-                                         "(relative to the config file) or importable module names")
+    plugins: list[str] = option([], help="your own modules that register methods, backbones or data sets, "
+                                         "imported first: .py files (relative to the config file) or importable "
+                                         "module names")
     data: DataConfig = section(DataConfig)
     model: ModelConfig = section(ModelConfig)
     optim: OptimConfig = section(OptimConfig)
@@ -259,11 +260,12 @@ def build(data: dict) -> Config:
 
 
 def with_its_plugins(config: Config) -> Config:
-    """The config with the plugin of each method, part or backbone it names added to ``plugins`` where
-    missing (one another config's plugin registered in this process): the run's saved config then imports what
-    it needs wherever it is read again."""
+    """The config with the plugin of each method, part, backbone or data set it names added to ``plugins``
+    where missing (one another config's plugin registered in this process): the run's saved config then imports
+    what it needs wherever it is read again."""
     algorithm = config.algorithm
-    targets = [BACKBONES[config.model.name], ALGORITHMS.entry(algorithm.name).target] + [
+    targets = [SOURCES[config.data.dataset].read, BACKBONES[config.model.name],
+               ALGORITHMS.entry(algorithm.name).target] + [
         f.metadata["registry"].entry(getattr(algorithm, f.name).name).target
         for f in dataclasses.fields(algorithm) if "registry" in f.metadata]
     needed = [entry for target in targets if (entry := plugin_of(getattr(target, "__module__", "")))]

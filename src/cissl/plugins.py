@@ -1,14 +1,14 @@
 """Methods and parts from the user's own modules: the config key ``plugins``.
 
 A plugin is a module that registers algorithms, pseudo-label refiners or auxiliary heads the way the
-modules of :mod:`cissl.algorithms` do, or backbones (:func:`cissl.models.register_backbone`)
-(``docs/algorithms.md``), kept outside the package: a ``.py`` file
+modules of :mod:`cissl.algorithms` do, backbones (:func:`cissl.models.register_backbone`) or data sets
+(:func:`cissl.data.sources.register_source`) (``docs/algorithms.md``), kept outside the package: a ``.py`` file
 (a relative path is read from the folder of the config file that names it, or from the working directory
 on the command line) or the name of a module Python can import where cissl runs (an installed package,
 or one on ``PYTHONPATH``). :func:`cissl.config.load_config` imports the plugins before it reads any
-``algorithm`` section, and a run's saved ``config.yaml`` lists them with absolute paths, so a resume, an
-evaluation, a prediction, every worker of a sweep and every torchrun rank imports them again. Each is
-imported once per process.
+``algorithm``, ``model`` or ``data`` section, and a run's saved ``config.yaml`` lists them with absolute
+paths, so a resume, an evaluation, a prediction, every worker of a sweep and every torchrun rank imports
+them again. Each is imported once per process.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import Any
 
 from cissl.algorithms.registry import ALGORITHMS, AUX_HEADS, REFINERS
+from cissl.data.sources import SOURCES
 from cissl.errors import ConfigError
 from cissl.models import BACKBONES
 
@@ -66,20 +67,25 @@ def import_plugins(value: Any) -> list[ModuleType]:
     return [_import_one(entry) for entry in plugin_entries(value)]
 
 
-def registrations() -> tuple[list[set[str]], set[str]]:
-    """The names registered now in every registry a plugin may add to (methods, parts, backbones): a snapshot
-    for :func:`take_back`."""
-    return [set(registry.names()) for registry in (ALGORITHMS, REFINERS, AUX_HEADS)], set(BACKBONES)
+REGISTRIES = (ALGORITHMS, REFINERS, AUX_HEADS)  # schema.Registry: a name -> class, config and preset
+TABLES = (BACKBONES, SOURCES)  # name -> builder / data set facts
 
 
-def take_back(snapshot: tuple[list[set[str]], set[str]]) -> None:
+def registrations() -> tuple[list[set[str]], list[set[str]]]:
+    """The names registered now in every registry and table a plugin may add to (methods, parts, backbones,
+    data sets): a snapshot for :func:`take_back`."""
+    return [set(registry.names()) for registry in REGISTRIES], [set(table) for table in TABLES]
+
+
+def take_back(snapshot: tuple[list[set[str]], list[set[str]]]) -> None:
     """Unregister every name registered since ``snapshot`` (:func:`registrations`)."""
-    names, backbones = snapshot
-    for registry, before in zip((ALGORITHMS, REFINERS, AUX_HEADS), names):
+    names, tables = snapshot
+    for registry, before in zip(REGISTRIES, names):
         for added in set(registry.names()) - before:
             registry.unregister(added)
-    for added in set(BACKBONES) - backbones:
-        del BACKBONES[added]
+    for table, before in zip(TABLES, tables):
+        for added in set(table) - before:
+            del table[added]
 
 
 def _module_name(path: Path) -> str:

@@ -30,7 +30,8 @@ from cissl.errors import ConfigError
 
 
 def option(default, *, min=None, max=None, choices=None, min_exclusive=False, help: str = ""):
-    """A dataclass field with the metadata that :func:`build_section` validates."""
+    """A dataclass field with the metadata that :func:`build_section` validates. ``choices`` may be a live
+    table (a dict such as ``BACKBONES``): a value is checked against what it holds when the config is built."""
     meta = {"min": min, "max": max, "choices": choices, "min_exclusive": min_exclusive, "help": help}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)

@@ -6,8 +6,8 @@ the op slots, never over samples. Intermediate images are float tensors holding 
 0..255 and each op rounds like its PIL counterpart (see :mod:`cissl.data.augment_pil`, the
 per-image reference the tests compare against).
 
-- weak (labeled and weak views): horizontal flip (p 0.5), then a random crop of size S from the
-  image padded by ``crop_padding`` (reflect by default).
+- weak (labeled and weak views): horizontal flip (p 0.5; ``horizontal_flip=False``: none, as FixMatch on
+  SVHN), then a random crop of size S from the image padded by ``crop_padding`` (reflect by default).
 - strong: weak, then RandAugmentMC(n, 10) of FixMatch: ``n`` ops drawn with replacement from
   :data:`OPS`, each with an integer level v uniform in 1..9 and applied with probability 0.5,
   signed ops flipped with probability 0.5; then Cutout (always): a grey (127) square of side L
@@ -205,8 +205,9 @@ class BatchAugment:
     def __init__(self, image_size: int, crop_padding: int | None = None, padding_mode: str = "reflect",
                  randaugment_ops: int = 2, randaugment_prob: float = 0.5, cutout: int = 16,
                  generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-                 gather: bool | None = None):
+                 gather: bool | None = None, horizontal_flip: bool = True):
         self.image_size = image_size
+        self.flip_probability = 0.5 if horizontal_flip else 0.0  # the draw is made either way: same streams
         self.padding = image_size // 8 if crop_padding is None else crop_padding
         self.padding_mode = padding_mode
         self.num_ops = randaugment_ops
@@ -234,7 +235,7 @@ class BatchAugment:
     # (:class:`cissl.data.augment_graph.GraphedViews`).
     def draw_weak(self, n: int) -> dict[str, torch.Tensor]:
         """Flip flags (n,) and crop offsets (2, n)."""
-        flip = self._uniform(n) < 0.5
+        flip = self._uniform(n) < self.flip_probability
         return {"flip": flip, "offset": self._randint(0, 2 * self.padding + 1, (2, n))}
 
     def draw_strong(self, n: int) -> dict[str, torch.Tensor]:

@@ -76,7 +76,8 @@ class BatchSource:
         device = policy.device
         self.augment = BatchAugment(
             data.image_size, aug.crop_padding, aug.padding_mode, aug.randaugment_ops, aug.randaugment_prob,
-            aug.cutout, torch.Generator(device=device).manual_seed(derive_seed(seed, "augment")), device)
+            aug.cutout, torch.Generator(device=device).manual_seed(derive_seed(seed, "augment")), device,
+            horizontal_flip=aug.horizontal_flip)
         # the views: eager, or on CUDA replayed from graphs (bit-identical, far fewer launches)
         self.views = GraphedViews(self.augment) if tc.cuda_graphs and device.type == "cuda" else self.augment
         self.additions: dict | None = None  # pool positions and pseudo-labels added to the labeled set
