@@ -41,7 +41,9 @@ def images(n, seed):
 
 @register_source("NAME", num_classes=4, channels=1, image_size=8, has_unlabeled_split=UNLABELED)
 def read(data_config):
-    """a toy data set"""
+    """a toy data set
+
+    (only the first line is listed)"""
     unlabeled = ImageSet(images(25, 2).images[:25], None) if UNLABELED else None
     return DataSource("NAME", images(30, 0), images(6, 1), ["a", "b", "c", "d"], (0.4,), (0.3,), unlabeled)
 '''
@@ -111,7 +113,16 @@ def test_the_throughput_bench_draws_synthetic_images_of_a_plugin_data_sets_shape
     assert data.split.labeled_counts == [8, 4, 2, 1]
 
 
-BROKEN_READERS = {
+def test_data_image_size_resizes_a_plugin_data_set_after_its_reader(tmp_path):
+    write_toy_source(tmp_path / "toy_data.py", "toy_resized")
+    config = tiny_config(f"plugins=[{tmp_path / 'toy_data.py'}]", "data.dataset=toy_resized", *TOY_PROTOCOL,
+                         "data.image_size=16")
+    source = load_source(config.data)
+    assert source.train.images.shape == (120, 1, 16, 16) and source.test.images.shape == (24, 1, 16, 16)
+    assert source.test.labels.tolist() == np.repeat(np.arange(4), 6).tolist()
+
+
+BROKEN_READERS = {  # the reader's return expression, the message, overrides
     "a list": ("[]", r"returned a list, not a cissl\.data\.sources\.DataSource"),
     "three classes": ("source(names=['a', 'b', 'c'])", r"returned 3 class names; the data set is registered with 4 "
                                                         r"classes"),
@@ -122,36 +133,49 @@ BROKEN_READERS = {
                                          r"\(C, H, W\)"),
     "two means": ("source(mean=(0.1, 0.2))", r"returned mean \(0\.1, 0\.2\) / std \(0\.3,\); expected one value "
                                              r"per channel \(1\)"),
+    "not square": ("source(height=6)", r"returned train images of shape \(1, 6, 8\); registered: 1 x 8 x 8 "
+                                       r"\(C, H, W\)"),
+    "no unlabeled split": ("source()", r"returned no unlabeled split, which data\.unlabeled_distribution=unknown "
+                                      r"takes", "data.unlabeled_distribution=unknown"),
+    "fine: one test class": ("source(test=ImageSet(np.zeros((2, 1, 8, 8), np.uint8), np.array([3, 3])))", None),
 }
 
 
 @pytest.mark.parametrize("case", BROKEN_READERS)
 def test_what_a_plugin_reader_returns_is_checked_against_its_registered_facts(tmp_path, case):
     """A reader's mistake is one line naming the data set, the reader and what is wrong, before any split."""
-    body, message = BROKEN_READERS[case]
+    body, message, *overrides = BROKEN_READERS[case]
     (tmp_path / "broken_data.py").write_text(f'''
 import numpy as np
 from cissl.data.sources import DataSource, ImageSet, register_source
 
 
-def source(names=("a", "b", "c", "d"), train_labels=np.arange(4).repeat(5), channels=1, mean=(0.4,), test=None):
-    train = ImageSet(np.zeros((len(train_labels), channels, 8, 8), np.uint8), train_labels)
+def source(names=("a", "b", "c", "d"), train_labels=np.arange(4).repeat(5), channels=1, mean=(0.4,), test=None,
+           height=8):
+    train = ImageSet(np.zeros((len(train_labels), channels, height, 8), np.uint8), train_labels)
     test = test or ImageSet(np.zeros((4, 1, 8, 8), np.uint8), np.arange(4))
     return DataSource("toy_broken", train, test, list(names), mean, (0.3,))
 
 
-@register_source("toy_broken", num_classes=4, channels=1, image_size=8)
+@register_source("toy_broken", num_classes=4, channels=1, image_size=8, has_unlabeled_split=True)
 def read(data_config):
     return {body}
 ''')
-    config = tiny_config(f"plugins=[{tmp_path / 'broken_data.py'}]", "data.dataset=toy_broken", *TOY_PROTOCOL)
+    config = tiny_config(f"plugins=[{tmp_path / 'broken_data.py'}]", "data.dataset=toy_broken", *TOY_PROTOCOL,
+                         *overrides)
     module = plugins._module_name(tmp_path / "broken_data.py")
+    if message is None:
+        assert load_source(config.data).test.labels.tolist() == [3, 3]
+        return
     with pytest.raises(DataError, match=rf"^toy_broken: its reader \({module}\.read\) {message}$"):
         load_source(config.data)
 
 
 def test_register_source_refuses_bad_facts_and_a_taken_name():
     read = lambda data_config: None  # noqa: E731
+    register_source("toy_smallest", num_classes=2, channels=3, image_size=4)(read)  # the least it allows
+    assert SOURCES["toy_smallest"].has_unlabeled_split is False  # the default
+    assert api.registered()["datasets"]["toy_smallest"] == "2 classes, 4x4 RGB"  # a reader without docstring
     for kwargs, message in (
             ({"name": "my set"}, r"a data set's name must be a word of letters, digits and _, got 'my set'"),
             ({"num_classes": 1}, r"data set 'toy_facts': num_classes must be an int >= 2, got 1"),

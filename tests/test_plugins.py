@@ -218,6 +218,8 @@ def test_cissl_list_shows_what_a_plugin_registers(tmp_path, capsys, monkeypatch)
     assert "  toy_listed" in out and "a toy pseudo-label method" in out
     assert out.split("algorithm.* keys of toy_listed:")[1].split() == [
         "algorithm.name", "toy_listed", "algorithm", "name", "algorithm.threshold", "0.95", "toy", "threshold"]
+    register_backbone("toy_bare_net")(lambda model_config, in_channels: None)
+    assert api.registered()["backbones"]["toy_bare_net"] == ""  # a builder without docstring: an empty summary
 
 
 def test_two_plugin_files_of_one_name_in_two_folders_are_two_modules(tmp_path):
