@@ -1,4 +1,4 @@
-"""Methods and parts from the user's own modules: the config key ``plugins``.
+"""Methods, parts, backbones and data sets from the user's own modules: the config key ``plugins``.
 
 A plugin is a module that registers algorithms, pseudo-label refiners or auxiliary heads the way the
 modules of :mod:`cissl.algorithms` do, backbones (:func:`cissl.models.register_backbone`) or data sets
