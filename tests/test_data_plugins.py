@@ -290,3 +290,20 @@ def test_the_svhn_example_names_a_missing_a_corrupt_and_a_wrong_file(svhn, monke
     train.unlink()
     with pytest.raises(DataError, match=rf"^svhn: missing file {train}; put it there or set data.download=true$"):
         load_source(config.data)
+
+
+def test_the_svhn_example_downloads_missing_files_when_asked(svhn, tmp_path, monkeypatch):
+    """data.download=true fetches each missing file from the example's URL into data.root/svhn and checks its
+    md5 (here the URL is a local folder holding the small files)."""
+    module, served, _ = svhn
+    monkeypatch.setattr(module, "URL", (served / "svhn").as_uri() + "/")
+    root = tmp_path / "fresh"
+    config = tiny_config(f"plugins=[{REPO / 'examples/svhn.py'}]", "data.dataset=svhn", f"data.root={root}",
+                         "data.download=true")
+    assert len(load_source(config.data).train) == 200
+    assert sorted(path.name for path in (root / "svhn").iterdir()) == ["test_32x32.mat", "train_32x32.mat"]
+    monkeypatch.setattr(module, "FILES", {**module.FILES, "test_32x32.mat": "f" * 32})
+    (root / "svhn" / "test_32x32.mat").unlink()
+    with pytest.raises(DataError, match=r"^svhn: file .*test_32x32\.mat is corrupt \(md5 [0-9a-f]{32}, expected "
+                                        r"f{32}\); delete it and download it again$"):
+        load_source(config.data)
