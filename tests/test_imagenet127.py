@@ -17,6 +17,7 @@ from helpers import CONFIGS
 from synthetic_data import python2_pickle
 
 from cissl.config import load_config
+from cissl.data.sources import load_source
 from cissl.data.sources.imagenet127 import (
     FULL_TEST,
     FULL_TRAIN,
@@ -134,6 +135,17 @@ def test_builder_keeps_an_existing_build_and_the_reader_checks_it(tmp_path):
         load_imagenet127(tmp_path / "out")
     with pytest.raises(DataError, match="holds no build"):
         load_imagenet127(tmp_path / "nothing")
+
+
+def test_a_64_px_build_is_read_at_its_size_when_the_config_gives_none(tmp_path):
+    """data.image_size: null takes the build's size (the registered 32 px is only the default), through the same
+    load_source every run uses."""
+    synthetic_source(tmp_path / "src", 64, {3: 10, 4: 6})
+    build_imagenet127(tmp_path / "src", 64, tmp_path / "out", partial=True)
+    config = load_config(CONFIGS / "imagenet127" / "64px.yaml", [f"data.root={tmp_path / 'out'}",
+                                                                  "data.image_size=null"])
+    source = load_source(config.data)
+    assert source.train.images.shape[1:] == (3, 64, 64) and source.test.images.shape[1:] == (3, 64, 64)
 
 
 def test_cli_builds_and_split_prints_the_127_class_counts_of_the_10_percent_protocol(tmp_path, capsys):

@@ -36,6 +36,7 @@ class SourceInfo:
     read: Callable  # (data_config) -> DataSource at its native size (STL-10, own data: at data.image_size)
     given_split: bool = False  # labeled / unlabeled (/ test) given by the data, not drawn by the LT protocol
     summary: str = ""  # one line for `cissl list`
+    size_of_build: bool = False  # image_size is the default only: the files hold the size they were built at
 
 
 def _read_stl10(cfg) -> DataSource:
@@ -53,7 +54,8 @@ SOURCES: dict[str, SourceInfo] = {info.name: info for info in (
     SourceInfo("digits", 10, 1, 8, False, lambda cfg: load_digits_source(),
                summary="scikit-learn's handwritten digits"),
     SourceInfo("imagenet127", 127, 3, 32, False, lambda cfg: load_imagenet127(cfg.root, cfg.image_size),
-               summary="Small-ImageNet-127 built by `cissl data build-imagenet127` (data.image_size: 32 or 64)"),
+               summary="Small-ImageNet-127 built by `cissl data build-imagenet127` (data.image_size: 32 or 64)",
+               size_of_build=True),
     SourceInfo("folder", None, None, None, True, lambda cfg: load_folder_source(cfg.root, cfg.image_size), True,
                summary="your images: labeled/<class>/, unlabeled/, test/<class>/ (parts as given)"),
     SourceInfo("arrays", None, None, None, True, lambda cfg: load_arrays_source(cfg.root, cfg.image_size), True,
@@ -113,7 +115,8 @@ def check_read(info: SourceInfo, data_config, source) -> None:
     """What a reader returned agrees with the data set's registered facts (a plugin's reader is checked like
     cissl's own): a :class:`DataSource` with labeled train and test images of ``info.num_classes`` classes,
     ``info.channels`` channels, square images of the native size (or of ``data.image_size``, which STL-10's
-    reader applies itself), a mean / std per channel, and the unlabeled split where the protocol needs it."""
+    reader applies itself; any size for a build such as Small-ImageNet-127's, whose reader checks it), a mean /
+    std per channel, and the unlabeled split where the protocol needs it."""
     name = info.name
 
     def fail(what: str) -> None:
@@ -131,7 +134,7 @@ def check_read(info: SourceInfo, data_config, source) -> None:
             fail(f"{part} labels outside 0..{info.num_classes - 1}")
         shape = images.images.shape[1:]
         sizes = {info.image_size, data_config.image_size}
-        if shape[0] != info.channels or shape[1] != shape[2] or shape[2] not in sizes:
+        if shape[0] != info.channels or shape[1] != shape[2] or (shape[2] not in sizes and not info.size_of_build):
             fail(f"{part} images of shape {tuple(shape)}; registered: {info.channels} x {info.image_size} x "
                  f"{info.image_size} (C, H, W)")
     if len(source.mean) != info.channels or len(source.std) != info.channels:
