@@ -224,13 +224,14 @@ def registered(plugins: str | list[str] | None = None) -> dict[str, dict[str, st
     from cissl.algorithms import ALGORITHMS, AUX_HEADS, REFINERS
     from cissl.data.sources import SOURCES
     from cissl.models import BACKBONES
+    from cissl.schema import first_doc_line
 
     import_plugins(plugins)  # a relative file from the working directory
 
     registries = {"algorithms": ALGORITHMS, "refiners": REFINERS, "aux_heads": AUX_HEADS}
     return {kind: {name: registry.entry(name).summary for name in registry.names()}
             for kind, registry in registries.items()} | {
-        "backbones": {name: (builder.__doc__ or "").strip().split("\n")[0] for name, builder in BACKBONES.items()},
+        "backbones": {name: first_doc_line(builder) for name, builder in BACKBONES.items()},
         "datasets": {name: _facts(info) for name, info in SOURCES.items()}}
 
 
@@ -238,8 +239,8 @@ def _facts(info) -> str:
     """A data set's ``cissl list`` line: its summary and, where registered, classes and image shape."""
     if info.num_classes is None:
         return info.summary
-    colour = "grey" if info.channels == 1 else "RGB"
-    return f"{info.summary}; {info.num_classes} classes, {info.image_size}x{info.image_size} {colour}".lstrip("; ")
+    shape = f"{info.num_classes} classes, {info.image_size}x{info.image_size} {'grey' if info.channels == 1 else 'RGB'}"
+    return f"{info.summary}; {shape}" if info.summary else shape
 
 
 def config_keys(algorithm: str | None = None, plugins: str | list[str] | None = None) -> list[tuple[str, str, str]]:

@@ -11,7 +11,9 @@ the code that reads configs.
   the chosen entry's preset giving its defaults;
 - :func:`build_section` builds and validates a section from a plain mapping; an unknown key, a
   wrong type or an out-of-range value raises :class:`ConfigError` naming the key and what is allowed;
-- :func:`describe` lists every key with its default and help, for docs and ``cissl list``.
+- :func:`describe` lists every key with its default and help, for docs and ``cissl list``;
+- :func:`add_entry` and :func:`first_doc_line` serve every name -> entry table (a :class:`Registry`, the
+  backbones, the data sets): one check for a name registered twice, one ``cissl list`` summary from a docstring.
 """
 
 from __future__ import annotations
@@ -57,6 +59,19 @@ class AlgorithmConfig(NamedConfig):
     name: str = option("fixmatch", help="algorithm name (see `cissl list`)")
 
 
+def add_entry(table: dict, kind: str, name: str, value: Any) -> None:
+    """``table[name] = value``, refusing a name already there (``ValueError``: "<kind> '<name>' registered
+    twice")."""
+    if name in table:
+        raise ValueError(f"{kind} {name!r} registered twice")
+    table[name] = value
+
+
+def first_doc_line(obj: Any) -> str:
+    """The first line of ``obj``'s docstring ("" without one): its ``cissl list`` summary."""
+    return (obj.__doc__ or "").strip().split("\n")[0]
+
+
 @dataclass(frozen=True)
 class Entry:
     """One registered name: its config class, what it builds, its preset defaults, a one-line summary."""
@@ -81,9 +96,7 @@ class Registry:
         variant's defaults (several names may share one class)."""
 
         def decorate(target):
-            if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} registered twice")
-            self._entries[name] = Entry(name, target, config_cls, dict(preset or {}), summary)
+            add_entry(self._entries, self.kind, name, Entry(name, target, config_cls, dict(preset or {}), summary))
             return target
 
         return decorate

@@ -14,6 +14,7 @@ import torch
 from cissl.models.classifier import Classifier, ModelOutput
 from cissl.models.resnet import ResNet50
 from cissl.models.wrn import WideResNet
+from cissl.schema import add_entry
 
 __all__ = ["BACKBONES", "Classifier", "ModelOutput", "ResNet50", "WideResNet", "build_model", "register_backbone"]
 
@@ -39,9 +40,7 @@ def register_backbone(name: str):
     makes ``model.name: my_net`` build it (the model section's other keys reach the builder as they are)."""
 
     def decorate(builder):
-        if name in BACKBONES:
-            raise ValueError(f"backbone {name!r} registered twice")
-        BACKBONES[name] = builder
+        add_entry(BACKBONES, "backbone", name, builder)
         return builder
 
     return decorate

@@ -19,6 +19,7 @@ from cissl.data.sources.imagenet127 import load_imagenet127
 from cissl.data.sources.own import load_arrays_source, load_folder_source
 from cissl.data.sources.stl10 import load_stl10, resize_uint8
 from cissl.errors import DataError
+from cissl.schema import add_entry, first_doc_line
 
 __all__ = ["DataSource", "ImageSet", "SOURCES", "SourceInfo", "load_source", "register_source", "load_cifar10",
            "load_cifar100", "load_stl10", "load_fashion_mnist", "load_digits_source"]
@@ -83,11 +84,8 @@ def register_source(name: str, *, num_classes: int, channels: int, image_size: i
         raise ValueError(f"data set {name!r}: image_size must be an int >= 4, got {image_size!r}")
 
     def decorate(read):
-        if name in SOURCES:
-            raise ValueError(f"data set {name!r} registered twice")
-        summary = (read.__doc__ or "").strip().split("\n")[0]
-        SOURCES[name] = SourceInfo(name, num_classes, channels, image_size, bool(has_unlabeled_split), read,
-                                   summary=summary)
+        add_entry(SOURCES, "data set", name, SourceInfo(name, num_classes, channels, image_size,
+                                                         bool(has_unlabeled_split), read, summary=first_doc_line(read)))
         return read
 
     return decorate
@@ -126,6 +124,7 @@ def check_read(info: SourceInfo, data_config, source) -> None:
         fail(f"a {type(source).__name__}, not a cissl.data.sources.DataSource")
     if source.num_classes != info.num_classes:
         fail(f"{source.num_classes} class names; the data set is registered with {info.num_classes} classes")
+    sizes = {info.image_size, data_config.image_size}
     for part in ("train", "test"):
         images = getattr(source, part)
         if not isinstance(images, ImageSet) or images.labels is None:
@@ -133,7 +132,6 @@ def check_read(info: SourceInfo, data_config, source) -> None:
         if len(images.labels) and not 0 <= images.labels.min() <= images.labels.max() < info.num_classes:
             fail(f"{part} labels outside 0..{info.num_classes - 1}")
         shape = images.images.shape[1:]
-        sizes = {info.image_size, data_config.image_size}
         if shape[0] != info.channels or shape[1] != shape[2] or (shape[2] not in sizes and not info.size_of_build):
             fail(f"{part} images of shape {tuple(shape)}; registered: {info.channels} x {info.image_size} x "
                  f"{info.image_size} (C, H, W)")
