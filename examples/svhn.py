@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cissl.data.sources import DataSource, ImageSet, register_source
-from cissl.data.sources.base import check_md5, download_file
+from cissl.data.sources.base import channel_statistics, check_md5, download_file
 from cissl.errors import DataError
 
 URL = "http://ufldl.stanford.edu/housenumbers/"
@@ -65,16 +65,3 @@ def _read_mat(path: Path, name: str) -> ImageSet:
         raise DataError(f"svhn: {path} has labels outside 1..10")
     # (H, W, C, N) -> (N, C, H, W); SVHN's label 10 is the digit 0
     return ImageSet(np.ascontiguousarray(images.transpose(3, 2, 0, 1)), labels % 10)
-
-
-def channel_statistics(images: np.ndarray, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 (N, C, H, W) images scaled to [0, 1], in float64 chunks."""
-    total = np.zeros(images.shape[1])
-    squares = np.zeros(images.shape[1])
-    for start in range(0, len(images), chunk):
-        block = images[start:start + chunk].astype(np.float64) / 255.0
-        total += block.sum(axis=(0, 2, 3))
-        squares += (block ** 2).sum(axis=(0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / count
-    return tuple(float(m) for m in mean), tuple(float(s) for s in np.sqrt(squares / count - mean ** 2))

@@ -59,6 +59,23 @@ class DataSource:
         return int(self.train.images.shape[-1])
 
 
+def channel_statistics(*parts: np.ndarray, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std, in [0, 1] units, of the uint8 (N, C, H, W) images of all
+    ``parts`` together: two passes in float64 chunks of ``chunk`` images (never a float copy of a whole set)."""
+    channels = parts[0].shape[1]
+    count = sum(part.shape[0] * part.shape[2] * part.shape[3] for part in parts)
+
+    def blocks():
+        for part in parts:
+            for start in range(0, len(part), chunk):
+                yield part[start:start + chunk].astype(np.float64) / 255.0
+
+    mean = sum((block.sum(axis=(0, 2, 3)) for block in blocks()), np.zeros(channels)) / count
+    squares = sum((((block - mean[None, :, None, None]) ** 2).sum(axis=(0, 2, 3)) for block in blocks()),
+                  np.zeros(channels))
+    return tuple(float(v) for v in mean), tuple(float(v) for v in np.sqrt(squares / count))
+
+
 def md5_of_file(path: Path, chunk: int = 1 << 22) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as handle:

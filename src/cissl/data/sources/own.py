@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cissl.data.sources.base import DataSource, ImageSet
+from cissl.data.sources.base import DataSource, ImageSet, channel_statistics
 from cissl.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -199,7 +199,6 @@ def _labels(array: np.ndarray, key: str, path: Path) -> np.ndarray:
 def _with_statistics(name: str, labeled: ImageSet, unlabeled: ImageSet, test: ImageSet | None,
                      class_names: list[str]) -> DataSource:
     """The source, with the per-channel mean / std of its labeled and unlabeled images (in [0, 1])."""
-    pixels = np.concatenate([labeled.images, unlabeled.images]).astype(np.float64) / 255.0
-    mean = tuple(float(v) for v in pixels.mean(axis=(0, 2, 3)))
-    std = tuple(max(float(v), 1e-3) for v in pixels.std(axis=(0, 2, 3)))
+    mean, std = channel_statistics(labeled.images, unlabeled.images)
+    std = tuple(max(v, 1e-3) for v in std)  # a constant image set: no division by zero
     return DataSource(name, labeled, test, class_names, mean, std, unlabeled=unlabeled)
