@@ -171,6 +171,19 @@ def read(data_config):
         load_source(config.data)
 
 
+def test_a_built_in_reader_is_checked_too_and_named_by_its_function(monkeypatch):
+    """cissl's own readers go through the same check; its message names the reader function (they were
+    lambdas, which a message could only call ``<lambda>``)."""
+    from cissl.data import sources
+
+    real = sources.load_digits_source()
+    three_names = sources.DataSource(real.name, real.train, real.test, real.class_names[:3], real.mean, real.std)
+    monkeypatch.setattr(sources, "load_digits_source", lambda: three_names)
+    with pytest.raises(DataError, match=r"^digits: its reader \(cissl\.data\.sources\._read_digits\) returned 3 "
+                                        r"class names; the data set is registered with 10 classes$"):
+        load_source(tiny_config().data)
+
+
 def test_register_source_refuses_bad_facts_and_a_taken_name():
     read = lambda data_config: None  # noqa: E731
     register_source("toy_smallest", num_classes=2, channels=3, image_size=4)(read)  # the least it allows

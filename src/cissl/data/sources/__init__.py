@@ -40,26 +40,55 @@ class SourceInfo:
     size_of_build: bool = False  # image_size is the default only: the files hold the size they were built at
 
 
+# The built-in readers, each (data_config) -> DataSource; named so that a reader-check message names them.
+def _read_cifar10(cfg) -> DataSource:
+    return load_cifar10(cfg.root, cfg.download)
+
+
+def _read_cifar100(cfg) -> DataSource:
+    return load_cifar100(cfg.root, cfg.download)
+
+
 def _read_stl10(cfg) -> DataSource:
     return load_stl10(cfg.root, cfg.image_size, cfg.download, with_unlabeled=cfg.unlabeled_distribution == "unknown")
 
 
+def _read_fashion_mnist(cfg) -> DataSource:
+    return load_fashion_mnist(cfg.root, cfg.download)
+
+
+def _read_digits(cfg) -> DataSource:
+    return load_digits_source()
+
+
+def _read_imagenet127(cfg) -> DataSource:
+    return load_imagenet127(cfg.root, cfg.image_size)
+
+
+def _read_folder(cfg) -> DataSource:
+    return load_folder_source(cfg.root, cfg.image_size)
+
+
+def _read_arrays(cfg) -> DataSource:
+    return load_arrays_source(cfg.root, cfg.image_size)
+
+
 SOURCES: dict[str, SourceInfo] = {info.name: info for info in (
-    SourceInfo("cifar10", 10, 3, 32, False, lambda cfg: load_cifar10(cfg.root, cfg.download),
+    SourceInfo("cifar10", 10, 3, 32, False, _read_cifar10,
                summary="CIFAR-10 (python pickles)"),
-    SourceInfo("cifar100", 100, 3, 32, False, lambda cfg: load_cifar100(cfg.root, cfg.download),
+    SourceInfo("cifar100", 100, 3, 32, False, _read_cifar100,
                summary="CIFAR-100 (python pickles)"),
     SourceInfo("stl10", 10, 3, 96, True, _read_stl10, summary="STL-10 (binary files) with its unlabeled split"),
-    SourceInfo("fashion_mnist", 10, 1, 28, False, lambda cfg: load_fashion_mnist(cfg.root, cfg.download),
+    SourceInfo("fashion_mnist", 10, 1, 28, False, _read_fashion_mnist,
                summary="Fashion-MNIST (IDX files)"),
-    SourceInfo("digits", 10, 1, 8, False, lambda cfg: load_digits_source(),
+    SourceInfo("digits", 10, 1, 8, False, _read_digits,
                summary="scikit-learn's handwritten digits"),
-    SourceInfo("imagenet127", 127, 3, 32, False, lambda cfg: load_imagenet127(cfg.root, cfg.image_size),
+    SourceInfo("imagenet127", 127, 3, 32, False, _read_imagenet127,
                summary="Small-ImageNet-127 built by `cissl data build-imagenet127` (data.image_size: 32 or 64)",
                size_of_build=True),
-    SourceInfo("folder", None, None, None, True, lambda cfg: load_folder_source(cfg.root, cfg.image_size), True,
+    SourceInfo("folder", None, None, None, True, _read_folder, True,
                summary="your images: labeled/<class>/, unlabeled/, test/<class>/ (parts as given)"),
-    SourceInfo("arrays", None, None, None, True, lambda cfg: load_arrays_source(cfg.root, cfg.image_size), True,
+    SourceInfo("arrays", None, None, None, True, _read_arrays, True,
                summary="your uint8 arrays in an .npz file (parts as given)"),
 )}
 
