@@ -225,6 +225,59 @@ def test_tsne_embeds_the_final_ema_models_test_features_coloured_by_their_class(
     report_pages._tsne(run, tmp_path / "all.png", plt, features_on_test_set)
     assert seen[0]["options"] == {"n_components": 2, "init": "pca", "random_state": 0, "perplexity": 30}
     assert np.array_equal(seen[0]["features"], features.numpy()[keep])
-    assert np.array_equal(seen[0]["colours"], labels[keep])
+    tab10 = np.asarray([plt.get_cmap("tab10")(i) for i in range(10)])  # digits: 10 classes, one colour each
+    assert np.array_equal(seen[0]["colours"], tab10[labels[keep]])
     assert len(labels) < 2000 and np.array_equal(seen[1]["features"], features.numpy())
-    assert np.array_equal(seen[1]["colours"], labels)
+    assert np.array_equal(seen[1]["colours"], tab10[labels])
+
+
+@pytest.mark.parametrize("k", [3, 10, 15, 30])
+def test_tsne_points_have_the_colour_their_class_has_in_the_legend(tmp_path, monkeypatch, k):
+    """Each class one colour, the same in the points and in the legend (up to MANY_CLASSES classes; beyond, a
+    colour bar from class 0 to k - 1). With fewer than 10 classes the legend showed tab10's first colours while
+    the points took colours spread over the whole palette."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from cissl.evaluation import report_pages
+
+    labels = np.repeat(np.arange(k), 4)
+    features = np.random.default_rng(0).normal(size=(len(labels), 5)).astype(np.float32)
+    figures = []
+
+    class FirstTwo:
+        def __init__(self, **options):
+            pass
+
+        def fit_transform(self, x):
+            return x[:, :2]
+
+    def keep_figure(fig, path, plt):
+        figures.append(fig)
+        return path
+
+    monkeypatch.setattr(report_pages, "_tsne_class", lambda: FirstTwo)
+    monkeypatch.setattr(report_pages, "_save", keep_figure)
+    run = {"run_dir": str(tmp_path), "method": "m", "seed": 0}
+    report_pages._tsne(run, tmp_path / "t.png", plt, lambda _: (torch.from_numpy(features), torch.from_numpy(labels)))
+    (fig,) = figures
+    fig.canvas.draw()  # a colour-mapped scatter's colours exist once drawn
+    ax = fig.axes[0]
+    points = ax.collections[0].get_facecolors()[:, :3]
+    point_colours = {c: tuple(points[labels == c][0]) for c in range(k)}
+    assert all(len(np.unique(points[labels == c], axis=0)) == 1 for c in range(k))  # one colour per class
+    assert len(set(point_colours.values())) == k  # a colour for each class
+    if k <= report_pages.MANY_CLASSES:
+        legend = ax.get_legend()
+        assert [t.get_text() for t in legend.get_texts()] == [str(c) for c in range(k)]
+        legend_colours = [matplotlib.colors.to_rgb(h.get_color()) for h in legend.legend_handles]
+        assert np.allclose(legend_colours, [point_colours[c] for c in range(k)])
+    else:
+        bar = fig.axes[1]
+        assert ax.get_legend() is None and bar.get_ylabel() == "class"
+        viridis = plt.get_cmap("viridis")
+        assert np.allclose([point_colours[c] for c in (0, k - 1)], [viridis(0.0)[:3], viridis(1.0)[:3]])
+    plt.close(fig)

@@ -232,14 +232,16 @@ def _tsne(run: dict, path: Path, plt, features_on_test_set: TestFeatures, max_po
                              perplexity=min(30, len(labels) - 1)).fit_transform(features)
     k = int(labels.max()) + 1
     fig, ax = plt.subplots(figsize=(6, 5.5))
-    cmap = plt.get_cmap("tab10" if k <= 10 else "tab20" if k <= 20 else "viridis")
-    scatter = ax.scatter(embedded[:, 0], embedded[:, 1], c=labels, cmap=cmap, s=6, alpha=0.8)
-    if k <= MANY_CLASSES:
+    if k <= MANY_CLASSES:  # class i in the i-th colour of a qualitative palette, the same in points and legend
+        palette = plt.get_cmap("tab10" if k <= 10 else "tab20")
+        colours = np.asarray([palette(i) for i in range(k)])
+        ax.scatter(embedded[:, 0], embedded[:, 1], c=colours[labels], s=6, alpha=0.8)
         names = _class_names(run, k)
-        handles = [plt.Line2D([], [], marker="o", linestyle="", color=cmap(i / max(1, k - 1) if k > 10 else i),
-                              label=names[i]) for i in range(k)]
+        handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[i], label=names[i]) for i in range(k)]
         ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
-    else:
+    else:  # too many classes for a legend: a colour scale over the class index
+        scatter = ax.scatter(embedded[:, 0], embedded[:, 1], c=labels, cmap="viridis", vmin=0, vmax=k - 1, s=6,
+                             alpha=0.8)
         fig.colorbar(scatter, ax=ax, label="class")
     ax.set_xticks([])
     ax.set_yticks([])
