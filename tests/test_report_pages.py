@@ -99,6 +99,48 @@ def test_each_report_figure_draws_the_mean_over_each_methods_seeds(tmp_path, mon
                              [[0, 1], [62.5, 37.5], "true unlabeled distribution"]]
 
 
+def test_each_method_keeps_one_line_style_across_a_settings_figures_and_twelve_are_told_apart(tmp_path,
+                                                                                                  monkeypatch):
+    """A setting with every method of the library holds more methods than a palette has colours: each of 12
+    methods gets its own (colour, line style), the same in the curves, per-class and pseudo-label figures
+    (matplotlib's default cycle repeated its 10 colours there, and the curves' tab20 differed from it)."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.colors
+
+    from cissl.evaluation import report_pages
+
+    root = tmp_path / "runs"
+    methods = [f"m{i:02d}" for i in range(12)]
+    for name in methods:
+        run = fake_run(root, "s", name, 3)
+        line = {"kind": "eval", "iteration": 2, "test": {"main": {"balanced_accuracy": 0.5}}}
+        (run / "metrics.jsonl").write_text(json.dumps(line) + "\n")
+    figures, save = {}, report_pages._save
+
+    def keep_figure(fig, path, plt):
+        figures[path.stem.split("_", 1)[1]] = fig
+        return save(fig, path, plt)
+
+    monkeypatch.setattr(report_pages, "_save", keep_figure)
+    report_pages.write_report_pages([root], tmp_path / "report")
+    styles = {}
+    for figure, fig in figures.items():
+        for ax in fig.axes:
+            lines = [ln for ln in ax.get_lines() if ln.get_label().startswith("m")]
+            if not lines:
+                continue
+            drawn = {ln.get_label().split(" ")[0]: (matplotlib.colors.to_hex(ln.get_color()), ln.get_linestyle())
+                     for ln in lines}
+            assert sorted(drawn) == methods, figure
+            assert len(set(drawn.values())) == 12, (figure, drawn)  # told apart
+            styles[(figure, ax.get_title())] = drawn
+    assert {figure for figure, _ in styles} == {"curves", "per_class", "pseudo_labels"}
+    assert len(styles) == 5  # one axes each, three in the pseudo-label figure
+    first = next(iter(styles.values()))
+    assert all(drawn == first for drawn in styles.values())  # the same style in every figure
+    assert [first[m][1] for m in methods] == ["-"] * 10 + ["--"] * 2
+
+
 def test_paper_columns_for_a_cifar10_lt_setting_match_the_papers_table(tmp_path, capsys):
     fake_run(tmp_path / "runs", "cifar10_lt/consistent_n500_m4000_g100", "semi", 10, top1=0.8)
     fake_run(tmp_path / "runs", "cifar10_lt/daso_protocol/consistent_n500_m4000_g100", "fixmatch_daso", 10)

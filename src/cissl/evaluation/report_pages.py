@@ -88,6 +88,18 @@ def _class_names(run: dict, k: int) -> list[str]:
     return list(names) if names and len(names) == k else [str(i) for i in range(k)]
 
 
+LINESTYLES = ("-", "--", ":", "-.")  # with tab10's colours: 40 methods of a setting drawn apart
+
+
+def _method_styles(algorithms, plt) -> dict[str, dict]:
+    """One line style per method of a setting (``color``, ``linestyle``), the same in each of its figures:
+    tab10's ten colours, then the same colours dashed, dotted, dash-dotted (a setting holds more methods than
+    a palette has colours when every method of the library ran on it)."""
+    palette = plt.get_cmap("tab10")
+    return {name: {"color": palette(i % 10), "linestyle": LINESTYLES[(i // 10) % len(LINESTYLES)]}
+            for i, name in enumerate(algorithms)}
+
+
 def _save(fig, path: Path, plt) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -98,9 +110,9 @@ def _save(fig, path: Path, plt) -> Path:
 def _curves(algorithms: dict[str, list[dict]], path: Path, plt) -> Path | None:
     """Every run's curve (thin, its method's colour) and each method's mean over its seeds (thick)."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    colours = plt.get_cmap("tab10" if len(algorithms) <= 10 else "tab20")
+    styles = _method_styles(algorithms, plt)
     drawn = 0
-    for i, (algorithm, members) in enumerate(algorithms.items()):
+    for algorithm, members in algorithms.items():
         curves = []
         for run in members:
             try:
@@ -112,12 +124,12 @@ def _curves(algorithms: dict[str, list[dict]], path: Path, plt) -> Path | None:
                       for r in records if head in r["test"]]
             if points:
                 xs, ys = zip(*points)
-                ax.plot(xs, ys, color=colours(i), linewidth=0.7, alpha=0.35)
+                ax.plot(xs, ys, **styles[algorithm], linewidth=0.7, alpha=0.35)
                 curves.append((xs, ys))
         if curves:
             length = min(len(xs) for xs, _ in curves)
             mean = np.mean([ys[:length] for _, ys in curves], axis=0)
-            ax.plot(curves[0][0][:length], mean, color=colours(i), linewidth=2,
+            ax.plot(curves[0][0][:length], mean, **styles[algorithm], linewidth=2,
                     label=f"{algorithm} ({len(curves)} run{'s' if len(curves) > 1 else ''}; thin: each seed)")
             drawn += 1
     if not drawn:
@@ -137,9 +149,11 @@ def _per_class(algorithms: dict[str, list[dict]], path: Path, plt) -> Path:
     counts = _labeled_counts(first)
     fig, ax = plt.subplots(figsize=(max(7, min(18, 0.5 * k + 4)), 4.2))
     x = np.arange(k)
+    styles = _method_styles(algorithms, plt)
     for algorithm, members in algorithms.items():
         mean = np.mean([r["per_class_accuracy"] for r in members], axis=0) * 100
-        ax.plot(x, mean, marker="o" if k <= MANY_CLASSES else None, markersize=3, linewidth=1.2, label=algorithm)
+        ax.plot(x, mean, **styles[algorithm], marker="o" if k <= MANY_CLASSES else None, markersize=3, linewidth=1.2,
+                label=algorithm)
     ax.set_ylabel("test accuracy (%), mean over seeds")
     ax.set_ylim(0, 102)
     if counts:
@@ -194,12 +208,13 @@ def _pseudo_labels(algorithms: dict[str, list[dict]], path: Path, plt) -> Path |
     k = len(next(iter(with_pseudo.values()))[0]["per_class_mask_rate"])
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(max(13, min(18, 0.45 * k * 3)), 4))
     x = np.arange(k)
+    styles = _method_styles(algorithms, plt)  # of every method of the setting: the colours of its other figures
+    marker = "o" if k <= MANY_CLASSES else None
     for algorithm, stats in with_pseudo.items():
-        for ax, key in ((left, "per_class_mask_rate"), (middle, "per_class_used_accuracy")):
-            ax.plot(x, 100 * np.mean([s[key] for s in stats], axis=0), marker="o" if k <= MANY_CLASSES else None,
+        for ax, key in ((left, "per_class_mask_rate"), (middle, "per_class_used_accuracy"),
+                        (right, "pseudo_label_distribution")):
+            ax.plot(x, 100 * np.mean([s[key] for s in stats], axis=0), **styles[algorithm], marker=marker,
                     markersize=3, label=algorithm)
-        right.plot(x, 100 * np.mean([s["pseudo_label_distribution"] for s in stats], axis=0),
-                   marker="o" if k <= MANY_CLASSES else None, markersize=3, label=algorithm)
     truth = next(iter(with_pseudo.values()))[0]["true_distribution"]
     right.plot(x, 100 * np.asarray(truth), "k--", linewidth=1.5, label="true unlabeled distribution")
     left.set_title("unlabeled images over the threshold (%)", fontsize=9)
