@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cissl.errors import CisslError
-from cissl.evaluation.plots import _pyplot, read_evaluations
+from cissl.evaluation.plots import _pyplot, _save, read_evaluations
 from cissl.evaluation.report import (
     COLUMNS,
     MIXED_TITLE,
@@ -98,13 +98,6 @@ def _method_styles(algorithms, plt) -> dict[str, dict]:
     palette = plt.get_cmap("tab10")
     return {name: {"color": palette(i % 10), "linestyle": LINESTYLES[(i // 10) % len(LINESTYLES)]}
             for i, name in enumerate(algorithms)}
-
-
-def _save(fig, path: Path, plt) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _curves(algorithms: dict[str, list[dict]], path: Path, plt) -> Path | None:
