@@ -141,6 +141,71 @@ def test_each_method_keeps_one_line_style_across_a_settings_figures_and_twelve_a
     assert [first[m][1] for m in methods] == ["-"] * 10 + ["--"] * 2
 
 
+def test_report_md_of_a_paper_setting_line_by_line_and_the_html_embeds_each_figure_file(tmp_path):
+    """The whole report.md of two methods on a paper setting (no metrics.jsonl: no curves figure): the intro,
+    the table (mean ± sample std over seeds: semi's 80 and 70 give 75.00 ± 7.07; the paper's column from its
+    Table 1: FixMatch 67.8 ± 1.13, SeMi 80.3 ± 0.41), the figure links; report.html holds the same intro and
+    cells and each figure as the PNG file's own bytes."""
+    import base64
+    import re
+
+    from cissl.evaluation.report_pages import write_report_pages
+
+    setting = "cifar10_lt/consistent_n500_m4000_g100"
+    fake_run(tmp_path / "runs", setting, "semi", 3, top1=0.8)
+    fake_run(tmp_path / "runs", setting, "semi", 3, seed=1, top1=0.7)
+    fake_run(tmp_path / "runs", setting, "fixmatch", 3, top1=0.6)
+    written = write_report_pages([tmp_path / "runs"], tmp_path / "report")
+    slug = "cifar10_lt_consistent_n500_m4000_g100"
+    figures = [f"{slug}_per_class.png", f"{slug}_confusion.png", f"{slug}_pseudo_labels.png"]
+    assert [p.name for p in written] == ["report.md", "report.html", *figures]
+    intro = (f"3 runs below {tmp_path / 'runs'}. Ours: mean ± sample std over seeds of the final EMA model on the "
+             "test set, the method's reported head, in %. The last column is the SeMi paper's own number for the "
+             "same cell (its Tables 1-3, mean ± std of 3 runs, DASO's protocol for the baselines), where the "
+             "setting is one of the paper's: the paper's, not ours.")
+    semi = " | ".join(["75.00 ± 7.07"] * 6)
+    assert (tmp_path / "report/report.md").read_text() == "\n".join([
+        "# cissl report", "", intro, "", f"## {setting}", "",
+        "| algorithm | seeds | top-1 | balanced acc. | many | medium | few | mean of last k top-1 | "
+        "paper top-1 (the paper's, 3 runs) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        "| fixmatch | 0 | " + " | ".join(["60.00"] * 6) + " | 67.8 ± 1.13 |",
+        f"| semi | 0 1 | {semi} | 80.3 ± 0.41 |", "",
+        f"![per-class accuracy](figures/{figures[0]})", f"![confusion matrices](figures/{figures[1]})",
+        f"![pseudo-labels](figures/{figures[2]})", ""])
+    page = (tmp_path / "report/report.html").read_text()
+    assert f"<h1>cissl report</h1>\n<p>{intro.replace(chr(39), '&#x27;')}</p>" in page
+    assert f"<h2>{setting}</h2>" in page and "<td>semi</td><td>0 1</td><td>75.00 ± 7.07</td>" in page
+    embedded = re.findall(r'<h3>([^<]+)</h3><img alt="([^"]+)" src="data:image/png;base64,([^"]+)">', page)
+    assert [(title, alt) for title, alt, _ in embedded] == [
+        ("per-class accuracy", figures[0][:-4]), ("confusion matrices", figures[1][:-4]),
+        ("pseudo-labels", figures[2][:-4])]
+    for (_, _, data), name in zip(embedded, figures):
+        assert base64.b64decode(data) == (tmp_path / "report/figures" / name).read_bytes()
+
+
+def test_per_class_figures_name_the_classes_of_the_split_when_it_names_all_of_them(tmp_path, monkeypatch):
+    """The per-class figure's ticks (and a t-SNE legend) take the class names of the run's split.json when it
+    holds one per class, else the class indices."""
+    pytest.importorskip("matplotlib")
+    from cissl.evaluation import report_pages
+
+    ticks, save = [], report_pages._save
+
+    def keep_ticks(fig, path, plt):
+        if path.stem.endswith("per_class"):
+            ticks.append([t.get_text() for t in fig.axes[0].get_xticklabels()])
+        return save(fig, path, plt)
+
+    monkeypatch.setattr(report_pages, "_save", keep_ticks)
+    for setting, names in (("named", ["cat", "dog", "emu"]), ("two_names", ["cat", "dog"]), ("none", None)):
+        run = fake_run(tmp_path / setting, setting, "m", 3, counts=[4, 2, 1])
+        split = {"labeled_counts": [4, 2, 1], "settings": {} if names is None else {"class_names": names}}
+        (run / "split.json").write_text(json.dumps(split))
+        report_pages.write_report_pages([tmp_path / setting], tmp_path / f"report_{setting}")
+    assert ticks == [["cat", "dog", "emu"], ["0", "1", "2"], ["0", "1", "2"]]
+
+
 def test_paper_columns_for_a_cifar10_lt_setting_match_the_papers_table(tmp_path, capsys):
     fake_run(tmp_path / "runs", "cifar10_lt/consistent_n500_m4000_g100", "semi", 10, top1=0.8)
     fake_run(tmp_path / "runs", "cifar10_lt/daso_protocol/consistent_n500_m4000_g100", "fixmatch_daso", 10)
