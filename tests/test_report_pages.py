@@ -138,7 +138,8 @@ def test_each_method_keeps_one_line_style_across_a_settings_figures_and_twelve_a
     assert len(styles) == 5  # one axes each, three in the pseudo-label figure
     first = next(iter(styles.values()))
     assert all(drawn == first for drawn in styles.values())  # the same style in every figure
-    assert [first[m][1] for m in methods] == ["-"] * 10 + ["--"] * 2
+    tab10 = [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["tab10"].colors]
+    assert [first[m] for m in methods] == [(tab10[i % 10], "-" if i < 10 else "--") for i in range(12)]
 
 
 def test_report_md_of_a_paper_setting_line_by_line_and_the_html_embeds_each_figure_file(tmp_path):
@@ -184,6 +185,19 @@ def test_report_md_of_a_paper_setting_line_by_line_and_the_html_embeds_each_figu
         assert base64.b64decode(data) == (tmp_path / "report/figures" / name).read_bytes()
 
 
+def test_a_report_of_two_settings_returns_the_figures_of_both_and_names_a_setting_without_name(tmp_path):
+    from cissl.evaluation.report_pages import write_report_pages
+
+    fake_run(tmp_path / "runs", "a", "semi", 3)
+    fake_run(tmp_path / "runs", "", "semi", 3)  # a run of the user's own data written without a setting name
+    written = [p.name for p in write_report_pages([tmp_path / "runs"], tmp_path / "report")]
+    assert written == ["report.md", "report.html"] + [f"{slug}_{figure}.png" for slug in ("setting", "a")
+                                                       for figure in ("per_class", "confusion", "pseudo_labels")]
+    md = (tmp_path / "report/report.md").read_text()
+    assert "\n## (no setting name)\n" in md and "\n## a\n" in md
+    assert "<h2>(no setting name)</h2>" in (tmp_path / "report/report.html").read_text()
+
+
 def test_per_class_figures_name_the_classes_of_the_split_when_it_names_all_of_them(tmp_path, monkeypatch):
     """The per-class figure's ticks (and a t-SNE legend) take the class names of the run's split.json when it
     holds one per class, else the class indices."""
@@ -222,16 +236,18 @@ def test_the_pages_name_what_was_left_out_and_escape_names_in_the_html(tmp_path,
     """A setting name is the user's text: the HTML page shows it as text (escaped), never as markup. An
     unreadable results.json is named on both pages, as the plain report names it."""
     fake_run(tmp_path / "runs", 'lt<b>&"10"', "semi", 4)
-    broken = tmp_path / "runs/broken/seed0"
-    broken.mkdir(parents=True)
-    (broken / "results.json").write_text("{")
+    broken = [tmp_path / f"runs/broken/seed{seed}/results.json" for seed in (0, 1)]
+    for path in broken:
+        path.parent.mkdir(parents=True)
+        path.write_text("{")
     code, _, _ = run_cli(["report", tmp_path / "runs", "--out", tmp_path / "report"], capsys)
     md = (tmp_path / "report/report.md").read_text()
     page = (tmp_path / "report/report.html").read_text()
     assert code == 0 and '## lt<b>&"10"' in md and "<h2>lt&lt;b&gt;&amp;&quot;10&quot;</h2>" in page
     assert "<b>" not in page
-    assert "Left out, unreadable:" in md and str(broken / "results.json") in md
-    assert "<p>Left out, unreadable:</p><ul><li>" in page and str(broken / "results.json") in page
+    first, second = (f"{path} (" for path in broken)  # each followed by why it could not be read
+    assert f"\n\nLeft out, unreadable:\n- {first}" in md and f"\n- {second}" in md
+    assert f"<p>Left out, unreadable:</p><ul><li>{first}" in page and f"</li><li>{second}" in page
 
 
 def test_paper_numbers_are_the_transcribed_tables():
@@ -245,9 +261,25 @@ def test_paper_numbers_are_the_transcribed_tables():
     finally:
         sys.path.pop(0)
     assert parse(tables.read_text(encoding="utf-8")) == paper_numbers()
+
+
+def test_a_paper_cell_is_read_from_the_shipped_tables_or_the_numbers_given():
+    """The shipped numbers (Table 3's SeMi on STL-10-LT; a DASO-protocol config is the paper's cell of the same
+    setting), none for a setting or method the paper lacks, and the numbers a caller passes instead."""
     assert paper_cell("stl10_lt/n150_g10", "semi") == [75.3, 0.74]
     assert paper_cell("cifar100_lt/daso_protocol/reversed_n150_m300_g10", "fixmatch_daso") == [60.0, 0.31]
+    assert paper_cell("digits_lt/consistent_n20_m90_g10", "semi") is None
+    assert paper_cell("stl10_lt/n150_g10", "cossl") is None
+    assert paper_cell("stl10_lt/n150_g10", "semi", {"stl10_lt/n150_g10": {"semi": [1.0, 0.5]}}) == [1.0, 0.5]
     assert sum(map(len, paper_numbers().values())) == 208  # Table 1: 15 x 8, Table 2: 8 x 8, Table 3: 6 x 4
+
+
+def test_a_settings_figure_files_are_named_by_its_letters_and_digits():
+    from cissl.evaluation.report_pages import _slug
+
+    assert _slug("cifar10_lt/consistent_n500_m4000_g100") == "cifar10_lt_consistent_n500_m4000_g100"
+    assert _slug("/X lt [key=1.5]/") == "X_lt__key_1_5"  # no _ at either end; letters kept as they are
+    assert _slug("") == _slug("/ /") == "setting"
 
 
 def test_a_100_class_report_renders(tmp_path, capsys):
