@@ -189,11 +189,12 @@ def test_a_report_of_two_settings_returns_the_figures_of_both_and_names_a_settin
     from cissl.evaluation.report_pages import write_report_pages
 
     fake_run(tmp_path / "runs", "a", "semi", 3)
-    fake_run(tmp_path / "runs", "", "semi", 3)  # a run of the user's own data written without a setting name
-    written = [p.name for p in write_report_pages([tmp_path / "runs"], tmp_path / "report")]
+    fake_run(tmp_path / "more", "", "semi", 3)  # a run of the user's own data written without a setting name
+    written = [p.name for p in write_report_pages([tmp_path / "runs", tmp_path / "more"], tmp_path / "report")]
     assert written == ["report.md", "report.html"] + [f"{slug}_{figure}.png" for slug in ("setting", "a")
                                                        for figure in ("per_class", "confusion", "pseudo_labels")]
     md = (tmp_path / "report/report.md").read_text()
+    assert f"\n2 runs below {tmp_path / 'runs'}, {tmp_path / 'more'}. Ours:" in md
     assert "\n## (no setting name)\n" in md and "\n## a\n" in md
     assert "<h2>(no setting name)</h2>" in (tmp_path / "report/report.html").read_text()
 
@@ -246,7 +247,9 @@ def test_the_pages_name_what_was_left_out_and_escape_names_in_the_html(tmp_path,
     assert code == 0 and '## lt<b>&"10"' in md and "<h2>lt&lt;b&gt;&amp;&quot;10&quot;</h2>" in page
     assert "<b>" not in page
     first, second = (f"{path} (" for path in broken)  # each followed by why it could not be read
+    assert md.startswith("# cissl report\n\n1 run below ")  # the broken ones are listed, not counted
     assert f"\n\nLeft out, unreadable:\n- {first}" in md and f"\n- {second}" in md
+    assert md.split("Left out, unreadable:\n")[1].split("\n\n## ")[0].count("\n") == 1  # the list, then the setting
     assert f"<p>Left out, unreadable:</p><ul><li>{first}" in page and f"</li><li>{second}" in page
 
 

@@ -285,8 +285,9 @@ def write_report_pages(roots: list[Path], out: Path,
     rows_by_setting: dict[str, list[dict]] = {}
     for row in aggregate(runs):
         rows_by_setting.setdefault(row["setting"], []).append(row)
+    counted = f"{len(runs)} run{'s' if len(runs) > 1 else ''}"
     md = ["# cissl report", "",
-          f"{len(runs)} runs below {', '.join(map(str, roots))}. Ours: mean ± sample std over seeds of the final EMA "
+          f"{counted} below {', '.join(map(str, roots))}. Ours: mean ± sample std over seeds of the final EMA "
           "model on the test set, the method's reported head, in %. The last column is the SeMi paper's own number "
           "for the same cell (its Tables 1-3, mean ± std of 3 runs, DASO's protocol for the baselines), where the "
           "setting is one of the paper's: the paper's, not ours.", ""]
