@@ -58,8 +58,9 @@ def test_tensorboard_without_package_names_the_key(tmp_path, monkeypatch):
 def test_each_figure_draws_the_runs_numbers(tmp_path, monkeypatch):
     """What `cissl plot` draws, read off the axes calls: the curves are 100 x top-1 and balanced accuracy of
     each head at each evaluation; the bars 100 x the per-class accuracy over ticks naming each class's
-    labeled count; the confusion matrix normalised by row (a class without test images stays a zero row);
-    the pseudo-label bars those of the last evaluation that recorded them."""
+    labeled count; the confusion matrix normalised by row (counts 3 1 0 / 0 1 0 / 0 0 0: a row of one image is
+    all of its share, a class without test images stays a zero row) on a fixed 0..1 colour scale; the
+    pseudo-label bars those of the last of three evaluations that recorded them. The figures go to --out."""
     pytest.importorskip("matplotlib")
     import matplotlib.axes
     import numpy as np
@@ -71,35 +72,49 @@ def test_each_figure_draws_the_runs_numbers(tmp_path, monkeypatch):
     run.mkdir()
     evaluations = [{"kind": "eval", "iteration": it, "test": {"main": {"top1": t, "balanced_accuracy": b},
                                                                "balanced": {"top1": t / 2, "balanced_accuracy": b / 2}}}
-                   for it, t, b in ((2, 0.25, 0.5), (4, 0.75, 0.625))]
-    first = {"per_class_mask_rate": [0.0, 0.0], "per_class_used_accuracy": [0.0, 0.0],
-             "pseudo_label_distribution": [0.5, 0.5], "true_distribution": [0.5, 0.5]}
-    last = {"per_class_mask_rate": [0.5, 0.25], "per_class_used_accuracy": [1.0, 0.75],
-            "pseudo_label_distribution": [0.625, 0.375], "true_distribution": [0.75, 0.25]}
-    evaluations[0]["pseudo_labels"], evaluations[1]["pseudo_labels"] = first, last
+                   for it, t, b in ((2, 0.25, 0.5), (4, 0.75, 0.625), (6, 0.5, 0.75))]
+
+    def pseudo(mask, used, labels, truth=(0.5, 0.25, 0.25)):
+        return {"per_class_mask_rate": mask, "per_class_used_accuracy": used, "pseudo_label_distribution": labels,
+                "true_distribution": list(truth)}
+
+    evaluations[0]["pseudo_labels"] = pseudo([0.0] * 3, [0.0] * 3, [0.5, 0.25, 0.25])
+    evaluations[1]["pseudo_labels"] = pseudo([0.25] * 3, [0.5] * 3, [0.25, 0.5, 0.25])
+    evaluations[2]["pseudo_labels"] = pseudo([0.5, 0.25, 0.0], [1.0, 0.75, 0.0], [0.625, 0.375, 0.0])
     lines = [json.dumps({"kind": "train", "iteration": 1, "loss": 1.0})] + [json.dumps(r) for r in evaluations]
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    (run / "results.json").write_text(json.dumps({"per_class_accuracy": [0.5, 0.25], "reported_head": "main",
-                                                   "confusion_matrix": [[3, 1], [0, 0]]}))
-    Split(np.arange(5), np.arange(5, 8), np.arange(0), [3, 2], [2, 1]).save(run / "split.json")
-    drawn = {**record_axes_calls(monkeypatch, "plot", "bar", "imshow"), "xticks": []}
-    real_xticks = matplotlib.axes.Axes.set_xticks
+    (run / "results.json").write_text(json.dumps({"per_class_accuracy": [0.5, 0.25, 1.0], "reported_head": "main",
+                                                   "confusion_matrix": [[3, 1, 0], [0, 1, 0], [0, 0, 0]]}))
+    Split(np.arange(6), np.arange(6, 10), np.arange(0), [3, 2, 1], [2, 1, 1]).save(run / "split.json")
+    drawn = {**record_axes_calls(monkeypatch, "plot", "bar", "imshow"), "xticks": [], "scales": []}
+    real_xticks, real_imshow = matplotlib.axes.Axes.set_xticks, matplotlib.axes.Axes.imshow
 
     def xticks(ax, ticks, labels=None, **kwargs):
         drawn["xticks"].append(labels)
         return real_xticks(ax, ticks, labels, **kwargs)
 
+    def imshow(ax, image, **kwargs):
+        shown = real_imshow(ax, image, **kwargs)
+        drawn["scales"].append(shown.get_clim())
+        return shown
+
     monkeypatch.setattr(matplotlib.axes.Axes, "set_xticks", xticks)
-    names = [p.name for p in plot_run(run)]
-    assert names == ["curves.png", "per_class_accuracy.png", "confusion_matrix.png", "pseudo_labels.png"]
-    assert drawn["plot"] == [[[2, 4], [25.0, 75.0], "main top-1"], [[2, 4], [50.0, 62.5], "main balanced"],
-                             [[2, 4], [12.5, 37.5], "balanced top-1"], [[2, 4], [25.0, 31.25], "balanced balanced"]]
-    assert drawn["bar"][0] == [[0, 1], [50.0, 25.0]] and drawn["xticks"][0] == ["0\n3", "1\n2"]
-    assert drawn["imshow"] == [[[[0.75, 0.25], [0.0, 0.0]]]]
-    assert drawn["bar"][1:] == [[[-0.2, 0.8], [0.5, 0.25], "mask rate (used / seen)"],
-                                [[0.2, 1.2], [1.0, 0.75], "accuracy of used pseudo-labels"],
-                                [[-0.2, 0.8], [0.625, 0.375], "used pseudo-labels (estimate)"],
-                                [[0.2, 1.2], [0.75, 0.25], "true unlabeled distribution"]]
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", imshow)
+    written = plot_run(run, tmp_path / "figures")
+    assert written == [tmp_path / "figures" / name for name in ("curves.png", "per_class_accuracy.png",
+                                                                "confusion_matrix.png", "pseudo_labels.png")]
+    assert all(path.is_file() for path in written) and not (run / "plots").exists()
+    assert drawn["plot"] == [[[2, 4, 6], [25.0, 75.0, 50.0], "main top-1"],
+                             [[2, 4, 6], [50.0, 62.5, 75.0], "main balanced"],
+                             [[2, 4, 6], [12.5, 37.5, 25.0], "balanced top-1"],
+                             [[2, 4, 6], [25.0, 31.25, 37.5], "balanced balanced"]]
+    assert drawn["bar"][0] == [[0, 1, 2], [50.0, 25.0, 100.0]] and drawn["xticks"][0] == ["0\n3", "1\n2", "2\n1"]
+    assert drawn["imshow"] == [[[[0.75, 0.25, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]]]
+    assert drawn["scales"] == [(0, 1)]
+    assert drawn["bar"][1:] == [[[-0.2, 0.8, 1.8], [0.5, 0.25, 0.0], "mask rate (used / seen)"],
+                                [[0.2, 1.2, 2.2], [1.0, 0.75, 0.0], "accuracy of used pseudo-labels"],
+                                [[-0.2, 0.8, 1.8], [0.625, 0.375, 0.0], "used pseudo-labels (estimate)"],
+                                [[0.2, 1.2, 2.2], [0.5, 0.25, 0.25], "true unlabeled distribution"]]
 
 
 def test_plot_without_matplotlib_names_the_extra_and_a_cut_record_is_skipped(tmp_path, monkeypatch, capsys):
