@@ -117,6 +117,27 @@ def test_each_figure_draws_the_runs_numbers(tmp_path, monkeypatch):
                                 [[0.2, 1.2, 2.2], [0.5, 0.25, 0.25], "true unlabeled distribution"]]
 
 
+def test_a_run_plotted_before_its_first_evaluation_gets_its_curves_figure_saying_so(tmp_path):
+    pytest.importorskip("matplotlib")
+    import warnings
+
+    from cissl.evaluation import plots
+
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"kind": "train", "iteration": 1, "loss": 1.0}) + "\n")
+    texts, save = [], plots._save
+
+    def keep_texts(fig, path, plt):
+        texts.extend(t.get_text() for t in fig.axes[0].texts)
+        return save(fig, path, plt)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warned of a legend without entries
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(plots, "_save", keep_texts)
+            assert plots.plot_run(tmp_path) == [tmp_path / "plots/curves.png"]
+    assert texts == ["no evaluation recorded yet"]
+
+
 def test_plot_without_matplotlib_names_the_extra_and_a_cut_record_is_skipped(tmp_path, monkeypatch, capsys):
     """`cissl plot` without matplotlib is one line naming the extra; the evaluations it draws are the eval
     records of metrics.jsonl in order, past train records and a last line cut short by a crash."""

@@ -56,7 +56,10 @@ def plot_run(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     ax.set_xlabel("iteration")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("EMA model on the test set")
-    ax.legend()
+    if evaluations:
+        ax.legend()
+    else:  # a run plotted before its first evaluation (train.eval_every)
+        ax.text(0.5, 0.5, "no evaluation recorded yet", ha="center", va="center", transform=ax.transAxes)
     written.append(_save(fig, out_dir / "curves.png", plt))
 
     if run.results.is_file():
