@@ -48,18 +48,18 @@ def plot_run(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     written = []
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for head in evaluations[0]["test"] if evaluations else []:
-        its = [r["iteration"] for r in evaluations]
-        ax.plot(its, [100 * r["test"][head]["top1"] for r in evaluations], label=f"{head} top-1")
-        ax.plot(its, [100 * r["test"][head]["balanced_accuracy"] for r in evaluations], "--",
-                label=f"{head} balanced")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("EMA model on the test set")
     if evaluations:
+        its = [r["iteration"] for r in evaluations]
+        for head in evaluations[0]["test"]:
+            ax.plot(its, [100 * r["test"][head]["top1"] for r in evaluations], label=f"{head} top-1")
+            ax.plot(its, [100 * r["test"][head]["balanced_accuracy"] for r in evaluations], "--",
+                    label=f"{head} balanced")
         ax.legend()
     else:  # a run plotted before its first evaluation (train.eval_every)
         ax.text(0.5, 0.5, "no evaluation recorded yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("EMA model on the test set")
     written.append(_save(fig, out_dir / "curves.png", plt))
 
     if run.results.is_file():
