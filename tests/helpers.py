@@ -144,6 +144,20 @@ def assert_tables_well_formed(text: str, separator: str = "---", where: str = ""
     return tables
 
 
+def saved_figures(monkeypatch, module) -> dict:
+    """The matplotlib figures ``module`` (cissl.evaluation.plots or report_pages) saves, by file stem, kept
+    for the test to read after they are written and closed."""
+    figures: dict = {}
+    save = module._save
+
+    def keep(fig, path, plt):
+        figures[path.stem] = fig
+        return save(fig, path, plt)
+
+    monkeypatch.setattr(module, "_save", keep)
+    return figures
+
+
 def record_axes_calls(monkeypatch, *names: str) -> dict[str, list]:
     """What each matplotlib ``Axes.<name>`` call (plot, bar, imshow, ...) drew, call by call: its first two
     positional arguments as lists and its ``label`` keyword; the drawing itself still happens."""

@@ -3,7 +3,7 @@ import json
 
 import pytest
 from conftest import run_cli
-from helpers import record_axes_calls, tiny_config
+from helpers import record_axes_calls, saved_figures, tiny_config
 
 from cissl.engine.logging import RunLogger
 from cissl.engine.run import start_run
@@ -117,24 +117,18 @@ def test_each_figure_draws_the_runs_numbers(tmp_path, monkeypatch):
                                 [[0.2, 1.2, 2.2], [0.5, 0.25, 0.25], "true unlabeled distribution"]]
 
 
-def test_a_run_plotted_before_its_first_evaluation_gets_its_curves_figure_saying_so(tmp_path):
+def test_a_run_plotted_before_its_first_evaluation_gets_its_curves_figure_saying_so(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     import warnings
 
     from cissl.evaluation import plots
 
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"kind": "train", "iteration": 1, "loss": 1.0}) + "\n")
-    texts, save = [], plots._save
-
-    def keep_texts(fig, path, plt):
-        texts.extend(t.get_text() for t in fig.axes[0].texts)
-        return save(fig, path, plt)
-
+    figures = saved_figures(monkeypatch, plots)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matplotlib warned of a legend without entries
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(plots, "_save", keep_texts)
-            assert plots.plot_run(tmp_path) == [tmp_path / "plots/curves.png"]
+        assert plots.plot_run(tmp_path) == [tmp_path / "plots/curves.png"]
+    texts = [t.get_text() for t in figures["curves"].axes[0].texts]
     assert texts == ["no evaluation recorded yet"]
 
 

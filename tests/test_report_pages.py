@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import CONFIGS, REPO, run_cli
+from helpers import saved_figures
 
 from cissl.evaluation.report_pages import paper_cell, paper_numbers
 from cissl.sweep import run_sweep
@@ -115,16 +116,11 @@ def test_each_method_keeps_one_line_style_across_a_settings_figures_and_twelve_a
         run = fake_run(root, "s", name, 3)
         line = {"kind": "eval", "iteration": 2, "test": {"main": {"balanced_accuracy": 0.5}}}
         (run / "metrics.jsonl").write_text(json.dumps(line) + "\n")
-    figures, save = {}, report_pages._save
-
-    def keep_figure(fig, path, plt):
-        figures[path.stem.split("_", 1)[1]] = fig
-        return save(fig, path, plt)
-
-    monkeypatch.setattr(report_pages, "_save", keep_figure)
+    figures = saved_figures(monkeypatch, report_pages)
     report_pages.write_report_pages([root], tmp_path / "report")
     styles = {}
-    for figure, fig in figures.items():
+    for stem, fig in figures.items():
+        figure = stem.split("_", 1)[1]
         for ax in fig.axes:
             lines = [ln for ln in ax.get_lines() if ln.get_label().startswith("m")]
             if not lines:
@@ -205,19 +201,14 @@ def test_per_class_figures_name_the_classes_of_the_split_when_it_names_all_of_th
     pytest.importorskip("matplotlib")
     from cissl.evaluation import report_pages
 
-    ticks, save = [], report_pages._save
-
-    def keep_ticks(fig, path, plt):
-        if path.stem.endswith("per_class"):
-            ticks.append([t.get_text() for t in fig.axes[0].get_xticklabels()])
-        return save(fig, path, plt)
-
-    monkeypatch.setattr(report_pages, "_save", keep_ticks)
+    figures = saved_figures(monkeypatch, report_pages)
     for setting, names in (("named", ["cat", "dog", "emu"]), ("two_names", ["cat", "dog"]), ("none", None)):
         run = fake_run(tmp_path / setting, setting, "m", 3, counts=[4, 2, 1])
         split = {"labeled_counts": [4, 2, 1], "settings": {} if names is None else {"class_names": names}}
         (run / "split.json").write_text(json.dumps(split))
         report_pages.write_report_pages([tmp_path / setting], tmp_path / f"report_{setting}")
+    ticks = [[t.get_text() for t in figures[f"{setting}_per_class"].axes[0].get_xticklabels()]
+             for setting in ("named", "two_names", "none")]
     assert ticks == [["cat", "dog", "emu"], ["0", "1", "2"], ["0", "1", "2"]]
 
 
@@ -388,8 +379,6 @@ def test_tsne_points_have_the_colour_their_class_has_in_the_legend(tmp_path, mon
 
     labels = np.repeat(np.arange(k), 4)
     features = np.random.default_rng(0).normal(size=(len(labels), 5)).astype(np.float32)
-    figures = []
-
     class FirstTwo:
         def __init__(self, **options):
             pass
@@ -397,15 +386,11 @@ def test_tsne_points_have_the_colour_their_class_has_in_the_legend(tmp_path, mon
         def fit_transform(self, x):
             return x[:, :2]
 
-    def keep_figure(fig, path, plt):
-        figures.append(fig)
-        return path
-
     monkeypatch.setattr(report_pages, "_tsne_class", lambda: FirstTwo)
-    monkeypatch.setattr(report_pages, "_save", keep_figure)
+    figures = saved_figures(monkeypatch, report_pages)
     run = {"run_dir": str(tmp_path), "method": "m", "seed": 0}
     report_pages._tsne(run, tmp_path / "t.png", plt, lambda _: (torch.from_numpy(features), torch.from_numpy(labels)))
-    (fig,) = figures
+    (fig,) = figures.values()
     fig.canvas.draw()  # a colour-mapped scatter's colours exist once drawn
     ax = fig.axes[0]
     points = ax.collections[0].get_facecolors()[:, :3]
