@@ -183,3 +183,12 @@ def test_output_read_by_a_reader_that_went_away_ends_quietly():
     process.stdout.close()  # before the command writes its first line
     err = process.stderr.read()
     assert process.wait(timeout=120) == 141 and err == b""
+
+
+def test_counts_are_worded_in_the_singular_for_one_only():
+    """Every message that counts things (sweep, predict, report) words them with ``counted``."""
+    from cissl.wording import counted
+
+    assert [counted(n, "run") for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]
+    assert counted(1, "running run") == "1 running run" and counted(3, "class", "classes") == "3 classes"
+    assert counted(1, "class", "classes") == "1 class"

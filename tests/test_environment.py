@@ -163,12 +163,12 @@ def test_report_says_when_runs_come_from_other_machines_or_code(tmp_path, capsys
     _result(tmp_path / "two" / "fixmatch" / "seed1", 1, None)
     write_report(tmp_path / "two", pair_with="semi")
     err = capsys.readouterr().err
-    assert f"the runs come from more than one machine: {machine_of(other_machine)}: 1 run(s)" in err
-    assert f"more than one machine: {machine_of(A)}: 3 run(s)" in err
-    assert f"more than one machine: {NOT_RECORDED}: 1 run(s)" in err
-    assert "more than one code: aaa: 2 run(s)" in err and "more than one code: bbb+dirty: 1 run(s)" in err
+    assert f"the runs come from more than one machine: {machine_of(other_machine)}: 1 run" in err
+    assert f"more than one machine: {machine_of(A)}: 3 runs" in err
+    assert f"more than one machine: {NOT_RECORDED}: 1 run" in err
+    assert "more than one code: aaa: 2 runs" in err and "more than one code: bbb+dirty: 1 run" in err
     for name in ("results.md", "paired.md"):
-        assert "- code: bbb+dirty: 1 run(s)" in (tmp_path / "two" / name).read_text()
+        assert "- code: bbb+dirty: 1 run" in (tmp_path / "two" / name).read_text()
 
 
 def test_changes_names_what_decides_the_last_bits_and_differs():
@@ -222,7 +222,7 @@ def test_runs_recorded_nowhere_or_all_alike_raise_nothing():
     assert mixed_environments([{"seed": 0}, {"seed": 1}]) == []
     assert mixed_environments([{"environments": [A]}, {"environments": [dict(A)]}]) == []
     assert mixed_environments([{"environments": [A]}, {"environments": [{**A, "threads": 2}]}]) == [
-        f"machine: {machine_of(A)}: 1 run(s)", f"machine: {machine_of({**A, 'threads': 2})}: 1 run(s)"]
+        f"machine: {machine_of(A)}: 1 run", f"machine: {machine_of({**A, 'threads': 2})}: 1 run"]
 
 
 
@@ -235,8 +235,8 @@ def test_report_pages_say_so_too(tmp_path):
     _result(tmp_path / "semi" / "seed1", 1, [{**A, "code": "bbb"}])
     write_report_pages([tmp_path], tmp_path / "pages")
     md, page = (tmp_path / "pages/report.md").read_text(), (tmp_path / "pages/report.html").read_text()
-    assert f"{MIXED_TITLE}\n- code: aaa: 1 run(s)\n- code: bbb: 1 run(s)" in md
-    assert "<li>code: bbb: 1 run(s)</li>" in page
+    assert f"{MIXED_TITLE}\n- code: aaa: 1 run\n- code: bbb: 1 run" in md
+    assert "<li>code: bbb: 1 run</li>" in page
 
 
 def test_the_report_reads_environments_without_loading_pytorch():

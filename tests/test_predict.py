@@ -117,7 +117,8 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys
 
 
 def test_one_image_file_an_empty_folder_and_a_cut_image(trained_run, tmp_path, capsys):
-    """--images names one file: one CSV row, the same prediction as for that file among others; a folder
+    """--images names one file: one CSV row, the same prediction as for that file among others, summarised as
+    "1 image" (not "1 images"); a folder
     without image files and an image whose data is cut short (its header reads, so only decoding fails)
     are one line each."""
     from PIL import Image
@@ -129,6 +130,9 @@ def test_one_image_file_an_empty_folder_and_a_cut_image(trained_run, tmp_path, c
     single = list(csv.DictReader(io.StringIO(one[one.index("file,"):])))
     assert code == 0 and len(single) == 1 and single[0]["class1"] == rows[3]["class1"]
     assert float(single[0]["prob1"]) == pytest.approx(float(rows[3]["prob1"]), abs=1e-6)
+    code, one, _ = run_cli(["predict", trained_run, "--images", tmp_path / "images/0003.png", "--out",
+                            tmp_path / "one.csv"], capsys)
+    assert code == 0 and one.startswith(f"1 image (balanced head of ckpt_00000020.pt): {single[0]['class1']} 1\n")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty/notes.txt").write_text("no images here")
     code, _, err = run_cli(["predict", trained_run, "--images", tmp_path / "empty"], capsys)

@@ -14,6 +14,7 @@ from pathlib import Path
 from cissl.engine.stop import TrainingStopped
 from cissl.errors import CisslError, PrintedByAnotherRank
 from cissl.rundir import RunDir
+from cissl.wording import counted
 
 
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -141,7 +142,7 @@ def cmd_predict(args) -> int:
         atomic_write_text(Path(args.out), table.getvalue())
         counts = predictions.labels.bincount(minlength=len(run.class_names)).tolist()
         summary = ", ".join(f"{name} {n}" for name, n in zip(run.class_names, counts) if n)
-        print(f"{len(files)} images ({run.head} head of {run.checkpoint.name}): {summary}")
+        print(f"{counted(len(files), 'image')} ({run.head} head of {run.checkpoint.name}): {summary}")
         print(f"predictions: {args.out}")
     else:
         sys.stdout.write(table.getvalue())
@@ -213,7 +214,7 @@ def cmd_report(args) -> int:
         raise CisslError("--per-seed writes DIR/per_seed.md of one folder: leave out --out")
     if args.out:
         written = report_pages(args.roots, args.out, tsne=args.tsne)
-        print(f"{written[0]}\n{written[1]}\n{len(written) - 2} figures in {Path(args.out) / 'figures'}")
+        print(f"{written[0]}\n{written[1]}\n{counted(len(written) - 2, 'figure')} in {Path(args.out) / 'figures'}")
         return 0
     if len(args.roots) > 1 or args.tsne:
         raise CisslError("several folders or --tsne: give --out OUT for report.md / report.html")

@@ -24,6 +24,7 @@ from cissl.engine.stop import StopSignals, TrainingStopped
 from cissl.errors import CisslError, ConfigError
 from cissl.evaluation.report import write_report
 from cissl.rundir import RunDir, ensure_folder
+from cissl.wording import counted
 
 
 class Job(NamedTuple):
@@ -326,8 +327,8 @@ def _run_side_by_side(todo, workers: int, threads: int, deadline: float | None, 
     except _Signalled as exc:  # each worker gets the signal once, writes a checkpoint of its step and stops
         name = signal.Signals(exc.number).name
         alive = [process for process, *_ in running.values() if process.is_alive()]
-        print(f"interrupted ({name}): waiting for {len(alive)} running run(s) to checkpoint and stop", file=stream,
-              flush=True)
+        print(f"interrupted ({name}): waiting for {counted(len(alive), 'running run')} to checkpoint and stop",
+              file=stream, flush=True)
         # a run stops with a checkpoint on the signals StopSignals catches; any other (SIGHUP) goes on as SIGTERM
         _stop_workers(alive, exc.number if exc.number in StopSignals.SIGNALS else signal.SIGTERM, 600, signalled)
         raise TrainingStopped(exc.number, f"sweep stopped on {name}; the same sweep command resumes its runs "
@@ -357,7 +358,8 @@ def _side_by_side_loop(todo, workers: int, threads: int, deadline: float | None,
                        signalled: set) -> list[str]:
     context = multiprocessing.get_context("spawn")  # a clean interpreter per run: no inherited torch state
     start, pending, failed = time.monotonic(), list(todo), []
-    print(f"{len(todo)} runs, {workers} at a time, {threads} thread(s) each", file=stream, flush=True)
+    print(f"{counted(len(todo), 'run')}, {workers} at a time, {counted(threads, 'thread')} each", file=stream,
+          flush=True)
     while pending or running:
         while pending and len(running) < workers:
             label, job = pending.pop(0)

@@ -13,6 +13,7 @@ from pathlib import Path
 from cissl.environment import code_of, machine_of
 from cissl.errors import CisslError
 from cissl.rundir import RESULTS, atomic_write_text
+from cissl.wording import counted
 
 COLUMNS = [  # (results.json key, column title)
     ("top1", "top-1"),
@@ -105,7 +106,7 @@ def mixed_environments(runs: list[dict]) -> list[str]:
             for name in {describe(e) for e in run.get("environments") or []} or {NOT_RECORDED}:
                 count[name] = count.get(name, 0) + 1
         if len(count) > 1:
-            lines += [f"{what}: {name}: {n} run(s)" for name, n in sorted(count.items())]
+            lines += [f"{what}: {name}: {counted(n, 'run')}" for name, n in sorted(count.items())]
     return lines
 
 

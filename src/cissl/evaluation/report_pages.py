@@ -33,6 +33,7 @@ from cissl.evaluation.report import (
     table_setting,
 )
 from cissl.rundir import atomic_write_text, ensure_folder
+from cissl.wording import counted
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -55,11 +56,6 @@ def paper_cell(setting: str, algorithm: str, numbers: dict | None = None) -> lis
     """The paper's number for one of our table cells (a DASO-protocol config is the same cell), else None."""
     numbers = paper_numbers() if numbers is None else numbers
     return numbers.get(setting.replace("/daso_protocol/", "/"), {}).get(algorithm)
-
-
-def _counted(n: int, noun: str) -> str:
-    """"1 run", "3 runs"."""
-    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 def _slug(text: str) -> str:
@@ -128,7 +124,7 @@ def _curves(algorithms: dict[str, list[dict]], path: Path, plt) -> Path | None:
             length = min(len(xs) for xs, _ in curves)
             mean = np.mean([ys[:length] for _, ys in curves], axis=0)
             ax.plot(curves[0][0][:length], mean, **styles[algorithm], linewidth=2,
-                    label=f"{algorithm} ({_counted(len(curves), 'run')}; thin: each seed)")
+                    label=f"{algorithm} ({counted(len(curves), 'run')}; thin: each seed)")
             drawn += 1
     if not drawn:
         plt.close(fig)
@@ -180,7 +176,7 @@ def _confusions(algorithms: dict[str, list[dict]], path: Path, plt) -> Path:
         conf = np.sum([np.asarray(r["confusion_matrix"], dtype=float) for r in members], axis=0)
         conf = conf / np.maximum(conf.sum(axis=1, keepdims=True), 1)
         image = ax.imshow(conf, cmap="Blues", vmin=0, vmax=1)
-        ax.set_title(f"{algorithm} ({_counted(len(members), 'seed')})", fontsize=9)
+        ax.set_title(f"{algorithm} ({counted(len(members), 'seed')})", fontsize=9)
         k = len(conf)
         if k <= MANY_CLASSES:
             ax.set_xticks(range(k), range(k), fontsize=7)
@@ -291,7 +287,7 @@ def write_report_pages(roots: list[Path], out: Path,
     for row in aggregate(runs):
         rows_by_setting.setdefault(row["setting"], []).append(row)
     md = ["# cissl report", "",
-          f"{_counted(len(runs), 'run')} below {', '.join(map(str, roots))}. Ours: mean ± sample std over seeds of "
+          f"{counted(len(runs), 'run')} below {', '.join(map(str, roots))}. Ours: mean ± sample std over seeds of "
           "the final EMA model on the test set, the method's reported head, in %. The last column is the SeMi "
           "paper's own number for the same cell (its Tables 1-3, mean ± std of 3 runs, DASO's protocol for the "
           "baselines), where the setting is one of the paper's: the paper's, not ours.", ""]
