@@ -266,7 +266,9 @@ def test_bench_counts_out_of_range_are_one_line(flag, value, least, capsys, monk
 
 def test_jobs_file_runs_side_by_side_and_reports_a_failed_run(tmp_path, capsys):
     """`cissl sweep --jobs`: a run that fails inside its worker (its data folder is missing) is reported
-    with its log's last line; the other finishes; the sweep then exits 2 with one line."""
+    with its log's last line (its log keeps an earlier attempt's lines: the worker appends); the other
+    finishes; the third job starts only once one of the two workers is free; the sweep then exits 2 with
+    one line."""
     quick = CONFIGS / "quickstart.yaml"
     tiny = " ".join(TINY)
     jobs = tmp_path / "grid.jobs"
@@ -274,14 +276,21 @@ def test_jobs_file_runs_side_by_side_and_reports_a_failed_run(tmp_path, capsys):
                     f"done {quick} supervised {tiny}\n"
                     f"missing {quick} supervised {tiny} data.dataset=cifar10 data.root={tmp_path / 'nowhere'}\n"
                     f"absent {quick} supervised {tiny} data.dataset=cifar10 data.root={tmp_path / 'nowhere'}\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/missing.log").write_text("an earlier attempt's last line\n")
     code, out, err = run_cli(["sweep", "--jobs", jobs, "--workers", "2", "--out", tmp_path / "out", "train.device=cpu"],
                              capsys)
     assert code == 2 and err == (f"cissl: error: 2 of 3 runs did not finish: {tmp_path / 'out/missing'}, "
                                  f"{tmp_path / 'out/absent'} (their logs: <run dir>.log; run the same sweep again to "
                                  f"resume them)\n")
     assert (tmp_path / "out/done/results.json").is_file()
-    failed = next(line for line in out.splitlines() if "FAILED" in line)
+    failed = next(line for line in out.splitlines() if "/out/missing: FAILED" in line)
     assert "/out/missing: FAILED (exit 2) cissl: error: cifar10: missing file" in failed and "nowhere" in failed
+    assert (tmp_path / "out/missing.log").read_text().startswith("an earlier attempt's last line\n")
+    lines = out.splitlines()
+    third = next(i for i, line in enumerate(lines) if line.startswith("[3/3]") and ": started (log " in line)
+    first_end = next(i for i, line in enumerate(lines) if " FAILED " in line or ": top-1 " in line)
+    assert sum(": started (log " in line for line in lines[:first_end]) == 2 and third > first_end
 
 
 # ----------------------------------------------------------------------------- grids, jobs files, workers
@@ -421,8 +430,9 @@ def test_a_run_planned_twice_runs_once_and_two_configs_of_one_name_are_refused(t
 
 
 def test_workers_run_side_by_side_and_a_deadline_leaves_runs_to_resume(tmp_path, capsys):
-    """Two runs in two worker processes: both finish with their logs beside them. A deadline of 0 stops
-    the runs it started, says so, and fails with one line; the same sweep without it then finishes them."""
+    """Two runs in two worker processes: both finish with their logs beside them, each at its share of
+    the threads. A deadline of 0 stops the two runs it started, says so, starts none of the third (its run
+    folder is never made), names all three in one line; the same sweep without it then finishes them."""
     config = str(CONFIGS / "quickstart.yaml")
     stream = io.StringIO()
     rows = run_sweep([config], ["supervised"], [0, 1], tmp_path / "a", TINY, workers=2, stream=stream)
@@ -433,11 +443,16 @@ def test_workers_run_side_by_side_and_a_deadline_leaves_runs_to_resume(tmp_path,
     sequential = run_sweep([config], ["supervised"], [0], tmp_path / "b", TINY)
     first = json.loads((tmp_path / "a/quickstart/supervised/seed0/results.json").read_text())
     assert first["top1"] == sequential[0]["top1"][0]  # the same run in a worker process
-    with pytest.raises(CisslError, match="2 of 2 runs did not finish"):  # the CLI: exit 2, one line
-        run_sweep([config], ["fixmatch"], [0, 1], tmp_path / "c", TINY, workers=2, deadline=0)
-    assert "stopped at the deadline" in capsys.readouterr().out
-    rows = run_sweep([config], ["fixmatch"], [0, 1], tmp_path / "c", TINY, workers=2)
-    assert rows[0]["seeds"] == [0, 1]
+    assert first["environments"][0]["threads"] == threads_per_job(2)  # its share of the cores, not all of them
+    stream = io.StringIO()
+    with pytest.raises(CisslError, match="3 of 3 runs did not finish"):  # the CLI: exit 2, one line
+        run_sweep([config], ["fixmatch"], [0, 1, 2], tmp_path / "c", TINY, workers=2, deadline=0, stream=stream)
+    printed = stream.getvalue()
+    assert printed.count(": stopped at the deadline\n") == 2 and "[3/3]" not in printed.split(": stopped at")[0]
+    assert printed.endswith(f"[3/3] {tmp_path / 'c/quickstart/fixmatch/seed2'}: not started (deadline)\n")
+    assert not (tmp_path / "c/quickstart/fixmatch/seed2").exists()
+    rows = run_sweep([config], ["fixmatch"], [0, 1, 2], tmp_path / "c", TINY, workers=2)
+    assert rows[0]["seeds"] == [0, 1, 2]
 
 
 def test_a_sweep_runs_its_grid_and_its_jobs_file_together_quietly_into_its_stream(tmp_path, capsys):
@@ -712,6 +727,45 @@ def _fake_workers(monkeypatch, **events):
     return sent
 
 
+def test_unfinished_runs_are_named_in_the_sweeps_order_whatever_order_they_end(tmp_path, monkeypatch):
+    """Two workers fail, the one started second first: the sweep's one line names them in the sweep's
+    order (jobs file order), and each FAILED line carries its own log's last line."""
+    import multiprocessing
+    import time
+
+    class Worker:  # the first started lives 0.6 s, the second ends at once
+        started = 0
+
+        def __init__(self, target, args, daemon):
+            _, log_path, _ = args
+            log_path.write_text(f"training\ncissl: error: {log_path.stem} failed\n")
+            Worker.started += 1
+            self.end = time.monotonic() + (0.6 if Worker.started == 1 else 0.0)
+            self.pid, self.exitcode = 10 ** 7, 2
+
+        def start(self):
+            pass
+
+        def is_alive(self):
+            return time.monotonic() < self.end
+
+        def join(self, timeout=None):
+            pass
+
+    class Context:
+        Process = Worker
+
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method: Context)
+    quick = CONFIGS / "quickstart.yaml"
+    (tmp_path / "grid.jobs").write_text(f"first {quick} supervised\nsecond {quick} supervised\n")
+    stream = io.StringIO()
+    with pytest.raises(CisslError, match=rf"^2 of 2 runs did not finish: {re.escape(str(tmp_path / 'out/first'))}, "
+                                         rf"{re.escape(str(tmp_path / 'out/second'))} \(their logs"):
+        run_sweep([], [], [0], tmp_path / "out", TINY, jobs_file=tmp_path / "grid.jobs", workers=2, stream=stream)
+    ended = [line.split(": FAILED (exit 2) ")[1] for line in stream.getvalue().splitlines() if "FAILED" in line]
+    assert ended == ["cissl: error: second failed", "cissl: error: first failed"]
+
+
 def test_a_signal_as_a_worker_starts_still_reaches_that_worker(tmp_path, monkeypatch):
     """SIGTERM arrives while the sweep's worker is starting, before it is in the list of running ones: it
     waits until the worker is listed, so the worker gets it and the sweep stops with 128 + 15 (before, the
@@ -744,6 +798,63 @@ def test_a_ctrl_c_during_the_deadlines_grace_is_not_a_second_signal_to_the_worke
 
 STOPPED_BETWEEN_CHECKPOINTS = ("cissl: {}: stopped between checkpoints; the same sweep command resumes it from its "
                                "last one (or starts it again)\n")
+
+
+def test_the_sweep_catches_every_stop_signal_but_a_hangup_it_was_started_ignoring():
+    """While workers run, SIGINT and SIGTERM raise in the sweep even where it inherited them ignored (a
+    shell's background job ignores SIGINT), and so does SIGHUP (a closed terminal) unless the sweep was
+    started ignoring it (nohup: the README's promise that such a sweep goes on); the handlers it found are
+    put back afterwards."""
+    from cissl.sweep import _Signalled, _stop_signals_raise
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        for hangup in (signal.SIG_IGN, signal.SIG_DFL):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGHUP, hangup)
+            with _stop_signals_raise():
+                for number in (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hangup is signal.SIG_DFL else ()):
+                    with pytest.raises(_Signalled) as caught:
+                        signal.raise_signal(number)
+                    assert caught.value.number == number
+                assert (signal.getsignal(signal.SIGHUP) is signal.SIG_IGN) == (hangup is signal.SIG_IGN)
+                if hangup is signal.SIG_IGN:
+                    signal.raise_signal(signal.SIGHUP)  # ignored: nothing happens
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGHUP) is hangup
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def test_a_worker_that_outlasts_the_grace_is_killed_and_none_is_signalled_twice():
+    """_stop_workers: each worker not yet signalled gets the signal once (one already sent it, e.g. by the
+    deadline, gets no second one, which would stop it without its checkpoint); a worker still alive when the
+    grace is over is killed, so the sweep never waits for ever."""
+    import cissl.sweep as sweep
+    from cissl.sweep import _stop_workers
+
+    class Worker:
+        def __init__(self, pid, obeys):
+            self.pid, self.obeys, self.alive, self.killed = pid, obeys, True, False
+
+        def join(self, timeout=None):
+            self.alive = self.alive and not (self.obeys and self.pid in sent)
+
+        def is_alive(self):
+            return self.alive
+
+        def kill(self):
+            self.alive, self.killed = False, True
+
+    sent: list = []
+    obeys, stubborn, earlier = Worker(1, True), Worker(2, False), Worker(3, True)
+    signalled = {earlier}
+    earlier.alive = False
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sweep.os, "kill", lambda pid, number: sent.append(pid) if number == signal.SIGTERM else None)
+        _stop_workers([obeys, stubborn, earlier], signal.SIGTERM, 0.0, signalled)
+    assert sent == [1, 2] and signalled == {obeys, stubborn, earlier}
+    assert not obeys.killed and stubborn.killed and not stubborn.is_alive() and not earlier.killed
 
 
 @contextlib.contextmanager
