@@ -115,3 +115,49 @@ def test_what_list_prints_comes_from_registered_and_config_keys(capsys):
         assert f"  {key:<38} {default:<16} {text}\n" in out
     with pytest.raises(CisslError, match=r"^config key 'algorithm.name': unknown algorithm 'nope'; allowed: acr, "):
         api.config_keys("nope")
+
+
+# command line -> the API function it calls, and each of the command's options that the function takes as
+# (argparse destination, the function's parameter)
+OPTIONS = [
+    (["sweep", "--out", "o"], "sweep", [("algorithms", "algorithms"), ("seeds", "seeds"), ("grid", "grid"),
+                                        ("jobs", "jobs_file"), ("workers", "workers"), ("deadline", "deadline"),
+                                        ("by_seed", "by_seed")]),
+    (["report", "o"], "report", [("pair", "pair"), ("per_seed", "per_seed")]),
+    (["report", "o"], "report_pages", [("tsne", "tsne")]),
+    (["estimate-distribution", "r"], "estimate_distribution", [("checkpoint", "checkpoints"),
+                                                               ("max_condition", "max_condition"),
+                                                               ("all_checkpoints", "every_checkpoint")]),
+    (["evaluate", "r"], "evaluate", [("checkpoint", "checkpoint")]),
+    (["plot", "r"], "plot", [("out", "out")]),
+    (["bench", "throughput", "--config", QUICKSTART], "throughput", [("steps", "steps"), ("warmup", "warmup"),
+                                                                     ("rounds", "rounds"), ("synthetic", "synthetic")]),
+    (["data", "build-imagenet127", "--source", "s", "--size", "32", "--out", "o"], "build_imagenet127",
+     [("partial", "partial")]),
+]
+
+
+@pytest.mark.parametrize("argv, function, options", OPTIONS, ids=[name for _, name, _ in OPTIONS])
+def test_each_functions_defaults_are_the_commands(argv, function, options):
+    """A script that leaves an option out gets what the command gives without it (cissl.api.throughput
+    timed 10 steps, `cissl bench throughput` 9). A list default of the command may be a tuple here."""
+    import inspect
+
+    given = build_parser().parse_args(argv)
+    parameters = inspect.signature(getattr(api, function)).parameters
+    for dest, parameter in options:
+        default = parameters[parameter].default
+        assert (list(default) if isinstance(default, tuple) else default) == getattr(given, dest), (dest, parameter)
+
+
+def test_train_resume_and_sweep_print_nothing_unless_asked(tmp_path, capsys):
+    """From Python a run is quiet by default (no progress lines); quiet=False prints them."""
+    config = api.load_config(QUICKSTART, FOUR_STEPS)
+    api.train(config, tmp_path / "run")
+    (tmp_path / "run/results.json").unlink()
+    api.resume(tmp_path / "run")
+    api.sweep(QUICKSTART, tmp_path / "sweep", algorithms="supervised", overrides=FOUR_STEPS)
+    out, err = capsys.readouterr()
+    assert "[cissl]" not in out + err
+    api.train(config, tmp_path / "loud", quiet=False)
+    assert "[cissl] quickstart: fixmatch" in capsys.readouterr().out

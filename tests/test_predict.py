@@ -232,10 +232,11 @@ def test_predict_uses_the_configs_evaluation_batch_unless_told(trained_run, monk
     assert torch.allclose(default.probs, small.probs, atol=1e-6)
 
 
-def test_the_python_api_resumes_evaluates_and_loads_a_chosen_checkpoint(trained_run, tmp_path):
+def test_the_python_api_resumes_evaluates_and_loads_a_chosen_checkpoint(trained_run, tmp_path, monkeypatch):
     """Each function of cissl.api does what its command does: load_run from a named checkpoint (the older
     one predicts with its own weights), predict_files on a folder (the files sorted, the same probabilities
-    as the array), evaluate from a checkpoint, resume of a run cut after its first checkpoint."""
+    as the array; its progress on the given stream), evaluate from a checkpoint, resume of a run cut after its
+    first checkpoint."""
     import shutil
 
     from cissl.engine.checkpoint import load_checkpoint
@@ -254,6 +255,11 @@ def test_the_python_api_resumes_evaluates_and_loads_a_chosen_checkpoint(trained_
     assert listed == [files[2], files[0]] and torch.allclose(from_list.probs, from_files.probs[[2, 0]], atol=1e-6)
     with pytest.raises(DataError, match="^predict_files: no files or folders given$"):
         newest.predict_files([])
+    seen, read = [], api.read_image_files
+    monkeypatch.setattr(api, "read_image_files", lambda files, stream=None: seen.append(stream) or read(files, stream))
+    progress = io.StringIO()
+    newest.predict_files(files[0], stream=progress)
+    assert seen == [progress]  # the reader's progress lines (every 1000 files) go to the caller's stream
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     at_ten = api.evaluate(run, checkpoint=run / "checkpoints/ckpt_00000010.pt")

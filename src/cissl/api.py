@@ -197,7 +197,7 @@ def plot(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     return plot_run(Path(run_dir), Path(out) if out else None)
 
 
-def throughput(config: Config, steps: int = 10, warmup: int = 3, rounds: int = 3, synthetic: bool = False) -> dict:
+def throughput(config: Config, steps: int = 9, warmup: int = 3, rounds: int = 3, synthetic: bool = False) -> dict:
     """Time a training step of ``config`` against its floor (``cissl bench throughput``); returns the summary.
     Under torchrun, one DDP rank's step."""
     from cissl.bench.throughput import measure

@@ -80,7 +80,7 @@ class _Timer:
         return (time.perf_counter() - start) / n
 
 
-def measure(config, steps: int = 10, warmup: int = 3, rounds: int = 3, synthetic: bool = False,
+def measure(config, steps: int = 9, warmup: int = 3, rounds: int = 3, synthetic: bool = False,
             device: torch.device | None = None) -> dict:
     """Time floor, augmentation and full step of ``config``; returns the JSON-able summary. Inside a
     process group (torchrun) the step is one DDP rank's: its share of the batch, gradients all-reduced."""
