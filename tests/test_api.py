@@ -64,11 +64,24 @@ def test_a_sweep_and_its_report_from_python(tmp_path):
     again = api.report(tmp_path, pair="fixmatch", per_seed=True)
     assert again == rows
     assert all((tmp_path / name).is_file() for name in ("results.md", "results.csv", "paired.md", "per_seed.md"))
+    assert "fixmatch minus each, by seed, in points" in (tmp_path / "per_seed.md").read_text()  # paired there too
     (tmp_path / "empty").mkdir()
     with pytest.raises(CisslError, match=r"^no results.json below .*empty$"):
         api.report(tmp_path / "empty")
     with pytest.raises(CisslError, match=r"^sweep needs --configs FILE \.\.\. or --jobs FILE$"):
         api.sweep([], tmp_path)
+
+
+def test_a_sweeps_grid_jobs_file_and_deadline_from_python(tmp_path):
+    """sweep() hands its grid, jobs file and deadline on: two grid points and a job run; a deadline of 0 stops
+    the one run it starts."""
+    (tmp_path / "extra.jobs").write_text(f"extra {QUICKSTART} supervised\n")
+    rows = api.sweep(QUICKSTART, tmp_path / "grid", algorithms="supervised", grid="optim.lr=0.01,0.02",
+                     jobs_file=tmp_path / "extra.jobs", overrides=FOUR_STEPS)
+    assert sorted(row["setting"] for row in rows) == ["quickstart", "quickstart [optim.lr=0.01]",
+                                                       "quickstart [optim.lr=0.02]"]
+    with pytest.raises(CisslError, match=r"^1 of 1 runs did not finish: .*seed0 \(their logs"):
+        api.sweep(QUICKSTART, tmp_path / "late", algorithms="supervised", overrides=FOUR_STEPS, deadline=0)
 
 
 def test_one_config_algorithm_seed_or_folder_may_be_given_alone(tmp_path):
@@ -87,9 +100,20 @@ def test_split_and_split_counts_give_what_the_command_prints(tmp_path, capsys):
     assert code == 0 and json.loads(out) == api.split_counts(config) == {
         "labeled": [40, 30, 23, 18, 14, 11, 8, 6, 5, 4], "unlabeled": [80, 61, 47, 37, 28, 22, 17, 13, 10, 8]}
     summary = api.split(config, save=tmp_path / "split.json")
-    assert summary["labeled"] == api.split_counts(config)["labeled"]
-    assert summary["saved"] == str(tmp_path / "split.json")
+    assert summary == {"classes": [str(k) for k in range(10)], **api.split_counts(config), "labeled_total": 159,
+                       "unlabeled_total": 323, "val_total": 0, "seed": 0, "saved": str(tmp_path / "split.json")}
     assert json.loads((tmp_path / "split.json").read_text())["seed"] == summary["seed"] == 0
+    assert api.split(api.load_config(QUICKSTART, ["data.val_per_class=2"]))["val_total"] == 20
+    order = [9, 0, 1, 2, 3, 4, 5, 6, 7, 8]  # run class 0 (the head) is digit 9, and the split records it
+    reordered = api.split(api.load_config(QUICKSTART, [f"data.class_order={order}"]), save=tmp_path / "order.json")
+    assert reordered["classes"] == [str(k) for k in order]
+    assert json.loads((tmp_path / "order.json").read_text())["class_order"] == order
+    own = api.load_config(str(CONFIGS.parent / "examples/own_data.yaml"), [f"data.root={tmp_path}"])
+    with pytest.raises(CisslError, match=r"^data.dataset=folder: the counts come from the data; drop --counts-only "
+                                         r"\(in Python: cissl.api.split\(config\)\)$"):
+        api.split_counts(own)
+    with pytest.raises(CisslError, match=r"^split_counts needs a Config \(cissl.api.load_config"):
+        api.split_counts(QUICKSTART)
     with pytest.raises(CisslError, match=r"^split needs a Config \(cissl.api.load_config\(path, overrides\)\), got"):
         api.split(QUICKSTART)
 
