@@ -1,6 +1,7 @@
 """cissl.api: every command of the command line is a function of the API, which the command calls."""
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import CONFIGS, run_cli
@@ -139,6 +140,9 @@ def test_what_list_prints_comes_from_registered_and_config_keys(capsys):
         assert f"  {key:<38} {default:<16} {text}\n" in out
     with pytest.raises(CisslError, match=r"^config key 'algorithm.name': unknown algorithm 'nope'; allowed: acr, "):
         api.config_keys("nope")
+    preset = {key: default for key, default, _ in api.config_keys("fixmatch_la_daso")}  # a table row's preset
+    assert (preset["algorithm.name"], preset["algorithm.logit_adjust"], preset["algorithm.refiner.name"]) == (
+        "fixmatch_la_daso", "true", "daso")  # its own values, not FixMatch's (fixmatch, false, none)
 
 
 # command line -> the API function it calls, and each of the command's options that the function takes as
@@ -185,3 +189,24 @@ def test_train_resume_and_sweep_print_nothing_unless_asked(tmp_path, capsys):
     assert "[cissl]" not in out + err
     api.train(config, tmp_path / "loud", quiet=False)
     assert "[cissl] quickstart: fixmatch" in capsys.readouterr().out
+
+
+def test_plot_and_throughput_hand_their_arguments_on(monkeypatch, tmp_path):
+    """plot() and throughput() pass what they are given to the work below them (the work itself is tested
+    where it is done): the folder to write, the step counts, synthetic data, the run's device."""
+    import torch
+
+    import cissl.bench.throughput as bench
+    import cissl.evaluation.plots as plots
+
+    calls = []
+    monkeypatch.setattr(plots, "plot_run", lambda run_dir, out: calls.append((run_dir, out)) or [])
+    api.plot("run", tmp_path / "figures")
+    api.plot("run")
+    assert calls == [(Path("run"), tmp_path / "figures"), (Path("run"), None)]
+    monkeypatch.setattr(bench, "measure", lambda config, **options: options)
+    options = api.throughput(api.load_config(QUICKSTART, ["train.device=cpu"]), steps=4, warmup=1, rounds=2,
+                             synthetic=True)
+    assert options == {"steps": 4, "warmup": 1, "rounds": 2, "synthetic": True, "device": torch.device("cpu")}
+    with pytest.raises(CisslError, match=r"^throughput needs a Config \(cissl.api.load_config"):
+        api.throughput(QUICKSTART)
