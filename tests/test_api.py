@@ -1,5 +1,6 @@
 """cissl.api: every command of the command line is a function of the API, which the command calls."""
 
+import inspect
 import json
 from pathlib import Path
 
@@ -169,8 +170,6 @@ OPTIONS = [
 def test_each_functions_defaults_are_the_commands(argv, function, options):
     """A script that leaves an option out gets what the command gives without it (cissl.api.throughput
     timed 10 steps, `cissl bench throughput` 9). A list default of the command may be a tuple here."""
-    import inspect
-
     given = build_parser().parse_args(argv)
     parameters = inspect.signature(getattr(api, function)).parameters
     for dest, parameter in options:

@@ -186,7 +186,7 @@ def test_output_read_by_a_reader_that_went_away_ends_quietly():
 
 
 def test_counts_are_worded_in_the_singular_for_one_only():
-    """Every message that counts things (sweep, predict, report) words them with ``counted``."""
+    """``counted``, which words every count of sweep, predict and report: the plural for any number but 1."""
     from cissl.wording import counted
 
     assert [counted(n, "run") for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]

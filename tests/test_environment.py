@@ -163,12 +163,12 @@ def test_report_says_when_runs_come_from_other_machines_or_code(tmp_path, capsys
     _result(tmp_path / "two" / "fixmatch" / "seed1", 1, None)
     write_report(tmp_path / "two", pair_with="semi")
     err = capsys.readouterr().err
-    assert f"the runs come from more than one machine: {machine_of(other_machine)}: 1 run" in err
-    assert f"more than one machine: {machine_of(A)}: 3 runs" in err
-    assert f"more than one machine: {NOT_RECORDED}: 1 run" in err
-    assert "more than one code: aaa: 2 runs" in err and "more than one code: bbb+dirty: 1 run" in err
+    assert f"the runs come from more than one machine: {machine_of(other_machine)}: 1 run\n" in err
+    assert f"more than one machine: {machine_of(A)}: 3 runs\n" in err
+    assert f"more than one machine: {NOT_RECORDED}: 1 run\n" in err
+    assert "more than one code: aaa: 2 runs\n" in err and "more than one code: bbb+dirty: 1 run\n" in err
     for name in ("results.md", "paired.md"):
-        assert "- code: bbb+dirty: 1 run" in (tmp_path / "two" / name).read_text()
+        assert "- code: bbb+dirty: 1 run\n" in (tmp_path / "two" / name).read_text()
 
 
 def test_changes_names_what_decides_the_last_bits_and_differs():
@@ -235,7 +235,7 @@ def test_report_pages_say_so_too(tmp_path):
     _result(tmp_path / "semi" / "seed1", 1, [{**A, "code": "bbb"}])
     write_report_pages([tmp_path], tmp_path / "pages")
     md, page = (tmp_path / "pages/report.md").read_text(), (tmp_path / "pages/report.html").read_text()
-    assert f"{MIXED_TITLE}\n- code: aaa: 1 run\n- code: bbb: 1 run" in md
+    assert f"{MIXED_TITLE}\n- code: aaa: 1 run\n- code: bbb: 1 run\n" in md
     assert "<li>code: bbb: 1 run</li>" in page
 
 

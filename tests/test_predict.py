@@ -118,9 +118,8 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys
 
 def test_one_image_file_an_empty_folder_and_a_cut_image(trained_run, tmp_path, capsys):
     """--images names one file: one CSV row, the same prediction as for that file among others, summarised as
-    "1 image" (not "1 images"); a folder
-    without image files and an image whose data is cut short (its header reads, so only decoding fails)
-    are one line each."""
+    "1 image" (not "1 images"); a folder without image files and an image whose data is cut short (its
+    header reads, so only decoding fails) are one line each."""
     from PIL import Image
 
     write_test_images(trained_run, tmp_path / "images")

@@ -683,12 +683,13 @@ def test_ctrl_c_on_a_sweep_with_workers_checkpoints_every_running_run(tmp_path, 
 
 class _FakeWorker:
     """A worker process as ``_side_by_side_loop`` sees it, with no process behind it: ``on_start`` and
-    ``on_join`` may raise a signal in this (the sweep's) process at that moment; a signal sent to it stops it."""
+    ``on_join`` may raise a signal in this (the sweep's) process at that moment; a signal sent to it stops it;
+    ``killed`` says whether it was killed."""
 
     sent: list = []
 
     def __init__(self, target, args, daemon, on_start=None, on_join=None):
-        self.pid, self.alive, self.exitcode = 10 ** 7, False, None  # no such process: os.kill is replaced
+        self.pid, self.alive, self.exitcode, self.killed = 10 ** 7, False, None, False  # os.kill is replaced
         self.on_start, self.on_join = on_start, on_join
 
     def start(self):
@@ -706,10 +707,10 @@ class _FakeWorker:
         self.alive = self.alive and not any(pid == self.pid for pid, _ in self.sent)
 
     def kill(self):
-        self.alive = False
+        self.alive, self.killed = False, True
 
 
-def _fake_workers(monkeypatch, **events):
+def _fake_workers(monkeypatch, worker=_FakeWorker, **events):
     import multiprocessing
 
     import cissl.sweep as sweep
@@ -721,7 +722,7 @@ def _fake_workers(monkeypatch, **events):
     class Context:
         @staticmethod
         def Process(target, args, daemon):
-            return _FakeWorker(target, args, daemon, **events)
+            return worker(target, args, daemon, **events)
 
     monkeypatch.setattr(multiprocessing, "get_context", lambda method: Context)
     return sent
@@ -730,32 +731,22 @@ def _fake_workers(monkeypatch, **events):
 def test_unfinished_runs_are_named_in_the_sweeps_order_whatever_order_they_end(tmp_path, monkeypatch):
     """Two workers fail, the one started second first: the sweep's one line names them in the sweep's
     order (jobs file order), and each FAILED line carries its own log's last line."""
-    import multiprocessing
     import time
 
-    class Worker:  # the first started lives 0.6 s, the second ends at once
+    class Failing(_FakeWorker):  # writes its log and exits 2 on its own: the first started after 0.6 s
         started = 0
 
         def __init__(self, target, args, daemon):
+            super().__init__(target, args, daemon)
             _, log_path, _ = args
             log_path.write_text(f"training\ncissl: error: {log_path.stem} failed\n")
-            Worker.started += 1
-            self.end = time.monotonic() + (0.6 if Worker.started == 1 else 0.0)
-            self.pid, self.exitcode = 10 ** 7, 2
-
-        def start(self):
-            pass
+            Failing.started += 1
+            self.end, self.exitcode = time.monotonic() + (0.6 if Failing.started == 1 else 0.0), 2
 
         def is_alive(self):
             return time.monotonic() < self.end
 
-        def join(self, timeout=None):
-            pass
-
-    class Context:
-        Process = Worker
-
-    monkeypatch.setattr(multiprocessing, "get_context", lambda method: Context)
+    _fake_workers(monkeypatch, worker=Failing)
     quick = CONFIGS / "quickstart.yaml"
     (tmp_path / "grid.jobs").write_text(f"first {quick} supervised\nsecond {quick} supervised\n")
     stream = io.StringIO()
@@ -826,34 +817,25 @@ def test_the_sweep_catches_every_stop_signal_but_a_hangup_it_was_started_ignorin
             signal.signal(sig, handler)
 
 
-def test_a_worker_that_outlasts_the_grace_is_killed_and_none_is_signalled_twice():
+def test_a_worker_that_outlasts_the_grace_is_killed_and_none_is_signalled_twice(monkeypatch):
     """_stop_workers: each worker not yet signalled gets the signal once (one already sent it, e.g. by the
     deadline, gets no second one, which would stop it without its checkpoint); a worker still alive when the
     grace is over is killed, so the sweep never waits for ever."""
-    import cissl.sweep as sweep
     from cissl.sweep import _stop_workers
 
-    class Worker:
-        def __init__(self, pid, obeys):
-            self.pid, self.obeys, self.alive, self.killed = pid, obeys, True, False
-
+    class Stubborn(_FakeWorker):  # a signal does not stop it
         def join(self, timeout=None):
-            self.alive = self.alive and not (self.obeys and self.pid in sent)
+            pass
 
-        def is_alive(self):
-            return self.alive
-
-        def kill(self):
-            self.alive, self.killed = False, True
-
-    sent: list = []
-    obeys, stubborn, earlier = Worker(1, True), Worker(2, False), Worker(3, True)
-    signalled = {earlier}
-    earlier.alive = False
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sweep.os, "kill", lambda pid, number: sent.append(pid) if number == signal.SIGTERM else None)
-        _stop_workers([obeys, stubborn, earlier], signal.SIGTERM, 0.0, signalled)
-    assert sent == [1, 2] and signalled == {obeys, stubborn, earlier}
+    sent = _fake_workers(monkeypatch)
+    obeys, stubborn, earlier = _FakeWorker(None, (), True), Stubborn(None, (), True), _FakeWorker(None, (), True)
+    for pid, worker in enumerate((obeys, stubborn, earlier), start=1):
+        worker.pid = pid
+    obeys.start()
+    stubborn.start()
+    signalled = {earlier}  # signalled by the deadline, and ended since
+    _stop_workers([obeys, stubborn, earlier], signal.SIGTERM, 0.0, signalled)
+    assert [pid for pid, _ in sent] == [1, 2] and signalled == {obeys, stubborn, earlier}
     assert not obeys.killed and stubborn.killed and not stubborn.is_alive() and not earlier.killed
 
 
