@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from cissl.config import LOCATION_KEYS, flat_keys, load_config, name_differences
 from cissl.engine.checkpoint import latest_checkpoint
-from cissl.engine.run import resume_run, start_run
+from cissl.engine.run import check_installed, resume_run, start_run
 from cissl.engine.stop import StopSignals, TrainingStopped
 from cissl.errors import CisslError, ConfigError
 from cissl.evaluation.report import write_report
@@ -168,15 +168,20 @@ def run_sweep(configs, algorithms, seeds, out: Path, overrides=None, quiet: bool
     jobs = unique_jobs(jobs)
     for job in jobs:
         check_same_run(job)
+    finished = [RunDir(job.run_dir).results.is_file() for job in jobs]
+    in_process = workers == 1 and deadline is None
+    for job, done in zip(jobs, finished):  # a missing package fails the sweep, not each run that needs it
+        if not done:
+            check_installed(job.config, quiet if in_process else False)
     ensure_folder(out)  # a file of that name fails here once, not in every job
     labels = [f"[{i}/{len(jobs)}] {job.run_dir}" for i, job in enumerate(jobs, start=1)]
     todo = []
-    for label, job in zip(labels, jobs):
-        if RunDir(job.run_dir).results.is_file():
+    for label, job, done in zip(labels, jobs, finished):
+        if done:
             print(f"{label}: finished, skipped", file=stream, flush=True)
         else:
             todo.append((label, job))
-    if workers == 1 and deadline is None:
+    if in_process:
         failed = []
         for label, job in todo:  # in this process; a run that fails on its input does not stop the others
             start = time.perf_counter()

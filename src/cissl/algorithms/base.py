@@ -236,6 +236,12 @@ class Algorithm(Hooks):
         A method that returns more than 0 needs ``data.val_per_class >= 1`` (checked up front)."""
         return 0
 
+    @classmethod
+    def check_installed(cls, config) -> None:
+        """Raise a ``ConfigError`` naming the package to install when one this method needs for ``config``
+        is missing (SEVAL: scipy). A training run calls it before it reads its data or writes anything;
+        nothing by default."""
+
     # ------------------------------------------------------------------ training and evaluation
     @property
     def reported_head(self) -> str:

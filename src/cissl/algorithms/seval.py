@@ -203,9 +203,13 @@ class Seval(FixMatch):
     def validation_every(cls, config) -> int:
         return config.fit_every
 
+    @classmethod
+    def check_installed(cls, config) -> None:
+        _scipy_minimize()
+
     def __init__(self, config: SevalConfig, context):
         super().__init__(config, context)
-        _scipy_minimize()  # a missing scipy is said before the run starts
+        _scipy_minimize()  # also where no training run checked first (evaluate, load_run)
         k = context.num_classes
         group_size(k, config.offset_groups, "offset_groups")
         group_size(k, config.threshold_groups, "threshold_groups")

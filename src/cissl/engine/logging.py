@@ -80,6 +80,33 @@ class MetricWindow:
         self.steps = int(state["steps"])
 
 
+def _tensorboard_writer():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("config key 'train.tensorboard': needs the tensorboard package; "
+                          "pip install 'cissl[tensorboard]'") from None
+    return SummaryWriter
+
+
+def _rich_progress():
+    try:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    except ImportError:
+        raise ConfigError("config key 'train.progress': 'rich' needs the rich package; "
+                          "pip install 'cissl[progress]'") from None
+    return BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+def check_logging_packages(train_config, quiet: bool) -> None:
+    """The packages the logger of a run with this ``train`` section will import, checked before the run
+    reads its data or writes anything: one line naming the key and the extra to install."""
+    if train_config.tensorboard:
+        _tensorboard_writer()
+    if train_config.progress == "rich" and not quiet:
+        _rich_progress()
+
+
 class RunLogger:
     """Writes train / eval records to ``metrics.jsonl`` and progress lines to the console."""
 
@@ -92,19 +119,10 @@ class RunLogger:
         self.quiet = quiet
         self.writer = None
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ConfigError("config key 'train.tensorboard': needs the tensorboard package; "
-                                  "pip install 'cissl[tensorboard]'") from None
-            self.writer = SummaryWriter(str(run_dir.tensorboard))
+            self.writer = _tensorboard_writer()(str(run_dir.tensorboard))
         self.bar = None
         if progress == "rich" and not quiet:
-            try:
-                from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-            except ImportError:
-                raise ConfigError("config key 'train.progress': 'rich' needs the rich package; "
-                                  "pip install 'cissl[progress]'") from None
+            BarColumn, Progress, TextColumn, TimeRemainingColumn = _rich_progress()
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
                                 TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn())
             self.task = self.bar.add_task("training", total=total_iterations)

@@ -15,7 +15,7 @@ from cissl import distributed
 from cissl.config import Config, load_config, save_config
 from cissl.data.protocol import Split
 from cissl.engine.agreement import run_on_main
-from cissl.engine.assemble import build_evaluation, last_generation_start
+from cissl.engine.assemble import build_evaluation, last_generation_start, method_class
 from cissl.engine.batches import global_batch_size
 from cissl.engine.checkpoint import (
     check_checkpoint_belongs,
@@ -27,8 +27,8 @@ from cissl.engine.checkpoint import (
 )
 from cissl.engine.data import prepare_data, prepare_rank_data
 from cissl.engine.init_from import load_initial_backbone
-from cissl.engine.launch import launched, met_by_every_local_rank
-from cissl.engine.logging import RunLogger, truncate_jsonl
+from cissl.engine.launch import launched, met_by_every_local_rank, torchrun_launch
+from cissl.engine.logging import RunLogger, check_logging_packages, truncate_jsonl
 from cissl.engine.precision import resolve_device
 from cissl.engine.trainer import Trainer
 from cissl.errors import CheckpointError, CisslError, ConfigError
@@ -63,10 +63,21 @@ def _logger(config: Config, run_dir: RunDir, stream, quiet: bool) -> RunLogger:
     return RunLogger(run_dir, tc.iterations, tc.tensorboard, stream or sys.stdout, quiet, tc.progress)
 
 
+def check_installed(config: Config, quiet: bool) -> None:
+    """The optional packages a training run of ``config`` imports (its method's; TensorBoard and rich in
+    the process that writes the logs), checked before it reads its data or writes anything."""
+    method_class(config).check_installed(config.algorithm)
+    launch = torchrun_launch()
+    if launch is None or launch.rank == 0:  # rank 0 alone logs
+        check_logging_packages(config.train, quiet)
+
+
 def start_run(config: Config, run_dir: Path, stream=None, quiet: bool = False) -> dict:
     """Train a new run in ``run_dir`` (which must not hold checkpoints already). Under torchrun every
     rank trains; rank 0 alone claims and writes the run directory."""
     run = RunDir(run_dir)
+    with met_by_every_local_rank():
+        check_installed(config, quiet)
     with launched(config) as device, ExitStack() as held:
         def claim() -> None:
             prepare_run_directory(run)  # before the data load: a bad --out fails at once
@@ -126,6 +137,7 @@ def resume_run(run_dir: Path, stream=None, quiet: bool = False) -> dict:
     run = RunDir(run_dir)
     with met_by_every_local_rank():
         config = read_run_config(run.path)
+        check_installed(config, quiet)
     with launched(config) as device, ExitStack() as held:
         def claim():
             held.enter_context(run.exclusive())
