@@ -171,6 +171,10 @@ SHORT = ["train.iterations=10", "train.eval_every=5", "train.report_last=1"]  # 
     ([*SHORT, "train.report_last=2"], "config key 'train.report_last': 2 is more than half of the run's 2 "
                                       "evaluations (train.iterations 10 / train.eval_every 5); the last-k window "
                                       "must be a tail of the run: use at most 1"),
+    ([*SHORT, "train.iterations=5", "train.report_last=2"], "config key 'train.report_last': 2 is more than the run's "
+                                                            "1 evaluation (train.iterations 5 / train.eval_every 5); "
+                                                            "the last-k window must be a tail of the run: use at "
+                                                            "most 1"),
     ([*SHORT, "train.iterations=20", "train.report_last=3"], "config key 'train.report_last': 3 is more than half "
                                                              "of the run's 4 evaluations (train.iterations 20 / "
                                                              "train.eval_every 5); the last-k window must be a tail "

@@ -195,10 +195,12 @@ class TrainConfig:
         evaluations = self.evaluations
         most = max(1, evaluations // 2)
         if self.report_last > most:
+            of_the_run = (f"half of the run's {evaluations} evaluations" if evaluations > 1 else
+                          "the run's 1 evaluation")  # the window holds at least the last one
             raise ConfigError(
-                f"config key 'train.report_last': {self.report_last} is more than half of the run's {evaluations} "
-                f"evaluations (train.iterations {self.iterations} / train.eval_every {self.eval_every}); the "
-                f"last-k window must be a tail of the run: use at most {most}")
+                f"config key 'train.report_last': {self.report_last} is more than {of_the_run} (train.iterations "
+                f"{self.iterations} / train.eval_every {self.eval_every}); the last-k window must be a tail of "
+                f"the run: use at most {most}")
 
     @property
     def evaluations(self) -> int:
