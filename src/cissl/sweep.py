@@ -143,6 +143,20 @@ def _run_job(job: Job, quiet: bool) -> dict:
     return start_run(job.config, job.run_dir, quiet=quiet)
 
 
+def _unfinished(jobs: list[Job], quiet: bool, stream) -> list[tuple[str, Job]]:
+    """The jobs without a ``results.json``, each with its ``[i/n]`` label; the others are said to be skipped.
+    A package that one of them needs and this machine lacks fails the sweep here, before anything runs."""
+    labels = [f"[{i}/{len(jobs)}] {job.run_dir}" for i, job in enumerate(jobs, start=1)]
+    finished = [RunDir(job.run_dir).results.is_file() for job in jobs]
+    todo = [(label, job) for label, job, done in zip(labels, jobs, finished) if not done]
+    for _, job in todo:
+        check_installed(job.config, quiet)
+    for label, done in zip(labels, finished):
+        if done:
+            print(f"{label}: finished, skipped", file=stream, flush=True)
+    return todo
+
+
 def _summary(results: dict, seconds: float) -> str:
     return (f"top-1 {100 * results['top1']:.2f} %, balanced {100 * results['balanced_accuracy']:.2f} % "
             f"({seconds:.0f} s)")
@@ -168,19 +182,9 @@ def run_sweep(configs, algorithms, seeds, out: Path, overrides=None, quiet: bool
     jobs = unique_jobs(jobs)
     for job in jobs:
         check_same_run(job)
-    finished = [RunDir(job.run_dir).results.is_file() for job in jobs]
     in_process = workers == 1 and deadline is None
-    for job, done in zip(jobs, finished):  # a missing package fails the sweep, not each run that needs it
-        if not done:
-            check_installed(job.config, quiet if in_process else False)
+    todo = _unfinished(jobs, quiet if in_process else False, stream)
     ensure_folder(out)  # a file of that name fails here once, not in every job
-    labels = [f"[{i}/{len(jobs)}] {job.run_dir}" for i, job in enumerate(jobs, start=1)]
-    todo = []
-    for label, job, done in zip(labels, jobs, finished):
-        if done:
-            print(f"{label}: finished, skipped", file=stream, flush=True)
-        else:
-            todo.append((label, job))
     if in_process:
         failed = []
         for label, job in todo:  # in this process; a run that fails on its input does not stop the others
