@@ -56,6 +56,20 @@ def test_a_line_at_the_start_instant_has_no_speed(tmp_path, clock):
     assert logged_records(tmp_path)[0]["it_per_s"] == 0.0
 
 
+@pytest.mark.parametrize("seconds, iterations, line", [
+    (0.5, 10, "20.00 it/s | ETA 49s"),      # a window under a second still has its speed
+    (250.0, 100, "0.40 it/s | ETA 37m30s"),  # under one step a second (a paper-batch run on a CPU): its ETA
+])
+def test_speed_and_time_left_of_short_windows_and_slow_runs(tmp_path, clock, seconds, iterations, line):
+    stream = io.StringIO()
+    logger = RunLogger(tmp_path, 1000, stream=stream)
+    logger.start(0)
+    clock.now += seconds
+    logger.log_train(iterations, {"loss": 1.0})
+    logger.close()
+    assert stream.getvalue().endswith(f"| {line}\n")
+
+
 def test_evaluation_and_generation_lines_and_records(tmp_path, clock):
     stream = io.StringIO()
     logger = RunLogger(tmp_path, 10, stream=stream)
@@ -165,6 +179,12 @@ def test_the_rich_bar_prints_messages_above_it_and_its_absence_names_the_extra(t
     logger.message("a [bold]message[/bold]")  # printed as it is: no markup
     logger.close()
     assert "[cissl] a [bold]message[/bold]" in capsys.readouterr().out
+    bar = RunLogger(tmp_path, 10, progress="rich")  # the bar shows the iteration, the loss and the speed
+    bar.log_train(4, {"mask_rate": 0.5, "loss": 1.23456})
+    task = bar.bar.tasks[0]
+    bar.close()
+    assert (task.completed, task.total) == (4, 10)
+    assert task.description.startswith("loss 1.235 | ") and task.description.endswith(" it/s")
     monkeypatch.setitem(__import__("sys").modules, "rich.progress", None)
     with pytest.raises(ConfigError, match=r"^config key 'train.progress': 'rich' needs the rich package; "
                                           r"pip install 'cissl\[progress\]'$"):
