@@ -1,10 +1,12 @@
 import math
+import warnings
 
 import pytest
 import torch
 from helpers import tiny_config
 
 from cissl.engine.data import prepare_data
+from cissl.engine.precision import ComputePolicy
 from cissl.engine.run import start_run
 from cissl.engine.trainer import Trainer
 
@@ -68,3 +70,11 @@ def test_cudnn_autotuning_is_switched_only_for_cuda_runs(monkeypatch):
     for wanted in (True, False):
         configure_backends(tiny_config(f"train.cudnn_benchmark={str(wanted).lower()}").train, torch.device("cuda", 0))
         assert torch.backends.cudnn.benchmark is wanted
+
+
+def test_bf16_autocasts_to_bfloat16_on_a_gpu_too():
+    """CUDA's autocast defaults to float16 (the CPU's to bfloat16): the policy names bfloat16 itself."""
+    with warnings.catch_warnings():  # without a GPU, torch disables CUDA autocast with a warning; its dtype is set
+        warnings.simplefilter("ignore")
+        on_gpu = ComputePolicy(torch.device("cuda"), "bf16").autocast()
+    assert on_gpu.device == "cuda" and on_gpu.fast_dtype == torch.bfloat16
