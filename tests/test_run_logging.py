@@ -173,7 +173,8 @@ def test_tensorboard_gets_each_train_and_evaluation_scalar_at_its_iteration(tmp_
         ("val/main/balanced_accuracy", 0.25, 4)]
 
 
-def test_the_rich_bar_prints_messages_above_it_and_its_absence_names_the_extra(tmp_path, monkeypatch, capsys):
+def test_the_rich_bar_shows_the_progress_prints_messages_above_it_and_its_absence_names_the_extra(
+        tmp_path, monkeypatch, capsys):
     pytest.importorskip("rich")
     logger = RunLogger(tmp_path, 10, progress="rich")
     logger.message("a [bold]message[/bold]")  # printed as it is: no markup

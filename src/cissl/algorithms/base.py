@@ -195,6 +195,7 @@ class Algorithm(Hooks):
     """Base class of a method. Subclasses implement :meth:`step`; the rest has defaults."""
 
     def __init__(self, config, context: AlgorithmContext):
+        self.check_installed(config)  # here too for what builds a method without a training run (evaluate)
         self.config = config
         self.context = context
         # the EMA network, attached by the engine for methods that extract features with it (DASO's queue);
@@ -239,8 +240,8 @@ class Algorithm(Hooks):
     @classmethod
     def check_installed(cls, config) -> None:
         """Raise a ``ConfigError`` naming the package to install when one this method needs for ``config``
-        is missing (SEVAL: scipy). A training run calls it before it reads its data or writes anything;
-        nothing by default."""
+        is missing (SEVAL: scipy). A training run calls it before it reads its data or writes anything, and
+        the constructor calls it; nothing by default."""
 
     # ------------------------------------------------------------------ training and evaluation
     @property

@@ -209,7 +209,6 @@ class Seval(FixMatch):
 
     def __init__(self, config: SevalConfig, context):
         super().__init__(config, context)
-        _scipy_minimize()  # also where no training run checked first (evaluate, load_run)
         k = context.num_classes
         group_size(k, config.offset_groups, "offset_groups")
         group_size(k, config.threshold_groups, "threshold_groups")
