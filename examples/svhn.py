@@ -24,7 +24,17 @@ URL = "http://ufldl.stanford.edu/housenumbers/"
 FILES = {"train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373", "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3"}
 
 
-@register_source("svhn", num_classes=10, channels=3, image_size=32)
+def scipy_loadmat():
+    """scipy's MATLAB reader and its error, or a DataError naming the package (checked before a run writes)."""
+    try:
+        from scipy.io import loadmat
+        from scipy.io.matlab import MatReadError
+    except ImportError:
+        raise DataError("svhn: reading its .mat files needs scipy (pip install scipy)") from None
+    return loadmat, MatReadError
+
+
+@register_source("svhn", num_classes=10, channels=3, image_size=32, check_installed=scipy_loadmat)
 def load_svhn(data_config) -> DataSource:
     """SVHN (MATLAB files; example plugin examples/svhn.py)"""
     root = Path(data_config.root)
@@ -47,11 +57,7 @@ def _find(name: str, root: Path, download: bool) -> Path:
 
 
 def _read_mat(path: Path, name: str) -> ImageSet:
-    try:
-        from scipy.io import loadmat
-        from scipy.io.matlab import MatReadError
-    except ImportError:
-        raise DataError("svhn: reading its .mat files needs scipy (pip install scipy)") from None
+    loadmat, MatReadError = scipy_loadmat()
     try:
         mat = loadmat(path)
     except (MatReadError, ValueError, OSError, NotImplementedError) as exc:  # not MATLAB 5, truncated, 7.3 (HDF5)

@@ -22,6 +22,7 @@ from cissl import api, plugins
 from cissl.bench.throughput import synthetic_data
 from cissl.data.sources import SOURCES, load_source, register_source
 from cissl.engine.data import prepare_data
+from cissl.engine.run import start_run
 from cissl.errors import ConfigError, DataError
 
 # Four classes of 30 training and 6 test images each (class k's pixels around 60 k, so a few steps learn
@@ -194,6 +195,8 @@ def test_register_source_refuses_bad_facts_and_a_taken_name():
             ({"num_classes": 1}, r"data set 'toy_facts': num_classes must be an int >= 2, got 1"),
             ({"channels": 4}, r"data set 'toy_facts': channels must be 1 \(grey\) or 3 \(RGB\), got 4"),
             ({"image_size": 2}, r"data set 'toy_facts': image_size must be an int >= 4, got 2"),
+            ({"check_installed": "scipy"}, r"data set 'toy_facts': check_installed must be a function of no "
+                                           r"arguments, got 'scipy'"),
             ({"name": "cifar10"}, r"data set 'cifar10' registered twice")):
         facts = {"name": "toy_facts", "num_classes": 4, "channels": 1, "image_size": 8} | kwargs
         with pytest.raises(ValueError, match=rf"^{message}$"):
@@ -303,6 +306,16 @@ def test_the_svhn_example_names_a_missing_a_corrupt_and_a_wrong_file(svhn, monke
     train.unlink()
     with pytest.raises(DataError, match=rf"^svhn: missing file {train}; put it there or set data.download=true$"):
         load_source(config.data)
+
+
+def test_the_svhn_example_names_a_missing_scipy_before_the_run_folder_is_claimed(svhn, tmp_path, monkeypatch):
+    """The reader declares scipy with register_source's check_installed; start_run asks it before anything."""
+    _, root, _ = svhn
+    config = tiny_config(f"plugins=[{REPO / 'examples/svhn.py'}]", "data.dataset=svhn", f"data.root={root}")
+    monkeypatch.setitem(sys.modules, "scipy.io", None)
+    with pytest.raises(DataError, match=r"^svhn: reading its \.mat files needs scipy \(pip install scipy\)$"):
+        start_run(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_svhn_example_downloads_missing_files_when_asked(svhn, tmp_path, monkeypatch):

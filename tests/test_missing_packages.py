@@ -1,20 +1,24 @@
-"""An optional package a training run needs (TensorBoard, rich, a method's scipy) is named in one line before
+"""An optional package a training run needs (TensorBoard, rich, a method's scipy, its data reader's scikit-learn or
+Pillow) is named in one line before
 the run reads its data or writes anything: ``cissl.engine.run.check_installed``, called by ``train``,
 ``--resume`` and ``cissl sweep`` (before its output folder is made)."""
 
 import sys
 
 import pytest
-from conftest import run_cli
+from conftest import REPO, run_cli
 from helpers import CONFIGS, tiny_config
 
 import cissl.engine.run as run_module
+from cissl.config import load_config
 from cissl.engine.run import check_installed, resume_run, start_run
-from cissl.errors import ConfigError
+from cissl.errors import ConfigError, DataError
 from cissl.sweep import run_sweep
 
 TENSORBOARD = r"^config key 'train.tensorboard': needs the tensorboard package; pip install 'cissl\[tensorboard\]'$"
 RICH = r"^config key 'train.progress': 'rich' needs the rich package; pip install 'cissl\[progress\]'$"
+SKLEARN = r"^digits: the digits data set comes with scikit-learn; install it with `pip install 'cissl\[digits\]'`$"
+PILLOW = r"^data.dataset=folder reads images with Pillow: pip install 'cissl\[images\]'$"
 SCIPY = r"^algorithm fixmatch_seval fits its offsets and thresholds with scipy's optimizers"
 
 
@@ -58,6 +62,19 @@ def test_a_method_names_its_package_before_the_data_is_read(tmp_path, without, n
     without("scipy.optimize")
     with pytest.raises(ConfigError, match=SCIPY):
         start_run(tiny_config("data.val_per_class=5", algorithm="fixmatch_seval"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("config, hidden, message", [
+    (CONFIGS / "quickstart.yaml", "sklearn.datasets", SKLEARN),
+    (REPO / "examples" / "own_data.yaml", "PIL", PILLOW),
+])
+def test_a_data_reader_names_its_package_before_the_run_folder_is_claimed(tmp_path, without, no_data, config,
+                                                                           hidden, message):
+    """Without the check the reader named the package after the run folder was claimed (it held a lock file)."""
+    without(hidden)
+    with pytest.raises(DataError, match=message):
+        start_run(load_config(config, [f"data.root={tmp_path}", "train.device=cpu"]), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 

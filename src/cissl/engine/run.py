@@ -14,6 +14,7 @@ import torch
 from cissl import distributed
 from cissl.config import Config, load_config, save_config
 from cissl.data.protocol import Split
+from cissl.data.sources import check_source_installed
 from cissl.engine.agreement import run_on_main
 from cissl.engine.assemble import build_evaluation, last_generation_start, method_class
 from cissl.engine.batches import global_batch_size
@@ -64,8 +65,9 @@ def _logger(config: Config, run_dir: RunDir, stream, quiet: bool) -> RunLogger:
 
 
 def check_installed(config: Config, quiet: bool) -> None:
-    """The optional packages a training run of ``config`` imports (its method's; TensorBoard and rich in
-    the process that writes the logs), checked before it reads its data or writes anything."""
+    """The optional packages a training run of ``config`` imports (its data reader's; its method's; TensorBoard
+    and rich in the process that writes the logs), checked before it reads its data or writes anything."""
+    check_source_installed(config.data)
     method_class(config).check_installed(config.algorithm)
     launch = torchrun_launch()
     if launch is None or launch.rank == 0:  # rank 0 alone logs

@@ -13,16 +13,17 @@ from typing import Callable
 
 from cissl.data.sources.base import DataSource, ImageSet
 from cissl.data.sources.cifar import load_cifar10, load_cifar100
-from cissl.data.sources.digits import load_digits_source
+from cissl.data.sources.digits import load_digits_source, sklearn_load_digits
 from cissl.data.sources.fashion import load_fashion_mnist
 from cissl.data.sources.imagenet127 import load_imagenet127
-from cissl.data.sources.own import load_arrays_source, load_folder_source
+from cissl.data.sources.own import load_arrays_source, load_folder_source, require_pillow
 from cissl.data.sources.stl10 import load_stl10, resize_uint8
 from cissl.errors import DataError
 from cissl.schema import add_entry, first_doc_line
 
-__all__ = ["DataSource", "ImageSet", "SOURCES", "SourceInfo", "load_source", "register_source", "load_cifar10",
-           "load_cifar100", "load_stl10", "load_fashion_mnist", "load_digits_source"]
+__all__ = ["DataSource", "ImageSet", "SOURCES", "SourceInfo", "check_source_installed", "load_source",
+           "register_source", "load_cifar10", "load_cifar100", "load_stl10", "load_fashion_mnist",
+           "load_digits_source"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class SourceInfo:
     given_split: bool = False  # labeled / unlabeled (/ test) given by the data, not drawn by the LT protocol
     summary: str = ""  # one line for `cissl list`
     size_of_build: bool = False  # image_size is the default only: the files hold the size they were built at
+    check_installed: Callable[[], None] | None = None  # raises a DataError naming the extra its reader needs
 
 
 # The built-in readers, each (data_config) -> DataSource; named so that a reader-check message names them.
@@ -82,19 +84,20 @@ SOURCES: dict[str, SourceInfo] = {info.name: info for info in (
     SourceInfo("fashion_mnist", 10, 1, 28, False, _read_fashion_mnist,
                summary="Fashion-MNIST (IDX files)"),
     SourceInfo("digits", 10, 1, 8, False, _read_digits,
-               summary="scikit-learn's handwritten digits"),
+               summary="scikit-learn's handwritten digits", check_installed=sklearn_load_digits),
     SourceInfo("imagenet127", 127, 3, 32, False, _read_imagenet127,
                summary="Small-ImageNet-127 built by `cissl data build-imagenet127` (data.image_size: 32 or 64)",
                size_of_build=True),
     SourceInfo("folder", None, None, None, True, _read_folder, True,
-               summary="your images: labeled/<class>/, unlabeled/, test/<class>/ (parts as given)"),
+               summary="your images: labeled/<class>/, unlabeled/, test/<class>/ (parts as given)",
+               check_installed=require_pillow),
     SourceInfo("arrays", None, None, None, True, _read_arrays, True,
                summary="your uint8 arrays in an .npz file (parts as given)"),
 )}
 
 
 def register_source(name: str, *, num_classes: int, channels: int, image_size: int,
-                    has_unlabeled_split: bool = False):
+                    has_unlabeled_split: bool = False, check_installed: Callable[[], None] | None = None):
     """Decorator: ``@register_source("svhn", num_classes=10, channels=3, image_size=32)`` on a reader
     ``(data_config) -> DataSource`` makes ``data.dataset: svhn`` read it. The reader returns the data set's
     labeled training images (labels 0..num_classes-1), its test images and their per-channel mean / std, at
@@ -102,7 +105,8 @@ def register_source(name: str, *, num_classes: int, channels: int, image_size: i
     ``has_unlabeled_split``, also a separate unlabeled split (``data.unlabeled_distribution: unknown`` uses
     it, as STL-10's). The long-tailed protocol then draws the run's labeled and unlabeled images from the
     training images, as it does from CIFAR-10's. The reader's docstring's first line is its ``cissl list``
-    summary."""
+    summary. ``check_installed``, a function of no arguments that raises a ``DataError`` naming the package to
+    install, runs before a training run reads or writes anything (as for the built-in readers)."""
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"a data set's name must be a word of letters, digits and _, got {name!r}")
     if not (isinstance(num_classes, int) and num_classes >= 2):
@@ -111,13 +115,25 @@ def register_source(name: str, *, num_classes: int, channels: int, image_size: i
         raise ValueError(f"data set {name!r}: channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     if not (isinstance(image_size, int) and image_size >= 4):
         raise ValueError(f"data set {name!r}: image_size must be an int >= 4, got {image_size!r}")
+    if check_installed is not None and not callable(check_installed):
+        raise ValueError(f"data set {name!r}: check_installed must be a function of no arguments, got "
+                         f"{check_installed!r}")
 
     def decorate(read):
         add_entry(SOURCES, "data set", name, SourceInfo(name, num_classes, channels, image_size,
-                                                         bool(has_unlabeled_split), read, summary=first_doc_line(read)))
+                                                         bool(has_unlabeled_split), read, summary=first_doc_line(read),
+                                                         check_installed=check_installed))
         return read
 
     return decorate
+
+
+def check_source_installed(data_config) -> None:
+    """Raise a ``DataError`` naming the extra to install when the reader of ``data.dataset`` needs a missing
+    package (digits: scikit-learn; folder: Pillow), before a run reads or writes anything."""
+    check = SOURCES[data_config.dataset].check_installed
+    if check is not None:
+        check()
 
 
 def load_source(data_config) -> DataSource:

@@ -10,14 +10,19 @@ from cissl.errors import DataError
 TEST_PER_CLASS = 50  # the last 50 images of each class (file order) form the fixed test set
 
 
-def load_digits_source() -> DataSource:
-    """Digits as uint8 (N, 1, 8, 8) in 0..255 (scaled from 0..16); a fixed, balanced test split."""
+def sklearn_load_digits():
+    """scikit-learn's reader of the digits, or a ``DataError`` naming the extra that installs it."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:
         raise DataError("digits: the digits data set comes with scikit-learn; "
                         "install it with `pip install 'cissl[digits]'`") from None
-    bunch = load_digits()
+    return load_digits
+
+
+def load_digits_source() -> DataSource:
+    """Digits as uint8 (N, 1, 8, 8) in 0..255 (scaled from 0..16); a fixed, balanced test split."""
+    bunch = sklearn_load_digits()()
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
     labels = bunch.target.astype(np.int64)
     test_mask = np.zeros(len(labels), dtype=bool)

@@ -103,11 +103,16 @@ def _class_folders(folder: Path, role: str) -> dict[str, list[Path]]:
     return classes
 
 
-def load_folder_source(root: str | Path, image_size: int | None) -> DataSource:
+def require_pillow() -> None:
+    """A ``DataError`` naming the extra to install when Pillow (the folder reader's image library) is missing."""
     try:
         import PIL  # noqa: F401
     except ImportError:
         raise DataError("data.dataset=folder reads images with Pillow: pip install 'cissl[images]'") from None
+
+
+def load_folder_source(root: str | Path, image_size: int | None) -> DataSource:
+    require_pillow()
     root = Path(root)
     for part in ("labeled", "unlabeled"):
         if not (root / part).is_dir():
