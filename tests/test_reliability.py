@@ -612,6 +612,45 @@ def test_evaluate_names_a_missing_or_foreign_checkpoint(tmp_path, capsys):
     assert code == 2 and f"{run} has no checkpoint to evaluate" in err
 
 
+def test_a_checkpoint_written_on_a_gpu_is_evaluated_on_a_cpu_machine(tmp_path, capsys, monkeypatch):
+    """A run trained on a GPU machine, evaluated on a laptop: its checkpoint's tensors are tagged cuda:0
+    (written here by giving torch.save that tag for every storage), and loading maps them to the CPU.
+    Without the map torch refuses: 'Attempting to deserialize object on a CUDA device'."""
+    import torch
+    import torch.serialization
+
+    run = tmp_path / "run"
+    start_run(tiny_config(*TWO_STEPS), run, quiet=True)
+    checkpoint = run / "checkpoints/ckpt_00000002.pt"
+    code, out, err = run_cli(["evaluate", run], capsys)
+    assert code == 0, err
+    state = torch.load(checkpoint, weights_only=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(state, checkpoint)
+    assert b"cuda:0" in checkpoint.read_bytes()
+    assert run_cli(["evaluate", run], capsys) == (0, out, err)
+
+
+def test_load_checkpoint_names_a_foreign_archive_and_a_state_without_model_or_iteration(tmp_path):
+    import zipfile
+
+    import torch
+
+    from cissl.engine.checkpoint import load_checkpoint
+
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as archive:  # a whole zip archive, not torch.save's
+        archive.writestr("notes.txt", "hello")
+    with pytest.raises(CisslError, match=rf"^checkpoint {tmp_path / 'other.zip'} is unreadable \(RuntimeError: .*"
+                                         r"not in a subdirectory: notes\.txt\)$"):
+        load_checkpoint(tmp_path / "other.zip")
+    for name, state in (("list", [1, 2]), ("no_model", {"iteration": 2}), ("no_iteration", {"model": {}})):
+        torch.save(state, tmp_path / f"{name}.pt")
+        with pytest.raises(CisslError, match=rf"^checkpoint {tmp_path / name}\.pt is not a cissl checkpoint "
+                                             r"\(no model / iteration\)$"):
+            load_checkpoint(tmp_path / f"{name}.pt")
+
+
 def test_out_naming_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "taken").write_text("mine")
     code, _, err = run_cli(["train", "--config", CONFIGS / "quickstart.yaml", "--out", tmp_path / "taken"], capsys)
