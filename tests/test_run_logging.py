@@ -40,11 +40,15 @@ def test_a_progress_line_gives_the_speed_since_the_start_and_the_time_left(tmp_p
     logger.start(200)  # a resumed run: the speed counts the iterations and the seconds since its start
     clock.now += 40.0
     logger.log_train(300, {"loss": 1.23456, "mask_rate": 0.25})
+    clock.now += 280.0
+    logger.log_train(1000, {"loss": 0.5, "mask_rate": 1.0})  # the last step: 100 %, nothing left
     logger.close()
-    assert stream.getvalue() == ("[cissl] it 300/1000 (30%) loss 1.235 mask_rate 0.25 | 2.50 it/s | "
-                                 "ETA 4m40s\n")
+    assert stream.getvalue() == ("[cissl] it 300/1000 (30%) loss 1.235 mask_rate 0.25 | 2.50 it/s | ETA 4m40s\n"
+                                 "[cissl] it 1000/1000 (100%) loss 0.5 mask_rate 1 | 2.50 it/s | ETA 0s\n")
     assert logged_records(tmp_path) == [{"kind": "train", "iteration": 300, "loss": 1.23456, "mask_rate": 0.25,
-                                  "it_per_s": 2.5}]
+                                         "it_per_s": 2.5},
+                                        {"kind": "train", "iteration": 1000, "loss": 0.5, "mask_rate": 1.0,
+                                         "it_per_s": 2.5}]
 
 
 def test_a_line_at_the_start_instant_has_no_speed(tmp_path, clock):
