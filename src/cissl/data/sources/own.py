@@ -104,7 +104,7 @@ def _class_folders(folder: Path, role: str) -> dict[str, list[Path]]:
 
 
 def require_pillow() -> None:
-    """A ``DataError`` naming the extra to install when Pillow (the folder reader's image library) is missing."""
+    """Raise a ``DataError`` naming the extra to install when Pillow (the folder reader's images) is missing."""
     try:
         import PIL  # noqa: F401
     except ImportError:
