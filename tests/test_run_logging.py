@@ -2,6 +2,7 @@
 a fake clock), the records of metrics.jsonl, and the metric window the step metrics are averaged in."""
 
 import io
+import re
 
 import pytest
 import torch
@@ -167,6 +168,7 @@ def test_tensorboard_gets_each_train_and_evaluation_scalar_at_its_iteration(tmp_
     metrics = {"top1": 0.5, "balanced_accuracy": 0.25}
     logger.log_eval({"iteration": 4, "test": {"main": metrics, "balanced": {"top1": 0.75, "balanced_accuracy": 0.5}},
                      "val": {"main": metrics}})
+    logger.log_eval({"iteration": 6, "test": {"main": metrics}})  # a run without a validation split
     (writer,) = writers
     assert writer.log_dir == str(tmp_path / "tensorboard") and not writer.closed
     logger.close()
@@ -174,12 +176,15 @@ def test_tensorboard_gets_each_train_and_evaluation_scalar_at_its_iteration(tmp_
         ("train/loss", 1.5, 2), ("train/mask_rate", 0.25, 2), ("test/main/top1", 0.5, 4),
         ("test/main/balanced_accuracy", 0.25, 4), ("test/balanced/top1", 0.75, 4),
         ("test/balanced/balanced_accuracy", 0.5, 4), ("val/main/top1", 0.5, 4),
-        ("val/main/balanced_accuracy", 0.25, 4)]
+        ("val/main/balanced_accuracy", 0.25, 4),
+        ("test/main/top1", 0.5, 6), ("test/main/balanced_accuracy", 0.25, 6)]
 
 
 def test_the_rich_bar_shows_the_progress_prints_messages_above_it_and_its_absence_names_the_extra(
         tmp_path, monkeypatch, capsys):
     pytest.importorskip("rich")
+    from rich.console import Console
+
     logger = RunLogger(tmp_path, 10, progress="rich")
     logger.message("a [bold]message[/bold]")  # printed as it is: no markup
     logger.close()
@@ -187,9 +192,13 @@ def test_the_rich_bar_shows_the_progress_prints_messages_above_it_and_its_absenc
     bar = RunLogger(tmp_path, 10, progress="rich")  # the bar shows the iteration, the loss and the speed
     bar.log_train(4, {"mask_rate": 0.5, "loss": 1.23456})
     task = bar.bar.tasks[0]
+    drawn = Console(file=io.StringIO(), width=100, record=True, color_system=None)
+    drawn.print(bar.bar.get_renderable())
     bar.close()
     assert (task.completed, task.total) == (4, 10)
     assert task.description.startswith("loss 1.235 | ") and task.description.endswith(" it/s")
+    # its columns: that description, the bar, the count and the time left
+    assert re.fullmatch(r"loss 1\.235 \| \S+ it/s [━╸]+ +4/10 (-:--:--|\d+:\d\d:\d\d)\n", drawn.export_text())
     monkeypatch.setitem(__import__("sys").modules, "rich.progress", None)
     with pytest.raises(ConfigError, match=r"^config key 'train.progress': 'rich' needs the rich package; "
                                           r"pip install 'cissl\[progress\]'$"):
