@@ -61,6 +61,15 @@ def test_a_line_at_the_start_instant_has_no_speed(tmp_path, clock):
     assert logged_records(tmp_path)[0]["it_per_s"] == 0.0
 
 
+def test_a_logger_never_started_counts_from_iteration_0(tmp_path, clock):
+    stream = io.StringIO()
+    logger = RunLogger(tmp_path, 10, stream=stream)
+    clock.now += 2.0
+    logger.log_train(4, {"loss": 1.0})
+    logger.close()
+    assert stream.getvalue() == "[cissl] it 4/10 (40%) loss 1 | 2.00 it/s | ETA 3s\n"
+
+
 @pytest.mark.parametrize("seconds, iterations, line", [
     (0.5, 10, "20.00 it/s | ETA 49s"),      # a window under a second still has its speed
     (250.0, 100, "0.40 it/s | ETA 37m30s"),  # under one step a second (a paper-batch run on a CPU): its ETA
@@ -190,9 +199,11 @@ def test_the_rich_bar_shows_the_progress_prints_messages_above_it_and_its_absenc
     logger.close()
     assert "[cissl] a [bold]message[/bold]" in capsys.readouterr().out
     bar = RunLogger(tmp_path, 10, progress="rich")  # the bar shows the iteration, the loss and the speed
+    drawn = Console(file=io.StringIO(), width=100, record=True, color_system=None)
+    drawn.print(bar.bar.get_renderable())
+    assert drawn.export_text().startswith("training ")  # before the first step's line
     bar.log_train(4, {"mask_rate": 0.5, "loss": 1.23456})
     task = bar.bar.tasks[0]
-    drawn = Console(file=io.StringIO(), width=100, record=True, color_system=None)
     drawn.print(bar.bar.get_renderable())
     bar.close()
     assert (task.completed, task.total) == (4, 10)
