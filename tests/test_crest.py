@@ -123,6 +123,27 @@ def test_crest_plus_resumes_mid_generation_bit_for_bit(tmp_path):
     assert_same_state(reference, load_checkpoint(run / "checkpoints/ckpt_00000012.pt"))
 
 
+def test_a_new_generation_starts_every_head_afresh_the_abc_head_too(tmp_path):
+    """CReST with an ABC head (algorithm.aux_head=abc): at a generation's end the network is rebuilt with
+    all its heads, seeded by the generation, and the checkpoint at the boundary holds exactly that network.
+    (Rebuilt with the main head alone, the ABC head's weights would be missing.)"""
+    from cissl.engine.assemble import build_network, method_class
+    from cissl.engine.precision import ComputePolicy
+
+    config = tiny_config("train.iterations=8", "train.eval_every=4", "train.checkpoint_every=4",
+                         "algorithm.generations=2", "algorithm.aux_head=abc", algorithm="fixmatch_crest")
+    start_run(config, tmp_path / "run", quiet=True)
+    heads = method_class(config).required_heads(config.algorithm)
+    assert heads == ("main", "abc")
+    data = prepare_data(config, torch.device("cpu"))
+    policy = ComputePolicy.from_config(config.train, torch.device("cpu"))
+    fresh = build_network(config, data, policy, heads, stream="model-generation1").state_dict()
+    saved = load_checkpoint(tmp_path / "run/checkpoints/ckpt_00000004.pt")  # right after generation 0's end
+    assert any(key.startswith("heads.abc") for key in fresh) and saved["model"].keys() == fresh.keys()
+    assert all(torch.equal(saved[part][key], value) for part in ("model", "ema") for key, value in fresh.items()
+               if value.is_floating_point())
+
+
 def test_last_k_window_is_the_later_half_of_the_last_generation():
     """Evaluations at 2, 4, ..., 12 (top-1 0.5, 0.6, 0.5, 0.2, 0.7, 0.9), report_last = 3.
     Last generation from 4: its evaluations are 6..12, the later half 10, 12: mean and median 0.8.

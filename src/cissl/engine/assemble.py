@@ -77,9 +77,8 @@ class RunParts:
             self.step_model = self.model
 
     def restart_schedule(self) -> None:
-        """A fresh LR schedule over one generation (CReST-style generations restart it)."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"]
+        """A fresh LR schedule over one generation (CReST-style generations restart it): a new LambdaLR sets
+        each group's lr from its ``initial_lr`` (kept in the group since the first schedule) times factor(0)."""
         self.scheduler = build_scheduler(self.optimizer, self.config.optim, generation_length(self.config))
 
     def reinitialize_model(self, generation: int) -> None:
