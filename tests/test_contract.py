@@ -82,6 +82,28 @@ def test_a_labeled_only_method_gets_no_unlabeled_views():
     assert trainer.algorithm.context.num_classes == 10 and trainer.algorithm.config is config.algorithm
 
 
+def test_the_method_gets_the_runs_facts_and_a_seed_of_its_own_from_the_run_seed():
+    """Every field of AlgorithmContext comes from the run: CReST+'s alignment temperature follows
+    context.generations, and ABC's masks, CoSSL's draws and SeMi's bank draw from context.seed (a method given
+    the default seed would draw the same for every run seed)."""
+    from cissl.engine.seeds import derive_seed
+
+    contexts = []
+    for seed in (0, 1):
+        config = tiny_config(f"train.seed={seed}", "algorithm.generations=3", "train.iterations=12",
+                             algorithm="fixmatch_crest_plus")
+        data = prepare_data(config, torch.device("cpu"))
+        trainer = Trainer.from_config(config, data)
+        context = trainer.algorithm.context
+        assert (context.num_classes, context.labeled_counts, context.feature_dim) == \
+            (10, tuple(data.split.labeled_counts), trainer.model.feature_dim)
+        assert (context.iterations, context.epoch_length, context.generations) == (12, config.train.epoch_length, 3)
+        assert context.unlabeled_pool_size == len(data.unlabeled) and context.device == torch.device("cpu")
+        assert context.seed == derive_seed(seed, "algorithm")
+        contexts.append(context)
+    assert contexts[0].seed != contexts[1].seed
+
+
 def test_pool_size_and_positions_of_the_unlabeled_images():
     config = tiny_config(algorithm="fixmatch")
     data = prepare_data(config, torch.device("cpu"))
