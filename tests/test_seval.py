@@ -223,6 +223,9 @@ def test_bounds_and_groups_are_checked():
     with pytest.raises(ConfigError, match=r"^config key 'algorithm.threshold_groups': 3 groups do not divide the "
                                           r"10 classes$"):
         make(10, threshold_groups=3)
+    with pytest.raises(ConfigError, match=r"^config key 'algorithm.offset_groups': 4 groups do not divide the "
+                                          r"10 classes$"):
+        make(10, offset_groups=4)
     with pytest.raises(ConfigError, match="data.val_per_class"):
         tiny_config(algorithm="fixmatch_seval")
 
