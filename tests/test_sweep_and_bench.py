@@ -172,6 +172,7 @@ def test_bench_reports_the_median_of_interleaved_rounds_and_what_follows_from_it
     result = measure(tiny_config(algorithm="fixmatch"), steps=7, warmup=1, rounds=3)
     assert calls == [("floor_step", 2), ("augment_step", 2), ("train_step", 2)] * 3
     assert (result["floor_s"], result["augment_s"], result["step_s"], result["steps_timed"]) == (2.0, 0.3, 5.0, 6)
+    assert (result["rounds"], result["steps_per_round"]) == (3, 2)
     assert result["ratio"] == 2.5 and result["augment_fraction"] == pytest.approx(0.06)
     assert result["it_per_s"] == 0.2 and result["images_per_s"] == result["images_per_step"] / 5.0 == 64 / 5.0
     assert (result["algorithm"], result["model"], result["image_shape"]) == ("fixmatch", "WRN-10-1", [1, 8, 8])
@@ -185,12 +186,14 @@ def test_bench_reports_the_median_of_interleaved_rounds_and_what_follows_from_it
 def test_bench_table_says_what_was_measured():
     result = {"algorithm": "semi", "setting": "", "model": "WRN-28-2", "image_shape": [3, 32, 32], "precision": "fp32",
               "channels_last": True, "compile_mode": None, "cuda_graphs": False, "fused_sgd": False, "device": "cpu",
-              "steps_timed": 9, "images_per_step": 320, "floor_s": 0.5, "augment_s": 0.05, "augment_fraction": 0.0909,
+              "rounds": 3, "steps_per_round": 3, "steps_timed": 9, "images_per_step": 320, "floor_s": 0.5,
+              "augment_s": 0.05, "augment_fraction": 0.0909,
               "step_s": 0.55, "ratio": 1.1, "images_per_s": 581.8, "it_per_s": 1.818, "ddp_ranks": 2}
     assert format_table(result).splitlines() == [
         "semi on the configured data: WRN-28-2, 3x32x32, fp32, channels_last=True, compile=False, cuda_graphs=False, "
         "fused_sgd=False",
-        "device: cpu; median of interleaved rounds, 9 steps each; the step of one of 2 DDP ranks",
+        "device: cpu; median of 3 interleaved rounds of 3 steps each (9 steps of each timed); the step of one of 2 DDP "
+        "ranks",
         "  floor: network fwd+bwd+SGD on 320 images  0.5000 s/step",
         "  augmentation of one step's batch          0.0500 s/step (9.1 % of the step)",
         "  full semi training step                   0.5500 s/step",

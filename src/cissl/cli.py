@@ -1,4 +1,5 @@
-"""Command line: ``cissl train | evaluate | split | list`` (and the tools of later modules).
+"""Command line: ``cissl train | predict | evaluate | estimate-distribution | split | data | bench | sweep | report |
+plot | list`` (README, "Runs", gives each one's synopsis).
 
 Errors caused by input (config, data, checkpoints) print one line and exit with code 2.
 """

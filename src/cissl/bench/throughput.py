@@ -141,6 +141,8 @@ def measure(config, steps: int = 9, warmup: int = 3, rounds: int = 3, synthetic:
         "fused_sgd": config.optim.fused,
         "cuda_graphs": parts.batches.views is not parts.batches.augment,
         "device": device_name(device),
+        "rounds": rounds,
+        "steps_per_round": per_round,
         "steps_timed": per_round * rounds,
         "floor_s": floor_s,
         "augment_s": augment_s,
@@ -168,6 +170,7 @@ def format_table(result: dict) -> str:
             f"{'x'.join(map(str, result['image_shape']))}, {result['precision']}, "
             f"channels_last={result['channels_last']}, compile={result['compile_mode'] or False}, "
             f"cuda_graphs={result['cuda_graphs']}, fused_sgd={result['fused_sgd']}\n"
-            f"device: {result['device']}; median of interleaved rounds, {result['steps_timed']} steps each"
+            f"device: {result['device']}; median of {result['rounds']} interleaved rounds of "
+            f"{result['steps_per_round']} steps each ({result['steps_timed']} steps of each timed)"
             + (f"; the step of one of {result['ddp_ranks']} DDP ranks" if result.get("ddp_ranks") else ""))
     return head + "\n" + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
