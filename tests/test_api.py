@@ -59,6 +59,64 @@ def test_the_command_calls_its_api_function(argv, function, monkeypatch, capsys)
     assert code == 2 and err == f"cissl: error: called {function}\n"
 
 
+# command line with every option of the command set (no option at its default) -> the API function and the
+# arguments it must get (a Config as a few of its values)
+EVERY_OPTION = [
+    (["train", "--config", QUICKSTART, "--algorithm", "semi", "--out", "r", "--quiet", "optim.lr=0.5"], "train",
+     {"config": ("semi", 0.5, "cpu"), "out": Path("r"), "quiet": True}),
+    (["train", "--config", QUICKSTART, "train.seed=3"], "train",  # no --out: runs/<setting>-<algorithm>-seed<k>
+     {"config": ("fixmatch", 0.03, "cpu"), "out": Path("runs/quickstart-fixmatch-seed3"), "quiet": False}),
+    (["train", "--resume", "r", "--quiet"], "resume", {"run_dir": Path("r"), "quiet": True}),
+    (["evaluate", "r", "--checkpoint", "c.pt"], "evaluate", {"run_dir": Path("r"), "checkpoint": "c.pt"}),
+    (["predict", "r", "--images", "x.png", "--checkpoint", "c.pt"], "load_run", {"run_dir": "r", "checkpoint": "c.pt"}),
+    (["split", "--config", QUICKSTART, "--algorithm", "semi", "--save", "s.json", "optim.lr=0.5"], "split",
+     {"config": ("semi", 0.5, "cpu"), "save": "s.json"}),
+    (["split", "--config", QUICKSTART, "--counts-only", "--algorithm", "semi", "optim.lr=0.5"], "split_counts",
+     {"config": ("semi", 0.5, "cpu")}),
+    (["sweep", "--configs", QUICKSTART, "q.yaml", "--algorithms", "semi", "acr", "--seeds", "1", "2", "--grid",
+      "optim.lr=0.1,0.2", "--jobs", "j.jobs", "--workers", "3", "--deadline", "5", "--by-seed", "--verbose", "--out",
+      "o", "optim.momentum=0.5"], "sweep",
+     {"configs": [QUICKSTART, "q.yaml"], "out": "o", "algorithms": ["semi", "acr"], "seeds": [1, 2],
+      "overrides": ["optim.momentum=0.5"], "grid": ["optim.lr=0.1,0.2"], "jobs_file": Path("j.jobs"), "workers": 3,
+      "deadline": 5.0, "by_seed": True, "quiet": False}),
+    (["report", "o", "--pair", "semi", "--per-seed"], "report", {"root": Path("o"), "pair": "semi", "per_seed": True}),
+    (["report", "o", "p", "--out", "pages", "--tsne"], "report_pages",
+     {"roots": ["o", "p"], "out": "pages", "tsne": True}),
+    (["estimate-distribution", "r", "--checkpoint", "a.pt", "--checkpoint", "b.pt", "--all-checkpoints",
+      "--max-condition", "7"], "estimate_distribution",
+     {"run_dir": "r", "checkpoints": ["a.pt", "b.pt"], "max_condition": 7.0, "every_checkpoint": True}),
+    (["plot", "r", "--out", "figs"], "plot", {"run_dir": "r", "out": "figs"}),
+    (["bench", "throughput", "--config", QUICKSTART, "--algorithm", "semi", "--steps", "2", "--warmup", "0",
+      "--rounds", "1", "--device", "cuda", "--synthetic", "optim.lr=0.5"], "throughput",
+     {"config": ("semi", 0.5, "cuda"), "steps": 2, "warmup": 0, "rounds": 1, "synthetic": True}),
+    (["data", "build-imagenet127", "--source", "s", "--size", "64", "--out", "o", "--partial"], "build_imagenet127",
+     {"source": "s", "size": 64, "out": "o", "partial": True}),
+    (["list", "--plugins", "a.py", "b.py"], "registered", {"plugins": ["a.py", "b.py"]}),
+    (["list", "--algorithm", "semi", "--plugins", "a.py"], "config_keys", {"algorithm": "semi", "plugins": ["a.py"]}),
+]
+
+
+@pytest.mark.parametrize("argv, function, expected", EVERY_OPTION,
+                         ids=[" ".join(argv[:2]) for argv, *_ in EVERY_OPTION])
+def test_every_option_of_a_command_reaches_its_api_function(argv, function, expected, monkeypatch, capsys):
+    """An option the command parses but does not pass on (`cissl plot --out` drawing into the default folder,
+    `cissl sweep --deadline` never stopping) would otherwise pass every test that leaves it at its default."""
+    got = {}
+    signature = inspect.signature(getattr(api, function))
+
+    def called(*args, **kwargs):
+        got.update(signature.bind(*args, **kwargs).arguments)
+        raise CisslError(f"called {function}")
+
+    monkeypatch.setattr(api, function, called)
+    code, _, err = run_cli(argv, capsys)
+    assert (code, err) == (2, f"cissl: error: called {function}\n")
+    if "config" in got:
+        config = got["config"]
+        got["config"] = (config.algorithm.name, config.optim.lr, config.train.device)
+    assert got == expected
+
+
 def test_a_sweep_and_its_report_from_python(tmp_path):
     """The module docstring's sweep and report: the rows a script gets are the tables the files hold."""
     rows = api.sweep([QUICKSTART], tmp_path, algorithms=["supervised", "fixmatch"], seeds=[0, 1], overrides=FOUR_STEPS)
@@ -118,6 +176,14 @@ def test_split_and_split_counts_give_what_the_command_prints(tmp_path, capsys):
         api.split_counts(QUICKSTART)
     with pytest.raises(CisslError, match=r"^split needs a Config \(cissl.api.load_config\(path, overrides\)\), got"):
         api.split(QUICKSTART)
+
+
+def test_list_prints_each_registry_under_its_title_then_the_config_keys(capsys):
+    code, out, _ = run_cli(["list"], capsys)
+    titles = [line for line in out.splitlines() if not line.startswith(" ")]
+    assert code == 0 and titles == [
+        "algorithms:", "pseudo-label refiners (algorithm.refiner):", "auxiliary heads (algorithm.aux_head):",
+        "backbones (model.name):", "data sets (data.dataset):", "", "config keys (key, default, meaning):"]
 
 
 def test_what_list_prints_comes_from_registered_and_config_keys(capsys):

@@ -110,6 +110,19 @@ def test_estimate_distribution_of_one_checkpoint_prints_no_mean(estimated, capsy
         "DARP toward it: algorithm.refiner.target=given algorithm.refiner.target_distribution=[30,10]"]
 
 
+def test_estimate_distribution_with_one_of_two_accepted_prints_no_mean_and_keeps_counts_below_one(estimated,
+                                                                                                   capsys):
+    """No 'mean of the 1 accepted estimates' line; a tail class estimated at 0.4 images is proposed as 0.4."""
+    estimated.result = {"pool_size": 40, "head": "main", "max_condition": 100.0, "accepted": True,
+                        "accepted_estimates": 1, "counts": [39.6, 0.4],
+                        "estimates": [estimate("ckpt_00000005.pt", [41.0, -1.0], 3.0, False),
+                                      estimate("ckpt_00000010.pt", [39.6, 0.4], 2.0, True)]}
+    code, out, _ = run_cli(["estimate-distribution", "r", "--all-checkpoints"], capsys)
+    assert code == 0 and out.splitlines()[2:] == [
+        "  ckpt_00000010.pt: [39.6, 0.4], condition number 2.0: accepted",
+        "DARP toward it: algorithm.refiner.target=given algorithm.refiner.target_distribution=[39.6,0.4]"]
+
+
 def test_estimate_distribution_without_an_accepted_estimate_exits_1_and_proposes_nothing(estimated, capsys):
     estimated.result = {"pool_size": 40, "head": "main", "max_condition": 100.0, "accepted": False,
                         "accepted_estimates": 0, "counts": None,
@@ -120,6 +133,35 @@ def test_estimate_distribution_without_an_accepted_estimate_exits_1_and_proposes
         "  ckpt_00000005.pt: [41.0, -1.0], condition number 250.0: rejected (a negative count or an "
         "ill-conditioned confusion matrix)",
         "no estimate accepted"]
+
+
+def test_bench_sweep_and_plot_print_what_their_api_function_returned(monkeypatch, capsys):
+    """`bench throughput`: the table, or with --json the one JSON object; `sweep`: the markdown table of its
+    rows and where the tables are; `plot`: each file written, one per line. Each exits 0."""
+    import json
+
+    from cissl.bench.throughput import format_table
+    from cissl.evaluation.report import COLUMNS, to_markdown
+
+    timed = {"algorithm": "fixmatch", "setting": "s", "model": "WRN-10-1", "image_shape": [1, 8, 8],
+             "precision": "fp32", "channels_last": True, "compile_mode": None, "cuda_graphs": False,
+             "fused_sgd": False, "device": "cpu", "rounds": 1, "steps_per_round": 2, "steps_timed": 2,
+             "images_per_step": 64, "floor_s": 0.5, "augment_s": 0.1, "augment_fraction": 0.125, "step_s": 0.8,
+             "ratio": 1.6, "images_per_s": 80.0, "it_per_s": 1.25, "ddp_ranks": None}
+    monkeypatch.setattr("cissl.api.throughput", lambda *args, **kwargs: timed)
+    bench = ["bench", "throughput", "--config", "configs/quickstart.yaml"]
+    assert run_cli(bench, capsys) == (0, format_table(timed) + "\n", "")
+    code, out, _ = run_cli([*bench, "--json"], capsys)
+    assert code == 0 and json.loads(out) == timed and out.count("\n") == 1
+
+    rows = [{"setting": "s", "algorithm": "semi", "seeds": [0, 1], "reported_head": "balanced", "wall_time_s": 90.0,
+             **{key: (0.5, 0.01) for key, _ in COLUMNS}}]
+    monkeypatch.setattr("cissl.api.sweep", lambda *args, **kwargs: rows)
+    assert run_cli(["sweep", "--configs", "c.yaml", "--out", "o"], capsys) == (
+        0, f"{to_markdown(rows)}\ntables: {Path('o/results.md')}, {Path('o/results.csv')}\n", "")
+
+    monkeypatch.setattr("cissl.api.plot", lambda *args, **kwargs: [Path("r/plots/a.png"), Path("r/plots/b.png")])
+    assert run_cli(["plot", "r"], capsys) == (0, "r/plots/a.png\nr/plots/b.png\n", "")
 
 
 # ------------------------------------------------------------------------------------------------ exit status

@@ -131,7 +131,8 @@ def test_one_image_file_an_empty_folder_and_a_cut_image(trained_run, tmp_path, c
     assert float(single[0]["prob1"]) == pytest.approx(float(rows[3]["prob1"]), abs=1e-6)
     code, one, _ = run_cli(["predict", trained_run, "--images", tmp_path / "images/0003.png", "--out",
                             tmp_path / "one.csv"], capsys)
-    assert code == 0 and one.startswith(f"1 image (balanced head of ckpt_00000020.pt): {single[0]['class1']} 1\n")
+    assert code == 0 and one == (f"1 image (balanced head of ckpt_00000020.pt): {single[0]['class1']} 1\n"
+                                 f"predictions: {tmp_path / 'one.csv'}\n")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty/notes.txt").write_text("no images here")
     code, _, err = run_cli(["predict", trained_run, "--images", tmp_path / "empty"], capsys)

@@ -103,7 +103,7 @@ def cmd_estimate_distribution(args) -> int:
     if not result["accepted"]:
         print("no estimate accepted")
         return 1
-    if len(result["estimates"]) > 1:
+    if result["accepted_estimates"] > 1:
         counts = ", ".join(f"{c:.1f}" for c in result["counts"])
         print(f"mean of the {result['accepted_estimates']} accepted estimates: [{counts}]")
     weights = ",".join(f"{max(c, 0.0):.4g}" for c in result["counts"])
