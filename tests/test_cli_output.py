@@ -135,9 +135,10 @@ def test_estimate_distribution_without_an_accepted_estimate_exits_1_and_proposes
         "no estimate accepted"]
 
 
-def test_bench_sweep_and_plot_print_what_their_api_function_returned(monkeypatch, capsys):
+def test_bench_sweep_plot_and_report_pages_print_what_their_api_function_returned(monkeypatch, capsys):
     """`bench throughput`: the table, or with --json the one JSON object; `sweep`: the markdown table of its
-    rows and where the tables are; `plot`: each file written, one per line. Each exits 0."""
+    rows and where the tables are; `plot`: each file written, one per line; `report --out`: its two pages and
+    how many figures where. Each exits 0."""
     import json
 
     from cissl.bench.throughput import format_table
@@ -162,6 +163,13 @@ def test_bench_sweep_and_plot_print_what_their_api_function_returned(monkeypatch
 
     monkeypatch.setattr("cissl.api.plot", lambda *args, **kwargs: [Path("r/plots/a.png"), Path("r/plots/b.png")])
     assert run_cli(["plot", "r"], capsys) == (0, "r/plots/a.png\nr/plots/b.png\n", "")
+
+    pages = [Path("p/report.md"), Path("p/report.html"), *[Path(f"p/figures/{k}.png") for k in range(3)]]
+    monkeypatch.setattr("cissl.api.report_pages", lambda *args, **kwargs: pages)
+    assert run_cli(["report", "runs", "--out", "p"], capsys) == (
+        0, f"{pages[0]}\n{pages[1]}\n3 figures in {Path('p/figures')}\n", "")
+    monkeypatch.setattr("cissl.api.report_pages", lambda *args, **kwargs: pages[:3])
+    assert run_cli(["report", "runs", "--out", "p"], capsys)[1].endswith("\n1 figure in p/figures\n")
 
 
 # ------------------------------------------------------------------------------------------------ exit status

@@ -66,7 +66,12 @@ def test_every_documented_command_parses_and_its_configs_validate(monkeypatch, c
     ("train --config configs/quickstart.yaml --algorithm no_such_method", "no_such_method"),
     ("train --config configs/quickstart.yaml optim.lrr=0.1", "optim.lrr"),
     ("report runs --per-seeds", "unrecognized arguments"),
+    ("report runs --pair semi train.iterations=5", "unrecognized arguments: train.iterations=5"),  # takes none
     ("report", "the following arguments are required: DIR"),
+    ("split --counts-only", "the following arguments are required: --config"),  # not the defaults' split
+    ("bench throughput --steps 1", "the following arguments are required: --config"),
+    ("data build-imagenet127 --source s --size 48 --out o", "argument --size: invalid choice: 48 (choose from 32, 64)"),
+    ("bench throughput --config configs/quickstart.yaml --device tpu", "argument --device: invalid choice: 'tpu'"),
     ("sweep --configs configs/quickstart.yaml --grid optim.lr=0.1,fast --out x", "optim.lr"),
     ("split --config configs/quickstart.yaml --counts-only", None),
 ])
@@ -74,6 +79,24 @@ def test_a_wrong_command_is_caught(monkeypatch, capsys, argv, why):
     monkeypatch.chdir(REPO)
     verdict = check_command(shlex.split(argv), capsys)
     assert (verdict is None) if why is None else (why in verdict)
+
+
+# each command's required options, written out: without one, argparse's usage error, not a run on defaults
+REQUIRED = [("predict r --images x.png", "--images"), ("split --config Q", "--config"),
+            ("bench throughput --config Q", "--config"), ("sweep --configs Q --out o", "--out"),
+            ("data build-imagenet127 --source s --size 32 --out o", "--source"),
+            ("data build-imagenet127 --source s --size 32 --out o", "--size"),
+            ("data build-imagenet127 --source s --size 32 --out o", "--out")]
+
+
+@pytest.mark.parametrize("argv, option", REQUIRED)
+def test_a_command_without_a_required_option_is_a_usage_error(argv, option, capsys):
+    words = shlex.split(argv)
+    at = words.index(option)
+    assert parse_args(words) is not None  # whole, it parses
+    with pytest.raises(SystemExit) as stop:
+        parse_args(words[:at] + words[at + 2:])
+    assert stop.value.code == 2 and f"the following arguments are required: {option}" in capsys.readouterr().err
 
 
 def test_every_extra_is_named_in_the_readme():

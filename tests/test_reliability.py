@@ -155,12 +155,14 @@ def test_out_into_a_read_only_folder_is_refused(tmp_path):
 
 
 def test_overrides_after_an_option_flag_are_overrides(capsys):
-    code, out, _ = run_cli(["split", "--config", CONFIGS / "quickstart.yaml", "data.labeled_head=30", "--counts-only",
-                            "data.imbalance_ratio=5", "data.labeled_head=20"], capsys)
-    assert code == 0 and json.loads(out)["labeled"][:2] == [20, 16]  # the later labeled_head wins
+    code, out, _ = run_cli(["split", "--config", CONFIGS / "quickstart.yaml", "data.labeled_head=30",
+                            "data.imbalance_ratio=5", "--counts-only", "data.labeled_head=20"], capsys)
+    assert code == 0 and json.loads(out)["labeled"][:2] == [20, 16]  # the later labeled_head wins, the ratio stays
+    code, out, _ = run_cli(["split", "--config", CONFIGS / "quickstart.yaml", "--counts-only"], capsys)
+    assert json.loads(out)["labeled"][:2] == [40, 30]  # (the config's own: N1 40, ratio 10)
     with pytest.raises(SystemExit):
-        run_cli(["split", "--config", CONFIGS / "quickstart.yaml", "--counts-only", "--bogus"], capsys)
-    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+        run_cli(["split", "--config", CONFIGS / "quickstart.yaml", "--counts-only", "--bogus", "--more"], capsys)
+    assert "unrecognized arguments: --bogus --more" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # an option's spelling with '=' is no override
         run_cli(["split", "--config", CONFIGS / "quickstart.yaml", "--counts-only", "--bogus=1"], capsys)
     assert capsys.readouterr().err.endswith("cissl: error: unrecognized arguments: --bogus=1\n")
