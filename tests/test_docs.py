@@ -68,6 +68,9 @@ def test_every_documented_command_parses_and_its_configs_validate(monkeypatch, c
     ("report runs --per-seeds", "unrecognized arguments"),
     ("report runs --pair semi train.iterations=5", "unrecognized arguments: train.iterations=5"),  # takes none
     ("report", "the following arguments are required: DIR"),
+    ("", "the following arguments are required: command"),  # no command: a usage error, not a traceback
+    ("data", "the following arguments are required: data"),
+    ("bench", "the following arguments are required: bench"),
     ("split --counts-only", "the following arguments are required: --config"),  # not the defaults' split
     ("bench throughput --steps 1", "the following arguments are required: --config"),
     ("data build-imagenet127 --source s --size 48 --out o", "argument --size: invalid choice: 48 (choose from 32, 64)"),

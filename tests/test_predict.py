@@ -133,6 +133,8 @@ def test_one_image_file_an_empty_folder_and_a_cut_image(trained_run, tmp_path, c
                             tmp_path / "one.csv"], capsys)
     assert code == 0 and one == (f"1 image (balanced head of ckpt_00000020.pt): {single[0]['class1']} 1\n"
                                  f"predictions: {tmp_path / 'one.csv'}\n")
+    header = (tmp_path / "one.csv").read_text().splitlines()[0]  # without --top-k: the 3 most probable classes
+    assert header == "file,class1,prob1,class2,prob2,class3,prob3"
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty/notes.txt").write_text("no images here")
     code, _, err = run_cli(["predict", trained_run, "--images", tmp_path / "empty"], capsys)
