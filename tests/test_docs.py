@@ -75,6 +75,8 @@ def test_every_documented_command_parses_and_its_configs_validate(monkeypatch, c
     ("bench throughput --steps 1", "the following arguments are required: --config"),
     ("data build-imagenet127 --source s --size 48 --out o", "argument --size: invalid choice: 48 (choose from 32, 64)"),
     ("bench throughput --config configs/quickstart.yaml --device tpu", "argument --device: invalid choice: 'tpu'"),
+    ("bench throughput --config configs/quickstart.yaml --device cpu", None),
+    ("bench throughput --config configs/quickstart.yaml --device cuda", None),
     ("sweep --configs configs/quickstart.yaml --grid optim.lr=0.1,fast --out x", "optim.lr"),
     ("split --config configs/quickstart.yaml --counts-only", None),
 ])
