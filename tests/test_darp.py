@@ -325,7 +325,8 @@ def test_estimate_distribution_over_several_checkpoints(tmp_path, capsys):
     assert every["accepted_estimates"] == len(accepted) and code == (0 if accepted else 1)
     if accepted:
         assert torch.allclose(torch.tensor(every["counts"]), torch.tensor(accepted).mean(0))
-        assert f"mean of the {len(accepted)} accepted estimates" in out and "DARP toward it" in out
+        assert "DARP toward it" in out  # the mean line only where it averages (test_cli_output pins both cases)
+        assert (f"mean of the {len(accepted)} accepted estimates" in out) == (len(accepted) > 1)
     reverse = estimate_run_distribution(tmp_path / "run", checkpoints[::-1] + checkpoints[:1], 1e12)
     assert reverse["estimates"] == alone[::-1] + alone[:1]
     code, _, err = run_cli(["estimate-distribution", tmp_path / "run", "--all-checkpoints",
