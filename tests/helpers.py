@@ -175,3 +175,12 @@ def record_axes_calls(monkeypatch, *names: str) -> dict[str, list]:
 
         monkeypatch.setattr(matplotlib.axes.Axes, name, spy)
     return drawn
+
+
+def parser_commands(parser, prefix: str = "") -> dict:
+    """Every runnable command of an argparse parser, as 'name' or 'name sub', with its (sub)parser."""
+    found = {}
+    for action in parser._subparsers._group_actions:  # argparse keeps its subcommands only there
+        for name, sub in action.choices.items():
+            found |= parser_commands(sub, f"{prefix}{name} ") if sub._subparsers else {f"{prefix}{name}": sub}
+    return found

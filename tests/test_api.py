@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CONFIGS, run_cli
-from helpers import FOUR_STEPS
+from helpers import FOUR_STEPS, parser_commands
 
 import cissl.api as api
 from cissl.cli import build_parser
@@ -34,18 +34,9 @@ COMMANDS = [
 ]
 
 
-def subcommands(parser) -> set[str]:
-    """Every runnable command of the parser, as 'name' or 'name sub'."""
-    found = set()
-    for action in parser._subparsers._group_actions:
-        for name, sub in action.choices.items():
-            found |= {f"{name} {s}" for s in subcommands(sub)} if sub._subparsers else {name}
-    return found
-
-
 def test_every_command_has_its_api_function():
     covered = {" ".join(argv[:2]) if argv[0] in ("bench", "data") else argv[0] for argv, _ in COMMANDS}
-    assert subcommands(build_parser()) == covered
+    assert set(parser_commands(build_parser())) == covered
     assert {name for _, name in COMMANDS} <= set(api.__all__)
 
 

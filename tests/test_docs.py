@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 from conftest import REPO
-from helpers import assert_tables_well_formed
+from helpers import assert_tables_well_formed, parser_commands
 
 from cissl.cli import parse_args
 from cissl.config import load_config
@@ -71,8 +71,6 @@ def test_every_documented_command_parses_and_its_configs_validate(monkeypatch, c
     ("", "the following arguments are required: command"),  # no command: a usage error, not a traceback
     ("data", "the following arguments are required: data"),
     ("bench", "the following arguments are required: bench"),
-    ("split --counts-only", "the following arguments are required: --config"),  # not the defaults' split
-    ("bench throughput --steps 1", "the following arguments are required: --config"),
     ("data build-imagenet127 --source s --size 48 --out o", "argument --size: invalid choice: 48 (choose from 32, 64)"),
     ("bench throughput --config configs/quickstart.yaml --device tpu", "argument --device: invalid choice: 'tpu'"),
     ("bench throughput --config configs/quickstart.yaml --device cpu", None),
@@ -116,25 +114,15 @@ def test_every_extra_is_named_in_the_readme():
 def test_the_readmes_synopsis_names_every_command_and_every_option_of_it():
     """README's "Runs" block lists the commands; one the parser has but the block leaves out (as
     estimate-distribution and data build-imagenet127 were) is a command a reader never learns of."""
-    import argparse
-
     from cissl.cli import build_parser
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     synopsis = readme[readme.index("## Runs"):].split("```text\n")[1].split("```")[0].splitlines()
-
-    def commands(parser, prefix):
-        for action in parser._actions:  # argparse keeps subcommands and options only there
-            if isinstance(action, argparse._SubParsersAction):
-                for name, sub in action.choices.items():
-                    yield from commands(sub, f"{prefix} {name}")
-                return
-        options = sorted(o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help")
-        yield prefix, options
-
     missing = []
-    for command, options in commands(build_parser(), "cissl"):
+    for name, parser in parser_commands(build_parser()).items():
+        command = f"cissl {name}"
         lines = [line for line in synopsis if line.startswith(command + " ") or line == command]
+        options = sorted(o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help")
         if not lines:
             missing.append(command)
         missing += [f"{command} {option}" for option in options if not any(option in line for line in lines)]
