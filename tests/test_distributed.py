@@ -31,7 +31,7 @@ from cissl.engine.checkpoint import load_checkpoint
 from cissl.engine.data import data_identity, prepare_data
 from cissl.engine.launch import rank_device, release_frames, torchrun_launch
 from cissl.engine.precision import ComputePolicy
-from cissl.errors import CisslError, ConfigError, PrintedByAnotherRank
+from cissl.errors import CisslError, ConfigError, DataError, PrintedByAnotherRank
 from cissl.models.sync_batchnorm import CrossRankBatchNorm2d, convert_to_cross_rank
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,6 +193,90 @@ def test_fingerprint_changes_with_any_value():
                     {"a0": state["a"], "b": state["b"]}):  # the same values, in the same order, under another name
         assert fingerprint(changed) != fingerprint(state)
     assert fingerprint({"b": same["b"], "a": same["a"]}) == fingerprint(state)  # not the order of insertion
+
+
+def _rank_of_two_nodes(monkeypatch, rank: int, failing: dict[int, str]):
+    """Makes this process rank ``rank`` of 4 on two nodes of 2 processes (ranks 0 and 1 on the first node,
+    2 and 3 on the second), whose collectives hear that ranks ``failing`` met their message in their turn
+    (each rank's turn: rank 0 first, then the second node's local rank 0, then both local ranks 1).
+    Returns the list of the turns the gather has been called in so far."""
+    from cissl.engine import agreement
+    from cissl.engine.launch import Launch
+
+    turn_of = {0: 0, 2: 1, 1: 2, 3: 2}
+    gathers = []
+
+    def gather_objects(mine):
+        turn = len(gathers)
+        gathers.append(turn)
+        every = [failing.get(r) if turn_of[r] == turn else None for r in range(4)]
+        assert mine == every[rank]  # what this rank hands in is what the others hear of it
+        return every
+
+    monkeypatch.setattr(agreement, "torchrun_launch", lambda: Launch(rank, 4, rank % 2))
+    monkeypatch.setattr(distributed, "is_main", lambda: rank == 0)
+    monkeypatch.setattr(distributed, "rank", lambda: rank)
+    monkeypatch.setattr(distributed, "gather_objects", gather_objects)
+    return gathers
+
+
+@pytest.mark.parametrize("rank, turn", [(0, 0), (2, 1), (1, 2), (3, 2)])
+def test_in_turns_reads_on_rank_0_then_on_each_other_nodes_first_process_then_on_the_rest(monkeypatch, rank, turn):
+    """A 2-node run in one process (the collectives faked): each rank acts once, in its own turn, and every
+    rank goes through all three turns; a process group without torchrun's variables acts in the second."""
+    from cissl.engine import agreement
+
+    gathers = _rank_of_two_nodes(monkeypatch, rank, failing={})
+    acted = []
+    assert agreement.in_turns(lambda: acted.append(len(gathers)) or f"read by {rank}") == f"read by {rank}"
+    assert acted == [turn] and gathers == [0, 1, 2]
+    if rank:
+        gathers.clear()
+        monkeypatch.setattr(agreement, "torchrun_launch", lambda: None)
+        agreement.in_turns(lambda: acted.append(len(gathers)))
+        assert acted == [turn, 1]
+
+
+def test_an_error_met_in_a_turn_stops_every_rank_and_the_first_rank_that_met_it_raises_it(monkeypatch):
+    """Ranks 1 and 3 both fail in the last turn: rank 1 (the first) raises its own error, every other
+    rank, rank 3 included, a copy of rank 1's message that the command line leaves to rank 1 to print."""
+    from cissl.engine import agreement
+
+    failing = {1: "cifar10: missing data_batch_1 (rank 1)", 3: "cifar10: missing data_batch_1 (rank 3)"}
+    for rank in range(4):
+        _rank_of_two_nodes(monkeypatch, rank, failing)
+        own = DataError(failing[rank]) if rank in failing else None
+
+        def action():
+            if own is not None:
+                raise own
+            return "read"
+
+        with pytest.raises(CisslError) as raised:
+            agreement.in_turns(action)
+        if rank == 1:
+            assert raised.value is own
+        else:
+            assert type(raised.value) is PrintedByAnotherRank and str(raised.value) == failing[1], rank
+
+
+def test_the_first_rank_that_differs_is_named_with_every_part_that_differs(monkeypatch):
+    """Three ranks (the gather faked): rank 1 agrees with rank 0, rank 2 holds another model and method
+    state; the message names rank 2 and both parts, in the order the parts were given."""
+    from cissl.engine import agreement
+
+    parts = {"model": torch.zeros(2), "optimizer": [torch.ones(1)], "method state": {"counts": torch.arange(3)}}
+    other = {"model": torch.ones(2), "optimizer": [torch.ones(1)], "method state": {"counts": torch.arange(1, 4)}}
+    prints = [{name: fingerprint(state) for name, state in held.items()} for held in (parts, parts, other)]
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    monkeypatch.setattr(distributed, "gather_objects", lambda mine: prints)
+    assert agreement.rank_that_differs(parts) == (2, ["model", "method state"])
+    with pytest.raises(agreement.RanksDiverged, match="^at iteration 7 rank 2 and rank 0 hold different model, "
+                                                      "method state: the ranks no longer train one model"):
+        agreement.check_ranks_agree(parts, 7)
+    prints[2] = prints[0]
+    assert agreement.rank_that_differs(parts) is None
+    agreement.check_ranks_agree(parts, 8)
 
 
 def test_release_frames_drops_what_the_frames_of_an_exception_and_of_its_causes_held():
