@@ -160,9 +160,11 @@ def test_bench_reports_the_median_of_interleaved_rounds_and_what_follows_from_it
     """With the timer scripted: floor, augmentation and step are timed in turn each round, steps // rounds
     steps each; the medians give the ratio, the augmentation's share, images/s and it/s."""
     from cissl.bench import throughput
+    from cissl.models.classifier import Classifier
 
     calls = []
     scripted = {"floor_step": [1.0, 10.0, 2.0], "augment_step": [0.9, 0.1, 0.3], "train_step": [4.0, 60.0, 5.0]}
+    prepare, synthetic = throughput.prepare_rank_data, throughput.synthetic_data
 
     def time(timer, fn, n):
         calls.append((fn.__name__, n))
@@ -182,6 +184,40 @@ def test_bench_reports_the_median_of_interleaved_rounds_and_what_follows_from_it
     calls.clear()  # the script again
     assert measure(example, steps=7, warmup=1, rounds=3)["model"] == "example_cnn"  # a plugin's backbone: its name
 
+    # fewer steps than rounds: one step a round; --synthetic draws the data, else the setting's is read;
+    # train.compile compiles the floor's network as the run's, in the configured mode (recorded, not compiled)
+    read, compiled = [], []
+    monkeypatch.setattr(throughput, "prepare_rank_data", lambda *args: read.append("setting") or prepare(*args))
+    monkeypatch.setattr(throughput, "synthetic_data", lambda *args: read.append("synthetic") or synthetic(*args))
+    monkeypatch.setattr(Classifier, "compile_backbone", lambda self, **kwargs: compiled.append(kwargs))
+    calls.clear()
+    result = measure(tiny_config("train.compile=true", "train.compile_mode=reduce-overhead", algorithm="fixmatch"),
+                     steps=2, warmup=0, rounds=3, synthetic=True)
+    assert calls == [("floor_step", 1), ("augment_step", 1), ("train_step", 1)] * 3 and result["steps_timed"] == 3
+    assert (result["compile"], result["compile_mode"], result["synthetic_data"]) == (True, "reduce-overhead", True)
+    assert compiled == [{"mode": "reduce-overhead"}] * 2 and read == ["synthetic"]
+    calls.clear()
+    assert measure(tiny_config(algorithm="fixmatch"), steps=3, warmup=0, rounds=3)["compile_mode"] is None
+    assert read == ["synthetic", "setting"] and len(compiled) == 2
+
+
+def test_the_bench_names_the_network_and_times_with_the_clock(monkeypatch):
+    """The table's network name; _Timer: the clock's seconds over n calls of fn, after waiting for the GPU's
+    queue on a CUDA device (a CPU one has none to wait for)."""
+    from types import SimpleNamespace
+
+    from cissl.bench import throughput
+
+    networks = ((), ("model.depth=28", "model.widen=2"), ("model.name=resnet50",))
+    assert [throughput.model_label(tiny_config(*n).model) for n in networks] == ["WRN-10-1", "WRN-28-2", "ResNet-50"]
+    ticks, called, synced = iter([10.0, 16.0]), [], []
+    monkeypatch.setattr(throughput, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device: synced.append(device))
+    assert throughput._Timer(torch.device("cpu")).time(lambda: called.append(1), 3) == 2.0 and called == [1] * 3
+    assert synced == []
+    throughput._Timer(torch.device("cuda:1")).sync()
+    assert synced == [torch.device("cuda:1")]
+
 
 def test_bench_table_says_what_was_measured():
     result = {"algorithm": "semi", "setting": "", "model": "WRN-28-2", "image_shape": [3, 32, 32], "precision": "fp32",
@@ -199,6 +235,8 @@ def test_bench_table_says_what_was_measured():
         "  full semi training step                   0.5500 s/step",
         "  ratio step / floor                        1.100",
         "  throughput                                581.8 images/s, 1.82 it/s"]
+    one_process = format_table({**result, "ddp_ranks": None}).splitlines()[1]
+    assert one_process == "device: cpu; median of 3 interleaved rounds of 3 steps each (9 steps of each timed)"
 
 
 def test_synthetic_data_has_the_settings_split_sizes():
@@ -215,6 +253,27 @@ def test_synthetic_data_has_the_settings_split_sizes():
     with pytest.raises(ConfigError, match=r"^--synthetic needs a benchmark data set's shape; data.dataset=folder "
                                           r"gets its shape from the data: drop --synthetic$"):
         synthetic_data(load_config(None, ["data.dataset=folder", "data.root=/nowhere"]), torch.device("cpu"))
+
+
+def test_synthetic_images_are_seeded_bytes_with_labels_where_a_run_has_them():
+    """The same uint8 images on every call; labels for the labeled rows, the validation split, the test
+    images and the pool where the setting gives its class counts (so the timed step records pseudo-label
+    statistics as a run does); STL-10's unlabeled split (no counts) has none and max_pool images; a
+    labeled fraction (Small-ImageNet-127) takes ILSVRC's 1300 images per class."""
+    from cissl.bench.throughput import synthetic_data
+
+    cpu = torch.device("cpu")
+    data, again = (synthetic_data(tiny_config("data.val_per_class=2"), cpu) for _ in range(2))
+    for name in ("labeled", "unlabeled", "test", "val"):
+        pool, same = getattr(data, name), getattr(again, name)
+        assert pool.images.dtype == torch.uint8 and torch.equal(pool.images, same.images), name
+        assert torch.equal(pool.labels, same.labels) and set(pool.labels.tolist()) == set(range(10)), name
+    assert len(data.unlabeled.labels) == len(data.unlabeled) and len(data.test) == 256
+    assert data.val.labels.tolist() == [k for k in range(10) for _ in range(2)]
+    stl = synthetic_data(load_config(CONFIGS / "stl10_lt/n150_g10.yaml"), cpu, max_pool=50)
+    assert len(stl.unlabeled) == 50 and stl.unlabeled.labels is None and stl.unlabeled.images.shape[1:] == (3, 32, 32)
+    imagenet = synthetic_data(load_config(CONFIGS / "imagenet127/32px.yaml"), cpu, max_pool=50)
+    assert imagenet.split.labeled_counts == [130] * 127 and len(imagenet.labeled) == 130 * 127
 
 
 def test_pool_pass_benchmark_prints_what_it_measured():

@@ -80,10 +80,18 @@ class _Timer:
         return (time.perf_counter() - start) / n
 
 
-def measure(config, steps: int = 9, warmup: int = 3, rounds: int = 3, synthetic: bool = False,
+def model_label(model_config) -> str:
+    """The network as the table names it: WRN-depth-widen, ResNet-50, else the backbone's registered name."""
+    if model_config.name == "wrn":
+        return f"WRN-{model_config.depth}-{model_config.widen}"
+    return {"resnet50": "ResNet-50"}.get(model_config.name, model_config.name)
+
+
+def measure(config, *, steps: int, warmup: int, rounds: int, synthetic: bool = False,
             device: torch.device | None = None) -> dict:
     """Time floor, augmentation and full step of ``config``; returns the JSON-able summary. Inside a
-    process group (torchrun) the step is one DDP rank's: its share of the batch, gradients all-reduced."""
+    process group (torchrun) the step is one DDP rank's: its share of the batch, gradients all-reduced.
+    The counts' defaults are :func:`cissl.api.throughput`'s (``cissl bench throughput``'s)."""
     for flag, value, least in (("--steps", steps, 1), ("--rounds", rounds, 1), ("--warmup", warmup, 0)):
         if value < least:  # before the data load and the model
             raise ConfigError(f"{flag} must be at least {least}, got {value}")
@@ -130,8 +138,7 @@ def measure(config, steps: int = 9, warmup: int = 3, rounds: int = 3, synthetic:
     return {
         "algorithm": config.algorithm.name,
         "setting": config.name,
-        "model": f"WRN-{config.model.depth}-{config.model.widen}" if config.model.name == "wrn" else
-        {"resnet50": "ResNet-50"}.get(config.model.name, config.model.name),
+        "model": model_label(config.model),
         "image_shape": [data.channels, data.image_size, data.image_size],
         "images_per_step": images_per_step,
         "precision": tc.precision,
