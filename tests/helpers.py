@@ -33,6 +33,14 @@ def tiny_config(*overrides: str, algorithm: str | None = None):
     return load_config(CONFIGS / "quickstart.yaml", base + list(overrides), algorithm)
 
 
+# A `cissl bench throughput` result with the fields format_table reads (one DDP rank of two)
+TIMED = {"algorithm": "semi", "setting": "", "model": "WRN-28-2", "image_shape": [3, 32, 32], "precision": "fp32",
+         "channels_last": True, "compile_mode": None, "cuda_graphs": False, "fused_sgd": False, "device": "cpu",
+         "rounds": 3, "steps_per_round": 3, "steps_timed": 9, "images_per_step": 320, "floor_s": 0.5,
+         "augment_s": 0.05, "augment_fraction": 0.0909, "step_s": 0.55, "ratio": 1.1, "images_per_s": 581.8,
+         "it_per_s": 1.818, "ddp_ranks": 2}
+
+
 # Overrides under which every term of a method runs within a short run (20 steps, epochs of 2-10).
 # EVERY_ROW: at quickstart's threshold 0.95 no unlabeled row of a fresh net is confident in 20 steps, so the
 # unlabeled loss of most methods would never run; with 10 classes the top probability is at least 0.1, so

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from helpers import TIMED
 
 from cissl import cli
 from cissl.engine.stop import TrainingStopped
@@ -144,16 +145,11 @@ def test_bench_sweep_plot_and_report_pages_print_what_their_api_function_returne
     from cissl.bench.throughput import format_table
     from cissl.evaluation.report import COLUMNS, to_markdown
 
-    timed = {"algorithm": "fixmatch", "setting": "s", "model": "WRN-10-1", "image_shape": [1, 8, 8],
-             "precision": "fp32", "channels_last": True, "compile_mode": None, "cuda_graphs": False,
-             "fused_sgd": False, "device": "cpu", "rounds": 1, "steps_per_round": 2, "steps_timed": 2,
-             "images_per_step": 64, "floor_s": 0.5, "augment_s": 0.1, "augment_fraction": 0.125, "step_s": 0.8,
-             "ratio": 1.6, "images_per_s": 80.0, "it_per_s": 1.25, "ddp_ranks": None}
-    monkeypatch.setattr("cissl.api.throughput", lambda *args, **kwargs: timed)
+    monkeypatch.setattr("cissl.api.throughput", lambda *args, **kwargs: TIMED)
     bench = ["bench", "throughput", "--config", "configs/quickstart.yaml"]
-    assert run_cli(bench, capsys) == (0, format_table(timed) + "\n", "")
+    assert run_cli(bench, capsys) == (0, format_table(TIMED) + "\n", "")
     code, out, _ = run_cli([*bench, "--json"], capsys)
-    assert code == 0 and json.loads(out) == timed and out.count("\n") == 1
+    assert code == 0 and json.loads(out) == TIMED and out.count("\n") == 1
 
     rows = [{"setting": "s", "algorithm": "semi", "seeds": [0, 1], "reported_head": "balanced", "wall_time_s": 90.0,
              **{key: (0.5, 0.01) for key, _ in COLUMNS}}]

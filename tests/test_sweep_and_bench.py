@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 from conftest import CONFIGS, REPO, run_cli
-from helpers import tiny_config
+from helpers import TIMED, tiny_config
 
 from cissl.bench.throughput import format_table, measure
 from cissl.config import load_config
@@ -220,11 +220,7 @@ def test_the_bench_names_the_network_and_times_with_the_clock(monkeypatch):
 
 
 def test_bench_table_says_what_was_measured():
-    result = {"algorithm": "semi", "setting": "", "model": "WRN-28-2", "image_shape": [3, 32, 32], "precision": "fp32",
-              "channels_last": True, "compile_mode": None, "cuda_graphs": False, "fused_sgd": False, "device": "cpu",
-              "rounds": 3, "steps_per_round": 3, "steps_timed": 9, "images_per_step": 320, "floor_s": 0.5,
-              "augment_s": 0.05, "augment_fraction": 0.0909,
-              "step_s": 0.55, "ratio": 1.1, "images_per_s": 581.8, "it_per_s": 1.818, "ddp_ranks": 2}
+    result = TIMED
     assert format_table(result).splitlines() == [
         "semi on the configured data: WRN-28-2, 3x32x32, fp32, channels_last=True, compile=False, cuda_graphs=False, "
         "fused_sgd=False",
