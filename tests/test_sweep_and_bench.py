@@ -156,21 +156,26 @@ def test_bench_throughput_reports_every_field(algorithm):
     assert "ratio step / floor" in format_table(result)
 
 
-def test_bench_reports_the_median_of_interleaved_rounds_and_what_follows_from_it(monkeypatch):
-    """With the timer scripted: floor, augmentation and step are timed in turn each round, steps // rounds
-    steps each; the medians give the ratio, the augmentation's share, images/s and it/s."""
+def _script_the_timer(monkeypatch) -> list:
+    """_Timer.time returns, for each timed function, the next of its scripted seconds (floor 1, 10, 2;
+    augmentation 0.9, 0.1, 0.3; step 4, 60, 5) instead of timing; returns the (function, n) calls it gets."""
     from cissl.bench import throughput
-    from cissl.models.classifier import Classifier
 
     calls = []
     scripted = {"floor_step": [1.0, 10.0, 2.0], "augment_step": [0.9, 0.1, 0.3], "train_step": [4.0, 60.0, 5.0]}
-    prepare, synthetic = throughput.prepare_rank_data, throughput.synthetic_data
 
     def time(timer, fn, n):
         calls.append((fn.__name__, n))
         return scripted[fn.__name__][sum(name == fn.__name__ for name, _ in calls) - 1]
 
     monkeypatch.setattr(throughput._Timer, "time", time)
+    return calls
+
+
+def test_bench_reports_the_median_of_interleaved_rounds_and_what_follows_from_it(monkeypatch):
+    """With the timer scripted: floor, augmentation and step are timed in turn each round, steps // rounds
+    steps each; the medians give the ratio, the augmentation's share, images/s and it/s."""
+    calls = _script_the_timer(monkeypatch)
     result = measure(tiny_config(algorithm="fixmatch"), steps=7, warmup=1, rounds=3)
     assert calls == [("floor_step", 2), ("augment_step", 2), ("train_step", 2)] * 3
     assert (result["floor_s"], result["augment_s"], result["step_s"], result["steps_timed"]) == (2.0, 0.3, 5.0, 6)
@@ -184,13 +189,20 @@ def test_bench_reports_the_median_of_interleaved_rounds_and_what_follows_from_it
     calls.clear()  # the script again
     assert measure(example, steps=7, warmup=1, rounds=3)["model"] == "example_cnn"  # a plugin's backbone: its name
 
-    # fewer steps than rounds: one step a round; --synthetic draws the data, else the setting's is read;
-    # train.compile compiles the floor's network as the run's, in the configured mode (recorded, not compiled)
+
+def test_bench_draws_or_reads_its_data_and_compiles_the_floor_as_the_run(monkeypatch):
+    """With the timer scripted: fewer steps than rounds time one step a round; --synthetic draws the data,
+    else the setting's is read; train.compile compiles the floor's network as the run's, in the configured
+    mode (recorded, not compiled)."""
+    from cissl.bench import throughput
+    from cissl.models.classifier import Classifier
+
+    calls = _script_the_timer(monkeypatch)
     read, compiled = [], []
+    prepare, synthetic = throughput.prepare_rank_data, throughput.synthetic_data
     monkeypatch.setattr(throughput, "prepare_rank_data", lambda *args: read.append("setting") or prepare(*args))
     monkeypatch.setattr(throughput, "synthetic_data", lambda *args: read.append("synthetic") or synthetic(*args))
     monkeypatch.setattr(Classifier, "compile_backbone", lambda self, **kwargs: compiled.append(kwargs))
-    calls.clear()
     result = measure(tiny_config("train.compile=true", "train.compile_mode=reduce-overhead", algorithm="fixmatch"),
                      steps=2, warmup=0, rounds=3, synthetic=True)
     assert calls == [("floor_step", 1), ("augment_step", 1), ("train_step", 1)] * 3 and result["steps_timed"] == 3
