@@ -108,15 +108,18 @@ def test_a_checkpoint_from_a_gpu_ddp_or_an_earlier_release_resumes_as_if_written
 
 def test_train_writes_run_directory_and_results(tmp_path, capsys):
     out = tmp_path / "run"
+    started = time.perf_counter()
     code, stdout, _ = run_cli(["train", "--config", CONFIGS / "quickstart.yaml", "--out", out, "--quiet",
                                "model.depth=10", "model.widen=1", "train.iterations=10", "train.eval_every=2",
                                "train.checkpoint_every=5", "train.report_last=2"], capsys)
+    took = time.perf_counter() - started
     assert code == 0 and "top-1" in stdout and "balanced accuracy" in stdout
     for name in ("config.yaml", "split.json", "metrics.jsonl", "results.json"):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     assert RESULT_KEYS <= set(results)
     assert len(results["confusion_matrix"]) == 10 and results["last_k"] == 2
+    assert results["iterations"] == 10 and results["device"] == "cpu" and 0 < results["wall_time_s"] < took
     evaluations = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
     assert [r["iteration"] for r in evaluations] == [2, 4, 6, 8, 10]
     tail = [r["test"]["main"]["top1"] for r in evaluations[-2:]]  # the window is the run's tail
