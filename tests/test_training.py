@@ -168,6 +168,16 @@ def test_the_last_steps_evaluation_is_the_final_one_made_in_one_pass(tmp_path, m
     assert again["val"] == results["val"]
 
 
+def test_a_trainer_without_a_run_directory_trains_to_its_results_and_writes_nothing(tmp_path, monkeypatch):
+    """The run directory is optional (the throughput bench steps a Trainer without one): its checkpoint
+    iterations check the weights and write nothing, and fit() returns the results without writing them."""
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config("train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2")
+    trainer = Trainer.from_config(config, prepare_data(config, torch.device("cpu")))
+    results = trainer.fit()
+    assert results["iterations"] == 4 and trainer.save() is None and list(tmp_path.iterdir()) == []
+
+
 def test_brief_keeps_each_heads_periodic_numbers_and_the_other_entries():
     record = {"iteration": 7, "test": {"main": {"top1": 0.5, "balanced_accuracy": 0.4, "geometric_mean": 0.3}},
               "val": {"main": {"top1": 0.6, "balanced_accuracy": 0.55, "confusion_matrix": [[1]]},

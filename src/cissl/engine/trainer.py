@@ -306,7 +306,7 @@ class Trainer:
                 if stop and self.iteration < total:
                     self._stop(signals.requested if signals.requested is not None else signal.SIGTERM)
         results = self.results()
-        if distributed.is_main():
+        if distributed.is_main() and self.run_dir is not None:  # without a run directory nothing is written
             atomic_write_json(self.run_dir.results, results)
         return results
 
