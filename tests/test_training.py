@@ -93,6 +93,7 @@ def test_a_checkpoint_from_a_gpu_ddp_or_an_earlier_release_resumes_as_if_written
     (run / "results.json").unlink()
     middle = run / "checkpoints/ckpt_00000006.pt"
     state = load_checkpoint(middle)
+    assert state["world_size"] == 1 and "cuda_rng" not in state  # what this one-process CPU run wrote
     state["cuda_rng"] = torch.zeros(16, dtype=torch.uint8)  # what torch.cuda.get_rng_state() returns
     state["world_size"] = 2
     del state["skipped_steps"], state["environments"]
