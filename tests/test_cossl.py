@@ -8,6 +8,7 @@ co-learning block of train_cifar_fix_cossl.py on fixed embeddings, recording the
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -167,7 +168,11 @@ OVERRIDES = ["train.iterations=12", "train.epoch_length=4", "train.eval_every=4"
 
 def test_the_stage_loads_the_warmed_up_teacher_and_evaluation_reports_it(tmp_path):
     config = tiny_config(*OVERRIDES, algorithm="fixmatch_cossl")
-    start_run(config, tmp_path / "run", quiet=True)
+    said = io.StringIO()
+    start_run(config, tmp_path / "run", stream=said)
+    # the run says when, counted as metrics.jsonl and the checkpoints count the steps
+    assert ("[cissl] stage of fixmatch_cossl after iteration 6: EMA model's predictions on 159 labeled and 323 "
+            "unlabeled images") in said.getvalue().splitlines()
     before = load_checkpoint(tmp_path / "run/checkpoints/ckpt_00000004.pt")
     after = load_checkpoint(tmp_path / "run/checkpoints/ckpt_00000008.pt")
     assert not before["algorithm"]["teacher_ready"] and after["algorithm"]["teacher_ready"]
@@ -203,8 +208,10 @@ def test_a_resumed_run_equals_an_uninterrupted_one_across_the_stage(tmp_path):
 def test_pretrain_fraction_zero_warms_up_before_the_first_step(tmp_path):
     config = tiny_config("train.iterations=4", "train.checkpoint_every=4", "train.eval_every=4",
                          "algorithm.pretrain_fraction=0", "algorithm.warmup_epochs=1", algorithm="fixmatch_cossl")
-    start_run(config, tmp_path / "run", quiet=True)
+    said = io.StringIO()
+    start_run(config, tmp_path / "run", stream=said)
     assert load_checkpoint(tmp_path / "run/checkpoints/ckpt_00000004.pt")["algorithm"]["teacher_ready"]
+    assert said.getvalue().splitlines()[1].startswith("[cissl] stage of fixmatch_cossl before the first step: ")
 
 
 def test_the_stage_loads_its_weights_into_the_network_and_the_ema_and_drops_the_heads_momentum(monkeypatch):

@@ -166,10 +166,10 @@ class Trainer:
                 self.ema.model.heads[update.head].load_state_dict(update.ema_weights)
             for param in head.parameters():  # new weights start without the old ones' momentum
                 self.optimizer.state.pop(param, None)
-        if self.logger:
-            self.logger.message(f"stage of {self.config.algorithm.name} after iteration {iteration}: EMA model's "
-                                f"predictions on {len(labeled.labels)} labeled and {len(self.data.unlabeled)} "
-                                f"unlabeled images")
+        if self.logger:  # counted as metrics.jsonl and the checkpoints count: iteration N is N steps done
+            when = "before the first step" if iteration == -1 else f"after iteration {iteration + 1}"
+            self.logger.message(f"stage of {self.config.algorithm.name} {when}: EMA model's predictions on "
+                                f"{len(labeled.labels)} labeled and {len(self.data.unlabeled)} unlabeled images")
 
     def validation_predictions(self) -> ValidationPredictions:
         """The EMA model's logits on the validation split (eval mode, no augmentation), with its labels."""
