@@ -1,5 +1,6 @@
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from cissl.engine.data import prepare_data
 from cissl.engine.diagnostics import PseudoLabelStats
 from cissl.engine.precision import ComputePolicy
 from cissl.engine.run import resume_run, start_run
+from cissl.engine.stop import TrainingStopped
 from cissl.engine.trainer import Trainer
 from cissl.errors import CheckpointError
 from cissl.evaluation.evaluate import brief, evaluate_model, predict_with_features
@@ -177,6 +179,27 @@ def test_a_trainer_without_a_run_directory_trains_to_its_results_and_writes_noth
     trainer = Trainer.from_config(config, prepare_data(config, torch.device("cpu")))
     results = trainer.fit()
     assert results["iterations"] == 4 and trainer.save() is None and list(tmp_path.iterdir()) == []
+
+
+def test_a_trainer_without_a_run_directory_stopped_by_a_signal_says_nothing_was_saved(tmp_path, monkeypatch):
+    """A signal stops such a trainer at the step's end, as it stops a run; the message cannot name a checkpoint
+    or a folder to resume (it said `--resume None`)."""
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config("train.iterations=6")
+    trainer = Trainer.from_config(config, prepare_data(config, torch.device("cpu")))
+    step = trainer.train_step
+
+    def step_then_signal():
+        out = step()
+        if trainer.iteration == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # StopSignals holds it until the step's end
+        return out
+
+    monkeypatch.setattr(trainer, "train_step", step_then_signal)
+    with pytest.raises(TrainingStopped) as stopped:
+        trainer.fit()
+    assert str(stopped.value) == "SIGTERM: stopped after iteration 2, nothing saved (the trainer has no run directory)"
+    assert trainer.iteration == 2 and list(tmp_path.iterdir()) == []
 
 
 def test_brief_keeps_each_heads_periodic_numbers_and_the_other_entries():

@@ -13,7 +13,7 @@ import threading
 
 
 class TrainingStopped(Exception):
-    """A run stopped on a signal after writing a checkpoint of its last finished step."""
+    """A run stopped on a signal at the end of a step, after writing its checkpoint (where it has a run directory)."""
 
     def __init__(self, signal_number: int, message: str, printed_by_this_rank: bool = True):
         super().__init__(message)

@@ -313,8 +313,9 @@ class Trainer:
     def _stop(self, signal_number: int) -> None:
         path = distributed.broadcast_from_main(self.save())  # rank 0 writes it; every rank's message names it
         name = signal.Signals(signal_number).name
-        raise TrainingStopped(signal_number, f"{name}: stopped after iteration {self.iteration}, checkpoint {path}; "
-                                             f"continue with `cissl train --resume {self.run_dir}`",
+        where = (f"checkpoint {path}; continue with `cissl train --resume {self.run_dir}`" if self.run_dir is not None
+                 else "nothing saved (the trainer has no run directory)")
+        raise TrainingStopped(signal_number, f"{name}: stopped after iteration {self.iteration}, {where}",
                               printed_by_this_rank=distributed.is_main())
 
     def _fit_step(self, tc, total: int, start: float, elapsed_before: float) -> None:
