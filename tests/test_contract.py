@@ -222,6 +222,35 @@ def test_pool_predictions_come_after_each_epoch_end_from_the_ema_model(tmp_path,
     assert calls[1][4] != pytest.approx(calls[3][4])  # epoch 0's call saw the EMA of step 4
 
 
+@dataclass(frozen=True)
+class SwitchesConfig(RecorderConfig):
+    name: str = option("test_switches")
+    pool: bool = option(True)
+    frozen: bool = option(False)
+
+
+class SwitchesRecorder(PoolRecorder):
+    """Whether it sees the pool each epoch and trains its backbone, as its config says."""
+
+    @classmethod
+    def pool_each_epoch(cls, config) -> bool:
+        return config.pool
+
+    @classmethod
+    def trains_backbone(cls, config) -> bool:
+        return not config.frozen
+
+
+@pytest.mark.parametrize("pool", [True, False])
+def test_the_engine_asks_a_methods_switches_with_the_methods_config(registered, pool):
+    """pool_each_epoch(config) and trains_backbone(config) get the method's section of the run's config
+    (docs/algorithms.md): a plugin's switch may depend on its options (none of the shipped methods' does)."""
+    registered(ALGORITHMS, "test_switches", SwitchesConfig, SwitchesRecorder)
+    config = tiny_config(f"algorithm.pool={str(pool).lower()}", algorithm="test_switches")
+    trainer = Trainer.from_config(config, prepare_data(config, torch.device("cpu")))
+    assert trainer.pool_each_epoch is pool and trainer.frozen_backbone is False
+
+
 class ValidationRecorder(HookRecorder):
     """HookRecorder that asks for the validation split's predictions every ``every`` steps."""
 
