@@ -222,6 +222,17 @@ def test_pool_predictions_come_after_each_epoch_end_from_the_ema_model(tmp_path,
     assert calls[1][4] != pytest.approx(calls[3][4])  # epoch 0's call saw the EMA of step 4
 
 
+def test_pool_calls_of_one_step_epochs_are_numbered_by_epoch(registered):
+    """Epochs of one step: the pool call after step t is epoch t (an int, as on_epoch_end's)."""
+    registered(ALGORITHMS, "test_pool_recorder", RecorderConfig, PoolRecorder)
+    config = tiny_config("train.epoch_length=1", "algorithm.every=100", algorithm="test_pool_recorder")
+    trainer = Trainer.from_config(config, prepare_data(config, torch.device("cpu")))
+    for _ in range(3):
+        trainer.train_step()
+    pools = [c[1] for c in trainer.algorithm.calls if c[0] == "pool"]
+    assert pools == [0, 1, 2] and all(type(epoch) is int for epoch in pools)
+
+
 @dataclass(frozen=True)
 class SwitchesConfig(RecorderConfig):
     name: str = option("test_switches")
