@@ -83,7 +83,7 @@ def collectives(out: Path) -> None:
            "shards": distributed.gather_shards(torch.arange(*distributed.shard_bounds(5)).view(-1, 1) * 10, 5),
            "one_shard": distributed.gather_shards(torch.arange(*distributed.shard_bounds(1)), 1),
            "any": [distributed.agree_any(r == 1), distributed.agree_any(False), distributed.agree_any(True)],
-           "mean": distributed.mean_over_ranks({"loss": float(r), "steps": 4.0}),
+           "mean": distributed.mean_over_ranks({"loss": 0.1 * (r + 1), "steps": 4.0}),  # a float64 mean
            "broadcast": distributed.broadcast_from_main({"from": r}),
            "objects": distributed.gather_objects(f"rank {r}"),
            "on_main": run_on_main(lambda: f"done by rank {distributed.rank()}")}
