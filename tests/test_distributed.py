@@ -147,8 +147,13 @@ def test_torchrun_environment_is_read_or_refused_in_one_line():
     assert (launch.rank, launch.world_size, launch.local_rank) == (1, 2, 1)
     with pytest.raises(ConfigError, match="RANK set but not WORLD_SIZE, LOCAL_RANK"):
         torchrun_launch({"RANK": "0"})
-    with pytest.raises(ConfigError, match="must be integers"):
+    with pytest.raises(ConfigError) as raised:
+        torchrun_launch({"RANK": "0", "LOCAL_RANK": "0"})
+    assert str(raised.value) == ("distributed launch: RANK, LOCAL_RANK set but not WORLD_SIZE; start several processes "
+                                 "with torchrun (it sets RANK, WORLD_SIZE, LOCAL_RANK)")
+    with pytest.raises(ConfigError) as raised:
         torchrun_launch({"RANK": "a", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+    assert str(raised.value) == "distributed launch: RANK='a', WORLD_SIZE='2', LOCAL_RANK='0' must be integers"
     with pytest.raises(ConfigError, match="RANK 2 is not in 0..WORLD_SIZE-1"):
         torchrun_launch({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
 
