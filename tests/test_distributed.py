@@ -188,6 +188,25 @@ def test_a_rank_may_not_be_pinned_to_one_gpu():
         rank_device(config, launch)
 
 
+def test_on_gpus_each_rank_trains_on_the_gpu_of_its_local_rank_and_a_node_needs_that_many(monkeypatch):
+    """The CUDA branch of rank_device without a GPU: the node's 2 GPUs are stood in for."""
+    from cissl.engine import launch
+
+    selected = []
+    monkeypatch.setattr(launch, "resolve_device", lambda name: torch.device(name))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", selected.append)
+    config = load_config(CONFIGS / "quickstart.yaml", ["train.device=cuda"])
+    second_node = torchrun_launch({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
+    assert rank_device(config, second_node) == torch.device("cuda", 1)
+    assert selected == [torch.device("cuda", 1)]
+    with pytest.raises(ConfigError) as raised:
+        rank_device(config, torchrun_launch({"RANK": "2", "WORLD_SIZE": "3", "LOCAL_RANK": "2"}))
+    assert str(raised.value) == ("distributed launch: LOCAL_RANK 2 but this node has 2 GPUs; start at most that many "
+                                 "processes per node")
+    assert selected == [torch.device("cuda", 1)]
+
+
 def test_fingerprint_changes_with_any_value():
     state = {"a": torch.zeros(3), "b": [torch.ones(2, dtype=torch.bool), 4]}
     same = {"a": torch.zeros(3), "b": [torch.ones(2, dtype=torch.bool), 4]}
