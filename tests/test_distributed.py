@@ -331,6 +331,55 @@ def test_release_frames_drops_what_the_frames_of_an_exception_and_of_its_causes_
     assert "raise RuntimeError(\"inside the step\")" in printed and "the run failed" in printed
 
 
+def test_release_frames_follows_a_cause_and_a_context_apart_and_ends_on_an_exception_raised_from_itself():
+    """An error raised, while the run handles another, from a third it met before: the frames of both
+    earlier errors are released (the context's chain ends first); ``raise exc from exc`` ends too."""
+    import threading
+
+    held = []
+
+    class Trainer:
+        pass
+
+    def step(name):
+        trainer = Trainer()
+        held.append(weakref.ref(trainer))
+        raise RuntimeError(name)
+
+    def run():
+        try:
+            step("met first")
+        except RuntimeError as exc:
+            earlier = exc
+        try:
+            step("being handled")
+        except RuntimeError:
+            raise CisslError("the run failed") from earlier
+
+    with pytest.raises(CisslError) as caught:
+        run()
+    assert caught.value.__cause__ is not caught.value.__context__
+    assert [ref() is not None for ref in held] == [True, True]
+    release_frames(caught.value)
+    assert [ref() is None for ref in held] == [True, True]
+
+    def raised_from_itself():
+        error = RuntimeError("itself")
+        try:
+            step("inside")
+        except RuntimeError:
+            raise error from error
+
+    with pytest.raises(RuntimeError) as caught:
+        raised_from_itself()
+    assert held[-1]() is not None
+    worker = threading.Thread(target=release_frames, args=(caught.value,), daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive()  # each exception is visited once
+    assert held[-1]() is None
+
+
 def test_what_identifies_a_ranks_data_changes_with_its_labels_images_split_and_classes():
     """data_identity (what the ranks compare after reading the data): a second read gives the same; one
     label, one pixel of a sampled image, one split index or one class name changes exactly its part."""
