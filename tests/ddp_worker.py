@@ -12,10 +12,13 @@ trains DARP with its cross-rank gather removed, and prints the error the checkpo
 loss at step 2 and alone receives SIGTERM during step 4, and saves each rank's own losses and end in
 OUT/one_rank_differs/rank{R}.json; ``download`` reads a served CIFAR-10 with data.download=true on
 both ranks and writes who downloaded and when each read; ``other_data`` starts ``cissl train`` with
-rank 1's test images changed in one pixel and writes each rank's exit status; ``released``
+rank 1's test images changed in one pixel and writes each rank's exit status and whether it would have
+waited for torchrun to end it; ``released``
 (``released_stopped``: stopped by SIGTERM; ``released_api_stopped``: the same through
 ``cissl.api.train``) trains a run and writes whether its DDP wrapper was still alive when the process
 group was destroyed and when the command returned;
+``slow_printer`` runs ``cissl train --resume`` of a folder that is no run on both ranks, rank 0 three
+seconds after rank 1 (a rank still loading on a busy machine), and exits with its status;
 ``collectives`` calls each collective of cissl.distributed (and of the launch) on inputs that differ
 from rank to rank and saves what each rank got, in OUT/collectives/rank{R}.pt.
 """
@@ -195,9 +198,13 @@ def other_data(out: Path, overrides: list[str]) -> None:
             return source
 
         data_module.load_source = damaged
+    from cissl.engine import launch
+
+    waited = []  # the rank that does not print waits for torchrun to end it (here both ranks return)
+    launch.wait_for_the_printing_rank = lambda: waited.append(True)
     code = cli.main(["train", "--config", str(CONFIGS / "quickstart.yaml"), "--out", str(out / "run"), "--quiet",
                      *SHORT_RUN, *overrides])
-    (out / f"other_data{os.environ['RANK']}.json").write_text(json.dumps({"exit": code}))
+    (out / f"other_data{os.environ['RANK']}.json").write_text(json.dumps({"exit": code, "waited": bool(waited)}))
 
 
 def released(out: Path, mode: str, overrides: list[str]) -> None:
@@ -285,6 +292,14 @@ def cross_rank_batchnorm(r: int, momentum) -> dict:
     return got
 
 
+def slow_printer(out: Path) -> int:
+    from cissl import cli
+
+    if os.environ["LOCAL_RANK"] == "0":
+        time.sleep(3.0)
+    return cli.main(["train", "--resume", str(out / "nothing")])
+
+
 def main(argv: list[str]) -> int:
     out, steps, methods, overrides = Path(argv[0]), int(argv[1]), argv[2].split(","), argv[3:]
     torch.set_num_threads(1)
@@ -311,6 +326,8 @@ def main(argv: list[str]) -> int:
     if methods == ["one_rank_differs"]:  # start_run joins the process group itself
         one_rank_differs(out, overrides)
         return 0
+    if methods == ["slow_printer"]:
+        return slow_printer(out)
     if methods == ["download"]:
         download(out, overrides)
         return 0

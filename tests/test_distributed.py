@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import traceback
@@ -683,6 +684,35 @@ def test_launches_that_cannot_work_fail_up_front_in_one_line(tmp_path):
         assert len(errors) == 1 and errors[0].startswith(line), result.stderr[-3000:]
 
 
+def test_a_rank_whose_error_another_prints_does_not_end_the_launch_before_that_rank_prints(tmp_path):
+    """torchrun stops every rank once one exits with an error: rank 1, whose copy of the error rank 0
+    prints, waits for torchrun to end it, so rank 0, three seconds slower, still prints its line."""
+    result = torchrun(WORKER, tmp_path, 0, "slow_printer")
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("cissl: error:")]
+    assert errors == [f"cissl: error: {tmp_path / 'nothing'} is not a run directory (no config.yaml)"], \
+        result.stderr[-3000:]
+
+
+def test_a_rank_whose_error_another_prints_waits_only_under_torchrun(monkeypatch):
+    from cissl.engine import launch
+
+    slept = []
+    monkeypatch.setattr(launch.time, "sleep", slept.append)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    launch.wait_for_the_printing_rank(5.0)
+    assert slept == []
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        launch.wait_for_the_printing_rank(5.0)
+        assert slept == [5.0]
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+
+
 def test_an_error_every_process_of_a_node_meets_is_printed_by_its_local_rank_zero(monkeypatch):
     from cissl.engine.launch import met_by_every_local_rank
 
@@ -726,7 +756,8 @@ def test_a_rank_that_read_other_data_stops_the_launch_in_one_line(tmp_path):
     rank stops after reading the data and before the run writes anything; rank 0 prints one line."""
     result = torchrun(WORKER, tmp_path, 0, "other_data", timeout=150)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    assert [json.loads((tmp_path / f"other_data{rank}.json").read_text()) for rank in (0, 1)] == [{"exit": 2}] * 2
+    assert [json.loads((tmp_path / f"other_data{rank}.json").read_text()) for rank in (0, 1)] == [
+        {"exit": 2, "waited": False}, {"exit": 2, "waited": True}]  # rank 1 leaves the printing to rank 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("cissl: error:")]
     assert errors == ["cissl: error: distributed launch: rank 1 read other data than rank 0 from data.root 'data' "
                       "(test images differ); every node must read the same copy of digits"]

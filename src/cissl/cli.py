@@ -388,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except PrintedByAnotherRank:  # a DDP rank's copy of an error another rank prints
+        from cissl.engine.launch import wait_for_the_printing_rank
+
+        wait_for_the_printing_rank()
         return 2
     except CisslError as exc:
         print(f"cissl: error: {exc}", file=sys.stderr)

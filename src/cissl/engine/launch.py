@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
+import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,6 +55,18 @@ def torchrun_launch(environ=None) -> Launch | None:
     if not 0 <= launch.rank < launch.world_size:
         raise ConfigError(f"distributed launch: RANK {launch.rank} is not in 0..WORLD_SIZE-1 ({launch.world_size})")
     return launch
+
+
+def wait_for_the_printing_rank(limit_s: float = 60.0) -> None:
+    """On a rank of a torchrun launch whose error another rank prints: wait until torchrun ends this process
+    (at most ``limit_s``). torchrun stops every rank once one exits with an error, so a rank that exited at
+    once could have the printing rank stopped before it printed, and the launch would fail without its line
+    (seen on a loaded 2-core machine, rank 0 still loading its config). A signal now ends this rank at once."""
+    if "LOCAL_RANK" not in os.environ:
+        return
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, signal.SIG_DFL)
+    time.sleep(limit_s)
 
 
 @contextmanager
