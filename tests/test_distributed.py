@@ -175,7 +175,13 @@ def test_a_rank_with_another_config_is_named_with_its_first_three_differences(mo
     assert str(raised.value) == ("distributed launch: rank 2 was started with another config than rank 0: optim.lr "
                                  "0.5 (rank 0: 0.03), train.iterations 3000 (rank 0: 1500), train.log_every 3 (rank 0: "
                                  "100); give every rank the same command line")
-    gathered[2] = gathered[0]
+    # a key that rank 0 alone has (e.g. an option of another algorithm): the union of both ranks' keys is compared
+    same = gathered[0]
+    gathered[:] = [{**same, "algorithm.only_on_rank_0": 1}, same, same]
+    with pytest.raises(ConfigError, match=r"^distributed launch: rank 1 was started with another config than rank 0: "
+                                          r"algorithm.only_on_rank_0 None \(rank 0: 1\); give"):
+        launch._check_consistent_launch(config)
+    gathered[:] = [same, same, same]
     launch._check_consistent_launch(config.replace({"train.batch_size": 33, "train.batch_scope": "per_rank"}))
     with pytest.raises(ConfigError, match="'train.batch_size': 32 labeled images per step do not split evenly "
                                           "across 3 ranks"):
