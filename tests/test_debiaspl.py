@@ -64,6 +64,10 @@ def test_debiasing_and_loss_offset_by_hand():
     algo.p_hat = torch.tensor([0.8, 0.2])
     probs = algo.weak_probabilities(torch.zeros(1, 2))
     assert torch.allclose(probs, torch.tensor([[1 / 3, 2 / 3]]))
+    # T = 0.5 divides the debiased logits by T: softmax(-log p_hat) = (1 / 0.8, 1 / 0.2) / 6.25 = (0.2, 0.8)
+    sharp = make(2, "algorithm.momentum=1", "algorithm.debias_strength=0.5", "algorithm.temperature=0.5")
+    sharp.p_hat = torch.tensor([0.8, 0.2])
+    assert torch.allclose(sharp.weak_probabilities(torch.zeros(1, 2)), torch.tensor([[0.2, 0.8]]))
     out = step(algo, torch.zeros(1, 2), torch.zeros(1, 2))
     assert out.pseudo_labels.tolist() == [1] and out.mask.tolist() == [True]  # 2/3 >= 0.6
     expected = -math.log(0.2 ** 0.5 / (0.8 ** 0.5 + 0.2 ** 0.5))
