@@ -51,8 +51,19 @@ def test_selection_takes_the_most_confident_of_each_predicted_class():
     positions, labels = select_pseudo_labeled(probs, torch.tensor([0.5, 1.0]))
     # class 0 is predicted for 3 images: floor(0.5 * 3) = 1 joins (0.9); class 1 keeps both, most confident first
     assert positions.tolist() == [0, 3, 4] and labels.tolist() == [0, 1, 1]
+    # class 0 takes floor(0.5 * 1) = 0 images: the classes after it still take theirs
+    positions, labels = select_pseudo_labeled(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0.5, 1.0]))
+    assert positions.tolist() == [1] and labels.tolist() == [1]
     empty = select_pseudo_labeled(torch.tensor([[0.9, 0.1]]), torch.tensor([0.5, 1.0]))
-    assert empty[0].numel() == 0 and empty[1].dtype == torch.long
+    assert [(part.numel(), part.dtype) for part in empty] == [(0, torch.long)] * 2
+
+
+def test_selection_breaks_ties_of_confidence_by_the_lower_pool_position():
+    """20 images predicted as class 0, all at 0.7: half of them join, positions 0-9 (torch's default sort on
+    the CPU reorders equal values from about 20 elements on)."""
+    probs = torch.tensor([[0.7, 0.3]] * 20)
+    positions, labels = select_pseudo_labeled(probs, torch.tensor([0.5, 1.0]))
+    assert positions.tolist() == list(range(10)) and labels.tolist() == [0] * 10
 
 
 def test_alignment_matches_the_daso_framework():
