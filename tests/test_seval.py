@@ -87,6 +87,20 @@ def test_the_fixture_exercises_every_rule():
         assert 0 < sum(case["mask"]) < len(case["mask"])
 
 
+def test_offsets_are_first_fitted_after_the_warm_up_as_in_the_authors_code():
+    """The authors' optimize_pi fits when iter > int(max_iter * pi_warmup_ratio): with 3000 x 0.4, the
+    validation at iteration 1200 leaves pi at 1 and the one at 1201 moves it."""
+    k = FIXTURE["num_classes"]
+    defaults = FIXTURE["cases"]["defaults"]
+    method = make(k, FIXTURE["iterations"], **{**options_of(defaults["options"], k), "offset_warmup": 0.4})
+    predictions = ValidationPredictions({"main": torch.tensor(defaults["fits"][-1]["logits"])},
+                                        torch.tensor(FIXTURE["labels"]))
+    method.on_validation(1200, predictions)
+    assert method.offset.tolist() == [1.0] * k
+    method.on_validation(1201, predictions)
+    assert method.offset.tolist() != [1.0] * k
+
+
 # ----------------------------------------------------------------------------- hand-checked pieces
 def test_refinement_is_alpha_times_logits_minus_log_pi():
     method = make(2)
