@@ -192,6 +192,22 @@ def test_bank_draws_balance_and_remainder():
     assert torch.equal(torch.remainder(emb.flatten().long(), 3), labels)
 
 
+def test_each_class_of_the_bank_draws_its_own_slots():
+    """Two full classes of 8 slots (row r of class r % 2 sits in slot r // 2), one draw each, 20 times: the
+    two classes' drawn slots differ at least once (one noise row shared by the classes would tie them)."""
+    bank = MemoryBank(num_classes=2, capacity=8, dim=1, **SEMI_BANK)
+    bank.push(torch.arange(16.0).view(16, 1), torch.arange(2).repeat(8), torch.full((16,), 0.9),
+              torch.ones(16, dtype=torch.bool))
+    gen = torch.Generator().manual_seed(0)
+    slots = []
+    for _ in range(20):
+        emb, labels = bank.sample(torch.tensor([1, 1]), gen)
+        assert labels.tolist() == [0, 1]
+        slots.append(tuple(int(value) // 2 for value in emb.flatten()))
+    assert any(first != second for first, second in slots)
+    assert len({first for first, _ in slots}) > 1  # and each class's draw varies
+
+
 # ----------------------------------------------------------------------------- Eq. 8
 def test_semantic_pseudo_labels_by_hand():
     query = torch.tensor([[0.0, 0.0]])
@@ -201,6 +217,20 @@ def test_semantic_pseudo_labels_by_hand():
     # distances 5 and 1 (not squared); logits -50 and -10; class 2 has no prototype
     expected = torch.softmax(torch.tensor([-50.0, -10.0]), dim=0)
     assert torch.allclose(q[0, :2], expected) and q[0, 2] == 0
+
+
+def test_semantic_pseudo_labels_take_exact_distances_in_a_full_batch():
+    """32 queries near the midpoint of two prototypes with coordinates about 50: q matches the float64
+    distances to 1e-4 (from 25 rows on, torch.cdist's default takes |a|^2 + |b|^2 - 2ab, about 3e-3 off here)."""
+    gen = torch.Generator().manual_seed(0)
+    protos = torch.rand(3, 8, generator=gen) * 20 + 40
+    query = (protos[0] + protos[1]) / 2 + torch.randn(32, 8, generator=gen) * 0.05
+    has = torch.ones(3, dtype=torch.bool)
+    q = semantic_pseudo_labels(query, protos, has, temperature=0.1)
+    exact = torch.softmax(-torch.cdist(query.double(), protos.double(), compute_mode="donot_use_mm_for_euclid_dist")
+                          / 0.1, dim=1)
+    assert exact[:, 0].min() > 0.05 and exact[:, 1].min() > 0.05  # the two classes share the mass
+    assert torch.allclose(q.double(), exact, atol=1e-4, rtol=0)
 
 
 def test_mixing_weights_ramp_and_columns():
