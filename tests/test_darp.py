@@ -91,6 +91,17 @@ def test_truncation_keeps_alpha_times_the_target_per_class():
     assert torch.allclose(out[0], row / row.sum(), atol=1e-5)
 
 
+def test_truncation_adds_its_1e6_to_the_count_and_to_the_kept_mass():
+    """The weight (c_k + 1e-6) / (kept mass + 1e-6) by hand where the 1e-6 matter: class 1's target is 0.01
+    (alpha 100 keeps int(100 x 0.01) = 1 row) and its kept entry is 2e-7, so the weight is 0.010001 / 1.2e-6."""
+    a = torch.tensor([[0.6, 2e-7], [0.4, 1e-7]])
+    out = truncate_small_entries(a, torch.tensor([1.0, 0.01], dtype=torch.float64), alpha=100.0)
+    a64 = a.double()
+    weight = torch.tensor([(1.0 + 1e-6) / (a64[:, 0].sum() + 1e-6), (0.01 + 1e-6) / (a64[0, 1] + 1e-6)])
+    scaled = a64 * torch.tensor([[1.0, 1.0], [1.0, 0.0]]) * weight + 1e-6  # class 1 keeps row 0 only
+    assert torch.allclose(out.double(), scaled / scaled.sum(1, keepdim=True), rtol=1e-5, atol=0)
+
+
 def test_targets_labeled_uniform_given_and_errors():
     ctx = context((6, 3, 1), pool=20)
     assert torch.allclose(target_counts(DarpConfig(), ctx), torch.tensor([12.0, 6.0, 2.0], dtype=torch.float64))
