@@ -41,6 +41,11 @@ def semi(*overrides, counts=(6, 3, 1), iterations=1000, epoch_length=10, feature
     return build_algorithm(config.algorithm, context)
 
 
+def test_semi_reports_its_balanced_head_and_without_it_the_main_one():
+    assert semi().reported_head == "balanced"
+    assert semi("algorithm.use_balanced_head=false").reported_head == "main"  # the "w/o balanced head" row
+
+
 def test_balanced_branch_losses_by_hand():
     """pi = (.6, .3, .1); tau2 = tau12 = 2: labeled loss CE(g + log(pi^2 + 1e-12), y); balanced targets
     argmax softmax(f(u_w) - 2 log pi), masked by (max >= .7) OR (max softmax(g(u_w)) >= .7)."""

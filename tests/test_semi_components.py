@@ -217,6 +217,9 @@ def test_semantic_pseudo_labels_by_hand():
     # distances 5 and 1 (not squared); logits -50 and -10; class 2 has no prototype
     expected = torch.softmax(torch.tensor([-50.0, -10.0]), dim=0)
     assert torch.allclose(q[0, :2], expected) and q[0, 2] == 0
+    # an empty bank (no class has a prototype): q = 0 everywhere
+    none = semantic_pseudo_labels(query, protos, torch.zeros(3, dtype=torch.bool), temperature=0.1)
+    assert torch.equal(none, torch.zeros(1, 3))
 
 
 def test_semantic_pseudo_labels_take_exact_distances_in_a_full_batch():
@@ -249,6 +252,9 @@ def test_mixing_weights_ramp_and_columns():
 def test_class_distribution_counts_and_refresh():
     counter = PseudoLabelCounter(3)
     assert torch.allclose(counter.weights, torch.full((3,), 1 / 3))
+    counter.update(torch.tensor([0, 1]), torch.tensor([False, False]))
+    counter.refresh()  # an epoch without a confident pseudo-label: still uniform
+    assert torch.equal(counter.weights, torch.full((3,), 1 / 3))
     counter.update(torch.tensor([0, 0, 1, 2]), torch.tensor([True, True, True, False]))
     assert torch.allclose(counter.weights, torch.full((3,), 1 / 3))  # only refreshed at epoch ends
     counter.refresh()
