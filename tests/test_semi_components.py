@@ -94,13 +94,13 @@ def bank_as_sets(bank):
     return out
 
 
-@pytest.mark.parametrize("ties", [False, True])
-def test_batched_insertion_equals_sequential_rule(ties):
+@pytest.mark.parametrize("ties,capacity,n", [(False, 4, 7), (True, 4, 7), (True, 16, 48)])
+def test_batched_insertion_equals_sequential_rule(ties, capacity, n):
+    """(True, 16, 48): rows of 16 + 48 keys, where torch's CPU sort without stable=True reorders ties."""
     gen = torch.Generator().manual_seed(0)
-    bank = MemoryBank(num_classes=3, capacity=4, dim=2, **SEMI_BANK)
+    bank = MemoryBank(num_classes=3, capacity=capacity, dim=2, **SEMI_BANK)
     cells, arrival = {}, 0
     for step in range(12):
-        n = 7
         if ties:
             conf = torch.randint(7, 10, (n,), generator=gen).float() / 10  # many equal values
         else:
@@ -110,12 +110,12 @@ def test_batched_insertion_equals_sequential_rule(ties):
         ids = torch.arange(arrival, arrival + n)
         emb = torch.stack([ids.float(), conf], dim=1)  # embedding row carries its identity and confidence
         bank.push(emb, labels, conf, valid)
-        sequential_reference(cells, 4, [(round(conf[i].item(), 6), labels[i].item(), arrival + i, arrival + i)
-                                        for i in range(n) if valid[i]])
+        sequential_reference(cells, capacity, [(round(conf[i].item(), 6), labels[i].item(), arrival + i,
+                                                 arrival + i) for i in range(n) if valid[i]])
         arrival += n
         expected = {k: sorted(cells.get(k, [])) for k in range(3)}
         assert bank_as_sets(bank) == expected, step
-        assert torch.all(bank.fill_counts() <= 4)
+        assert torch.all(bank.fill_counts() <= capacity)
         filled = bank.filled
         assert torch.allclose(bank.embeddings[..., 1][filled], bank.confidence[filled])  # pairs stay joined
 
