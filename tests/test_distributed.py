@@ -428,8 +428,8 @@ def test_the_replicated_model_gives_every_head_of_the_steps_forwards_a_zero_grad
             super().__init__()
             self.main, self.aux = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
 
-        def forward(self, x):
-            return ModelOutput(x, {"main": self.main(x), "aux": self.aux(x)})
+        def forward(self, x, scale=1.0):
+            return ModelOutput(x * scale, {"main": self.main(x), "aux": self.aux(x)})
 
     net = TwoHeads()
     replicated = ReplicatedModel(torch.nn.Module())
@@ -438,6 +438,7 @@ def test_the_replicated_model_gives_every_head_of_the_steps_forwards_a_zero_grad
     assert replicated.untouched_heads_term() is None  # no forward yet
     with torch.no_grad():
         replicated(torch.ones(4, 3))  # an EMA-like forward: not kept
+        assert torch.equal(replicated(torch.ones(1, 3), scale=2.0).features, torch.full((1, 3), 2.0))  # keywords too
     loss = replicated(torch.ones(4, 3)).logits["main"].sum()  # the loss leaves the "aux" head out
     replicated(torch.ones(2, 3))
     assert len(replicated.outputs) == 2
