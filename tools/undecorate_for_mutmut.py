@@ -24,6 +24,8 @@ import ast
 import sys
 from pathlib import Path
 
+from cissl.wording import counted
+
 KEPT = ("staticmethod", "classmethod")
 
 
@@ -42,6 +44,11 @@ def _mutmut_skips(node: ast.AST) -> bool:
 def undecorate(source: str) -> str:
     """``source`` with each decorated function of the module or of a class at module level written as the
     plain function and an assignment that applies the decorators to it (outermost first, as Python does)."""
+    return _undecorate(source)[0]
+
+
+def _undecorate(source: str) -> tuple[str, int]:
+    """The rewritten source and how many functions were rewritten."""
     tree = ast.parse(source)
     lines = source.splitlines(keepends=True)
     found = [node for node in tree.body if _mutmut_skips(node)]
@@ -58,7 +65,7 @@ def undecorate(source: str) -> str:
             wrapped = f"{ast.unparse(decorator)}({wrapped})"
         lines.insert(node.end_lineno, f"{indent}{node.name} = {wrapped}\n")
         del lines[first:node.lineno - 1]
-    return "".join(lines)
+    return "".join(lines), len(found)
 
 
 def main(paths: list[str]) -> int:
@@ -67,12 +74,9 @@ def main(paths: list[str]) -> int:
               file=sys.stderr)
         return 2
     for path in map(Path, paths):
-        source = path.read_text()
-        rewritten = undecorate(source)
-        count = sum(map(_mutmut_skips, ast.walk(ast.parse(source)))) - sum(
-            map(_mutmut_skips, ast.walk(ast.parse(rewritten))))
+        rewritten, count = _undecorate(path.read_text())
         path.write_text(rewritten)
-        print(f"{path}: {count} decorated function{'s' if count != 1 else ''} rewritten")
+        print(f"{path}: {counted(count, 'decorated function')} rewritten")
     return 0
 
 
