@@ -13,7 +13,8 @@
 Each command's function: ``cissl train`` train / resume, ``evaluate`` evaluate, ``predict`` load_run, ``split``
 split / split_counts, ``sweep`` sweep, ``report`` report / report_pages, ``estimate-distribution``
 estimate_distribution, ``plot`` plot, ``bench throughput`` throughput, ``data build-imagenet127``
-build_imagenet127, ``list`` registered / config_keys.
+build_imagenet127, ``list`` registered / config_keys. Under torchrun, a rank whose error another rank prints
+(:class:`cissl.errors.PrintedByAnotherRank`) calls wait_for_the_printing_rank before it exits.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 from pathlib import Path
 
 from cissl.config import Config, load_config
+from cissl.engine.launch import wait_for_the_printing_rank
 from cissl.engine.run import estimate_run_distribution, evaluate_run, features_on_test_set, resume_run, start_run
 from cissl.engine.run import load_run as _load_trained
 from cissl.errors import CisslError, ConfigError, DataError
@@ -31,7 +33,7 @@ from cissl.rundir import RESULTS
 
 __all__ = ["Config", "Predictions", "Run", "build_imagenet127", "config_keys", "estimate_distribution", "evaluate",
            "load_config", "load_run", "plot", "registered", "report", "report_pages", "resume", "split", "split_counts",
-           "sweep", "throughput", "train"]
+           "sweep", "throughput", "train", "wait_for_the_printing_rank"]
 
 
 def train(config: Config, out: str | Path, quiet: bool = True) -> dict:
