@@ -206,7 +206,7 @@ def test_ema_update_and_buffers_copied():
 
 def test_ema_compounds_over_steps_is_a_separate_eval_copy_and_round_trips():
     """Two updates: 0.9 * (0.9 * 1 + 0.1 * 2) + 0.1 * 4 = 1.39, with no bias correction; decay 0 follows the
-    live weights exactly. The average is a deep copy in eval mode (the live model's later changes reach it
+    live weights exactly, decay 1 never moves. The average is a deep copy in eval mode (the live model's later changes reach it
     only through update), every buffer (the step count too) is the live model's, and its state dict
     restores it into another EMA."""
     model = torch.nn.BatchNorm1d(2)
@@ -230,6 +230,9 @@ def test_ema_compounds_over_steps_is_a_separate_eval_copy_and_round_trips():
     follower = EMA(torch.nn.BatchNorm1d(2), decay=0.0)
     follower.update(model)
     assert torch.equal(follower.model.weight, model.weight) and torch.equal(follower.model.bias, model.bias)
+    frozen = EMA(torch.nn.BatchNorm1d(2), decay=1.0)  # the largest decay train.ema_decay allows
+    frozen.update(model)
+    assert torch.equal(frozen.model.weight, torch.ones(2)) and torch.equal(frozen.model.bias, torch.zeros(2))
 
 
 def test_confusion_and_summary_by_hand():
