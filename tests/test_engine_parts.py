@@ -206,9 +206,9 @@ def test_ema_update_and_buffers_copied():
 
 def test_ema_compounds_over_steps_is_a_separate_eval_copy_and_round_trips():
     """Two updates: 0.9 * (0.9 * 1 + 0.1 * 2) + 0.1 * 4 = 1.39, with no bias correction; decay 0 follows the
-    live weights exactly, decay 1 never moves. The average is a deep copy in eval mode (the live model's later changes reach it
-    only through update), every buffer (the step count too) is the live model's, and its state dict
-    restores it into another EMA."""
+    live weights exactly, decay 1 never moves. The average is a deep copy in eval mode (the live model's later
+    changes reach it only through update), every buffer (the step count too) is the live model's, and its state
+    dict restores it into another EMA."""
     model = torch.nn.BatchNorm1d(2)
     ema = EMA(model, decay=0.9)
     assert not ema.model.training and model.training and ema.model is not model

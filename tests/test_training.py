@@ -20,7 +20,7 @@ from cissl.engine.run import resume_run, start_run
 from cissl.engine.stop import TrainingStopped
 from cissl.engine.trainer import Trainer
 from cissl.errors import CheckpointError
-from cissl.evaluation.evaluate import brief, evaluate_model, predict_with_features
+from cissl.evaluation.evaluate import brief, evaluate_model, predict, predict_with_features
 from cissl.models import ModelOutput
 
 RESULT_KEYS = {"top1", "balanced_accuracy", "per_class_accuracy", "many_accuracy", "medium_accuracy",
@@ -310,6 +310,30 @@ def test_predictions_take_uint8_images_to_0_1_in_eval_mode_in_float32_and_leave_
     assert logits["main"].dtype == torch.float32 and torch.allclose(logits["main"], expected, atol=0.05)
     logits, features = predict_with_features(model, images[:0], 8, ComputePolicy(torch.device("cpu"), "fp32", False))
     assert logits["main"].shape == (0, 3) and features.shape == (0, 4)  # an empty pool keeps its shapes
+
+
+class _Untouchable:
+    def float(self):
+        raise AssertionError("predict copied the embeddings")
+
+
+class _ScaledWithoutEmbeddings(_Scaled):
+    def forward(self, x):
+        out = super().forward(x)
+        return ModelOutput(_Untouchable(), out.logits)
+
+
+def test_predict_gives_every_heads_logits_and_never_copies_the_embeddings():
+    """predict serves every evaluation, `cissl predict` and the distribution estimate's pass over the unlabeled
+    pool: ResNet-50's 2048-float embedding of each image would be copied to the CPU and gathered for nothing."""
+    images = torch.randint(0, 256, (5, 1, 2, 2), dtype=torch.uint8)
+    model = _ScaledWithoutEmbeddings()
+    logits = predict(model, images, 2, ComputePolicy(torch.device("cpu"), "fp32", False))
+    expected = model.linear(images.float().flatten(1) / 255.0)
+    assert set(logits) == {"main", "aux"}
+    assert torch.allclose(logits["main"], expected) and torch.allclose(logits["aux"], -expected)
+    with pytest.raises(AssertionError, match="predict copied the embeddings"):  # the stand-in does fail if read
+        predict_with_features(model, images, 2, ComputePolicy(torch.device("cpu"), "fp32", False))
 
 
 def test_periodic_evaluation_is_brief_and_a_run_evaluated_on_val_scores_it_once_under_test():
