@@ -310,6 +310,32 @@ def test_the_first_rank_that_differs_is_named_with_every_part_that_differs(monke
     agreement.check_ranks_agree(parts, 8)
 
 
+def test_before_each_checkpoint_the_ranks_compare_weights_ema_method_state_and_streams(monkeypatch):
+    """What Trainer.save hands the cross-rank check under DDP (two ranks stood in for): every part whose drift
+    would make the ranks train different models, then the ranks' mean metric window (what gets logged)."""
+    from cissl.engine import trainer as trainer_module
+    from cissl.engine.trainer import Trainer
+
+    config = tiny_config(algorithm="semi")
+    trainer = Trainer.from_config(config, prepare_data(config, torch.device("cpu")))
+    checked, averaged = [], []
+    monkeypatch.setattr(trainer_module, "check_ranks_agree", lambda parts, step: checked.append((parts, step)))
+    monkeypatch.setattr(trainer.window, "average_over_ranks", lambda: averaged.append(True))
+    trainer.iteration = 3
+    with torch.no_grad():  # the average apart from the live weights, so that the two cannot stand in for each other
+        next(trainer.ema.model.parameters()).add_(1.0)
+    trainer.save()
+    assert checked == [] and averaged == []  # one process: nothing to compare
+    trainer.ranks = 2
+    trainer.save()
+    [(parts, iteration)] = checked
+    assert iteration == 3 and list(parts) == ["parameters", "EMA", "method state", "streams"]
+    for name, expected in (("parameters", trainer.model.state_dict()), ("EMA", trainer.ema.state_dict()),
+                           ("method state", trainer.algorithm.state_dict()), ("streams", trainer.batches.state_dict())):
+        assert fingerprint(parts[name]) == fingerprint(expected), name
+    assert averaged == [True]
+
+
 def test_release_frames_drops_what_the_frames_of_an_exception_and_of_its_causes_held():
     """What a raising run's frames held (its trainer) goes when the launch releases them, in the
     exception's own traceback and in that of the exception it was raised from; the traceback still prints."""
