@@ -474,6 +474,13 @@ def test_the_replicated_model_gives_every_head_of_the_steps_forwards_a_zero_grad
     assert torch.equal(net.aux.weight.grad, torch.zeros(2, 3)) and torch.equal(net.aux.bias.grad, torch.zeros(2))
     assert torch.equal(net.main.bias.grad, torch.full((2,), 4.0))  # the loss's gradient alone
     assert replicated.main is net.main
+    net.zero_grad()
+    torch.nn.init.zeros_(net.aux.bias)  # a fresh head (zero bias) on zero features: its logits sum to 0
+    torch.nn.init.zeros_(net.main.bias)
+    replicated(torch.zeros(2, 3))
+    term = replicated.untouched_heads_term()
+    term.backward()
+    assert term.item() == 0.0 and torch.equal(net.aux.bias.grad, torch.zeros(2))  # 0, not 0 / 0
 
 
 def test_cross_rank_batchnorm_shares_the_parameters_and_acts_alone_as_batchnorm():
