@@ -441,6 +441,27 @@ def test_what_identifies_a_ranks_data_changes_with_its_labels_images_split_and_c
         assert changed == {part}, damage.__name__
 
 
+def test_under_a_process_group_ddp_leaves_the_buffers_to_average_buffers_and_lets_a_head_sit_out():
+    """wrap_for_ranks, under one in-process gloo rank: DDP broadcasting rank 0's buffers before every forward
+    would put rank 0's batch-norm statistics in place of each other rank's (their updates in a step's earlier
+    forwards lost) and add a collective to every forward; average_buffers keeps the ranks' buffers equal
+    instead. find_unused_parameters lets a head the loss leaves out (TRAS's student) sit out a step."""
+    import torch.distributed as dist
+
+    from cissl.engine.replicas import ReplicatedModel, wrap_for_ranks
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    assert wrap_for_ranks(net, torch.device("cpu")) is net  # no process group: the network itself
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        replicated = wrap_for_ranks(net, torch.device("cpu"))
+        assert isinstance(replicated, ReplicatedModel) and replicated.ddp.module is net
+        assert replicated.ddp.broadcast_buffers is False and replicated.ddp.find_unused_parameters is True
+        assert replicated.ddp.device_ids is None  # the CPU: no device to name
+    finally:
+        dist.destroy_process_group()
+
+
 def test_the_replicated_model_gives_every_head_of_the_steps_forwards_a_zero_gradient_once():
     """ReplicatedModel (the step's model under DDP): forwards with gradients are kept until
     untouched_heads_term, which is 0 x every head's logits (a zero gradient for a head the loss left out,
