@@ -441,6 +441,33 @@ def test_what_identifies_a_ranks_data_changes_with_its_labels_images_split_and_c
         assert changed == {part}, damage.__name__
 
 
+def test_a_one_rank_launch_joins_a_gloo_group_on_the_device_of_its_launch_and_leaves_it(monkeypatch):
+    """launched() in this process, as torchrun's world of one would start it: the device comes from the launch
+    torchrun's variables describe, the process group is gloo on the CPU, host-side agreement uses that same
+    group (no second gloo group on the CPU), and both are gone after the run."""
+    import socket
+
+    import torch.distributed as dist
+
+    from cissl.engine import launch
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
+                       ("MASTER_PORT", str(port))):
+        monkeypatch.setenv(key, value)
+    asked = []
+    real_rank_device = launch.rank_device
+    monkeypatch.setattr(launch, "rank_device", lambda config, how: asked.append(how) or real_rank_device(config, how))
+    config = tiny_config()
+    with launch.launched(config) as device:
+        assert device == torch.device("cpu") and asked == [launch.Launch(rank=0, world_size=1, local_rank=0)]
+        assert distributed.active() and dist.get_backend() == "gloo"
+        assert distributed.control_group() is dist.group.WORLD
+    assert not distributed.active() and distributed.control_group() is None
+
+
 def test_under_a_process_group_ddp_leaves_the_buffers_to_average_buffers_and_lets_a_head_sit_out():
     """wrap_for_ranks, under one in-process gloo rank: DDP broadcasting rank 0's buffers before every forward
     would put rank 0's batch-norm statistics in place of each other rank's (their updates in a step's earlier
