@@ -8,6 +8,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
+
+def pyproject() -> dict:
+    """The checkout's pyproject.toml, parsed (tomllib from Python 3.11, else tomli: the dev extra has it)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

@@ -7,7 +7,7 @@ import re
 import shlex
 
 import pytest
-from conftest import REPO
+from conftest import REPO, pyproject
 from helpers import assert_tables_well_formed, parser_commands
 
 from cissl.cli import parse_args
@@ -103,9 +103,7 @@ def test_a_command_without_a_required_option_is_a_usage_error(argv, option, caps
 
 
 def test_every_extra_is_named_in_the_readme():
-    import tomllib
-
-    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    extras = pyproject()["project"]["optional-dependencies"]
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     paragraph = readme[readme.index("Optional extras:"):].split("\n\n")[0]
     assert sorted(e for e in extras if f"`{e}`" not in paragraph) == []

@@ -3,8 +3,7 @@
 import ast
 import re
 
-import tomllib
-from conftest import REPO
+from conftest import REPO, pyproject
 
 
 def test_ci_runs_the_readme_test_command_and_pytest_prints_a_summary():
@@ -13,7 +12,7 @@ def test_ci_runs_the_readme_test_command_and_pytest_prints_a_summary():
     readme_commands = set(re.findall(r"python -m pytest[^\n`&]*", readme))
     ci_commands = [line.strip() for line in ci.splitlines() if line.strip().startswith("python -m pytest")]
     assert len(ci_commands) == 1 and ci_commands[0] in {c.strip() for c in readme_commands}
-    addopts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"].get("addopts", "")
+    addopts = pyproject()["tool"]["pytest"]["ini_options"].get("addopts", "")
     quiet = (addopts.split() + ci_commands[0].split()).count("-q")
     assert quiet <= 1, "-qq hides pytest's 'N passed' summary line"
 
