@@ -58,9 +58,10 @@ def _find(name: str, root: Path, download: bool) -> Path:
 
 def _read_mat(path: Path, name: str) -> ImageSet:
     loadmat, MatReadError = scipy_loadmat()
+    # refused: not MATLAB 5, truncated, 7.3 (HDF5); scipy before 1.15 raises IndexError for a file under 128 bytes
     try:
         mat = loadmat(path)
-    except (MatReadError, ValueError, OSError, NotImplementedError) as exc:  # not MATLAB 5, truncated, 7.3 (HDF5)
+    except (MatReadError, ValueError, OSError, NotImplementedError, IndexError) as exc:
         raise DataError(f"svhn: cannot read {path} ({exc})") from None
     images, digits = mat.get("X"), mat.get("y")
     if images is None or digits is None or images.ndim != 4 or images.shape[:3] != (32, 32, 3) \

@@ -17,6 +17,7 @@ def pyproject() -> dict:
         import tomli as tomllib
     return tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
