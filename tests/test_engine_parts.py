@@ -1,5 +1,6 @@
 import dataclasses
 import math
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -268,6 +269,17 @@ def test_geometric_mean_by_hand():
     assert geometric_mean([0.25, 1.0]) == pytest.approx(0.5)
     assert geometric_mean([0.25]) == pytest.approx(0.25)
     assert geometric_mean([]) == 0.0
+    with warnings.catch_warnings():  # a class with recall 0 gives 0, without numpy's warning for log(0)
+        warnings.simplefilter("error")
+        assert geometric_mean([0.5, 0.0]) == 0.0
+
+
+def test_confusion_matrix_of_labels_stored_as_uint8():
+    """Labels as data files store them (uint8): class 99 of 100 counted in cell (99, 99) and class 3 predicted
+    as 97 in cell (3, 97); in uint8, 99 * 100 + 99 would wrap around."""
+    labels = np.array([99, 3, 0], dtype=np.uint8)
+    conf = confusion_matrix(np.array([99, 97, 0], dtype=np.uint8), labels, 100)
+    assert (conf[99, 99], conf[3, 97], conf[0, 0], conf.sum()) == (1, 1, 1, 3)
 
 
 def test_class_groups_thirds():

@@ -122,3 +122,28 @@ def test_a_fixed_reference_without_a_third_pairs_the_metrics_it_has():
     with pytest.raises(CisslError, match=r"^--pair supervised: no run of that algorithm with balanced_accuracy; "
                                          r"the rows are s:fixmatch, s:semi$"):
         per_seed_markdown(runs, "supervised")  # a plain algorithm no setting ran: not an empty pairing
+
+
+def test_per_seed_md_line_by_line():
+    """The whole file for RUNS with --pair semi: per setting a heading, the caption and table of values and,
+    where the reference ran, the caption and table of differences, each set off by one blank line; one
+    blank line between the settings and one newline at the end (a markdown renderer joins a caption to a
+    table it touches)."""
+    assert per_seed_markdown(_runs(), "semi").split("\n") == [
+        "### s", "",
+        "Balanced accuracy by seed, in %:", "",
+        "| algorithm | seed 0 | seed 1 | seed 2 | mean ± std |",
+        "|---|---|---|---|---|",
+        "| fixmatch | 70.00 | 80.00 | 90.00 | 80.00 ± 10.00 |",
+        "| semi | 80.00 | 86.00 | - | 83.00 ± 4.24 |", "",
+        "semi minus each, by seed, in points (mean ± sample std over the seeds both ran; '-': not both ran):", "",
+        "| semi minus | metric | seed 0 | seed 1 | seed 2 | mean ± std |",
+        "|---|---|---|---|---|---|",
+        "| fixmatch | balanced acc. | +10.00 | +6.00 | - | +8.00 ± 2.83 |",
+        "| fixmatch | many | -20.00 | -10.00 | - | -15.00 ± 7.07 |",
+        "| fixmatch | medium | +10.00 | +10.00 | - | +10.00 ± 0.00 |", "",
+        "### t", "",
+        "Balanced accuracy by seed, in %:", "",
+        "| algorithm | seed 0 | mean ± std |",
+        "|---|---|---|",
+        "| fixmatch | 50.00 | 50.00 |", ""]
