@@ -30,6 +30,14 @@ def test_bad_value_exits_2_with_one_line_naming_key():
     assert len(lines) == 1 and "data.imbalance_ratio" in lines[0] and "Traceback" not in result.stderr
 
 
+def test_counts_only_of_a_labeled_fraction_asks_for_the_data_in_one_line(capsys):
+    """Small-ImageNet-127's counts are a fraction of each class's size, which only the data knows."""
+    code, out, err = run_cli(["split", "--config", CONFIGS / "imagenet127/32px.yaml", "--counts-only"], capsys)
+    assert (code, out) == (2, "")
+    assert err == ("cissl: error: data.labeled_fraction: the counts follow the data's class sizes; read the data "
+                   "(drop --counts-only)\n")
+
+
 def test_missing_config_file_exits_2(capsys):
     code, _, err = run_cli(["split", "--config", "nope.yaml", "--counts-only"], capsys)
     assert code == 2 and "nope.yaml" in err

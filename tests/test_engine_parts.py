@@ -55,6 +55,24 @@ def test_index_stream_state_round_trip_and_seeds():
     assert not torch.equal(IndexStream(50, 8, 1).next(), IndexStream(50, 8, 2).next())
 
 
+def test_index_stream_batches_of_one_walk_the_seeds_permutation():
+    """From the first batch on, even at batch size 1: the positions of torch.randperm under the seed."""
+    stream = IndexStream(5, 1, seed=7)
+    expected = torch.randperm(5, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(torch.cat([stream.next() for _ in range(5)]), expected)
+
+
+def test_a_pool_copies_a_read_only_array_and_shares_a_writeable_one():
+    """A read-only buffer (a file's bytes) is copied, so torch gets memory it may write; a writeable array
+    (the rows a run indexes out of its data set) is used in place on the CPU, not held twice."""
+    images = np.arange(2 * 1 * 2 * 2, dtype=np.uint8).reshape(2, 1, 2, 2)
+    read_only = np.frombuffer(images.tobytes(), dtype=np.uint8).reshape(images.shape)
+    pool = ImagePool(read_only, [0, 1])
+    assert torch.equal(pool.images, torch.from_numpy(images)) and pool.images.data_ptr() != read_only.ctypes.data
+    assert pool.labels.tolist() == [0, 1] and pool.labels.dtype == torch.long
+    assert ImagePool(images).images.data_ptr() == images.ctypes.data
+
+
 def test_index_stream_smaller_pool_than_batch():
     batch = IndexStream(3, 8, seed=0).next()
     assert len(batch) == 8 and set(batch.tolist()) == {0, 1, 2}

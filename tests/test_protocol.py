@@ -117,7 +117,10 @@ def test_validation_split_is_balanced_and_held_out():
 
 
 def test_split_that_does_not_fit_names_the_class():
-    with pytest.raises(DataError, match="class 0 has 60 training images but the split needs 70"):
+    """Class 0 has 60 images; N_0 40 + M_0 30 = 70: the message gives each part and the keys to lower."""
+    with pytest.raises(DataError, match=r"^class 0 has 60 training images but the split needs 70 \(validation 0 "
+                                        r"\+ labeled N_k 40 \+ unlabeled M_k 30\); lower data.labeled_head / "
+                                        r"data.unlabeled_head / data.val_per_class$"):
         build_split(_labels(), 4, small_cfg(labeled_head=40), seed=0)
 
 
@@ -163,15 +166,18 @@ def assert_same_split(a, b):
 
 
 def test_split_saved_and_loaded(tmp_path):
-    """Every field of a protocol split and of an own-data split (test images, no M_k) survives its file; a
-    file that does not parse is one error naming it."""
+    """Every field of a protocol split, of one without validation images (the default: its empty index list
+    comes back as int64, not as numpy's float64 for an empty list, which cannot index) and of an own-data split
+    (test images, no M_k) survives its file; a file that does not parse is one error naming it."""
     split = build_split(_labels(), 4, small_cfg(val_per_class=2), seed=3, class_order=[2, 0, 1, 3])
+    no_validation = build_split(_labels(), 4, small_cfg(), seed=0)
     own = build_given_split(np.array([0] * 20 + [1] * 6), 2, DataConfig(dataset="folder", val_per_class=1,
                                                                        test_fraction=0.5),
                             seed=1, unlabeled_pool_size=5, has_test=False)
-    for saved in (split, own):
+    for saved in (split, no_validation, own):
         saved.save(tmp_path / "split.json")
         assert_same_split(Split.load(tmp_path / "split.json"), saved)
+    assert len(no_validation.val_indices) == 0
     assert len(own.test_indices) > 0 and own.unlabeled_counts is None and split.unlabeled_counts is not None
     split.save(tmp_path / "split.json")
     back = Split.load(tmp_path / "split.json")
@@ -205,12 +211,28 @@ def test_unknown_split_errors_name_what_is_missing():
     assert build_split(_labels(), 4, cfg, 0, unlabeled_pool_size=3).labeled_counts[0] == 58  # 2 + 58 = 60 fits
     with pytest.raises(DataError, match=r"needs 61 \(validation 3 \+ labeled N_k 58 \+ unlabeled M_k 0\)"):
         build_split(_labels(), 4, dataclasses.replace(cfg, val_per_class=3), 0, unlabeled_pool_size=3)
-    with pytest.raises(DataError, match="data.unlabeled_distribution 'unknown' needs the data set's unlabeled split"):
+    with pytest.raises(DataError, match="^data.unlabeled_distribution 'unknown' needs the data set's unlabeled split$"):
         build_split(_labels(), 4, cfg, 0)
 
 
 def test_long_tailed_counts_of_one_and_two_classes():
     assert long_tailed_counts(50, 10.0, 1) == [50]
     assert long_tailed_counts(50, 10.0, 2) == [50, 5]
-    with pytest.raises(ValueError, match="num_classes must be >= 1"):
+    with pytest.raises(ValueError, match="^num_classes must be >= 1$"):
         long_tailed_counts(50, 10.0, 0)
+
+
+def test_labeled_fraction_takes_round_f_n_of_what_validation_leaves_of_each_class():
+    """Spec 1.6 (Small-ImageNet-127) with data.val_per_class = 2: classes of 25, 11 and 2 training images
+    leave 23, 9 and 0; at f = 0.5, N_k = round(11.5) = 12, round(4.5) = 4 (Python's round, half to even)
+    and 0; M_k = the rest: 11, 5, 0. A class with no training image at all gets N_k = M_k = 0."""
+    labels = np.array([0] * 25 + [1] * 11 + [2] * 2)
+    split = build_split(labels, 3, small_cfg(labeled_fraction=0.5, val_per_class=2), seed=0)
+    assert (split.labeled_counts, split.unlabeled_counts) == ([12, 4, 0], [11, 5, 0])
+    for indices, counts in ((split.labeled_indices, [12, 4, 0]), (split.unlabeled_indices, [11, 5, 0]),
+                            (split.val_indices, [2, 2, 2])):
+        assert np.bincount(labels[indices], minlength=3).tolist() == counts
+    parts = np.concatenate([split.labeled_indices, split.unlabeled_indices, split.val_indices])
+    assert len(np.unique(parts)) == len(labels)  # disjoint, and every image used
+    absent = build_split(np.array([0] * 4 + [1] * 2), 3, small_cfg(labeled_fraction=0.5), seed=0)
+    assert (absent.labeled_counts, absent.unlabeled_counts) == ([2, 1, 0], [2, 1, 0])
