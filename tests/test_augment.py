@@ -41,6 +41,21 @@ def test_each_op_matches_pil_at_every_level(op, channels):
             assert np.array_equal(ours, reference), (op, level, negative)
 
 
+def test_equalize_of_few_level_images_matches_pil():
+    """PIL leaves an image whose pixels outside its top level number under 255 as it is (step 0), also
+    with several levels, and stretches a two-level image with 255 or more in the lower level to 0 and 255.
+    32 x 32 images, one channel: 1000 at 200 + 24 at 30 (step 0); 512 at 100 + 512 at 150 (step 2); 600 at
+    255 + 424 at 40 (step 1)."""
+    images = np.zeros((3, 1, 32, 32), dtype=np.uint8)
+    images[0].flat[:] = [200] * 1000 + [30] * 24
+    images[1, :, :, :16], images[1, :, :, 16:] = 100, 150
+    images[2].flat[:] = [255] * 600 + [40] * 424
+    ours = apply_op(torch.from_numpy(images).float(), "Equalize", torch.ones(3, dtype=torch.float64)).numpy()
+    reference = np.stack([from_pil(pil_op(to_pil(im), "Equalize", 1, False)) for im in images])
+    assert np.array_equal(ours, reference)
+    assert np.array_equal(ours[0], images[0]) and set(np.unique(ours[1])) == {0, 255}
+
+
 def test_magnitude_table_matches_spec():
     assert [round(op_magnitude("Brightness", v, 32), 2) for v in (1, 9)] == [0.14, 0.86]
     assert [op_magnitude("Posterize", v, 32) for v in range(1, 10)] == [4, 4, 5, 5, 6, 6, 6, 7, 7]
@@ -67,16 +82,17 @@ def test_every_ops_magnitude_at_every_level_is_the_specs(size):
         assert [op_magnitude(op, v, size) for v in range(1, 10)] == pytest.approx(expected), op
 
 
+@pytest.mark.parametrize("padding", [4, 1])  # 4: 32 px images' default (image_size // 8)
 @pytest.mark.parametrize("mode", ["reflect", "constant"])
-def test_flip_crop_matches_reference(mode):
+def test_flip_crop_matches_reference(mode, padding):
     images = random_images(12, 3)
     rng = np.random.default_rng(1)
     flips = rng.random(12) < 0.5
-    offsets = rng.integers(0, 9, (2, 12))
+    offsets = rng.integers(0, 2 * padding + 1, (2, 12))
     ours = flip_crop(torch.from_numpy(images).float(), torch.from_numpy(flips), torch.from_numpy(offsets[0]),
-                     torch.from_numpy(offsets[1]), 4, mode).numpy()
+                     torch.from_numpy(offsets[1]), padding, mode).numpy()
     for i, image in enumerate(images):
-        ref = pil_flip_crop(image, bool(flips[i]), int(offsets[0, i]), int(offsets[1, i]), 4, mode)
+        ref = pil_flip_crop(image, bool(flips[i]), int(offsets[0, i]), int(offsets[1, i]), padding, mode)
         assert np.array_equal(ours[i], ref)
 
 

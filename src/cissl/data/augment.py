@@ -206,7 +206,6 @@ class BatchAugment:
                  randaugment_ops: int = 2, randaugment_prob: float = 0.5, cutout: int = 16,
                  generator: torch.Generator | None = None, device: torch.device | str = "cpu",
                  gather: bool | None = None, horizontal_flip: bool = True):
-        self.image_size = image_size
         self.flip_probability = 0.5 if horizontal_flip else 0.0  # the draw is made either way: same streams
         self.padding = image_size // 8 if crop_padding is None else crop_padding
         self.padding_mode = padding_mode
