@@ -127,8 +127,7 @@ def test_a_fixed_reference_without_a_third_pairs_the_metrics_it_has():
 def test_per_seed_md_line_by_line():
     """The whole file for RUNS with --pair semi: per setting a heading, the caption and table of values and,
     where the reference ran, the caption and table of differences, each set off by one blank line; one
-    blank line between the settings and one newline at the end (a markdown renderer joins a caption to a
-    table it touches)."""
+    blank line between the settings and one newline at the end."""
     assert per_seed_markdown(_runs(), "semi").split("\n") == [
         "### s", "",
         "Balanced accuracy by seed, in %:", "",
