@@ -16,7 +16,17 @@ from helpers import TIMED, tiny_config
 from cissl.bench.throughput import format_table, measure
 from cissl.config import load_config
 from cissl.errors import CisslError, ConfigError
-from cissl.evaluation.report import aggregate, collect_results, method_label, to_csv, to_markdown, write_report
+from cissl.evaluation.report import (
+    aggregate,
+    collect_results,
+    duplicate_seeds,
+    method_label,
+    paired_differences,
+    paired_markdown,
+    to_csv,
+    to_markdown,
+    write_report,
+)
 from cissl.sweep import plan, run_sweep, threads_per_job
 
 TINY = ["model.depth=10", "model.widen=1", "train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2",
@@ -100,6 +110,40 @@ def test_single_seed_row_has_no_spread():
     parsed = next(csv.DictReader(io.StringIO(to_csv([row]))))
     assert float(parsed["top1_mean"]) == 0.5 and parsed["top1_std"] == ""
 
+
+
+def test_results_csv_names_every_column_and_leaves_a_metric_not_recorded_empty():
+    """The header, column by column, and a row whose runs recorded no thirds (results from before them):
+    empty mean and std cells there, not a number."""
+    runs = [{"setting": "s", "algorithm": "a", "seed": 0, "top1": 0.5, "balanced_accuracy": 0.4,
+             "mean_last_top1": 0.45, "wall_time_s": 30.0}]
+    (parsed,) = list(csv.reader(io.StringIO(to_csv(aggregate(runs)))))[1:]
+    header = next(csv.reader(io.StringIO(to_csv([]))))
+    assert header == ["setting", "algorithm", "seeds", "reported_head", "top1_mean", "top1_std",
+                      "balanced_accuracy_mean", "balanced_accuracy_std", "many_accuracy_mean", "many_accuracy_std",
+                      "medium_accuracy_mean", "medium_accuracy_std", "few_accuracy_mean", "few_accuracy_std",
+                      "mean_last_top1_mean", "mean_last_top1_std", "wall_time_s"]
+    assert parsed == ["s", "a", "0", "main", "0.5", "", "0.4", "", "", "", "", "", "", "", "0.45", "", "30.0"]
+
+
+def test_a_seed_in_several_folders_of_one_row_names_each_folder():
+    runs = [{"setting": "s", "algorithm": "semi", "seed": 0, "run_dir": "r1"},
+            {"setting": "s", "algorithm": "semi", "seed": 0, "run_dir": "r2"},
+            {"setting": "s", "algorithm": "semi", "seed": 0},  # a run handed in from Python, without a folder
+            {"setting": "s", "algorithm": "semi", "seed": 1, "run_dir": "r3"}]
+    assert duplicate_seeds(runs) == ["s / semi: seed 0 in r1, r2, ?"]
+
+
+def test_paired_md_line_by_line_and_a_reference_among_no_rows():
+    runs = [{"setting": "s", "algorithm": algorithm, "seed": seed, "balanced_accuracy": value}
+            for algorithm, seed, value in (("semi", 0, 0.8), ("semi", 1, 0.86), ("fixmatch", 0, 0.7),
+                                           ("fixmatch", 1, 0.8))]
+    assert paired_markdown(paired_differences(runs, "semi"), "semi").split("\n") == [
+        "| setting | semi minus | seeds | balanced_accuracy difference (points) |", "|---|---|---|---|",
+        "| s | fixmatch | 0 1 | 8.00 ± 2.83 |", ""]
+    with pytest.raises(CisslError, match=r"^--pair semi: no run of that algorithm with balanced_accuracy; the rows "
+                                         r"are none$"):
+        paired_differences([], "semi")
 
 def _write_result(path, algorithm, seed, balanced):
     path.mkdir(parents=True)
