@@ -112,9 +112,20 @@ def test_single_seed_row_has_no_spread():
 
 
 
+def test_results_md_line_by_line():
+    """Header, rule and a row of two seeds: every metric as mean ± sample std in %, minutes per run."""
+    runs = [{"setting": "s", "algorithm": "a", "seed": seed, "top1": v, "balanced_accuracy": v, "many_accuracy": v,
+             "medium_accuracy": v, "few_accuracy": v, "mean_last_top1": v, "wall_time_s": t}
+            for seed, v, t in ((0, 0.5, 300.0), (1, 0.7, 360.0))]
+    spread = "60.00 ± 14.14"
+    assert to_markdown(aggregate(runs)).split("\n") == [
+        "| setting | algorithm | seeds | top-1 | balanced acc. | many | medium | few | mean of last k top-1 | "
+        "min / run |", "|---|---|---|---|---|---|---|---|---|---|",
+        f"| s | a | 0 1 | {spread} | {spread} | {spread} | {spread} | {spread} | {spread} | 5.5 |", ""]
+
 def test_results_csv_names_every_column_and_leaves_a_metric_not_recorded_empty():
     """The header, column by column, and a row whose runs recorded no thirds (results from before them):
-    empty mean and std cells there, not a number."""
+    empty mean and std cells there, not a number (results.md: n/a)."""
     runs = [{"setting": "s", "algorithm": "a", "seed": 0, "top1": 0.5, "balanced_accuracy": 0.4,
              "mean_last_top1": 0.45, "wall_time_s": 30.0}]
     (parsed,) = list(csv.reader(io.StringIO(to_csv(aggregate(runs)))))[1:]
@@ -124,6 +135,7 @@ def test_results_csv_names_every_column_and_leaves_a_metric_not_recorded_empty()
                       "medium_accuracy_mean", "medium_accuracy_std", "few_accuracy_mean", "few_accuracy_std",
                       "mean_last_top1_mean", "mean_last_top1_std", "wall_time_s"]
     assert parsed == ["s", "a", "0", "main", "0.5", "", "0.4", "", "", "", "", "", "", "", "0.45", "", "30.0"]
+    assert "| s | a | 0 | 50.00 | 40.00 | n/a | n/a | n/a | 45.00 |" in to_markdown(aggregate(runs))  # results.md
 
 
 def test_a_seed_in_several_folders_of_one_row_names_each_folder():
