@@ -17,6 +17,7 @@ from cissl.bench.throughput import format_table, measure
 from cissl.config import load_config
 from cissl.errors import CisslError, ConfigError
 from cissl.evaluation.report import (
+    COLUMNS,
     aggregate,
     collect_results,
     duplicate_seeds,
@@ -87,10 +88,14 @@ def test_sweep_runs_skips_and_resumes(tmp_path, capsys):
     assert code == 0 and order == ["supervised/seed0", "fixmatch/seed0", "supervised/seed1", "fixmatch/seed1"]
 
 
+def _result(algorithm, seed, value, wall_time_s=60.0, **fields):
+    """A run's results.json in setting s: every metric of the tables at ``value``."""
+    return {"setting": "s", "algorithm": algorithm, "seed": seed, "wall_time_s": wall_time_s,
+            **{key: value for key, _ in COLUMNS}, **fields}
+
+
 def test_aggregate_mean_and_sample_std():
-    runs = [{"setting": "s", "algorithm": "a", "seed": i, "top1": v, "balanced_accuracy": v,
-             "many_accuracy": v, "medium_accuracy": v, "few_accuracy": v, "mean_last_top1": v,
-             "wall_time_s": 60.0} for i, v in enumerate([0.5, 0.7])]
+    runs = [_result("a", i, v) for i, v in enumerate([0.5, 0.7])]
     (row,) = aggregate(runs)
     assert row["top1"][0] == pytest.approx(0.6) and row["top1"][1] == pytest.approx(0.1414213, rel=1e-5)
     assert "60.00 ± 14.14" in to_markdown([row])
@@ -100,9 +105,7 @@ def test_aggregate_mean_and_sample_std():
 
 
 def test_single_seed_row_has_no_spread():
-    run = {"setting": "s", "algorithm": "a", "seed": 0, "top1": 0.5, "balanced_accuracy": 0.5, "many_accuracy": 0.5,
-           "medium_accuracy": 0.5, "few_accuracy": 0.5, "mean_last_top1": 0.5, "wall_time_s": 60.0,
-           "reported_head": "balanced"}
+    run = _result("a", 0, 0.5, reported_head="balanced")
     (row,) = aggregate([run])
     assert row["top1"] == (0.5, None) and row["reported_head"] == "balanced"
     table = to_markdown([row])
@@ -111,17 +114,15 @@ def test_single_seed_row_has_no_spread():
     assert float(parsed["top1_mean"]) == 0.5 and parsed["top1_std"] == ""
 
 
-
 def test_results_md_line_by_line():
     """Header, rule and a row of two seeds: every metric as mean ± sample std in %, minutes per run."""
-    runs = [{"setting": "s", "algorithm": "a", "seed": seed, "top1": v, "balanced_accuracy": v, "many_accuracy": v,
-             "medium_accuracy": v, "few_accuracy": v, "mean_last_top1": v, "wall_time_s": t}
-            for seed, v, t in ((0, 0.5, 300.0), (1, 0.7, 360.0))]
+    runs = [_result("a", seed, v, wall_time_s=t) for seed, v, t in ((0, 0.5, 300.0), (1, 0.7, 360.0))]
     spread = "60.00 ± 14.14"
     assert to_markdown(aggregate(runs)).split("\n") == [
         "| setting | algorithm | seeds | top-1 | balanced acc. | many | medium | few | mean of last k top-1 | "
         "min / run |", "|---|---|---|---|---|---|---|---|---|---|",
         f"| s | a | 0 1 | {spread} | {spread} | {spread} | {spread} | {spread} | {spread} | 5.5 |", ""]
+
 
 def test_results_csv_names_every_column_and_leaves_a_metric_not_recorded_empty():
     """The header, column by column, and a row whose runs recorded no thirds (results from before them):
@@ -157,12 +158,10 @@ def test_paired_md_line_by_line_and_a_reference_among_no_rows():
                                          r"are none$"):
         paired_differences([], "semi")
 
+
 def _write_result(path, algorithm, seed, balanced):
     path.mkdir(parents=True)
-    keys = ("top1", "balanced_accuracy", "many_accuracy", "medium_accuracy", "few_accuracy", "mean_last_top1")
-    result = {"setting": "s", "algorithm": algorithm, "seed": seed, "wall_time_s": 60.0,
-              **dict.fromkeys(keys, balanced)}
-    (path / "results.json").write_text(json.dumps(result))
+    (path / "results.json").write_text(json.dumps(_result(algorithm, seed, balanced)))
 
 
 def test_method_label_is_the_folder_of_a_variant_and_the_algorithm_otherwise(tmp_path):
