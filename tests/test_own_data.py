@@ -314,6 +314,11 @@ def test_folder_images_not_square_and_progress(tmp_path):
     images = read_images(files, None, grey=True, stream=stream)
     assert stream.getvalue() == "[cissl] read 1000/1001 images\n"
     assert images.shape == (1001, 1, 2, 2) and images[1000, 0, 0, 0] == 1000 % 256
+    files[999].write_bytes(b"not a png")  # the 1000th: no line claims it read
+    stream = io.StringIO()
+    with pytest.raises(DataError, match="0999.png"):
+        read_images(files, None, grey=True, stream=stream)
+    assert stream.getvalue() == ""
     Image.fromarray(np.zeros((4, 6), np.uint8)).save(tmp_path / "wide.png")
     with pytest.raises(DataError, match=r"the images are 4x6, not square; set data.image_size"):
         read_images([tmp_path / "wide.png"], None, grey=True)

@@ -57,8 +57,6 @@ def read_images(files: list[Path], size: int | None, grey: bool, stream=None) ->
 
     arrays = []
     for i, path in enumerate(files, start=1):
-        if stream is not None and i % 1000 == 0:
-            print(f"[cissl] read {i}/{len(files)} images", file=stream, flush=True)
         try:
             with Image.open(path) as image:
                 image.load()
@@ -68,6 +66,8 @@ def read_images(files: list[Path], size: int | None, grey: bool, stream=None) ->
                 arrays.append(np.asarray(image))
         except Exception as exc:  # truncated, not an image, unreadable
             raise DataError(f"cannot read image {path} ({type(exc).__name__}: {exc})") from None
+        if stream is not None and i % 1000 == 0:  # once the i-th is read
+            print(f"[cissl] read {i}/{len(files)} images", file=stream, flush=True)
     shapes = sorted({a.shape[:2] for a in arrays})
     if len(shapes) > 1:
         raise DataError(f"the images have different sizes ({', '.join(f'{h}x{w}' for h, w in shapes)}); set "
