@@ -533,14 +533,113 @@ def test_the_replicated_model_gives_every_head_of_the_steps_forwards_a_zero_grad
 
 def test_cross_rank_batchnorm_shares_the_parameters_and_acts_alone_as_batchnorm():
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 1), torch.nn.BatchNorm2d(3, momentum=0.1))
-    weight, running = net[1].weight, net[1].running_mean
+    weight, running, tracked = net[1].weight, net[1].running_mean, net[1].num_batches_tracked
     reference = torch.nn.BatchNorm2d(3, momentum=0.1)
     converted = convert_to_cross_rank(net)
     assert isinstance(converted[1], CrossRankBatchNorm2d)
     assert converted[1].weight is weight and converted[1].running_mean is running  # optimizer references kept
+    assert converted[1].num_batches_tracked is tracked
     x = torch.randn(4, 3, 5, 5)
     assert torch.equal(converted[1](x), reference(x))  # no process group: plain batch norm
     assert torch.equal(converted[1].running_var, reference.running_var)
+
+
+@pytest.mark.parametrize("momentum, affine, track, shape", [
+    (0.1, True, True, (2, 3, 2, 3)), (None, True, True, (2, 3, 2, 3)), (0.1, False, True, (2, 3, 2, 3)),
+    (0.1, True, False, (2, 3, 2, 3))])
+def test_cross_rank_batchnorm_over_two_identical_ranks_is_batchnorm_over_both_copies(monkeypatch, momentum, affine,
+                                                                                      track, shape):
+    """In one process, two ranks holding the same rows: every all-reduce (forward, and backward, where
+    each rank's gradient sums over both ranks' losses) doubles its input. The output, the input gradient
+    and the running statistics must then be a plain BatchNorm2d's over the two copies stacked (the
+    running variance unbiased over 2N values, not N). The next test and the torchrun test below cover
+    ranks that differ."""
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor: tensor.mul_(2))
+    ours = CrossRankBatchNorm2d(3, momentum=momentum, affine=affine, track_running_stats=track)
+    whole = torch.nn.BatchNorm2d(3, momentum=momentum, affine=affine, track_running_stats=track)
+    if affine:
+        for norm in (ours, whole):
+            with torch.no_grad():
+                norm.weight.copy_(torch.tensor([0.5, 1.0, 2.0]))
+                norm.bias.copy_(torch.tensor([0.0, -1.0, 0.25]))
+    for step in range(3):
+        generator = torch.Generator().manual_seed(step)
+        batch = torch.randn(shape, generator=generator) * (step + 1) + step
+        weights = torch.randn(shape, generator=generator)
+        x, x_whole = batch.clone().requires_grad_(), torch.cat([batch, batch]).requires_grad_()
+        y, y_whole = ours(x), whole(x_whole)
+        (y * weights).sum().backward()
+        (y_whole * torch.cat([weights, weights])).sum().backward()
+        assert torch.allclose(y, y_whole[:shape[0]], atol=1e-6), step
+        assert torch.allclose(x.grad, x_whole.grad[:shape[0]], atol=1e-5), step
+        if affine:
+            for name in ("weight", "bias"):  # this rank's own share of the parameters' gradient (DDP sums it)
+                assert torch.allclose(getattr(ours, name).grad * 2, getattr(whole, name).grad, atol=1e-5), name
+    if track:
+        assert int(ours.num_batches_tracked) == int(whole.num_batches_tracked) == 3
+        assert torch.allclose(ours.running_mean, whole.running_mean, atol=1e-6)
+        assert torch.allclose(ours.running_var, whole.running_var, atol=1e-5)
+    else:
+        assert ours.running_mean is None and ours.running_var is None
+    ours.eval()
+    whole.eval()
+    probe = torch.randn(shape, generator=torch.Generator().manual_seed(9))
+    assert torch.allclose(ours(probe), whole(probe), atol=1e-6)  # evaluation: the running statistics alone
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_cross_rank_batchnorm_with_one_value_on_each_of_two_ranks_normalises_over_both(monkeypatch, momentum):
+    """Forward only, in one process: the all-reduces add another rank's share (its sums and count, then
+    its squares about the global mean). One value per channel on each rank: the running variance is
+    unbiased over the 2 values (var * 2 / 1), as a plain BatchNorm2d's over both rows."""
+    import torch.distributed as dist
+
+    generator = torch.Generator().manual_seed(3)
+    mine, other = torch.randn(1, 3, 1, 1, generator=generator), torch.randn(1, 3, 1, 1, generator=generator) * 3 + 1
+    totals = []
+
+    def all_reduce(tensor):
+        if not totals:  # the per-channel sums and the count
+            tensor.add_(torch.cat([other.sum((0, 2, 3)), torch.ones(1)]))
+            totals.append(tensor.clone())
+        else:  # the squared deviations from the global mean
+            mean = totals[0][:3] / totals[0][3]
+            tensor.add_(((other - mean.view(1, 3, 1, 1)) ** 2).sum((0, 2, 3)))
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    ours, whole = CrossRankBatchNorm2d(3, momentum=momentum), torch.nn.BatchNorm2d(3, momentum=momentum)
+    with torch.no_grad():
+        y, y_whole = ours(mine), whole(torch.cat([mine, other]))
+    assert torch.allclose(y, y_whole[:1], atol=1e-5)
+    assert torch.allclose(ours.running_mean, whole.running_mean, atol=1e-6)
+    assert torch.allclose(ours.running_var, whole.running_var, atol=1e-5)
+
+
+def test_synchronise_batchnorm_converts_each_batchnorm_for_the_device():
+    def net():
+        inner = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+        return torch.nn.Sequential(torch.nn.BatchNorm2d(1), inner, torch.nn.BatchNorm2d(2, affine=False),
+                                   torch.nn.BatchNorm2d(2, track_running_stats=False))
+
+    from cissl.models.sync_batchnorm import synchronise_batchnorm
+
+    cpu = synchronise_batchnorm(net().eval(), torch.device("cpu"))
+    norms = [m for m in cpu.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [type(m) for m in norms] == [CrossRankBatchNorm2d] * 4
+    assert not any(m.training for m in cpu.modules())  # the mode of each converted norm is kept
+    assert [m.affine for m in norms] == [True, True, False, True] and cpu[2].weight is None
+    assert [m.track_running_stats for m in norms] == [True, True, True, False] and cpu[3].running_mean is None
+    before = list(cpu.modules())
+    assert convert_to_cross_rank(cpu) is cpu and list(cpu.modules()) == before  # converting twice: no new modules
+    cuda = synchronise_batchnorm(net(), torch.device("cuda"))  # building the modules needs no GPU
+    assert [type(m) for m in cuda.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)] == [
+        torch.nn.SyncBatchNorm] * 4
 
 
 # ---------------------------------------------------------------------------------------------- torchrun
