@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from cissl.config import ModelConfig
-from cissl.models import HEAD_STREAM, build_model
+from cissl.models import BACKBONES, HEAD_STREAM, build_model, register_backbone
 from cissl.models.wrn import WideResNet
 
 
@@ -79,6 +79,17 @@ def test_normalisation_inside_wrapper():
     assert torch.allclose(model.embed(x), model.backbone(normalised))
 
 
+def test_float64_statistics_normalise_in_float32():
+    """A data set's mean / std may come as float64 numpy arrays: the buffers stay float32, so the
+    network sees float32 images (float64 ones would not pass its float32 convolutions)."""
+    import numpy as np
+
+    model = build_model(ModelConfig(), 3, 10, np.array([0.4, 0.5, 0.6]), np.array([0.2, 0.25, 0.3]), 0)
+    assert model.mean.dtype == model.inv_std.dtype == torch.float32
+    out = model(torch.rand(2, 3, 32, 32))
+    assert out.features.dtype == torch.float32 and out.logits["main"].dtype == torch.float32
+
+
 def test_each_extra_head_is_drawn_from_its_own_seed():
     """Extra head i (in the order asked for, ``main`` left out) is Xavier-normal from the seed
     seed * 1_000_003 + HEAD_STREAM + i, so a run's heads are the same whatever else it asks for."""
@@ -96,6 +107,9 @@ def test_build_model_gives_the_backbone_the_configs_slope_and_momentum():
     model = build_model(ModelConfig(leaky_slope=0.2, bn_momentum=0.01), 3, 10, (0.5,) * 3, (0.25,) * 3, 0)
     assert {m.negative_slope for m in model.modules() if isinstance(m, torch.nn.LeakyReLU)} == {0.2}
     assert {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.01}
+    grey_resnet = build_model(ModelConfig(name="resnet50", bn_momentum=0.01), 1, 10, (0.5,), (0.25,), 0)
+    assert grey_resnet.backbone.stem[0].in_channels == 1 and grey_resnet.feature_dim == 2048
+    assert {m.momentum for m in grey_resnet.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.01}
 
 
 def test_wrn_keeps_the_resolution_in_group_1_and_halves_it_in_groups_2_and_3():
@@ -145,3 +159,9 @@ def test_the_normalisation_constants_are_not_part_of_a_checkpoint():
     """mean / std come from the data set, so the state dict (checkpoints, EMA) holds weights only."""
     keys = set(_model().state_dict())
     assert not {"mean", "inv_std"} & keys and all(k.startswith(("backbone.", "heads.")) for k in keys)
+
+
+def test_a_backbone_name_cannot_be_registered_twice():
+    with pytest.raises(ValueError, match="^backbone 'wrn' registered twice$"):
+        register_backbone("wrn")(lambda model_config, in_channels: None)
+    assert BACKBONES["wrn"].__name__ == "_wide_resnet"

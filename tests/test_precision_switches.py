@@ -36,6 +36,28 @@ def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
     assert calls == [{"mode": "reduce-overhead"}]
 
 
+def test_a_compiled_backbone_is_the_one_the_forward_runs_and_the_weights_stay_the_backbones(monkeypatch):
+    from cissl.config import ModelConfig
+    from cissl.models import build_model
+
+    model = build_model(ModelConfig(depth=10, widen=1), 3, 4, (0.5,) * 3, (0.25,) * 3, 0)
+    keys = list(model.state_dict())
+    calls = []
+
+    def compile_(module, **kwargs):
+        def compiled(x):
+            calls.append(kwargs)
+            return module(x)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    model.compile_backbone(mode="max-autotune")
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.equal(model(x).features, model.backbone((x - 0.5) / 0.25))
+    assert calls == [{"mode": "max-autotune"}]  # the forward above went through the compiled backbone
+    assert list(model.state_dict()) == keys
+
+
 def test_the_policy_and_the_device_a_config_names(monkeypatch):
     from cissl.engine import precision
     from cissl.engine.precision import ComputePolicy, resolve_device
