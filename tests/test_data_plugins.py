@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -183,6 +184,23 @@ def test_a_built_in_reader_is_checked_too_and_named_by_its_function(monkeypatch)
     with pytest.raises(DataError, match=r"^digits: its reader \(cissl\.data\.sources\._read_digits\) returned 3 "
                                         r"class names; the data set is registered with 10 classes$"):
         load_source(tiny_config().data)
+
+
+def test_a_reader_that_is_a_callable_object_is_named_by_its_repr():
+    """A reader registered as a functools.partial has no __qualname__: its message names its repr."""
+    import functools
+
+    def read(data_config, answer):
+        return answer
+
+    reader = functools.partial(read, answer=[])
+    register_source("toy_partial", num_classes=4, channels=1, image_size=8)(reader)
+    try:
+        with pytest.raises(DataError, match=rf"^toy_partial: its reader \({re.escape(repr(reader))}\) returned a "
+                                            r"list, not a cissl\.data\.sources\.DataSource$"):
+            load_source(tiny_config("data.dataset=toy_partial", *TOY_PROTOCOL).data)
+    finally:
+        SOURCES.pop("toy_partial")
 
 
 def test_register_source_refuses_bad_facts_and_a_taken_name():

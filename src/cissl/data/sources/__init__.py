@@ -188,4 +188,6 @@ def check_read(info: SourceInfo, data_config, source) -> None:
 
 
 def _reader_name(read) -> str:
-    return f"{getattr(read, '__module__', '?')}.{getattr(read, '__qualname__', read)}"
+    """module.name of a reader function or class; the repr of a callable object (a functools.partial)."""
+    qualname = getattr(read, "__qualname__", None)
+    return repr(read) if qualname is None else f"{read.__module__}.{qualname}"
