@@ -130,6 +130,10 @@ def test_builder_keeps_an_existing_build_and_the_reader_checks_it(tmp_path):
     assert (tmp_path / "out" / "meta.json").read_text() == before
     with pytest.raises(DataError, match="built at 32 px, the config asks data.image_size=64"):
         load_imagenet127(tmp_path / "out", 64)
+    config = load_config(CONFIGS / "imagenet127" / "32px.yaml", [f"data.root={tmp_path / 'out'}",
+                                                                  "data.image_size=64"])
+    with pytest.raises(DataError, match="built at 32 px, the config asks data.image_size=64"):
+        load_source(config.data)  # the config's data.image_size reaches the reader
     with open(tmp_path / "out" / "train_images.u8", "ab") as handle:
         handle.write(b"x")
     with pytest.raises(DataError, match="should hold 49,152 bytes"):

@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import sys
 
 import numpy as np
@@ -106,13 +107,20 @@ def test_bad_folders_are_one_line(tmp_path):
     from PIL import Image
 
     root = write_folder(tmp_path / "d")
+    from cissl.data.sources.own import IMAGE_SUFFIXES
+
+    suffixes = re.escape(", ".join(IMAGE_SUFFIXES))
     (root / "labeled" / "empty").mkdir()
-    with pytest.raises(DataError, match="labeled class folder .*empty holds no image files"):
+    with pytest.raises(DataError, match=rf"^labeled class folder .*empty holds no image files \({suffixes}\)$"):
         prepare_data(own_config("folder", root), "cpu")
     (root / "labeled" / "empty").rmdir()
     (root / "test" / "d99").mkdir(parents=True)
+    with pytest.raises(DataError, match=rf"^test class folder .*d99 holds no image files \({suffixes}\)$"):
+        prepare_data(own_config("folder", root), "cpu")
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(root / "test" / "d99" / "x.png")
-    with pytest.raises(DataError, match=r"test classes \['d99'\] have no folder"):
+    classes = ", ".join(sorted(p.name for p in (root / "labeled").iterdir()))
+    with pytest.raises(DataError, match=rf"^folder data: test classes \['d99'\] have no folder in "
+                                        rf"{re.escape(str(root / 'labeled'))} \(classes: {classes}\)$"):
         prepare_data(own_config("folder", root), "cpu")
     (root / "test" / "d99" / "x.png").unlink()
     (root / "test" / "d99").rmdir()
@@ -122,7 +130,7 @@ def test_bad_folders_are_one_line(tmp_path):
         prepare_data(own_config("folder", root), "cpu")
     assert prepare_data(own_config("folder", root, "data.image_size=8"), "cpu").image_size == 8
     (root / "unlabeled" / "big.png").write_bytes(b"\\x89PNG\\r\\n\\x1a\\n broken")
-    with pytest.raises(DataError, match="cannot read image .*big.png"):
+    with pytest.raises(DataError, match=r"^cannot read image .*big.png \(UnidentifiedImageError: "):
         prepare_data(own_config("folder", root), "cpu")
     (root / "unlabeled" / "big.png").unlink()
     with pytest.raises(ConfigError, match="'train.batch_size': 64 labeled images per step, but the split holds"):
@@ -223,6 +231,10 @@ def test_arrays_reader_sizes_and_resizing(tmp_path):
     from cissl.data.sources.stl10 import resize_uint8
 
     assert np.array_equal(source.unlabeled.images, resize_uint8(u[:, None], 16))
+    from cissl.data.sources import load_source
+
+    through_config = load_source(own_config("arrays", tmp_path / "d.npz", "data.image_size=16").data)
+    assert np.array_equal(through_config.unlabeled.images, source.unlabeled.images)  # data.image_size reaches it
 
 
 @pytest.mark.parametrize("change, message", [
@@ -245,8 +257,11 @@ def test_bad_arrays_are_named(tmp_path, change, message):
     x, y = small_arrays(rng)
     np.savez(tmp_path / "d.npz", **{**dict(x_labeled=x, y_labeled=y, x_unlabeled=np.zeros((3, 8, 8), np.uint8)),
                                     **change})
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(DataError, match=f"^arrays data: .*{message}"):
         load_arrays_source(tmp_path / "d.npz", None)
+    if message.startswith(("y_", "x_")):  # the key's message names the file
+        with pytest.raises(DataError, match=re.escape(str(tmp_path / "d.npz"))):
+            load_arrays_source(tmp_path / "d.npz", None)
 
 
 def test_folder_of_colour_images_reads_each_pixel_and_resizes_as_pil(tmp_path):
@@ -339,5 +354,6 @@ def test_a_folder_missing_a_part_is_named(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="folder data: .*unlabeled holds no image files"):
         load_folder_source(tmp_path, None)
     monkeypatch.setitem(sys.modules, "PIL", None)  # as without the images extra
-    with pytest.raises(DataError, match=r"data.dataset=folder reads images with Pillow: pip install 'cissl\[images\]'"):
+    with pytest.raises(DataError,
+                       match=r"^data.dataset=folder reads images with Pillow: pip install 'cissl\[images\]'$"):
         load_folder_source(tmp_path, None)

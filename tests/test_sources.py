@@ -4,6 +4,7 @@ import re
 import shutil
 import sys
 import tarfile
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +55,10 @@ def test_cifar10_missing_and_corrupt_files_named(tmp_path):
     raw = bytearray((folder / "data_batch_3").read_bytes())
     raw[100] ^= 0xFF
     (folder / "data_batch_3").write_bytes(bytes(raw))
-    with pytest.raises(DataError, match="data_batch_3 is corrupt"):
+    with pytest.raises(DataError, match="^cifar10: file .*data_batch_3 is corrupt"):
         load_cifar10(tmp_path, checksums=truth["checksums"])
     (folder / "data_batch_3").unlink()
-    with pytest.raises(DataError, match="missing file .*data_batch_3.*data.root"):
+    with pytest.raises(DataError, match="^cifar10: missing file .*data_batch_3.*data.root"):
         load_cifar10(tmp_path, checksums=truth["checksums"])
 
 
@@ -71,6 +72,10 @@ def test_cifar_truncated_pickle_is_a_clear_error(tmp_path):
     (folder / "batches.meta").write_bytes(b"x")  # the meta file's read error names the data set too
     with pytest.raises(DataError, match="^cifar10: cannot read .*batches.meta"):
         load_cifar10(tmp_path, checksums=dict(sums, **{"batches.meta": None}))
+    again = write_cifar10(tmp_path / "again")
+    (tmp_path / "again" / "cifar-10-batches-py" / "test_batch").write_bytes(b"x")  # the test batch's too
+    with pytest.raises(DataError, match="^cifar10: cannot read .*test_batch"):
+        load_cifar10(tmp_path / "again", checksums=dict(again["checksums"], test_batch=None))
 
 
 def test_cifar100_fine_labels(tmp_path):
@@ -98,7 +103,7 @@ def test_stl10_resizes_to_32(tmp_path):
     flat.transpose(0, 1, 3, 2).tofile(folder / "train_X.bin")
     np.array([1, 2], dtype=np.uint8).tofile(folder / "train_y.bin")
     sums = dict(truth["checksums"], **{"train_X.bin": None, "train_y.bin": None})
-    source = load_stl10(tmp_path, image_size=32, checksums=sums, with_unlabeled=False)
+    source = load_stl10(tmp_path, checksums=sums, with_unlabeled=False)  # 32 px unless told otherwise
     assert source.train.images.shape == (2, 3, 32, 32) and (source.train.images == 77).all()
     assert source.unlabeled is None and source.test.images.shape == (6, 3, 32, 32)
 
@@ -163,12 +168,16 @@ def test_digits_without_scikit_learn_says_which_extra(monkeypatch):
         load_digits_source()
 
 
-def test_download_is_atomic_and_a_failure_leaves_nothing(tmp_path):
+def test_download_is_atomic_and_a_failure_leaves_nothing(tmp_path, monkeypatch):
     source = tmp_path / "remote.bin"
     source.write_bytes(b"payload" * 1000)
     target = tmp_path / "data" / "file.bin"
+    timeouts = []
+    urlopen = urllib.request.urlopen
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, **kw: timeouts.append(kw.get("timeout")) or urlopen(url))
     download_file(source.as_uri(), target, "test")
     assert target.read_bytes() == source.read_bytes()
+    assert timeouts == [60]  # a stalled server ends the download with an error, not a wait without end
     with pytest.raises(DataError, match="download of .* failed"):
         download_file((tmp_path / "missing.bin").as_uri(), tmp_path / "data" / "other.bin", "test")
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["file.bin"]  # no partial or temporary file
@@ -196,8 +205,19 @@ def test_fashion_does_not_decompress_a_gzip_bomb(tmp_path, monkeypatch):
     with gzip.open(bomb, "wb") as handle:
         for _ in range(4):
             handle.write(bytes(1 << 20))
+    opened = []
+    gzip_open = gzip.open
+
+    def opening(*args, **kwargs):  # records how much of each file is decompressed
+        handle = gzip_open(*args, **kwargs)
+        read = handle.read
+        handle.read = lambda size=-1: opened.append(size) or read(size)
+        return handle
+
+    monkeypatch.setattr(gzip, "open", opening)
     with pytest.raises(DataError, match="train-images-idx3-ubyte.gz holds more than 1 MB"):
         load_fashion_mnist(tmp_path, checksums=truth["checksums"], search_system=False)
+    assert opened == [(1 << 20) + 1]  # one byte past the limit, not the 4 MB the file holds
 
 
 def test_an_unreadable_data_file_is_one_line_naming_it(tmp_path, monkeypatch):
@@ -268,9 +288,55 @@ def test_download_fetches_checks_and_extracts_the_archive_then_reuses_it(tmp_pat
     assert np.array_equal(again.train.images, reference.train.images)
 
 
+def _trust_files(dataset: str, sums: dict, monkeypatch) -> None:
+    """The data set's spec checks its extracted files against ``sums`` (the synthetic files' md5)."""
+    spec = ARCHIVED[dataset][0]
+    if dataset == "stl10":
+        monkeypatch.setitem(spec, "files", sums)
+        return
+    monkeypatch.setitem(spec, "train", {name: sums[name] for name in spec["train"]})
+    monkeypatch.setitem(spec, "test", {name: sums[name] for name in spec["test"]})
+    monkeypatch.setitem(spec, "meta", (spec["meta"][0], sums[spec["meta"][0]], spec["meta"][2]))
+
+
+@pytest.mark.parametrize("dataset", sorted(ARCHIVED))
+def test_data_download_in_a_config_reaches_the_reader(tmp_path, monkeypatch, dataset):
+    """``data.download`` and ``data.root`` of a config are what the registry's reader is given."""
+    _, _, folder, load = ARCHIVED[dataset]
+    truth, _ = served(dataset, tmp_path, monkeypatch)
+    _trust_files(dataset, truth["checksums"], monkeypatch)
+    overrides = [f"data.dataset={dataset}", f"data.root={tmp_path / 'data'}", "data.labeled_head=2",
+                 "data.unlabeled_head=1", "data.imbalance_ratio=2"]
+    with pytest.raises(DataError, match=f"{folder}.*data.download=true"):
+        load_source(load_config(None, overrides).data)
+    source = load_source(load_config(None, [*overrides, "data.download=true"]).data)
+    assert (tmp_path / "data" / folder).is_dir()
+    reference = load(tmp_path / "built", truth["checksums"], False)
+    assert np.array_equal(source.train.labels, reference.train.labels)
+    assert np.array_equal(source.test.labels, reference.test.labels)
+
+
+def test_fashion_through_the_registry_reads_data_root(tmp_path, monkeypatch):
+    truth = write_fashion(tmp_path / "fashion_mnist")
+    monkeypatch.setattr(fashion, "FILES", truth["checksums"])
+    config = load_config(None, ["data.dataset=fashion_mnist", f"data.root={tmp_path}", "data.labeled_head=2",
+                                "data.unlabeled_head=1", "data.imbalance_ratio=2"])
+    source = load_source(config.data)
+    assert np.array_equal(source.train.images[:, 0], truth["train"][0])
+    assert source.test.labels.tolist() == truth["t10k"][1].tolist()
+
+
+@pytest.mark.parametrize("load", [load_cifar10, load_cifar100, load_stl10], ids=["cifar10", "cifar100", "stl10"])
+def test_a_reader_downloads_nothing_unless_asked(tmp_path, monkeypatch, load):
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *args, **kwargs: pytest.fail("a download was started"))
+    with pytest.raises(DataError, match="missing file .*data.download=true"):
+        load(tmp_path)
+
+
 def test_download_refuses_an_archive_with_the_wrong_md5(tmp_path, monkeypatch):
     truth, _ = served("cifar10", tmp_path, monkeypatch, archive_md5="0" * 32)
-    with pytest.raises(DataError, match=r"cifar-10-batches-py.tar.gz is corrupt \(md5 .*, expected 0{32}\)"):
+    with pytest.raises(DataError,
+                       match=r"^cifar10: file .*cifar-10-batches-py.tar.gz is corrupt \(md5 .*, expected 0{32}\)"):
         load_cifar10(tmp_path / "data", True, truth["checksums"])
     assert not (tmp_path / "data" / "cifar-10-batches-py").exists()  # nothing extracted from it
 
@@ -305,9 +371,24 @@ def test_stl10_resize_is_pils_antialiased_bilinear_whatever_the_chunk():
     assert ours.shape == (3, 3, 32, 32) and ours.dtype == np.uint8
     assert np.abs(ours.astype(int) - pil.astype(int)).max() <= 1
     assert np.array_equal(stl10.resize_uint8(images, 32, chunk=2), ours)
+    for level in (0, 255):  # black stays 0 and white 255
+        assert (stl10.resize_uint8(np.full((1, 3, 96, 96), level, np.uint8), 32) == level).all()
     column_major = images.transpose(0, 1, 3, 2)  # as read from the file: already 96 px, not contiguous
     same = stl10.resize_uint8(column_major, 96)
     assert same.flags["C_CONTIGUOUS"] and np.array_equal(same, column_major)
+
+
+@pytest.mark.parametrize("height, width", [(32, 48), (48, 32), (32, 96)])
+def test_resize_makes_images_square_when_one_side_has_the_size_already(height, width):
+    """Only an image of size x size is returned as it is: one whose height or width alone matches is
+    resized, to the square of size (as PIL resizes each channel to (size, size))."""
+    from PIL import Image
+
+    images = np.random.default_rng(1).integers(0, 256, (2, 1, height, width), dtype=np.uint8)
+    ours = stl10.resize_uint8(images, 32)
+    assert ours.shape == (2, 1, 32, 32)
+    pil = np.stack([np.asarray(Image.fromarray(image[0]).resize((32, 32), Image.BILINEAR))[None] for image in images])
+    assert np.abs(ours.astype(int) - pil.astype(int)).max() <= 1
 
 
 @pytest.mark.parametrize("content, message", [
@@ -342,12 +423,14 @@ def test_stl10_labels_are_1_to_10_on_disk(tmp_path, on_disk, fine):
             load_stl10(tmp_path, None, checksums=sums)
 
 
-def test_stl10_image_file_of_a_partial_image_is_named(tmp_path):
+@pytest.mark.parametrize("name, count", [("test_X.bin", 6), ("unlabeled_X.bin", 5)])
+def test_stl10_image_file_of_a_partial_image_is_named(tmp_path, name, count):
     truth = write_stl10(tmp_path)
-    images = tmp_path / "stl10_binary" / "test_X.bin"
+    images = tmp_path / "stl10_binary" / name
     images.write_bytes(images.read_bytes()[:-3])  # a whole number of pixel triples, not of images
-    with pytest.raises(DataError, match=r"test_X.bin has 165885 bytes, not a whole number of 3x96x96 images"):
-        load_stl10(tmp_path, None, checksums=dict(truth["checksums"], **{"test_X.bin": None}))
+    with pytest.raises(DataError, match=rf"^stl10: .*{name} has {count * 27648 - 3} bytes, not a whole number of "
+                                        r"3x96x96 images$"):
+        load_stl10(tmp_path, None, checksums=dict(truth["checksums"], **{name: None}))
 
 
 @pytest.mark.parametrize("header, message", [
@@ -356,6 +439,7 @@ def test_stl10_image_file_of_a_partial_image_is_named(tmp_path):
     (b"\x00\x01\x08\x01" + bytes(8), "is not a uint8 IDX file"),
     (b"\x00\x00\x09\x01" + bytes(8), "is not a uint8 IDX file"),  # 0x09: int8
     (b"\x00\x00\x08\x03" + bytes(8), "has 3 dimensions, expected 1"),
+    (b"\x00\x00\x08\x01", r"is truncated \(4 bytes for dims \[0\]\)"),  # the magic alone: no dimension
 ])
 def test_idx_header_is_checked(header, message):
     with pytest.raises(DataError, match=f"fashion_mnist: f.idx {message}"):
@@ -377,6 +461,13 @@ def test_fashion_size_limit_holds_for_raw_files_at_its_edge(tmp_path, monkeypatc
     monkeypatch.setattr(fashion, "MAX_IDX_BYTES", biggest)
     load_fashion_mnist(tmp_path, checksums=truth["checksums"], search_system=False)
     monkeypatch.setattr(fashion, "MAX_IDX_BYTES", biggest - 1)
+    read_bytes = Path.read_bytes
+
+    def read_within_the_limit(path):
+        assert path.stat().st_size <= fashion.MAX_IDX_BYTES, f"{path} read"
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_within_the_limit)
     with pytest.raises(DataError, match="train-images-idx3-ubyte holds more than 0 MB: not a Fashion-MNIST file"):
         load_fashion_mnist(tmp_path, checksums=truth["checksums"], search_system=False)
 
@@ -532,6 +623,7 @@ def test_an_image_set_holds_uint8_nchw_images_and_one_int64_label_each():
 
     images = np.zeros((3, 1, 2, 2), dtype=np.uint8)
     assert ImageSet(images, [0, 2, 1]).labels.dtype == np.int64 and ImageSet(images, None).labels is None
+    assert ImageSet(images, np.array([0, 2, 1], dtype=np.uint8)).labels.dtype == np.int64  # a reader's uint8 labels
     for bad, message in ((images.astype(np.float32), r"got float32 \(3, 1, 2, 2\)"),
                          (images[:, 0], r"got uint8 \(3, 2, 2\)")):
         with pytest.raises(ValueError, match=r"^images must be uint8 \(N, C, H, W\), " + message + "$"):
