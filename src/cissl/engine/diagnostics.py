@@ -11,7 +11,6 @@ class PseudoLabelStats:
     KEYS = ("seen", "used", "correct", "predicted")
 
     def __init__(self, num_classes: int, device: torch.device):
-        self.num_classes = num_classes
         self.counts = {k: torch.zeros(num_classes, dtype=torch.long, device=device) for k in self.KEYS}
 
     def update(self, truth: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor) -> None:
