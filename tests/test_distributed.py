@@ -224,6 +224,7 @@ def test_fingerprint_changes_with_any_value():
                     {"a0": state["a"], "b": state["b"]}):  # the same values, in the same order, under another name
         assert fingerprint(changed) != fingerprint(state)
     assert fingerprint({"b": same["b"], "a": same["a"]}) == fingerprint(state)  # not the order of insertion
+    assert fingerprint({1: torch.zeros(1), "w": 2}) == fingerprint({"w": 2, 1: torch.zeros(1)})  # keys of two types
 
 
 def _rank_of_two_nodes(monkeypatch, rank: int, failing: dict[int, str]):

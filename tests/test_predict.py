@@ -72,6 +72,7 @@ def test_images_are_brought_to_the_run_layout_by_hand():
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 100, 200, 50
     grey = as_run_images(rgb, 1, 8)
     assert grey.shape == (1, 1, 8, 8) and int(grey[0, 0, 0, 0]) == round(0.299 * 100 + 0.587 * 200 + 0.114 * 50)
+    assert grey.dtype == torch.uint8  # the luminance is rounded back to bytes
     assert as_run_images(np.full((2, 8, 8), 7, dtype=np.uint8), 3, 8).tolist() == np.full((2, 3, 8, 8), 7).tolist()
     assert as_run_images(np.full((1, 16, 16), 9, dtype=np.uint8), 1, 8).tolist() == np.full((1, 1, 8, 8), 9).tolist()
 
@@ -156,8 +157,27 @@ def test_reading_image_files_without_pillow_says_which_extra(tmp_path, monkeypat
     from cissl.evaluation.predict import read_image_files
 
     monkeypatch.setitem(sys.modules, "PIL", None)  # as without the images extra
-    with pytest.raises(DataError, match=r"reading image files needs Pillow: pip install 'cissl\[images\]'"):
+    with pytest.raises(DataError, match=r"^reading image files needs Pillow: pip install 'cissl\[images\]'$"):
         read_image_files([tmp_path / "a.png"])
+
+
+def test_image_files_are_read_grey_when_every_one_is_with_progress_on_stderr_unless_told(tmp_path, monkeypatch):
+    import sys
+
+    from PIL import Image
+
+    from cissl.evaluation import predict
+
+    for name, mode in (("a.png", "L"), ("b.png", "L"), ("c.png", "RGB")):
+        Image.new(mode, (4, 4), 200 if mode == "L" else (200, 10, 10)).save(tmp_path / name)
+    streams, read = [], predict.read_images
+    monkeypatch.setattr(predict, "read_images", lambda *args: streams.append(args[3]) or read(*args))
+    grey = predict.read_image_files([tmp_path / "a.png", tmp_path / "b.png"])
+    assert grey.shape == (2, 1, 4, 4) and grey.dtype == torch.uint8 and (grey == 200).all()
+    mine = io.StringIO()
+    colour = predict.read_image_files([tmp_path / "a.png", tmp_path / "c.png"], mine)
+    assert colour.shape == (2, 3, 4, 4) and colour[1, :, 0, 0].tolist() == [200, 10, 10]
+    assert streams == [sys.stderr, mine]  # where read_images reports every 1000 files
 
 
 def test_predictions_give_the_argmax_and_the_k_most_probable_classes():

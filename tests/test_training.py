@@ -7,6 +7,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 import torch
 from conftest import CONFIGS, run_cli
@@ -210,6 +211,18 @@ def test_brief_keeps_each_heads_periodic_numbers_and_the_other_entries():
                              "val": {"main": {"top1": 0.6, "balanced_accuracy": 0.55},
                                      "aux": {"top1": 0.1, "balanced_accuracy": 0.2}}}
     assert record["test"]["main"]["geometric_mean"] == 0.3  # the full record is left as it was
+
+
+def test_scored_logits_are_brief_unless_the_full_report_is_asked_for_and_labels_may_be_numpy():
+    from cissl.evaluation.evaluate import evaluate_logits
+
+    logits = {"main": torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]]), "aux": torch.tensor([[0.0, 1.0]] * 3)}
+    for labels in (torch.tensor([0, 1, 1]), np.array([0, 1, 1])):
+        scored = evaluate_logits(logits, labels, 2, (2, 1))
+        assert scored == {"main": {"top1": 2 / 3, "balanced_accuracy": 0.75},
+                          "aux": {"top1": 2 / 3, "balanced_accuracy": 0.5}}
+    full = evaluate_logits(logits, np.array([0, 1, 1]), 2, (2, 1), full=True)["main"]
+    assert full["top1"] == 2 / 3 and full["confusion_matrix"] == [[1, 0], [1, 1]]
 
 
 def test_broken_checkpoint_is_a_one_line_error(tmp_path, capsys):
