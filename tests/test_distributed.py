@@ -128,6 +128,22 @@ def test_collectives_are_identities_in_one_process():
     assert distributed.mean_over_ranks({"loss": 2.0}) == {"loss": 2.0}
 
 
+def test_run_on_main_in_one_process_returns_the_result_or_raises_the_error_itself():
+    from cissl.engine.agreement import run_on_main
+
+    assert run_on_main(lambda: "written") == "written" and run_on_main(lambda: None) is None
+    error = ConfigError("config key 'x': bad")
+
+    def fail():
+        raise error
+
+    with pytest.raises(ConfigError) as raised:
+        run_on_main(fail)
+    assert raised.value is error  # rank 0 prints it: the error itself, not a PrintedByAnotherRank copy
+    with pytest.raises(ZeroDivisionError):  # not a one-line error: raised where it happened
+        run_on_main(lambda: 1 / 0)
+
+
 @pytest.mark.parametrize("world, count, bounds", [
     (4, 5, [(0, 2), (2, 4), (4, 5), (5, 5)]), (3, 7, [(0, 3), (3, 6), (6, 7)]), (2, 0, [(0, 0), (0, 0)]),
     (4, 1, [(0, 1), (1, 1), (1, 1), (1, 1)])])

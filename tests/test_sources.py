@@ -357,6 +357,12 @@ def test_fashion_download_fetches_each_file_into_data_root(tmp_path, monkeypatch
         p.name for p in (tmp_path / "server").iterdir())
     assert np.array_equal(source.train.images[:, 0], truth["train"][0])
     assert source.test.labels.tolist() == truth["t10k"][1].tolist()
+    shutil.rmtree(tmp_path / "data")  # data.download=true of a config reaches the reader too
+    monkeypatch.setattr(fashion, "FILES", truth["checksums"])
+    monkeypatch.setattr(fashion, "SYSTEM_DIR", tmp_path / "no_system_copy")
+    config = load_config(None, ["data.dataset=fashion_mnist", f"data.root={tmp_path / 'data'}", "data.download=true",
+                                "data.labeled_head=2", "data.unlabeled_head=1", "data.imbalance_ratio=2"])
+    assert load_source(config.data).test.labels.tolist() == truth["t10k"][1].tolist()
 
 
 def test_stl10_resize_is_pils_antialiased_bilinear_whatever_the_chunk():
