@@ -288,6 +288,12 @@ def test_download_fetches_checks_and_extracts_the_archive_then_reuses_it(tmp_pat
     assert np.array_equal(again.train.images, reference.train.images)
 
 
+def _lt_config(dataset: str, root: Path, *overrides: str):
+    """A config drawing a tiny long-tailed split of ``dataset`` read from ``root``."""
+    return load_config(None, [f"data.dataset={dataset}", f"data.root={root}", "data.labeled_head=2",
+                              "data.unlabeled_head=1", "data.imbalance_ratio=2", *overrides])
+
+
 def _trust_files(dataset: str, sums: dict, monkeypatch) -> None:
     """The data set's spec checks its extracted files against ``sums`` (the synthetic files' md5)."""
     spec = ARCHIVED[dataset][0]
@@ -305,11 +311,9 @@ def test_data_download_in_a_config_reaches_the_reader(tmp_path, monkeypatch, dat
     _, _, folder, load = ARCHIVED[dataset]
     truth, _ = served(dataset, tmp_path, monkeypatch)
     _trust_files(dataset, truth["checksums"], monkeypatch)
-    overrides = [f"data.dataset={dataset}", f"data.root={tmp_path / 'data'}", "data.labeled_head=2",
-                 "data.unlabeled_head=1", "data.imbalance_ratio=2"]
     with pytest.raises(DataError, match=f"{folder}.*data.download=true"):
-        load_source(load_config(None, overrides).data)
-    source = load_source(load_config(None, [*overrides, "data.download=true"]).data)
+        load_source(_lt_config(dataset, tmp_path / "data").data)
+    source = load_source(_lt_config(dataset, tmp_path / "data", "data.download=true").data)
     assert (tmp_path / "data" / folder).is_dir()
     reference = load(tmp_path / "built", truth["checksums"], False)
     assert np.array_equal(source.train.labels, reference.train.labels)
@@ -319,9 +323,7 @@ def test_data_download_in_a_config_reaches_the_reader(tmp_path, monkeypatch, dat
 def test_fashion_through_the_registry_reads_data_root(tmp_path, monkeypatch):
     truth = write_fashion(tmp_path / "fashion_mnist")
     monkeypatch.setattr(fashion, "FILES", truth["checksums"])
-    config = load_config(None, ["data.dataset=fashion_mnist", f"data.root={tmp_path}", "data.labeled_head=2",
-                                "data.unlabeled_head=1", "data.imbalance_ratio=2"])
-    source = load_source(config.data)
+    source = load_source(_lt_config("fashion_mnist", tmp_path).data)
     assert np.array_equal(source.train.images[:, 0], truth["train"][0])
     assert source.test.labels.tolist() == truth["t10k"][1].tolist()
 
@@ -360,8 +362,7 @@ def test_fashion_download_fetches_each_file_into_data_root(tmp_path, monkeypatch
     shutil.rmtree(tmp_path / "data")  # data.download=true of a config reaches the reader too
     monkeypatch.setattr(fashion, "FILES", truth["checksums"])
     monkeypatch.setattr(fashion, "SYSTEM_DIR", tmp_path / "no_system_copy")
-    config = load_config(None, ["data.dataset=fashion_mnist", f"data.root={tmp_path / 'data'}", "data.download=true",
-                                "data.labeled_head=2", "data.unlabeled_head=1", "data.imbalance_ratio=2"])
+    config = _lt_config("fashion_mnist", tmp_path / "data", "data.download=true")
     assert load_source(config.data).test.labels.tolist() == truth["t10k"][1].tolist()
 
 
@@ -434,7 +435,7 @@ def test_stl10_image_file_of_a_partial_image_is_named(tmp_path, name, count):
     truth = write_stl10(tmp_path)
     images = tmp_path / "stl10_binary" / name
     images.write_bytes(images.read_bytes()[:-3])  # a whole number of pixel triples, not of images
-    with pytest.raises(DataError, match=rf"^stl10: .*{name} has {count * 27648 - 3} bytes, not a whole number of "
+    with pytest.raises(DataError, match=rf"^stl10: .*{name} has {count * 3 * 96 * 96 - 3} bytes, not a whole number of "
                                         r"3x96x96 images$"):
         load_stl10(tmp_path, None, checksums=dict(truth["checksums"], **{name: None}))
 
@@ -483,7 +484,7 @@ def test_stl10_through_the_registry_reads_its_unlabeled_split_only_when_the_pool
     data.unlabeled_distribution=unknown; the long-tailed protocols draw their pool from the training
     images and run without unlabeled_X.bin."""
     truth = write_stl10(tmp_path)
-    monkeypatch.setitem(stl10.STL10, "files", truth["checksums"])
+    _trust_files("stl10", truth["checksums"], monkeypatch)
     common = ["data.dataset=stl10", f"data.root={tmp_path}", "data.image_size=32", "data.labeled_head=2",
               "data.imbalance_ratio=2"]
     unknown = load_source(load_config(None, [*common, "data.unlabeled_distribution=unknown",
@@ -498,9 +499,7 @@ def test_stl10_through_the_registry_reads_its_unlabeled_split_only_when_the_pool
 def test_registry_resizes_a_drawn_data_set_to_data_image_size(tmp_path, monkeypatch):
     truth = write_cifar10(tmp_path)
     sums = truth["checksums"]
-    monkeypatch.setitem(cifar.CIFAR10, "train", {name: sums[name] for name in cifar.CIFAR10["train"]})
-    monkeypatch.setitem(cifar.CIFAR10, "test", {"test_batch": sums["test_batch"]})
-    monkeypatch.setitem(cifar.CIFAR10, "meta", ("batches.meta", sums["batches.meta"], "label_names"))
+    _trust_files("cifar10", sums, monkeypatch)
     config = load_config(None, ["data.dataset=cifar10", f"data.root={tmp_path}", "data.labeled_head=4",
                                 "data.unlabeled_head=1", "data.imbalance_ratio=2", "data.image_size=16"])
     source = load_source(config.data)
