@@ -363,6 +363,18 @@ def test_each_stream_draws_from_its_own_documented_seed_and_resumes():
     assert torch.equal(source.next()[0].y, labels[grown.next()])
 
 
+def test_a_class_balanced_labeled_stream_weighs_by_the_methods_beta_and_is_seeded_as_labeled():
+    """cRT's labeled draws (ViewSpec.labeled_sampling class_balanced): weights of its sampling_beta, the
+    seed of the 'labeled' stream (what a shuffled method's labeled stream uses)."""
+    config = tiny_config()
+    spec = ViewSpec(unlabeled=False, labeled_sampling="class_balanced", sampling_beta=0.9)
+    data, source = batch_source(config, spec)
+    weights = class_sampling_weights(data.labeled.labels, data.num_classes, 0.9)
+    expected = ClassBalancedStream(weights, config.train.batch_size, derive_seed(0, "labeled"))
+    for _ in range(2):
+        assert torch.equal(source.next()[0].y, data.labeled.labels[expected.next()])
+
+
 def test_images_per_step_counts_the_views_a_method_declares():
     config = tiny_config("train.mu=3", "train.strong_views=2", algorithm="fixmatch")
     b = config.train.batch_size

@@ -62,6 +62,9 @@ def test_folder_trains_to_results_with_a_stated_hold_out(tmp_path):
     assert len(split["test_indices"]) == sum(held) and split["labeled_counts"] == [n - h for n, h in zip(LABELED, held)]
     assert len(split["unlabeled_indices"]) == 300 and split["unlabeled_counts"] is None
     assert len(split["settings"]["mean"]) == 1 and results["iterations"] == 6
+    source = load_folder_source(root, None)  # split.json records the data's statistics as README says
+    assert split["settings"]["mean"] == list(source.mean) and split["settings"]["std"] == list(source.std)
+    assert split["settings"]["image_shape"] == [1, 8, 8]  # scikit-learn's digits
     assert sum(map(sum, results["confusion_matrix"])) == sum(held)
 
 
