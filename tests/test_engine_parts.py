@@ -375,6 +375,18 @@ def test_a_class_balanced_labeled_stream_weighs_by_the_methods_beta_and_is_seede
         assert torch.equal(source.next()[0].y, data.labeled.labels[expected.next()])
 
 
+def test_labeled_additions_are_pool_positions_and_labels_whatever_integer_type_they_come_in():
+    """uint8 additions (a numpy array from a plugin method) are positions, not a mask, and labels as int64."""
+    data, source = batch_source(tiny_config())
+    source.set_labeled_additions(np.array([3, 1, 4], dtype=np.uint8), np.array([2, 0, 1], dtype=np.uint8), 1)
+    assert source.additions["indices"].dtype == source.additions["labels"].dtype == torch.long
+    assert len(source.labeled) == len(data.labeled) + 3
+    assert torch.equal(source.labeled.labels[-3:], torch.tensor([2, 0, 1]))
+    assert torch.equal(source.labeled.images[-3:], data.unlabeled.images[[3, 1, 4]])
+    with pytest.raises(ValueError, match=r"^labeled additions: \(3,\) indices for \(2,\) labels$"):
+        source.set_labeled_additions(torch.tensor([3, 1, 4]), torch.tensor([2, 0]), 1)
+
+
 def test_images_per_step_counts_the_views_a_method_declares():
     config = tiny_config("train.mu=3", "train.strong_views=2", algorithm="fixmatch")
     b = config.train.batch_size
