@@ -20,7 +20,7 @@ from cissl.engine.data import TrainingData
 from cissl.engine.ema import EMA
 from cissl.engine.optim import build_optimizer, build_scheduler
 from cissl.engine.precision import ComputePolicy, configure_backends
-from cissl.engine.replicas import wrap_for_ranks
+from cissl.engine.replicas import ReplicatedModel, wrap_for_ranks
 from cissl.engine.seeds import derive_seed
 from cissl.models import Classifier, build_model
 from cissl.models.sync_batchnorm import synchronise_batchnorm
@@ -70,11 +70,7 @@ class RunParts:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     batches: BatchSource
-    step_model: object = None  # what the method's step calls: the network, or under DDP its replica
-
-    def __post_init__(self):
-        if self.step_model is None:
-            self.step_model = self.model
+    step_model: Classifier | ReplicatedModel  # what the method's step calls: the network, or under DDP its replica
 
     def restart_schedule(self) -> None:
         """A fresh LR schedule over one generation (CReST-style generations restart it): a new LambdaLR sets
