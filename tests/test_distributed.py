@@ -506,6 +506,29 @@ def test_under_a_process_group_ddp_leaves_the_buffers_to_average_buffers_and_let
         dist.destroy_process_group()
 
 
+def test_under_a_process_group_the_run_syncs_batch_norm_only_when_asked_and_its_ema_with_it():
+    """build_training under one in-process gloo rank: train.sync_batchnorm turns the network's and its EMA's
+    batch norms into cross-rank ones (the EMA copied after: DASO's EMA forward syncs too); without it they
+    stay per rank. The method's step calls the DDP replica."""
+    import torch.distributed as dist
+
+    from cissl.engine.assemble import build_training
+    from cissl.engine.replicas import ReplicatedModel
+
+    def norms(model):
+        return {type(m) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        for sync, kind in ((False, torch.nn.BatchNorm2d), (True, CrossRankBatchNorm2d)):
+            config = tiny_config(f"train.sync_batchnorm={str(sync).lower()}")
+            parts = build_training(config, prepare_data(config, "cpu"), torch.device("cpu"))
+            assert norms(parts.model) == norms(parts.ema.model) == {kind}, sync
+            assert isinstance(parts.step_model, ReplicatedModel) and parts.step_model.ddp.module is parts.model
+    finally:
+        dist.destroy_process_group()
+
+
 def test_the_replicated_model_gives_every_head_of_the_steps_forwards_a_zero_gradient_once():
     """ReplicatedModel (the step's model under DDP): forwards with gradients are kept until
     untouched_heads_term, which is 0 x every head's logits (a zero gradient for a head the loss left out,
