@@ -244,9 +244,10 @@ def test_a_few_semi_steps_with_resnet50_at_64_px_run_on_cpu(tmp_path):
     assert results["iterations"] == 2 and len(results["per_class_accuracy"]) == 127
 
 
-def test_streamed_pools_serve_the_images_the_loaded_pools_hold(tmp_path):
+def test_streamed_pools_serve_the_images_the_loaded_pools_hold(tmp_path, monkeypatch):
     """data.stream_images=always leaves the images in the memory-mapped build: batches, predictions and
-    CReST's extension of the labeled pool read the same pixels as pools put on the device."""
+    CReST's extension of the labeled pool read the same pixels as pools put on the device. auto streams
+    the build where the free memory is short."""
     from cissl.data.stream import HostImages
     from cissl.engine.data import prepare_data
     from cissl.engine.precision import ComputePolicy
@@ -260,6 +261,10 @@ def test_streamed_pools_serve_the_images_the_loaded_pools_hold(tmp_path):
     streamed = prepare_data(load_config(setting, [*overrides, "data.stream_images=always"]), torch.device("cpu"))
     loaded = prepare_data(load_config(setting, [*overrides, "data.stream_images=never"]), torch.device("cpu"))
     assert isinstance(streamed.unlabeled.images, HostImages) and isinstance(loaded.unlabeled.images, torch.Tensor)
+    monkeypatch.setattr("os.sysconf", lambda name: 1)  # one free byte
+    short = prepare_data(load_config(setting, [*overrides, "data.stream_images=auto"]), torch.device("cpu"))
+    assert isinstance(short.labeled.images, HostImages) and isinstance(short.unlabeled.images, HostImages)
+    monkeypatch.undo()
     positions = torch.tensor([5, 0, 17, 5, 300])
     for a, b in zip(streamed.unlabeled.take(positions), loaded.unlabeled.take(positions)):
         assert torch.equal(a, b)
@@ -287,12 +292,14 @@ def test_auto_streams_only_memory_mapped_images_larger_than_half_the_free_memory
     path.write_bytes(bytes(2 * 3 * 4 * 4))
     mapped = np.memmap(path, dtype=np.uint8, mode="r", shape=(2, 3, 4, 4))  # 96 bytes
     cpu = torch.device("cpu")
-    free = {"SC_PAGE_SIZE": 1}
+    free = {"SC_PAGE_SIZE": 4}  # free bytes: pages x page size
     monkeypatch.setattr("os.sysconf", lambda name: free[name])
-    free["SC_AVPHYS_PAGES"] = 100
-    assert streams_images(config, mapped, cpu)  # 96 bytes, more than half of the 100 free
+    free["SC_AVPHYS_PAGES"] = 47
+    assert streams_images(config, mapped, cpu)  # 96 bytes, more than half of the 188 free
     assert not streams_images(config, np.zeros((2, 3, 4, 4), np.uint8), cpu)  # in memory already: never
-    free["SC_AVPHYS_PAGES"] = 1000
+    free["SC_AVPHYS_PAGES"] = 48
+    assert not streams_images(config, mapped, cpu)  # 96 of 192: exactly half, loaded
+    free["SC_AVPHYS_PAGES"] = 250
     assert not streams_images(config, mapped, cpu)  # 96 of 1000: loaded
     assert streams_images(dataclasses.replace(config, stream_images="always"), mapped, cpu)
     free["SC_AVPHYS_PAGES"] = 1
