@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import CONFIGS, run_cli
 
 from cissl.config import load_config
@@ -97,6 +98,11 @@ def test_arrays_train_to_results(tmp_path):
     assert sum(map(sum, results["confusion_matrix"])) == len(source.test.labels)
     data = prepare_data(own_config("arrays", tmp_path / "mine.npz"), "cpu")
     assert data.class_names[3] == "digit 3" and data.split.labeled_counts == LABELED
+    # streamed from host memory (data.stream_images=always): the unlabeled pool has no labels and the same pixels
+    streamed = prepare_data(own_config("arrays", tmp_path / "mine.npz", "data.stream_images=always"), "cpu")
+    rows = torch.tensor([4, 0, 299])
+    assert streamed.unlabeled.labels is None and torch.equal(streamed.unlabeled.take(rows)[0],
+                                                              data.unlabeled.take(rows)[0])
 
 
 def test_protocol_keys_do_not_apply_to_own_data(tmp_path):
