@@ -59,7 +59,7 @@ def synthetic_data(config, device: torch.device, max_pool: int = 20_000) -> Trai
     val = pool(n_val, np.repeat(np.arange(k), data.val_per_class)) if n_val else None
     split = Split(np.arange(n_l), np.arange(n_u), np.arange(n_val), labeled_counts, unlabeled_counts)
     mean, std = (0.5,) * channels, (0.25,) * channels
-    return TrainingData("synthetic", [str(i) for i in range(k)], channels, size, mean, std, split, labeled,
+    return TrainingData([str(i) for i in range(k)], channels, size, mean, std, split, labeled,
                         unlabeled, pool(256, rng.integers(0, k, 256)), val)
 
 

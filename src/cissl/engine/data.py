@@ -20,7 +20,6 @@ from cissl.errors import ConfigError, DataError
 
 @dataclass
 class TrainingData:
-    name: str
     class_names: list[str]
     channels: int
     image_size: int
@@ -106,7 +105,7 @@ def prepare_data(config, device: torch.device, split: Split | None = None) -> Tr
     else:
         test = pool(source.test.images, source.test.labels)
     check_split_fits(config, split)
-    return TrainingData(source.name, source.class_names, source.channels, source.image_size, source.mean,
+    return TrainingData(source.class_names, source.channels, source.image_size, source.mean,
                         source.std, split, labeled, unlabeled, test, val)
 
 
