@@ -5,6 +5,7 @@ plugin registers is taken back after it (conftest.py, registries_restored)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -101,6 +102,10 @@ def test_a_plugin_data_set_with_an_unlabeled_split_serves_the_unknown_distributi
                          "data.dataset=toy_with_split", "data.unlabeled_distribution=unknown", *TOY_PROTOCOL)
     data = prepare_data(config, torch.device("cpu"))
     assert len(data.unlabeled) == 25 and data.unlabeled.labels is None
+    # a saved split's unlabeled indices are checked against the unlabeled split, not the 120 training images
+    beyond = dataclasses.replace(data.split, unlabeled_indices=np.append(data.split.unlabeled_indices, 25))
+    with pytest.raises(DataError, match=r"^split.json: unlabeled index 25 is out of range for the 25 images of "):
+        prepare_data(config, torch.device("cpu"), beyond)
     with pytest.raises(ConfigError, match=r"^config key 'data.unlabeled_distribution': 'unknown' needs a data set "
                                           r"with a separate unlabeled split \(stl10, folder, arrays, "
                                           r"toy_with_split\); use consistent, uniform or reversed$"):

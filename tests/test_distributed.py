@@ -458,6 +458,22 @@ def test_what_identifies_a_ranks_data_changes_with_its_labels_images_split_and_c
         assert changed == {part}, damage.__name__
 
 
+def test_a_ranks_data_identity_samples_evenly_spaced_images_of_every_pool_even_without_labels():
+    """Per pool: its length, ``sample`` images from its first to its last row, its labels (None for an
+    unlabeled pool without them); a validation pool has its own part."""
+    data = prepare_data(tiny_config("data.val_per_class=2"), "cpu")
+    identity = data_identity(data, sample=3)
+    assert identity.keys() == {"class names", "split", "labeled images", "unlabeled images", "validation images",
+                               "test images"}
+    size, images, labels = identity["validation images"]
+    last = len(data.val) - 1
+    assert size == len(data.val) and torch.equal(images, data.val.images[[0, round(last / 2), last]])
+    assert torch.equal(labels, data.val.labels)
+    assert len(data_identity(data)["labeled images"][1]) == min(64, len(data.labeled))  # the default sample
+    data.unlabeled.labels = None  # an unlabeled split (STL-10's, a folder's): nothing to compare but images
+    assert data_identity(data)["unlabeled images"][2] is None
+
+
 def test_a_one_rank_launch_joins_a_gloo_group_on_the_device_of_its_launch_and_leaves_it(monkeypatch):
     """launched() in this process, as torchrun's world of one would start it: the device comes from the launch
     torchrun's variables describe, the process group is gloo on the CPU, host-side agreement uses that same
@@ -527,6 +543,61 @@ def test_under_a_process_group_the_run_syncs_batch_norm_only_when_asked_and_its_
             assert isinstance(parts.step_model, ReplicatedModel) and parts.step_model.ddp.module is parts.model
     finally:
         dist.destroy_process_group()
+
+
+def test_under_a_process_group_a_rank_reads_its_saved_split_and_compares_the_data_with_the_other_ranks(
+        monkeypatch):
+    """prepare_rank_data under one in-process gloo rank: the pools of the split it is given (a resumed run's),
+    and the identity of what it read handed to the cross-rank comparison once (outside a group: no comparison)."""
+    import dataclasses
+
+    import torch.distributed as dist
+
+    from cissl.engine import data as data_module
+
+    compared = []
+
+    def compare(parts, data_config):
+        compared.append((set(parts), data_config))
+        check_same_data(parts, data_config)
+
+    check_same_data = data_module.check_same_data
+    monkeypatch.setattr(data_module, "check_same_data", compare)
+    config = tiny_config()
+    split = prepare_data(config, "cpu").split
+    saved = dataclasses.replace(split, unlabeled_indices=split.unlabeled_indices[::-1].copy())
+    data_module.prepare_rank_data(config, torch.device("cpu"), saved)
+    assert compared == []
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        data = data_module.prepare_rank_data(config, torch.device("cpu"), saved)
+    finally:
+        dist.destroy_process_group()
+    assert data.split is saved and data.unlabeled.images.device.type == "cpu"
+    assert torch.equal(data.unlabeled.images, prepare_data(config, "cpu", saved).unlabeled.images)
+    assert compared == [({"class names", "split", "labeled images", "unlabeled images", "test images"}, config.data)]
+
+
+def test_under_a_process_group_the_runs_first_line_states_the_ranks_and_the_global_and_per_rank_batches():
+    """The line a run starts its log with: the data and method, then under a process group the ranks, the
+    backend, the global batch (labeled + mu x labeled unlabeled) and each rank's share, and the batch norm."""
+    import torch.distributed as dist
+
+    from cissl.engine.run import _describe
+
+    config = tiny_config("train.batch_size=8", "train.mu=3")
+    data = prepare_data(config, "cpu")
+    alone = (f"quickstart: fixmatch, 10 classes, {len(data.labeled)} labeled / {len(data.unlabeled)} unlabeled / "
+             f"{len(data.test)} test images, labeled counts {data.split.labeled_counts}, device cpu")
+    assert _describe(config, data, torch.device("cpu")) == alone
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        lines = [_describe(config.replace([f"train.sync_batchnorm={sync}"]), data, torch.device("cpu"))
+                 for sync in ("false", "true")]
+    finally:
+        dist.destroy_process_group()
+    ddp = "; DDP over 1 ranks (gloo), global batch 8 labeled + 24 unlabeled (8 + 24 per rank), batch norm "
+    assert lines == [alone + ddp + "per rank", alone + ddp + "over the global batch"]
 
 
 def test_the_replicated_model_gives_every_head_of_the_steps_forwards_a_zero_gradient_once():

@@ -542,9 +542,12 @@ def test_each_pool_holds_the_images_and_labels_of_its_split_indices():
 def test_a_saved_split_with_an_index_outside_the_data_set_is_refused_and_a_batch_may_take_every_labeled_image():
     config = tiny_config()
     split = prepare_data(config, torch.device("cpu")).split
-    for field, bad in (("labeled_indices", -1), ("unlabeled_indices", 10 ** 6), ("val_indices", -3)):
+    size = len(load_run_source(config.data)[0].train)  # the first index past the end is refused too
+    for field, bad in (("labeled_indices", -1), ("unlabeled_indices", 10 ** 6), ("val_indices", -3),
+                       ("test_indices", size), ("labeled_indices", size)):
         broken = dataclasses.replace(split, **{field: np.append(getattr(split, field), bad).astype(np.int64)})
-        with pytest.raises(DataError, match=f"split.json: {field.split('_')[0]} index {bad} is out of range"):
+        with pytest.raises(DataError, match=f"^split.json: {field.split('_')[0]} index {bad} is out of range for "
+                                            f"the {size} images of "):
             prepare_data(config, torch.device("cpu"), broken)
     labeled = len(split.labeled_indices)
     prepare_data(tiny_config(f"train.batch_size={labeled}"), torch.device("cpu"), split)  # every labeled image

@@ -35,12 +35,15 @@ def test_an_empty_config_file_is_refused(tmp_path):
 
 
 def test_a_labeled_batch_larger_than_the_labeled_set_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="'train.batch_size': 100000 labeled images per step, but the split holds"):
+    with pytest.raises(ConfigError, match=r"^config key 'train.batch_size': 100000 labeled images per step, but the "
+                                          r"split holds \d+; lower train.batch_size or raise data.labeled_head$"):
         start_run(tiny_config("train.batch_size=100000"), tmp_path / "run", quiet=True)
 
 
 def test_no_unlabeled_images_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="'data.unlabeled_head': the split holds no unlabeled images"):
+    """The whole line: the key, what is wrong and the remedy."""
+    with pytest.raises(ConfigError, match=r"^config key 'data.unlabeled_head': the split holds no unlabeled images; "
+                                          r"the unlabeled stream needs some, set data.unlabeled_head >= 1$"):
         start_run(tiny_config("data.unlabeled_head=0"), tmp_path / "run", quiet=True)
 
 
