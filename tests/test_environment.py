@@ -134,7 +134,8 @@ def test_results_name_where_the_run_trained_and_a_resume_elsewhere_adds_the_mach
 
     code, _, _ = run_cli(["evaluate", tmp_path / "run"], capsys)  # re-evaluation keeps where it trained
     assert code == 0
-    assert json.loads((tmp_path / "run/results.json").read_text())["environments"] == [here, elsewhere]
+    evaluated = json.loads((tmp_path / "run/results.json").read_text())
+    assert evaluated["environments"] == [here, elsewhere] and evaluated["device"] == "cpu"
 
 
 def _result(path, seed, environments):

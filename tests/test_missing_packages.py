@@ -51,11 +51,13 @@ def test_a_new_run_names_a_missing_logging_package_before_anything(tmp_path, wit
     assert not (tmp_path / "run").exists()
 
 
-def test_a_quiet_run_has_no_bar_so_it_needs_no_rich(without):
+def test_a_quiet_run_has_no_bar_so_it_needs_no_rich(tmp_path, without, no_data):
     without("rich.progress")
     check_installed(tiny_config("train.progress=rich"), quiet=True)
     with pytest.raises(ConfigError, match=RICH):
         check_installed(tiny_config("train.progress=rich"), quiet=False)
+    with pytest.raises(AssertionError, match="the data was read"):  # a quiet start gets past the check
+        start_run(tiny_config("train.progress=rich"), tmp_path / "run", quiet=True)
 
 
 def test_a_method_names_its_package_before_the_data_is_read(tmp_path, without, no_data):
@@ -104,6 +106,15 @@ def test_a_resume_names_the_missing_package_before_it_loads_anything(tmp_path, w
     with pytest.raises(ConfigError, match=RICH):
         resume_run(tmp_path / "run", quiet=False)
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*")) == before
+
+
+def test_a_quiet_resume_has_no_bar_so_it_needs_no_rich(tmp_path, without):
+    config = tiny_config("train.progress=rich", "train.iterations=4", "train.eval_every=2",
+                         "train.checkpoint_every=2", "train.report_last=1")
+    start_run(config, tmp_path / "run", quiet=True)
+    (tmp_path / "run/checkpoints/ckpt_00000004.pt").unlink()
+    without("rich.progress")
+    assert resume_run(tmp_path / "run", quiet=True)["iterations"] == 4
 
 
 def test_a_sweep_names_the_missing_package_before_it_makes_its_folder(tmp_path, without, capsys):

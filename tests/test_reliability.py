@@ -113,6 +113,23 @@ def test_a_start_in_a_run_folder_without_checkpoints_begins_afresh_and_a_finishe
     assert (run / "results.json").read_bytes() == results
 
 
+def test_a_resume_before_the_first_checkpoint_trains_from_the_start_and_rewrites_every_metric(tmp_path):
+    """`--resume` of a run that stopped before its first checkpoint: it trains from iteration 0, and no
+    record of the stopped attempt stays in metrics.jsonl (not even those of its first iterations)."""
+    from cissl.engine.run import resume_run
+
+    config = tiny_config("train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2", "train.log_every=1")
+    start_run(config, tmp_path / "run", quiet=True)
+    records = logged_records(tmp_path / "run")
+    assert [(r["kind"], r["iteration"]) for r in records] == [("train", 1), ("train", 2), ("eval", 2)]
+    for checkpoint in (tmp_path / "run/checkpoints").iterdir():
+        checkpoint.unlink()
+    (tmp_path / "run/results.json").unlink()
+    resume_run(tmp_path / "run", quiet=True)
+    assert [(r["kind"], r["iteration"]) for r in logged_records(tmp_path / "run")] == [
+        ("train", 1), ("train", 2), ("eval", 2)]
+
+
 def test_resume_and_evaluate_take_the_runs_split_file_and_draw_none(tmp_path, monkeypatch):
     """A run's split is split.json's, fixed when it started: a resume, `cissl evaluate` and loading it to
     predict never draw one again (a changed protocol or data order would otherwise move its images)."""
@@ -210,7 +227,8 @@ def test_a_run_whose_data_moved_resumes_and_other_data_is_still_refused(tmp_path
     (tmp_path / "moved/checkpoints/ckpt_00000004.pt").unlink()
     (tmp_path / "moved/results.json").unlink()
     save_config(moved.replace({"data.imbalance_ratio": 5}), tmp_path / "moved/config.yaml")
-    with pytest.raises(CisslError, match=r"belongs to another run: data.imbalance_ratio 10(\.0)? \(this run: 5"):
+    with pytest.raises(CisslError, match=rf"^checkpoint {tmp_path / 'moved/checkpoints/ckpt_00000002.pt'} belongs to "
+                                         r"another run: data.imbalance_ratio 10(\.0)? \(this run: 5"):
         resume_run(tmp_path / "moved", quiet=True)
 
 
@@ -257,7 +275,8 @@ def test_a_checkpoint_of_another_run_is_refused_by_evaluate_and_resume(tmp_path,
     foreign = tmp_path / "other/checkpoints/ckpt_00000002.pt"
     code, _, err = run_cli(["evaluate", tmp_path / "mine", "--checkpoint", foreign], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "belongs to another run: optim.lr 0.01 (this run: 0.03)" in err and "train.seed 1 (this run: 0)" in err
+    assert f"checkpoint {foreign} belongs to another run: optim.lr 0.01 (this run: 0.03)" in err
+    assert "train.seed 1 (this run: 0)" in err
     assert (tmp_path / "mine/results.json").read_text() == before
     (tmp_path / "mine/results.json").unlink()
     (tmp_path / "mine/checkpoints/ckpt_00000002.pt").write_bytes(foreign.read_bytes())
@@ -279,7 +298,8 @@ def test_an_architecture_mismatch_is_one_short_line(tmp_path, capsys):
     torch.save(state, tmp_path / "bare.pt")
     code, _, err = run_cli(["evaluate", tmp_path / "mine", "--checkpoint", tmp_path / "bare.pt"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert ("does not match this run's config: Error(s) in loading state_dict for Classifier: Unexpected key(s) in "
+    assert (f"checkpoint {tmp_path / 'bare.pt'} does not match this run's config: Error(s) in loading state_dict "
+            "for Classifier: Unexpected key(s) in "
             'state_dict: "backbone.block1.0.shortcut.weight". (+33 more lines)') in err  # the first thing wrong
 
 
@@ -550,12 +570,14 @@ def test_a_pickled_object_in_a_checkpoint_is_refused_in_one_line(tmp_path, capsy
 
 
 def test_out_into_a_read_only_folder_is_refused_even_as_root(tmp_path, monkeypatch):
-    """The same check where the tests run as root (who may write anywhere): the permission answer is simulated."""
+    """The same check where the tests run as root (who may write anywhere): the permission answer is simulated,
+    once for a folder without write permission and once for one that cannot be entered (no execute bit)."""
     from cissl.engine import run as run_module
 
-    monkeypatch.setattr(run_module.os, "access", lambda path, mode: False)
-    with pytest.raises(CisslError, match="the folder is not writable"):
-        start_run(load_config(CONFIGS / "quickstart.yaml", MISSING_DATA), tmp_path / "run", quiet=True)
+    for denied in (os.W_OK, os.X_OK):
+        monkeypatch.setattr(run_module.os, "access", lambda path, mode, denied=denied: not mode & denied)
+        with pytest.raises(CisslError, match=f"^--out {tmp_path / 'run'}: the folder is not writable$"):
+            start_run(load_config(CONFIGS / "quickstart.yaml", MISSING_DATA), tmp_path / "run", quiet=True)
 
 
 def test_save_config_replaces_the_file_whole_or_not_at_all(tmp_path, monkeypatch):

@@ -108,6 +108,13 @@ def test_a_checkpoint_from_a_gpu_ddp_or_an_earlier_release_resumes_as_if_written
     assert lines[1].startswith("[cissl] note: the checkpoint was written by 2 process(es), 1 continue it: ")
     assert_same_state(load_checkpoint(tmp_path / "straight/checkpoints/ckpt_00000012.pt"),
                       load_checkpoint(run / "checkpoints/ckpt_00000012.pt"))
+    (run / "checkpoints/ckpt_00000012.pt").unlink()
+    (run / "results.json").unlink()
+    del state["world_size"]  # written before the number of processes was recorded: by one
+    torch.save(state, middle)
+    said = io.StringIO()
+    resume_run(run, stream=said)
+    assert "process(es)" not in said.getvalue()
 
 
 def test_train_writes_run_directory_and_results(tmp_path, capsys):
