@@ -267,7 +267,7 @@ def test_estimate_distribution_command(tmp_path, capsys):
     start_run(tiny_config(algorithm="supervised"), tmp_path / "noval", quiet=True)
     code, _, err = run_cli(["estimate-distribution", tmp_path / "noval"], capsys)
     assert code == 2 and "data.val_per_class = 0" in err and len(err.strip().splitlines()) == 1
-    start_run(tiny_config("data.val_per_class=3", algorithm="supervised"), tmp_path / "run", quiet=True)
+    start_run(tiny_config("data.val_per_class=1", algorithm="supervised"), tmp_path / "run", quiet=True)  # enough
     code, out, _ = run_cli(["estimate-distribution", tmp_path / "run"], capsys)
     saved = json.loads((tmp_path / "run" / "unlabeled_distribution.json").read_text())
     assert len(saved["estimates"][0]["counts"]) == 10 and saved["pool_size"] == 323 and saved["head"] == "main"
@@ -291,7 +291,7 @@ def test_the_estimate_is_that_of_the_methods_evaluation_probabilities_on_the_val
     from cissl.algorithms.supervised import Supervised
     from cissl.engine.checkpoint import list_checkpoints
     from cissl.engine.run import estimate_run_distribution, load_run, start_run
-    from cissl.errors import CheckpointError
+    from cissl.errors import CheckpointError, ConfigError
     from cissl.evaluation.distribution import estimate_class_counts
     from cissl.evaluation.evaluate import predict
 
@@ -306,6 +306,15 @@ def test_the_estimate_is_that_of_the_methods_evaluation_probabilities_on_the_val
              for images in (trained.data.val.images, trained.data.unlabeled.images)]
     expected = estimate_class_counts(probs[0], trained.data.val.labels.cpu(), probs[1], 1e12)
     assert torch.allclose(torch.tensor(result["estimates"][0]["counts"]), expected.counts.float(), atol=1e-3)
+    assert estimate_run_distribution(tmp_path / "run")["max_condition"] == 100.0  # the default limit
+    split = json.loads((tmp_path / "run/split.json").read_text())
+    val_labels = trained.data.val.labels.tolist()
+    kept = {**split, "val_indices": [i for i, label in zip(split["val_indices"], val_labels) if label != 0]}
+    (tmp_path / "run/split.json").write_text(json.dumps(kept))
+    with pytest.raises(ConfigError, match=rf"^{tmp_path / 'run'}: the validation images hold no image of classes "
+                                          r"\[0\]: set data.val_per_class >= 1$"):
+        estimate_run_distribution(tmp_path / "run")
+    (tmp_path / "run/split.json").write_text(json.dumps(split))
     start_run(tiny_config("data.val_per_class=3", "train.seed=1", algorithm="supervised"), tmp_path / "other",
               quiet=True)
     foreign = list_checkpoints(tmp_path / "other/checkpoints")[-1]
@@ -342,7 +351,7 @@ def test_estimate_distribution_over_several_checkpoints(tmp_path, capsys):
     assert reverse["estimates"] == alone[::-1] + alone[:1]
     code, _, err = run_cli(["estimate-distribution", tmp_path / "run", "--all-checkpoints",
                             "--checkpoint", str(checkpoints[0])], capsys)
-    assert code == 2 and "not both" in err and len(err.strip().splitlines()) == 1
+    assert (code, err) == (2, "cissl: error: name checkpoints or ask for every checkpoint of the run, not both\n")
     written = (tmp_path / "run" / "unlabeled_distribution.json").read_bytes()
     for limit in ("0.5", "-1", "nan"):  # would reject every estimate (a condition number is at least 1)
         code, out, err = run_cli(["estimate-distribution", tmp_path / "run", f"--max-condition={limit}"], capsys)

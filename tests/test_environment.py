@@ -136,6 +136,7 @@ def test_results_name_where_the_run_trained_and_a_resume_elsewhere_adds_the_mach
     assert code == 0
     evaluated = json.loads((tmp_path / "run/results.json").read_text())
     assert evaluated["environments"] == [here, elsewhere] and evaluated["device"] == "cpu"
+    assert evaluated["iterations"] == 4
 
 
 def _result(path, seed, environments):

@@ -295,11 +295,10 @@ def _evaluate_locked(run: RunDir, config: Config, trained: TrainedRun) -> dict:
         history = json.loads(state["history"])
     except KeyError as exc:
         raise CheckpointError(f"checkpoint {checkpoint} does not match this run's config: {exc}") from None
-    final = {"iteration": int(state["iteration"])}
-    final.update(evaluate_model(model, algorithm, data, policy, config.train.eval_batch_size, full=True))
+    final = evaluate_model(model, algorithm, data, policy, config.train.eval_batch_size, full=True)
     results = summarize_run(config, history, final, algorithm.reported_head, data.split.labeled_counts,
                             int(state["iteration"]), float(state["elapsed"]), str(device),
-                            state.get("parent_algorithm"), state.get("environments", []),
+                            state.get("parent_algorithm"), state.get("environments"),
                             last_generation_start=last_generation_start(config))
     results["checkpoint"] = str(checkpoint)
     atomic_write_json(run.results, results)
