@@ -318,8 +318,18 @@ def test_the_estimate_is_that_of_the_methods_evaluation_probabilities_on_the_val
     start_run(tiny_config("data.val_per_class=3", "train.seed=1", algorithm="supervised"), tmp_path / "other",
               quiet=True)
     foreign = list_checkpoints(tmp_path / "other/checkpoints")[-1]
-    with pytest.raises(CheckpointError, match="belongs to another run"):
-        estimate_run_distribution(tmp_path / "run", [list_checkpoints(tmp_path / "run/checkpoints")[-1], foreign])
+    own = list_checkpoints(tmp_path / "run/checkpoints")[-1]
+    with pytest.raises(CheckpointError, match=rf"^checkpoint {foreign} belongs to another run"):
+        estimate_run_distribution(tmp_path / "run", [own, foreign])
+    state = torch.load(own, weights_only=True)  # one that records no config and lacks a weight
+    del state["config"], state["ema"][next(iter(state["ema"]))]
+    torch.save(state, tmp_path / "bare.pt")
+    with pytest.raises(CheckpointError, match=rf"^checkpoint {tmp_path / 'bare.pt'} does not match this run's config"):
+        estimate_run_distribution(tmp_path / "run", [own, tmp_path / "bare.pt"])
+    for checkpoint in list_checkpoints(tmp_path / "run/checkpoints"):
+        checkpoint.unlink()
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path / 'run'} has no checkpoint to estimate with$"):
+        estimate_run_distribution(tmp_path / "run")
 
 
 def test_estimate_distribution_over_several_checkpoints(tmp_path, capsys):
@@ -352,6 +362,8 @@ def test_estimate_distribution_over_several_checkpoints(tmp_path, capsys):
     code, _, err = run_cli(["estimate-distribution", tmp_path / "run", "--all-checkpoints",
                             "--checkpoint", str(checkpoints[0])], capsys)
     assert (code, err) == (2, "cissl: error: name checkpoints or ask for every checkpoint of the run, not both\n")
+    code, _, _ = run_cli(["estimate-distribution", tmp_path / "run", "--max-condition=1"], capsys)
+    assert code in (0, 1)  # 1 is allowed: only a perfectly conditioned confusion matrix passes
     written = (tmp_path / "run" / "unlabeled_distribution.json").read_bytes()
     for limit in ("0.5", "-1", "nan"):  # would reject every estimate (a condition number is at least 1)
         code, out, err = run_cli(["estimate-distribution", tmp_path / "run", f"--max-condition={limit}"], capsys)

@@ -592,12 +592,12 @@ def test_under_a_process_group_the_runs_first_line_states_the_ranks_and_the_glob
     assert _describe(config, data, torch.device("cpu")) == alone
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
-        lines = [_describe(config.replace([f"train.sync_batchnorm={sync}"]), data, torch.device("cpu"))
-                 for sync in ("false", "true")]
+        lines = [_describe(config.replace(overrides), data, torch.device("cpu")) for overrides in (
+            ["train.sync_batchnorm=false"], ["train.sync_batchnorm=true"], ["train.batch_scope=per_rank"])]
     finally:
         dist.destroy_process_group()
     ddp = "; DDP over 1 ranks (gloo), global batch 8 labeled + 24 unlabeled (8 + 24 per rank), batch norm "
-    assert lines == [alone + ddp + "per rank", alone + ddp + "over the global batch"]
+    assert lines == [alone + ddp + "per rank", alone + ddp + "over the global batch", alone + ddp + "per rank"]
 
 
 def test_the_replicated_model_gives_every_head_of_the_steps_forwards_a_zero_gradient_once():

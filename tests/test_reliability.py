@@ -116,7 +116,8 @@ def test_a_start_in_a_run_folder_without_checkpoints_begins_afresh_and_a_finishe
 def test_a_resume_before_the_first_checkpoint_trains_from_the_start_and_rewrites_every_metric(tmp_path):
     """`--resume` of a run that stopped before its first checkpoint: it trains from iteration 0, and no
     record of the stopped attempt stays in metrics.jsonl (not even those of its first iterations)."""
-    from cissl.engine.run import resume_run
+    from cissl.engine.run import load_run, resume_run
+    from cissl.errors import CheckpointError
 
     config = tiny_config("train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2", "train.log_every=1")
     start_run(config, tmp_path / "run", quiet=True)
@@ -125,6 +126,8 @@ def test_a_resume_before_the_first_checkpoint_trains_from_the_start_and_rewrites
     for checkpoint in (tmp_path / "run/checkpoints").iterdir():
         checkpoint.unlink()
     (tmp_path / "run/results.json").unlink()
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path / 'run'} has no checkpoint to load$"):
+        load_run(tmp_path / "run")  # nothing to predict with yet
     resume_run(tmp_path / "run", quiet=True)
     assert [(r["kind"], r["iteration"]) for r in logged_records(tmp_path / "run")] == [
         ("train", 1), ("train", 2), ("eval", 2)]

@@ -152,9 +152,9 @@ def test_averaging_over_one_rank_keeps_the_sums_and_their_kinds():
     assert window.flush() == {"loss": 2.0, "mask": 0.5}
 
 
-def test_tensorboard_gets_each_train_and_evaluation_scalar_at_its_iteration(tmp_path, clock, monkeypatch):
-    """train.tensorboard with a stand-in for torch.utils.tensorboard: the writer logs into RUN/tensorboard,
-    train/KEY for each step metric, SPLIT/HEAD/KEY for each evaluation metric, and is closed with the logger."""
+@pytest.fixture
+def summary_writers(monkeypatch):
+    """A stand-in for torch.utils.tensorboard: the list of the SummaryWriters made, each keeping its scalars."""
     import sys
     import types
 
@@ -172,6 +172,13 @@ def test_tensorboard_gets_each_train_and_evaluation_scalar_at_its_iteration(tmp_
             self.closed = True
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter))
+    return writers
+
+
+def test_tensorboard_gets_each_train_and_evaluation_scalar_at_its_iteration(tmp_path, clock, summary_writers):
+    """train.tensorboard: the writer logs into RUN/tensorboard, train/KEY for each step metric,
+    SPLIT/HEAD/KEY for each evaluation metric, and is closed with the logger."""
+    writers = summary_writers
     logger = RunLogger(tmp_path, 10, tensorboard=True, quiet=True)
     logger.log_train(2, {"loss": 1.5, "mask_rate": 0.25})
     metrics = {"top1": 0.5, "balanced_accuracy": 0.25}
@@ -215,3 +222,18 @@ def test_the_rich_bar_shows_the_progress_prints_messages_above_it_and_its_absenc
                                           r"pip install 'cissl\[progress\]'$"):
         RunLogger(tmp_path, 10, progress="rich")
     RunLogger(tmp_path, 10, progress="rich", quiet=True).close()  # quiet: no bar, so rich is not needed
+
+
+def test_a_run_logs_to_tensorboard_and_draws_the_rich_bar_as_its_config_asks(tmp_path, summary_writers, capsys):
+    """start_run hands the logger the config's train.tensorboard and train.progress."""
+    pytest.importorskip("rich")
+    from helpers import tiny_config
+
+    from cissl.engine.run import start_run
+
+    start_run(tiny_config("train.tensorboard=true", "train.progress=rich", "train.iterations=2", "train.eval_every=2",
+                          "train.checkpoint_every=2", "train.report_last=1"), tmp_path / "run")
+    (writer,) = summary_writers
+    assert writer.log_dir == str(tmp_path / "run/tensorboard") and writer.closed
+    assert {(tag, step) for tag, _, step in writer.scalars} >= {("train/loss", 2), ("test/main/top1", 2)}
+    assert re.search(r" [━╸]+ 2/2 ", capsys.readouterr().out)  # the bar's last frame
