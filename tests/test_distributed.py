@@ -7,6 +7,7 @@ the CLI itself or on tests/ddp_worker.py (which trains a few steps and saves wha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -501,32 +502,40 @@ def test_a_one_rank_launch_joins_a_gloo_group_on_the_device_of_its_launch_and_le
     assert not distributed.active() and distributed.control_group() is None
 
 
+@contextlib.contextmanager
+def one_gloo_rank():
+    """A process group of this test process alone (gloo, rank 0 of 1): a launched rank's branches run here,
+    without a launch (and with coverage)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
 def test_under_a_process_group_ddp_leaves_the_buffers_to_average_buffers_and_lets_a_head_sit_out():
     """wrap_for_ranks, under one in-process gloo rank: DDP broadcasting rank 0's buffers before every forward
     would put rank 0's batch-norm statistics in place of each other rank's (their updates in a step's earlier
     forwards lost) and add a collective to every forward; average_buffers keeps the ranks' buffers equal
     instead. find_unused_parameters lets a head the loss leaves out (TRAS's student) sit out a step."""
-    import torch.distributed as dist
 
     from cissl.engine.replicas import ReplicatedModel, wrap_for_ranks
 
     net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     assert wrap_for_ranks(net, torch.device("cpu")) is net  # no process group: the network itself
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
+    with one_gloo_rank():
         replicated = wrap_for_ranks(net, torch.device("cpu"))
         assert isinstance(replicated, ReplicatedModel) and replicated.ddp.module is net
         assert replicated.ddp.broadcast_buffers is False and replicated.ddp.find_unused_parameters is True
         assert replicated.ddp.device_ids is None  # the CPU: no device to name
-    finally:
-        dist.destroy_process_group()
 
 
 def test_under_a_process_group_the_run_syncs_batch_norm_only_when_asked_and_its_ema_with_it():
     """build_training under one in-process gloo rank: train.sync_batchnorm turns the network's and its EMA's
     batch norms into cross-rank ones (the EMA copied after: DASO's EMA forward syncs too); without it they
     stay per rank. The method's step calls the DDP replica."""
-    import torch.distributed as dist
 
     from cissl.engine.assemble import build_training
     from cissl.engine.replicas import ReplicatedModel
@@ -534,15 +543,12 @@ def test_under_a_process_group_the_run_syncs_batch_norm_only_when_asked_and_its_
     def norms(model):
         return {type(m) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
 
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
+    with one_gloo_rank():
         for sync, kind in ((False, torch.nn.BatchNorm2d), (True, CrossRankBatchNorm2d)):
             config = tiny_config(f"train.sync_batchnorm={str(sync).lower()}")
             parts = build_training(config, prepare_data(config, "cpu"), torch.device("cpu"))
             assert norms(parts.model) == norms(parts.ema.model) == {kind}, sync
             assert isinstance(parts.step_model, ReplicatedModel) and parts.step_model.ddp.module is parts.model
-    finally:
-        dist.destroy_process_group()
 
 
 def test_under_a_process_group_a_rank_reads_its_saved_split_and_compares_the_data_with_the_other_ranks(
@@ -550,8 +556,6 @@ def test_under_a_process_group_a_rank_reads_its_saved_split_and_compares_the_dat
     """prepare_rank_data under one in-process gloo rank: the pools of the split it is given (a resumed run's),
     and the identity of what it read handed to the cross-rank comparison once (outside a group: no comparison)."""
     import dataclasses
-
-    import torch.distributed as dist
 
     from cissl.engine import data as data_module
 
@@ -568,11 +572,8 @@ def test_under_a_process_group_a_rank_reads_its_saved_split_and_compares_the_dat
     saved = dataclasses.replace(split, unlabeled_indices=split.unlabeled_indices[::-1].copy())
     data_module.prepare_rank_data(config, torch.device("cpu"), saved)
     assert compared == []
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
+    with one_gloo_rank():
         data = data_module.prepare_rank_data(config, torch.device("cpu"), saved)
-    finally:
-        dist.destroy_process_group()
     assert data.split is saved and data.unlabeled.images.device.type == "cpu"
     assert torch.equal(data.unlabeled.images, prepare_data(config, "cpu", saved).unlabeled.images)
     assert compared == [({"class names", "split", "labeled images", "unlabeled images", "test images"}, config.data)]
@@ -581,7 +582,6 @@ def test_under_a_process_group_a_rank_reads_its_saved_split_and_compares_the_dat
 def test_under_a_process_group_the_runs_first_line_states_the_ranks_and_the_global_and_per_rank_batches():
     """The line a run starts its log with: the data and method, then under a process group the ranks, the
     backend, the global batch (labeled + mu x labeled unlabeled) and each rank's share, and the batch norm."""
-    import torch.distributed as dist
 
     from cissl.engine.run import _describe
 
@@ -590,12 +590,9 @@ def test_under_a_process_group_the_runs_first_line_states_the_ranks_and_the_glob
     alone = (f"quickstart: fixmatch, 10 classes, {len(data.labeled)} labeled / {len(data.unlabeled)} unlabeled / "
              f"{len(data.test)} test images, labeled counts {data.split.labeled_counts}, device cpu")
     assert _describe(config, data, torch.device("cpu")) == alone
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
+    with one_gloo_rank():
         lines = [_describe(config.replace(overrides), data, torch.device("cpu")) for overrides in (
             ["train.sync_batchnorm=false"], ["train.sync_batchnorm=true"], ["train.batch_scope=per_rank"])]
-    finally:
-        dist.destroy_process_group()
     ddp = "; DDP over 1 ranks (gloo), global batch 8 labeled + 24 unlabeled (8 + 24 per rank), batch norm "
     assert lines == [alone + ddp + "per rank", alone + ddp + "over the global batch", alone + ddp + "per rank"]
 
