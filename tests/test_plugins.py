@@ -20,7 +20,7 @@ from helpers import FOUR_STEPS, tiny_config
 
 from cissl import api, plugins
 from cissl.algorithms import ALGORITHMS, AlgorithmContext
-from cissl.config import load_config
+from cissl.config import build, load_config
 from cissl.environment import changes, code_of
 from cissl.errors import ConfigError
 from cissl.models import BACKBONES, register_backbone
@@ -125,6 +125,44 @@ def test_a_plugin_module_by_name_and_a_command_line_plugin_path(tmp_path, monkey
     assert config.plugins == [str(tmp_path / "here" / "mine.py")]
     assert tiny_config().replace(["plugins=[mine.py]"]).plugins == [str(tmp_path / "here" / "mine.py")]  # in Python
     assert pickle.loads(pickle.dumps(config)) == config
+
+
+def test_a_config_mapping_imports_its_plugin_files_from_the_working_directory_first(tmp_path, monkeypatch):
+    """`config.build` of a plain mapping (a config built in Python): its plugin files are read from the working
+    directory, saved absolute and imported before the algorithm section names the method they register."""
+    write_toy(tmp_path / "mine" / "toy_mapping.py", "toy_mapping")
+    monkeypatch.chdir(tmp_path)
+    data = {**tiny_config().to_dict(), "plugins": ["mine/toy_mapping.py"], "algorithm": {"name": "toy_mapping"}}
+    config = build(data)
+    assert config.algorithm.name == "toy_mapping" and config.plugins == [str(tmp_path / "mine" / "toy_mapping.py")]
+
+
+def test_a_plugin_given_as_an_override_is_imported_before_the_methods_section_names_its_method(tmp_path):
+    """A setting's `methods` section may hold the options of a plugin's method that only the command line's
+    `plugins=` brings: the section is validated after that import, not before."""
+    toy = write_toy(tmp_path / "toy_methods.py", "toy_methods")
+    setting = tmp_path / "setting.yaml"
+    setting.write_text(f"inherit: {CONFIGS / 'quickstart.yaml'}\nmethods:\n  toy_methods:\n    threshold: 0.25\n")
+    config = load_config(setting, [f"plugins=[{toy}]"], "toy_methods")
+    assert config.algorithm.name == "toy_methods" and config.algorithm.threshold == 0.25
+
+
+def test_a_setting_that_brings_a_plugin_merges_its_method_over_the_parents_options(tmp_path):
+    """The parent file sets the plugin method's options; the child, or the command line, brings the plugin and
+    the child names the method again: imported before the merge, the method is known and the parent's threshold
+    is kept, not reset to the method's default."""
+    write_toy(tmp_path / "toy_inherit.py", "toy_inherit")
+    (tmp_path / "parent.yaml").write_text(f"inherit: {CONFIGS / 'quickstart.yaml'}\n"
+                                          "algorithm:\n  name: toy_inherit\n  threshold: 0.5\n")
+    (tmp_path / "child.yaml").write_text("inherit: parent.yaml\nplugins: [toy_inherit.py]\n"
+                                         "algorithm:\n  name: toy_inherit\n")
+    assert load_config(tmp_path / "child.yaml").algorithm.threshold == 0.5
+    # a plugin given on the command line only (`cissl train CHILD plugins=[...]`): imported before the merge too
+    toy = write_toy(tmp_path / "toy_cli.py", "toy_cli")
+    (tmp_path / "parent.yaml").write_text(f"inherit: {CONFIGS / 'quickstart.yaml'}\n"
+                                          "algorithm:\n  name: toy_cli\n  threshold: 0.5\n")
+    (tmp_path / "child.yaml").write_text("inherit: parent.yaml\nalgorithm:\n  name: toy_cli\n")
+    assert load_config(tmp_path / "child.yaml", [f"plugins=[{toy}]"]).algorithm.threshold == 0.5
 
 
 def test_a_config_that_names_a_plugin_method_without_its_plugin_gets_it_added(tmp_path):
