@@ -9,6 +9,7 @@ from cissl.config import (
     build,
     flat_keys,
     load_config,
+    name_differences,
     parse_overrides,
     read_config_file,
     save_config,
@@ -21,6 +22,14 @@ def test_defaults_build_and_are_frozen():
     assert config.optim.lr == 0.03 and config.train.batch_size == 64
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.optim.lr = 1.0
+
+
+def test_differing_keys_are_named_three_at_most_then_counted():
+    show = "<{}>".format
+    assert name_differences([], show) is None
+    assert name_differences(["a", "b", "c"], show) == "<a>, <b>, <c>"
+    assert name_differences(["a", "b", "c", "d"], show) == "<a>, <b>, <c> and 1 more"
+    assert name_differences(list("abcdef"), show) == "<a>, <b>, <c> and 3 more"
 
 
 def test_dotted_overrides_are_typed():
@@ -141,6 +150,36 @@ def test_methods_section_is_validated_up_front(tmp_path, methods, message):
 SHORT = ["train.iterations=10", "train.eval_every=5", "train.report_last=1"]  # a run of two evaluations
 
 
+@pytest.fixture
+def toy_views():
+    """A method that takes 1 or 3 strong views per unlabeled image (none of cissl's own restricts them), and one
+    like it that takes no unlabeled images; both unregistered after the test (conftest.py)."""
+    from cissl.algorithms import ViewSpec
+    from cissl.algorithms.fixmatch import FixMatch
+    from cissl.algorithms.registry import register
+    from cissl.schema import AlgorithmConfig, option
+
+    @dataclasses.dataclass(frozen=True)
+    class ToyViewsConfig(AlgorithmConfig):
+        name: str = option("toy_views")
+
+    class ToyViews(FixMatch):
+        @classmethod
+        def views(cls, config):
+            return ViewSpec(strong_views=(1, 3), unlabeled=config.name == "toy_views")
+
+    register("toy_views", ToyViewsConfig)(ToyViews)
+    register("toy_views_labeled_only", ToyViewsConfig)(ToyViews)
+
+
+def test_the_methods_own_needs_pass_where_they_are_met(toy_views):
+    """The other side of each check_method refusal above."""
+    assert load_config(None, ["algorithm.name=toy_views", "train.strong_views=3"]).train.strong_views == 3
+    assert load_config(None, ["algorithm.name=toy_views_labeled_only", "train.strong_views=2"]).train.strong_views == 2
+    assert load_config(None, ["algorithm.name=crt", "train.init_from=runs/x"]).train.init_from == "runs/x"
+    assert load_config(None, ["algorithm.name=fixmatch_seval", "data.val_per_class=1"]).data.val_per_class == 1
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["data.imbalance_ratio=1501"], "config key 'data.imbalance_ratio': N1 / gamma = 1500 / 1501 leaves the last "
                                     "class without a labeled image; lower the ratio to at most 1500 or raise "
@@ -184,6 +223,13 @@ SHORT = ["train.iterations=10", "train.eval_every=5", "train.report_last=1"]  # 
     ([*SHORT, "algorithm.name=fixmatch_crest", "train.iterations=11"],
      "config key 'train.iterations': fixmatch_crest runs 5 generations of equal length, so the iterations must be "
      "a multiple of 5, got 11"),
+    (["algorithm.name=crt"], "config key 'train.init_from': crt trains only the classifier on a frozen network; give "
+                             "the trained run it starts from (a run directory or a checkpoint file)"),
+    (["algorithm.name=fixmatch_seval", "data.val_per_class=0"],
+     "config key 'data.val_per_class': fixmatch_seval fits its parameters on a validation split held out of the "
+     "training images; set data.val_per_class >= 1"),
+    (["algorithm.name=toy_views", "train.strong_views=2"],
+     "config key 'train.strong_views': toy_views takes 1 or 3 strong view(s) per unlabeled image, got 2"),
     (["optim.lr=0.1", "optim.lr.x=1"], "override 'optim.lr.x': 'optim.lr' is not a section"),
     (["=3"], "override '=3': malformed key"),
     (["optim.=3"], "override 'optim.=3': malformed key"),
@@ -191,7 +237,7 @@ SHORT = ["train.iterations=10", "train.eval_every=5", "train.report_last=1"]  # 
     (["data.class_order=null"], "config key 'data.class_order': expected a string or list of an integer, got None"),
     (["data.image_size=x"], "config key 'data.image_size': expected an integer or null, got 'x'"),
 ])
-def test_each_refused_config_names_its_key_and_the_fix(overrides, message):
+def test_each_refused_config_names_its_key_and_the_fix(overrides, message, toy_views):
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         load_config(None, overrides)
 

@@ -9,7 +9,18 @@ from typing import Any
 import pytest
 
 from cissl.errors import ConfigError
-from cissl.schema import NamedConfig, Registry, build_section, choice, describe, merge, merge_config, option, section
+from cissl.schema import (
+    NamedConfig,
+    Registry,
+    build_section,
+    choice,
+    describe,
+    first_doc_line,
+    merge,
+    merge_config,
+    option,
+    section,
+)
 
 COLOURS = Registry("colour", "colour.name")
 
@@ -79,11 +90,19 @@ def test_defaults_and_the_default_entry_with_its_preset():
     assert build({"colour": None}).colour == RedConfig()
 
 
+@dataclass(frozen=True)
+class NestedDefaultConfig:
+    table: dict = option({"a": [1]})
+
+
 def test_a_list_default_is_a_fresh_copy_for_each_section():
     first, second = BrushConfig(), BrushConfig()
     first.tags.append("b")
     assert second.tags == ["a"] and BrushConfig().tags == ["a"]
     assert PaintConfig().extra == {} and PaintConfig().extra is not PaintConfig().extra
+    first, second = NestedDefaultConfig(), NestedDefaultConfig()
+    first.table["a"].append(2)  # a nested list of a default: copied too
+    assert second.table == {"a": [1]} and NestedDefaultConfig().table == {"a": [1]}
 
 
 def test_values_are_coerced_to_the_declared_type():
@@ -95,6 +114,29 @@ def test_values_are_coerced_to_the_declared_type():
     assert (paint.note, paint.wet, paint.anything, paint.brush.tags) == ("hi", True, [1, "a"], ["x", "y"])
     assert build({"shape": [3, 4.0]}).shape == (3, 4)  # a tuple option stays a tuple
     assert build({"brush": None}).brush == BrushConfig()  # `brush:` with nothing under it: the defaults
+
+
+@dataclass(frozen=True)
+class NullFirstConfig:
+    count: None | int = option(None)  # null written first: the other types are still tried
+
+
+def test_a_union_written_with_null_first_takes_its_other_types():
+    assert build_section(NullFirstConfig, {"count": 3}, "").count == 3
+    assert build_section(NullFirstConfig, {"count": None}, "").count is None
+    with pytest.raises(ConfigError, match=r"^config key 'count': expected an integer or null, got 'x'$"):
+        build_section(NullFirstConfig, {"count": "x"}, "")
+
+
+def test_a_summary_is_the_first_line_of_a_docstring():
+    class Documented:
+        """  Two words.
+        And a second line."""
+
+    class Bare:
+        pass
+
+    assert first_doc_line(Documented) == "Two words." and first_doc_line(Bare) == ""
 
 
 @pytest.mark.parametrize("data, message", [
@@ -182,6 +224,38 @@ def test_merge_config_merges_the_same_entry_and_replaces_another():
     assert merged["extra"] == {"a": {"b": 1, "c": 2}}  # a plain mapping merges key by key, nested too
     assert merge_config(PaintConfig, base, {"brush": None})["brush"] is None  # not a mapping: replaces
     assert base["colour"] == {"name": "navy", "depth": 7} and base["brush"] == {"size": 3, "tags": ["x"]}
+
+
+SHAPES = Registry("shape", "shape.name")
+
+
+@dataclass(frozen=True)
+class DotConfig(NamedConfig):
+    name: str = option("dot")
+
+
+@dataclass(frozen=True)
+class RingConfig(NamedConfig):
+    name: str = option("ring")
+    colour: NamedConfig = choice(COLOURS, "red")  # a choice that only this entry's class holds
+
+
+SHAPES.register("dot", DotConfig)(Red)
+SHAPES.register("ring", RingConfig)(Blue)
+
+
+@dataclass(frozen=True)
+class CanvasConfig:
+    shape: NamedConfig = choice(SHAPES, "dot")
+
+
+def test_a_chosen_entry_merges_by_its_own_class_not_the_defaults():
+    """Merged over a ring, the ring's colour is a choice (another colour replaces navy's options), which the
+    default entry's class (dot) does not know."""
+    base = {"shape": {"name": "ring", "colour": {"name": "navy", "depth": 7}}}
+    merged = merge_config(CanvasConfig, base, {"shape": {"colour": {"name": "blue"}}})
+    assert merged == {"shape": {"name": "ring", "colour": {"name": "blue"}}}
+    assert build_section(CanvasConfig, merged, "").shape.colour == BlueConfig(name="blue", depth=5)
 
 
 def test_describe_lists_every_key_with_its_default_and_help():

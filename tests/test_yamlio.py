@@ -67,6 +67,14 @@ def test_scalars_follow_yaml_1_2():
     ("a: b: c\n", "f.yaml:1: a value cannot hold ': ' or end with ':' unless quoted; got 'b: c'"),
     ("a: b:\n", "f.yaml:1: a value cannot hold ': ' or end with ':' unless quoted; got 'b:'"),
     ('a: "\\x4"\n', "f.yaml:1: unsupported escape in"),
+    ('a: "\\qA"\n', "f.yaml:1: unsupported escape in"),  # an unknown escape before a hex digit is no 1-digit code
+    ("- [a: b]\n", "f.yaml:1: flow mappings are not supported"),  # a flow item of a sequence: not a block mapping
+    ("a: [X'y # z', 1]\n", "f.yaml:1: unterminated flow sequence"),  # a quote inside a plain item opens nothing
+    ("a: [\u00a0'x # y', 1]\n", "f.yaml:1: unterminated flow sequence"),  # a no-break space is no space
+    # a quote after the flow sequence ends opens nothing
+    ("a: [x], 'y # z'\n", "f.yaml:1: unterminated flow sequence \"\\[x\\], 'y\"$"),
+    ("a:\n  b:\n    - 'x\n", "f.yaml:3: unterminated single-quoted string \"'x\"$"),  # keeps its indentation
+    ("a: [: x]\n", "f.yaml:1: empty key"),
     ('a: "\\xzz1"\n', "f.yaml:1: unsupported escape in"),
     ('a: "\\U00110000"\n', "f.yaml:1: unsupported escape in"),
     ('a: "\\"\n', "f.yaml:1: unsupported escape in"),
@@ -95,6 +103,10 @@ def test_rejects_what_it_does_not_support(bad, fragment):
     'a: "x\\" # y"  # c\n',  # an escaped quote, then '#', inside a double-quoted scalar
     "a: [it's, b]\n",  # a plain flow item holding a quote
     "a: x[1] 'y # z\n",
+    "a: X 'y # z'\n",  # a quote after a plain word is a character, wherever the word ends
+    "a: [X, 1]\n",
+    "a: X # c\n",
+    "a: X#y\n",  # '#' after a character other than a space or tab is part of the scalar
     "'a'': b': 1\n",  # a quoted key holding '' and ': '
     '"": 1\n',
     "a:\n- 1\n-\n",  # a sequence at its key's indentation, with a null item, ending the document
@@ -123,6 +135,13 @@ def test_a_scalar_document_the_last_code_point_and_a_tab_inside_quotes_read_as_i
         assert yamlio.loads(text) == yaml.safe_load(text)
 
 
+def test_errors_without_a_source_name_a_value_or_a_string():
+    with pytest.raises(ConfigError, match=r"^value: unterminated flow sequence '\[1'$"):
+        yamlio.parse_scalar("[1")
+    with pytest.raises(ConfigError, match=r"^<string>:1: unterminated flow sequence '\['$"):
+        yamlio.loads("a: [")
+
+
 def test_a_files_errors_name_the_file_and_line(tmp_path):
     (tmp_path / "c.yaml").write_text("a: 1\nb: [\n")
     with pytest.raises(ConfigError, match=f"^{re.escape(str(tmp_path / 'c.yaml'))}:2: unterminated flow sequence"):
@@ -136,6 +155,23 @@ def test_dump_round_trips_through_both_parsers():
     text = yamlio.dumps(data)
     assert yamlio.loads(text) == data
     assert yaml.safe_load(text) == data
+
+
+def test_dumps_writes_two_space_blocks_and_the_shortest_escapes():
+    """The layout of a run's config.yaml, line by line: keys at column 0, nested blocks two spaces in and
+    no blank line after one, booleans lower case, and each escape in the shortest form the reader takes."""
+    data = {"train": {"model": {"depth": 28, "tag": "MAX"}, "amp": True, "off": False},
+            "name": "\x01\u2028\U000e0001", "x": 1e-05}
+    assert yamlio.dumps(data) == (
+        "train:\n"
+        "  model:\n"
+        "    depth: 28\n"
+        "    tag: MAX\n"
+        "  amp: true\n"
+        '  "off": false\n'  # a boolean to YAML 1.1 readers: quoted
+        'name: "\\x01\\u2028\\U000e0001"\n'
+        "x: 1.0e-05\n")
+    assert yamlio.loads(yamlio.dumps(data)) == yaml.safe_load(yamlio.dumps(data)) == data
 
 
 def test_a_key_without_value_is_null_as_in_yaml():
