@@ -64,6 +64,7 @@ def test_python_api_predicts_arrays_and_tensors_alike(trained_run):
     assert torch.equal(from_tensor.probs, from_array.probs)
     assert from_tensor.probs.shape == (16, 10) and torch.allclose(from_tensor.probs.sum(1), torch.ones(16))
     assert run.head == "balanced" and len(run.class_names) == 10
+    assert from_tensor.class_names == run.class_names == [str(k) for k in range(10)]  # digits' names
 
 
 def test_images_are_brought_to_the_run_layout_by_hand():
