@@ -173,6 +173,40 @@ def test_report_says_when_runs_come_from_other_machines_or_code(tmp_path, capsys
         assert "- code: bbb+dirty: 1 run\n" in (tmp_path / "two" / name).read_text()
 
 
+def test_results_md_opens_with_its_caption_then_what_was_left_out_then_the_mixed_runs(tmp_path, capsys):
+    """results.md's notes line by line, each block closed by one blank line, before the table."""
+    from cissl.evaluation.report import MIXED_TITLE
+
+    _result(tmp_path / "semi" / "seed0", 0, [A])
+    _result(tmp_path / "semi" / "seed1", 1, [{**A, "code": "bbb"}])
+    for name in ("broken", "broken2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text("{truncated")
+    write_report(tmp_path)
+    capsys.readouterr()
+    lines = (tmp_path / "results.md").read_text().split("\n")
+    assert lines[:11] == [
+        "Mean ± sample std over seeds (no ± where one seed ran), in %; final EMA model on the test set, the "
+        "algorithm's reported head (SeMi: balanced); settings marked (validation) were evaluated on the held-out "
+        "validation split instead (train.evaluate_on: val). 'mean of last k' averages the last k evaluations of "
+        "a run.",
+        "",
+        "Left out, unreadable:",
+        lines[3], lines[4],  # checked below: json's own words for what is wrong vary with the Python version
+        "",
+        MIXED_TITLE,
+        "- code: aaa: 1 run",
+        "- code: bbb: 1 run",
+        "",
+        "| setting | algorithm | seeds | top-1 | balanced acc. | many | medium | few | mean of last k top-1 | "
+        "min / run |"]
+    for line, name in zip(lines[3:5], ("broken", "broken2")):
+        assert line.startswith(f"- {tmp_path / name / 'results.json'} (") and line.endswith(")")
+    _result(tmp_path / "alike" / "semi" / "seed0", 0, [A])  # nothing left out, one machine and code: no notes
+    write_report(tmp_path / "alike")
+    assert (tmp_path / "alike" / "results.md").read_text().split("\n")[1:3] == ["", lines[10]]
+
+
 def test_changes_names_what_decides_the_last_bits_and_differs():
     assert changes(A, dict(A)) == []
     assert changes(A, {**A, "threads": 2}) == ["threads 1 -> 2"]

@@ -197,7 +197,12 @@ def test_report_names_two_runs_of_one_seed_in_one_row(tmp_path, capsys):
     assert "one row holds two runs of the same seed: s / semi: seed 0 in " in err
     assert str(tmp_path / "a" / "semi" / "seed0") in err and str(tmp_path / "b" / "semi" / "seed0") in err
     table = (tmp_path / "results.md").read_text()
-    assert "Rows that hold two runs of the same seed" in table and table.startswith("Mean ± sample std over seeds")
+    assert table.startswith("Mean ± sample std over seeds")
+    assert table.split("\n")[2:6] == [
+        "Rows that hold two runs of the same seed (they average runs that are not repeats; give each variant its own "
+        "folder):", f"- s / semi: seed 0 in {tmp_path / 'a' / 'semi' / 'seed0'}, {tmp_path / 'b' / 'semi' / 'seed0'}",
+        "", "| setting | algorithm | seeds | top-1 | balanced acc. | many | medium | few | mean of last k top-1 | "
+            "min / run |"]
 
 
 @pytest.mark.parametrize("algorithm", ["fixmatch", "semi"])
@@ -731,15 +736,15 @@ def test_report_mistakes_are_one_line(tmp_path, capsys):
 def test_results_files_of_another_shape_are_named_not_read(tmp_path):
     """A results.json that is JSON but not a cissl result (a list; a dict without algorithm and seed) is
     left out and named, as a truncated one is."""
-    for name, content in (("good", {"algorithm": "semi", "seed": 0, "balanced_accuracy": 0.5}),
+    for name, content in (("good", {"algorithm": "semi", "seed": 0}),  # the two keys it needs, nothing else
                           ("a_list", [1, 2]), ("other_tool", {"accuracy": 0.9})):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(content))
     unreadable = []
     runs = collect_results(tmp_path, unreadable)
-    assert [run["algorithm"] for run in runs] == ["semi"]
-    assert len(unreadable) == 2 and all("not a cissl results file" in line for line in unreadable)
-    assert any("a_list" in line for line in unreadable) and any("other_tool" in line for line in unreadable)
+    assert runs == [{"algorithm": "semi", "seed": 0, "run_dir": str(tmp_path / "good"), "method": "semi"}]
+    assert unreadable == [f"{tmp_path / name / 'results.json'} (not a cissl results file)"
+                          for name in ("a_list", "other_tool")]
 
 
 def test_a_run_that_fails_does_not_stop_the_sweep(tmp_path, capsys):
