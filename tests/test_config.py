@@ -173,7 +173,7 @@ def toy_views():
 
 
 def test_the_methods_own_needs_pass_where_they_are_met(toy_views):
-    """The other side of each check_method refusal above."""
+    """The other side of the check_method refusals in the list below."""
     assert load_config(None, ["algorithm.name=toy_views", "train.strong_views=3"]).train.strong_views == 3
     assert load_config(None, ["algorithm.name=toy_views_labeled_only", "train.strong_views=2"]).train.strong_views == 2
     assert load_config(None, ["algorithm.name=crt", "train.init_from=runs/x"]).train.init_from == "runs/x"
