@@ -151,18 +151,15 @@ def test_a_setting_that_brings_a_plugin_merges_its_method_over_the_parents_optio
     """The parent file sets the plugin method's options; the child, or the command line, brings the plugin and
     the child names the method again: imported before the merge, the method is known and the parent's threshold
     is kept, not reset to the method's default."""
-    write_toy(tmp_path / "toy_inherit.py", "toy_inherit")
-    (tmp_path / "parent.yaml").write_text(f"inherit: {CONFIGS / 'quickstart.yaml'}\n"
-                                          "algorithm:\n  name: toy_inherit\n  threshold: 0.5\n")
-    (tmp_path / "child.yaml").write_text("inherit: parent.yaml\nplugins: [toy_inherit.py]\n"
-                                         "algorithm:\n  name: toy_inherit\n")
-    assert load_config(tmp_path / "child.yaml").algorithm.threshold == 0.5
-    # a plugin given on the command line only (`cissl train CHILD plugins=[...]`): imported before the merge too
-    toy = write_toy(tmp_path / "toy_cli.py", "toy_cli")
-    (tmp_path / "parent.yaml").write_text(f"inherit: {CONFIGS / 'quickstart.yaml'}\n"
-                                          "algorithm:\n  name: toy_cli\n  threshold: 0.5\n")
-    (tmp_path / "child.yaml").write_text("inherit: parent.yaml\nalgorithm:\n  name: toy_cli\n")
-    assert load_config(tmp_path / "child.yaml", [f"plugins=[{toy}]"]).algorithm.threshold == 0.5
+    for name, in_child in (("toy_inherit", True), ("toy_cli", False)):  # in the child, or `plugins=[...]` given
+        folder = tmp_path / name
+        toy = write_toy(folder / f"{name}.py", name)
+        (folder / "parent.yaml").write_text(f"inherit: {CONFIGS / 'quickstart.yaml'}\n"
+                                            f"algorithm:\n  name: {name}\n  threshold: 0.5\n")
+        (folder / "child.yaml").write_text("inherit: parent.yaml\n" + (f"plugins: [{name}.py]\n" if in_child else "")
+                                           + f"algorithm:\n  name: {name}\n")
+        overrides = [] if in_child else [f"plugins=[{toy}]"]
+        assert load_config(folder / "child.yaml", overrides).algorithm.threshold == 0.5, name
 
 
 def test_a_config_that_names_a_plugin_method_without_its_plugin_gets_it_added(tmp_path):

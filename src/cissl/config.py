@@ -414,8 +414,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if isinstance(overrides, str):  # one override given bare would be read character by character
         raise ConfigError(f"overrides must be a list of 'key=value' strings, e.g. [{overrides!r}]; got a string")
     items = parse_overrides(overrides or [])
-    for key, value in items:  # a plugin given on the command line, before the files' algorithm sections merge and
-        if key == "plugins":  # the methods section names what it registers
+    # a plugin given on the command line is imported first: the files' algorithm sections merge by the classes
+    # it registers, and the methods section may name its methods
+    for key, value in items:
+        if key == "plugins":
             import_plugins(value)
     data = read_config_file(path) if path is not None else {}
     methods = method_options(data.pop("methods", None))
