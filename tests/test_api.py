@@ -234,5 +234,7 @@ def test_plot_and_throughput_hand_their_arguments_on(monkeypatch, tmp_path):
     options = api.throughput(api.load_config(QUICKSTART, ["train.device=cpu"]), steps=4, warmup=1, rounds=2,
                              synthetic=True)
     assert options == {"steps": 4, "warmup": 1, "rounds": 2, "synthetic": True, "device": torch.device("cpu")}
+    options = api.throughput(api.load_config(QUICKSTART, ["train.device=cpu"]))  # what a bare call times
+    assert options == {"steps": 9, "warmup": 3, "rounds": 3, "synthetic": False, "device": torch.device("cpu")}
     with pytest.raises(CisslError, match=r"^throughput needs a Config \(cissl.api.load_config"):
         api.throughput(QUICKSTART)

@@ -146,3 +146,52 @@ def test_plot_without_matplotlib_names_the_extra_and_a_cut_record_is_skipped(tmp
     code, _, err = run_cli(["plot", tmp_path], capsys)
     assert code == 2 and err.strip().endswith("plots need matplotlib: pip install 'cissl[plots]'")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_plot_draws_each_evaluation_the_results_and_the_last_pseudo_labels(tmp_path, monkeypatch, capsys):
+    """What `cissl plot` draws, read off the axes calls, for a hand-made run of three classes with two heads:
+    each head's 100 x top-1 and balanced accuracy at each evaluation (train records and a cut last line
+    skipped), 100 x per-class accuracy over classes ticked with their labeled counts, the confusion matrix
+    normalised by row (a class without test images stays a zero row), and the last evaluation's pseudo-label
+    rates beside the true distribution."""
+    pytest.importorskip("matplotlib")
+    import numpy as np
+
+    import cissl.evaluation.plots as plots
+    from cissl.data.protocol import Split
+
+    run = tmp_path / "run"
+    run.mkdir()
+    empty = np.zeros(0, dtype=np.int64)
+    Split(empty, empty, empty, labeled_counts=[5, 2, 1], unlabeled_counts=[10, 4, 2]).save(run / "split.json")
+    heads = lambda main, balanced: {"main": {"top1": main[0], "balanced_accuracy": main[1]},  # noqa: E731
+                                    "balanced": {"top1": balanced[0], "balanced_accuracy": balanced[1]}}
+    pseudo = lambda mask: {"per_class_mask_rate": mask, "per_class_used_accuracy": [1.0, 0.5, 0.0],  # noqa: E731
+                           "pseudo_label_distribution": [0.5, 0.25, 0.25], "true_distribution": [0.625, 0.25, 0.125]}
+    records = [{"kind": "eval", "iteration": 2, "test": heads((0.5, 0.375), (0.25, 0.125)),
+                "pseudo_labels": pseudo([0.0, 0.0, 0.0])},
+               {"kind": "train", "iteration": 3, "loss": 1.0},
+               {"kind": "eval", "iteration": 4, "test": heads((0.75, 0.5), (0.625, 0.875)),
+                "pseudo_labels": pseudo([0.75, 0.5, 0.25])}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"kind": "ev')
+    (run / "results.json").write_text(json.dumps({"reported_head": "balanced", "per_class_accuracy": [0.5, 0.25, 1.0],
+                                                  "confusion_matrix": [[2, 2, 0], [0, 0, 0], [1, 0, 3]]}))
+    drawn = record_axes_calls(monkeypatch, "plot", "bar", "imshow")
+    figures = saved_figures(monkeypatch, plots)
+    code, _, _ = run_cli(["plot", run], capsys)
+    assert code == 0 and list(figures) == ["curves", "per_class_accuracy", "confusion_matrix", "pseudo_labels"]
+    assert drawn["plot"] == [[[2, 4], [50.0, 75.0], "main top-1"], [[2, 4], [37.5, 50.0], "main balanced"],
+                             [[2, 4], [25.0, 62.5], "balanced top-1"], [[2, 4], [12.5, 87.5], "balanced balanced"]]
+    assert drawn["bar"] == [[[0, 1, 2], [50.0, 25.0, 100.0]],
+                            [[-0.2, 0.8, 1.8], [0.75, 0.5, 0.25], "mask rate (used / seen)"],
+                            [[0.2, 1.2, 2.2], [1.0, 0.5, 0.0], "accuracy of used pseudo-labels"],
+                            [[-0.2, 0.8, 1.8], [0.5, 0.25, 0.25], "used pseudo-labels (estimate)"],
+                            [[0.2, 1.2, 2.2], [0.625, 0.25, 0.125], "true unlabeled distribution"]]
+    assert drawn["imshow"] == [[[[0.5, 0.5, 0.0], [0.0, 0.0, 0.0], [0.25, 0.0, 0.75]]]]
+    (per_class,) = figures["per_class_accuracy"].axes
+    assert [t.get_text() for t in per_class.get_xticklabels()] == ["0\n5", "1\n2", "2\n1"]  # class, labeled count
+    assert per_class.get_title() == "per-class accuracy, head 'balanced'"
+    curves = figures["curves"].axes[0]
+    assert [line.get_linestyle() for line in curves.get_lines()] == ["-", "--", "-", "--"]  # balanced dashed
+    assert [t.get_text() for t in curves.get_legend().get_texts()] == ["main top-1", "main balanced",
+                                                                       "balanced top-1", "balanced balanced"]

@@ -62,6 +62,7 @@ def test_sweep_runs_skips_and_resumes(tmp_path, capsys):
     rows = run_sweep([config], ["supervised", "fixmatch"], [0, 1], tmp_path, TINY)
     log = capsys.readouterr().out
     assert log.count("finished, skipped") == 3 and f"[4/4] {run_dir}: resuming\n" in log
+    assert "[cissl]" not in log  # the resumed run is as quiet as the sweep's started ones (its progress lines)
     again = json.loads((run_dir / "results.json").read_text())
     assert again["top1"] == first["top1"]  # resumed bit-for-bit
     done = next(line for line in log.splitlines() if line.startswith(f"[4/4] {run_dir}: top-1"))
