@@ -423,6 +423,38 @@ def test_jobs_file_runs_side_by_side_and_reports_a_failed_run(tmp_path, capsys):
     assert sum(": started (log " in line for line in lines[:first_end]) == 2 and third > first_end
 
 
+def test_each_line_a_sweep_prints_is_flushed_as_it_is_written(tmp_path, monkeypatch):
+    """A sweep's lines reach a log file or a pipe as they happen (a long sweep under nohup), each flushed as it
+    is printed: a finished run skipped, a run starting and its summary, a run that failed on its input."""
+    class Flushes(io.StringIO):
+        def __init__(self):
+            super().__init__()
+            self.at_flush = []
+
+        def flush(self):
+            self.at_flush.append(self.getvalue())
+
+    (tmp_path / "sweep/quickstart/fixmatch/seed0").mkdir(parents=True)
+    (tmp_path / "sweep/quickstart/fixmatch/seed0/results.json").write_text("{}")
+    monkeypatch.setattr("cissl.sweep.write_report", lambda out: [])
+    monkeypatch.setattr("cissl.sweep.check_same_run", lambda job: None)
+
+    def run_job(job, quiet):
+        if job.config.train.seed == 2:
+            raise CisslError("bad data")
+        return {"top1": 0.5, "balanced_accuracy": 0.25}
+
+    monkeypatch.setattr("cissl.sweep._run_job", run_job)
+    stream = Flushes()
+    with pytest.raises(CisslError, match="^1 of 2 runs did not finish"):
+        run_sweep([str(CONFIGS / "quickstart.yaml")], ["fixmatch"], [0, 1, 2], tmp_path / "sweep", TINY, stream=stream)
+    lines = stream.getvalue().splitlines(keepends=True)
+    assert [line.split(": ", 1)[1] for line in lines] == ["finished, skipped\n", "starting\n",
+                                                         "top-1 50.00 %, balanced 25.00 % (0 s)\n", "starting\n",
+                                                         "FAILED: bad data\n"]
+    assert stream.at_flush == ["".join(lines[:i]) for i in range(1, len(lines) + 1)]
+
+
 # ----------------------------------------------------------------------------- grids, jobs files, workers
 def test_plan_keeps_the_files_own_options_where_they_differ_from_the_methods_defaults(tmp_path):
     """CIFAR-10-LT at N1 = 500 warms SeMi up for 20 epochs (the default is 2): its own algorithm keeps them."""
