@@ -128,8 +128,10 @@ def test_a_run_plotted_before_its_first_evaluation_gets_its_curves_figure_saying
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matplotlib warned of a legend without entries
         assert plots.plot_run(tmp_path) == [tmp_path / "plots/curves.png"]
-    texts = [t.get_text() for t in figures["curves"].axes[0].texts]
-    assert texts == ["no evaluation recorded yet"]
+    (note,) = figures["curves"].axes[0].texts
+    assert note.get_text() == "no evaluation recorded yet"  # in the middle of the empty axes, whatever their limits
+    assert note.get_position() == (0.5, 0.5) and note.get_transform() == figures["curves"].axes[0].transAxes
+    assert (note.get_horizontalalignment(), note.get_verticalalignment()) == ("center", "center")
 
 
 def test_plot_without_matplotlib_names_the_extra_and_a_cut_record_is_skipped(tmp_path, monkeypatch, capsys):
@@ -188,10 +190,24 @@ def test_plot_draws_each_evaluation_the_results_and_the_last_pseudo_labels(tmp_p
                             [[-0.2, 0.8, 1.8], [0.5, 0.25, 0.25], "used pseudo-labels (estimate)"],
                             [[0.2, 1.2, 2.2], [0.625, 0.25, 0.125], "true unlabeled distribution"]]
     assert drawn["imshow"] == [[[[0.5, 0.5, 0.0], [0.0, 0.0, 0.0], [0.25, 0.0, 0.75]]]]
+    (image,) = figures["confusion_matrix"].axes[0].images  # its colours on a fixed scale: a share of 0 to 1
+    assert image.get_clim() == (0, 1) and image.get_cmap().name == "Blues"
     (per_class,) = figures["per_class_accuracy"].axes
     assert [t.get_text() for t in per_class.get_xticklabels()] == ["0\n5", "1\n2", "2\n1"]  # class, labeled count
-    assert per_class.get_title() == "per-class accuracy, head 'balanced'"
     curves = figures["curves"].axes[0]
     assert [line.get_linestyle() for line in curves.get_lines()] == ["-", "--", "-", "--"]  # balanced dashed
     assert [t.get_text() for t in curves.get_legend().get_texts()] == ["main top-1", "main balanced",
                                                                        "balanced top-1", "balanced balanced"]
+    texts = [(ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) for figure in figures.values() for ax in figure.axes]
+    assert texts == [
+        ("iteration", "test accuracy (%)", "EMA model on the test set"),
+        ("class (labeled count below)", "accuracy (%)", "per-class accuracy, head 'balanced'"),
+        ("predicted", "true", "confusion matrix (rows normalised)"), ("", "", ""),  # and its colour bar
+        ("true class", "", "pseudo-labels, last evaluation interval"),
+        ("class", "", "estimated vs true unlabeled class distribution")]
+    # a run evaluated once has its curves too (one point per line)
+    (run / "metrics.jsonl").write_text(json.dumps(records[0]) + "\n")
+    drawn["plot"].clear()
+    assert run_cli(["plot", run], capsys)[0] == 0
+    assert drawn["plot"] == [[[2], [50.0], "main top-1"], [[2], [37.5], "main balanced"],
+                             [[2], [25.0], "balanced top-1"], [[2], [12.5], "balanced balanced"]]
