@@ -217,6 +217,28 @@ def test_train_resume_and_sweep_print_nothing_unless_asked(tmp_path, capsys):
     assert "[cissl] quickstart: fixmatch" in capsys.readouterr().out
 
 
+def test_bare_sweep_report_and_report_pages_calls_do_what_the_bare_commands_do(monkeypatch, tmp_path):
+    """The defaults reach the work below (test_each_functions_defaults_are_the_commands reads the signatures):
+    a sweep one run at a time, config by config, quietly, with the overrides given; a report without the
+    per-seed page; report pages without t-SNE."""
+    import cissl.evaluation.per_seed as per_seed
+    import cissl.evaluation.report as report
+    import cissl.evaluation.report_pages as pages
+    import cissl.sweep
+
+    calls = []
+    monkeypatch.setattr(cissl.sweep, "run_sweep", lambda *args, **options: calls.append((args, options)) or [])
+    api.sweep(QUICKSTART, tmp_path, overrides=["train.iterations=3"])
+    assert calls == [(([QUICKSTART], None, [0], tmp_path, ["train.iterations=3"]),
+                      {"quiet": True, "grid": None, "jobs_file": None, "workers": 1, "deadline": None,
+                       "by_seed": False})]
+    monkeypatch.setattr(report, "write_report", lambda root, pair: [{"algorithm": "a"}])
+    monkeypatch.setattr(per_seed, "write_per_seed", lambda root, pair: pytest.fail("a per-seed page unasked"))
+    assert api.report(tmp_path) == [{"algorithm": "a"}]
+    monkeypatch.setattr(pages, "write_report_pages", lambda roots, out, features_on_test_set: features_on_test_set)
+    assert api.report_pages(tmp_path, tmp_path / "pages") is None  # no t-SNE: no test features to compute
+
+
 def test_plot_and_throughput_hand_their_arguments_on(monkeypatch, tmp_path):
     """plot() and throughput() pass what they are given to the work below them (the work itself is tested
     where it is done): the folder to write, the step counts, synthetic data, the run's device."""

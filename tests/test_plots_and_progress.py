@@ -190,6 +190,8 @@ def test_plot_draws_each_evaluation_the_results_and_the_last_pseudo_labels(tmp_p
                             [[-0.2, 0.8, 1.8], [0.5, 0.25, 0.25], "used pseudo-labels (estimate)"],
                             [[0.2, 1.2, 2.2], [0.625, 0.25, 0.125], "true unlabeled distribution"]]
     assert drawn["imshow"] == [[[[0.5, 0.5, 0.0], [0.0, 0.0, 0.0], [0.25, 0.0, 0.75]]]]
+    widths = {round(bar.get_width(), 9) for ax in figures["pseudo_labels"].axes for bar in ax.patches}
+    assert widths == {0.4}  # two bars per class, side by side (at -0.2 and +0.2), not overlapping
     (image,) = figures["confusion_matrix"].axes[0].images  # its colours on a fixed scale: a share of 0 to 1
     assert image.get_clim() == (0, 1) and image.get_cmap().name == "Blues"
     (per_class,) = figures["per_class_accuracy"].axes
