@@ -144,6 +144,9 @@ def test_plot_without_matplotlib_names_the_extra_and_a_cut_record_is_skipped(tmp
     (tmp_path / "metrics.jsonl").write_text('{"kind": "eval", "iteration": 2}\n{"kind": "train", "iteration": 3}\n'
                                             '{"kind": "eval", "iteration": 4}\n{"kind": "eval", "itera')
     assert read_evaluations(tmp_path) == [{"kind": "eval", "iteration": 2}, {"kind": "eval", "iteration": 4}]
+    with open(tmp_path / "metrics.jsonl", "a") as metrics:  # a line cut short, then more records: those are read
+        metrics.write('\n{"kind": "eval", "iteration": 6}\n')
+    assert [r["iteration"] for r in read_evaluations(tmp_path)] == [2, 4, 6]
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     code, _, err = run_cli(["plot", tmp_path], capsys)
     assert code == 2 and err.strip().endswith("plots need matplotlib: pip install 'cissl[plots]'")
