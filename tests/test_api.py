@@ -217,10 +217,11 @@ def test_train_resume_and_sweep_print_nothing_unless_asked(tmp_path, capsys):
     assert "[cissl] quickstart: fixmatch" in capsys.readouterr().out
 
 
-def test_bare_sweep_report_and_report_pages_calls_do_what_the_bare_commands_do(monkeypatch, tmp_path):
+def test_bare_calls_do_what_the_bare_commands_do(monkeypatch, tmp_path):
     """The defaults reach the work below (test_each_functions_defaults_are_the_commands reads the signatures):
     a sweep one run at a time, config by config, quietly, with the overrides given; a report without the
-    per-seed page; report pages without t-SNE."""
+    per-seed page; report pages without t-SNE; an estimate from the newest checkpoint at condition limit 100;
+    an evaluation of the newest checkpoint; a whole ImageNet-127 build."""
     import cissl.evaluation.per_seed as per_seed
     import cissl.evaluation.report as report
     import cissl.evaluation.report_pages as pages
@@ -237,6 +238,14 @@ def test_bare_sweep_report_and_report_pages_calls_do_what_the_bare_commands_do(m
     assert api.report(tmp_path) == [{"algorithm": "a"}]
     monkeypatch.setattr(pages, "write_report_pages", lambda roots, out, features_on_test_set: features_on_test_set)
     assert api.report_pages(tmp_path, tmp_path / "pages") is None  # no t-SNE: no test features to compute
+    monkeypatch.setattr(api, "estimate_run_distribution", lambda *args: args)
+    assert api.estimate_distribution("run") == (Path("run"), None, 100.0, False)  # the newest checkpoint alone
+    monkeypatch.setattr(api, "evaluate_run", lambda *args: args)
+    assert api.evaluate("run") == (Path("run"), None)
+    import cissl.data.sources.imagenet127 as imagenet127
+
+    monkeypatch.setattr(imagenet127, "build_imagenet127", lambda *args, **options: (args, options))
+    assert api.build_imagenet127("src", 32, "out") == ((Path("src"), 32, Path("out")), {"partial": False})
 
 
 def test_plot_and_throughput_hand_their_arguments_on(monkeypatch, tmp_path):
