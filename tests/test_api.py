@@ -222,6 +222,7 @@ def test_bare_calls_do_what_the_bare_commands_do(monkeypatch, tmp_path):
     a sweep one run at a time, config by config, quietly, with the overrides given; a report without the
     per-seed page; report pages without t-SNE; an estimate from the newest checkpoint at condition limit 100;
     an evaluation of the newest checkpoint; a whole ImageNet-127 build."""
+    import cissl.data.sources.imagenet127 as imagenet127
     import cissl.evaluation.per_seed as per_seed
     import cissl.evaluation.report as report
     import cissl.evaluation.report_pages as pages
@@ -242,8 +243,6 @@ def test_bare_calls_do_what_the_bare_commands_do(monkeypatch, tmp_path):
     assert api.estimate_distribution("run") == (Path("run"), None, 100.0, False)  # the newest checkpoint alone
     monkeypatch.setattr(api, "evaluate_run", lambda *args: args)
     assert api.evaluate("run") == (Path("run"), None)
-    import cissl.data.sources.imagenet127 as imagenet127
-
     monkeypatch.setattr(imagenet127, "build_imagenet127", lambda *args, **options: (args, options))
     assert api.build_imagenet127("src", 32, "out") == ((Path("src"), 32, Path("out")), {"partial": False})
 

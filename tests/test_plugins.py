@@ -264,9 +264,8 @@ def test_two_plugin_files_of_one_name_in_two_folders_are_two_modules(tmp_path):
     assert config.plugins == [str(first), str(second)] and {"toy_a", "toy_b"} <= set(ALGORITHMS.names())
     assert all(plugins._module_name(path).isidentifier() for path in (first, second))
     # named after the file, so that a class's repr and a traceback say which plugin it came from
-    digest = hashlib.sha1(str(first).encode("utf-8")).hexdigest()[:10]
-    assert plugins._module_name(first) == f"cissl_plugin_my_toy_v1_{digest}"
-    assert ALGORITHMS.entry("toy_a").target.__module__ == f"cissl_plugin_my_toy_v1_{digest}"
+    module = f"cissl_plugin_my_toy_v1_{hashlib.sha1(str(first).encode('utf-8')).hexdigest()[:10]}"
+    assert plugins._module_name(first) == module and ALGORITHMS.entry("toy_a").target.__module__ == module
 
 
 def test_a_plugin_reached_through_a_symbolic_link_is_listed_as_the_config_spells_it(tmp_path):
