@@ -129,6 +129,49 @@ def test_collectives_are_identities_in_one_process():
     assert distributed.mean_over_ranks({"loss": 2.0}) == {"loss": 2.0}
 
 
+def test_host_side_collectives_go_over_the_control_group_and_batch_rows_over_the_default_one(monkeypatch):
+    """Under NCCL the default group carries device tensors only: agreement between the hosts (CPU tensors,
+    pickled objects) must go over the gloo control group, and the batch's rows and counts (device tensors)
+    over the default group. On the CPU both are the same gloo group, so no launch here can tell them apart:
+    a fake world of two records what each collective is handed."""
+    import torch.distributed as dist
+
+    calls = []
+
+    def all_gather(parts, tensor, **how):
+        calls.append(("all_gather", how))
+        for part in parts:
+            part.copy_(tensor)
+
+    def all_gather_object(boxes, obj, **how):
+        calls.append(("all_gather_object", how))
+        boxes[:] = [obj] * len(boxes)
+
+    monkeypatch.setattr(dist, "all_gather", all_gather)
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor, **how: calls.append(("all_reduce", how)))
+    monkeypatch.setattr(dist, "broadcast_object_list", lambda box, **how: calls.append(("broadcast_object_list", how)))
+    monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    control = object()  # stands for the gloo group launched() makes beside NCCL's
+    monkeypatch.setattr(distributed, "_control", control)
+
+    distributed.gather_rows(torch.ones(2, 1))
+    distributed.all_sum(torch.ones(3))
+    assert calls == [("all_gather", {}), ("all_reduce", {})]  # the default group
+    calls.clear()
+    distributed.gather_shards(torch.ones(2, 1), 3)
+    distributed.agree_any(True)
+    distributed.mean_over_ranks({"loss": 1.0})
+    distributed.broadcast_from_main({"from": 0})
+    distributed.gather_objects("rank 0")
+    assert calls == [("all_gather", {"group": control}),
+                     ("all_reduce", {"op": dist.ReduceOp.MAX, "group": control}),
+                     ("all_reduce", {"group": control}),  # a sum, divided by the world size after
+                     ("broadcast_object_list", {"src": 0, "group": control}),
+                     ("all_gather_object", {"group": control})]
+
+
 def test_run_on_main_in_one_process_returns_the_result_or_raises_the_error_itself():
     from cissl.engine.agreement import run_on_main
 
