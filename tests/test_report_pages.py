@@ -296,8 +296,10 @@ def test_a_report_needs_results_and_the_tsne_needs_scikit_learn(tmp_path, monkey
     import sys
 
     (tmp_path / "empty/run").mkdir(parents=True)
-    code, _, err = run_cli(["report", tmp_path / "empty", "--out", tmp_path / "report"], capsys)
-    assert code == 2 and err.strip().endswith(f"no results.json below {tmp_path / 'empty'}")
+    (tmp_path / "also_empty").mkdir()
+    code, _, err = run_cli(["report", tmp_path / "empty", tmp_path / "also_empty", "--out", tmp_path / "report"],
+                           capsys)
+    assert code == 2 and err.strip().endswith(f"no results.json below {tmp_path / 'empty'}, {tmp_path / 'also_empty'}")
     run_sweep([str(CONFIGS / "quickstart.yaml")], ["supervised"], [0], tmp_path / "runs", TINY)
     monkeypatch.setitem(sys.modules, "sklearn.manifold", None)
     code, _, err = run_cli(["report", tmp_path / "runs", "--out", tmp_path / "report", "--tsne"], capsys)
