@@ -29,6 +29,8 @@ def test_report_of_two_methods_writes_pages_figures_and_the_runs_numbers(tmp_pat
         assert data.startswith(PNG) and len(data) > 5000, path
         assert f"figures/{path.name}" in md
     assert page.count("data:image/png;base64,") == len(figures)
+    curves = next(p.name for p in figures if p.name.endswith("_curves.png"))  # trained runs: metrics.jsonl
+    assert f"![curves](figures/{curves})" in md and f"<h3>curves</h3><img alt=\"{curves[:-4]}\"" in page
     for algorithm in ("supervised", "fixmatch"):
         result = json.loads((tmp_path / f"runs/quickstart/{algorithm}/seed0/results.json").read_text())
         cells = f"| {algorithm} | 0 | {100 * result['top1']:.2f} | {100 * result['balanced_accuracy']:.2f} |"
