@@ -37,6 +37,36 @@ def test_report_of_two_methods_writes_pages_figures_and_the_runs_numbers(tmp_pat
         assert cells in md and f"<td>{100 * result['top1']:.2f}</td>" in page
 
 
+def assert_well_formed(page: str) -> None:
+    """report.html as a browser should read it: the doctype and the page's head first, every element closed in
+    the order opened (``meta`` and ``img`` are void), and text only inside the elements that show text (stray
+    text in a table row or list would be drawn on the page)."""
+    from html.parser import HTMLParser
+
+    class Checker(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.open, self.stray = [], []
+
+        def handle_starttag(self, tag, attrs):
+            if tag not in ("meta", "img"):
+                self.open.append(tag)
+
+        def handle_endtag(self, tag):
+            assert self.open and self.open.pop() == tag, (tag, self.open)
+
+        def handle_data(self, data):
+            if data.strip() and (not self.open or self.open[-1] not in
+                                 ("title", "style", "h1", "h2", "h3", "p", "li", "th", "td")):
+                self.stray.append(data)
+
+    assert page.startswith("<!doctype html><html><head><meta charset='utf-8'><title>cissl report</title><style>")
+    checker = Checker()
+    checker.feed(page)
+    checker.close()
+    assert checker.open == [] and checker.stray == []
+
+
 def fake_run(root, setting, algorithm, k, seed=0, top1=0.5, counts=None, **fields):
     """A results.json as a run writes it (no metrics: the curves are left out), for report layout tests;
     ``fields`` replace its values, ``counts`` the labeled counts of its split.json."""
@@ -181,6 +211,7 @@ def test_report_md_of_a_paper_setting_line_by_line_and_the_html_embeds_each_figu
         ("pseudo-labels", figures[2][:-4])]
     for (_, _, data), name in zip(embedded, figures):
         assert base64.b64decode(data) == (tmp_path / "report/figures" / name).read_bytes()
+    assert_well_formed(page)
 
 
 def test_a_report_of_two_settings_returns_the_figures_of_both_and_names_a_setting_without_name(tmp_path):
@@ -244,6 +275,7 @@ def test_the_pages_name_what_was_left_out_and_escape_names_in_the_html(tmp_path,
     assert f"\n\nLeft out, unreadable:\n- {first}" in md and f"\n- {second}" in md
     assert md.split("Left out, unreadable:\n")[1].split("\n\n## ")[0].count("\n") == 1  # the list, then the setting
     assert f"<p>Left out, unreadable:</p><ul><li>{first}" in page and f"</li><li>{second}" in page
+    assert_well_formed(page)
 
 
 def test_paper_numbers_are_the_transcribed_tables():
